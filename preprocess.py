@@ -1,0 +1,164 @@
+"""Build an instruction dataset for one annotation task: examples, seeded stratified splits,
+rendered prompts, and a manifest of every split's row ids (train.py and evaluate.py read it, so all
+scripts see the same rows).
+
+    python preprocess.py                                    # the embedded default (drug_reviews)
+    python preprocess.py --task politosphere --merge pol_unpol_oth --template llama2-chat
+    python preprocess.py --task sbic_offensive --without_definitions --max_samples 2000
+    python preprocess.py --task ag_news --balance_per_label 1000,200,200
+    python preprocess.py --data_path posts.csv --text_column post --label_column label
+
+Writes <output_dir>/ : the DatasetDict (save_to_disk; columns id, text, label or target/references,
+prompt, completion), manifest.json (task spec, template, seed, split ids and label counts),
+preview.jsonl (a few rendered examples) and task.yaml. An existing output is never replaced unless
+--overwrite is given. --push_to_hub REPO pushes with the token in $HF_TOKEN.
+"""
+import argparse
+import sys
+
+from annotune.io import UserError, run_cli
+
+DEFAULT_TASK = "drug_reviews"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("task (a spec in tasks/, or ad-hoc columns of your own file)")
+    g.add_argument("--task", help=f"task name in tasks/ or path of a task YAML (default: {DEFAULT_TASK})")
+    g.add_argument("--merge", help="a named label merge of the task, e.g. pol_unpol_oth")
+    g.add_argument("--data_path", help="ad-hoc: a CSV/TSV/JSONL/JSON file of labelled rows")
+    g.add_argument("--test_path", help="ad-hoc: a separate test file with the same columns")
+    g.add_argument("--text_column", help="ad-hoc: column holding the text")
+    g.add_argument("--label_column", help="ad-hoc: column holding the gold label (or target text)")
+    g.add_argument("--id_column", help="ad-hoc: column holding a row id (default: row number)")
+    g.add_argument("--task_type", choices=["classification", "generation"], default="classification",
+                   help="ad-hoc: kind of task (default: classification)")
+    g.add_argument("--system_prompt", help="ad-hoc: system prompt text")
+    g.add_argument("--instruction", help="ad-hoc: instruction; {label_list} becomes the quoted labels")
+    g = p.add_argument_group("prompt")
+    g.add_argument("--template", default="auto", choices=["auto", "chat", "llama2-chat", "alpaca", "seq2seq"],
+                   help="prompt layout (default: auto = the tokenizer's chat template if it has one, "
+                        "seq2seq for encoder-decoder models, else llama2-chat)")
+    g.add_argument("--with_definitions", dest="with_definitions", action="store_true", default=True,
+                   help="put the label definitions in the system prompt (default)")
+    g.add_argument("--without_definitions", dest="with_definitions", action="store_false",
+                   help="leave the label definitions out")
+    g.add_argument("--model_name", "--base_model_name", default="smollm2-135m",
+                   help="model whose tokenizer renders the chat template (default: smollm2-135m)")
+    g = p.add_argument_group("splits")
+    g.add_argument("--val_ratio", type=float, default=0.2,
+                   help="fraction held out for validation when the data has no validation split (default: 0.2)")
+    g.add_argument("--test_ratio", type=float, default=0.0,
+                   help="fraction held out for test when the data has no test split (default: 0.0)")
+    g.add_argument("--seed", type=int, default=42, help="seed of the splits and samples (default: 42)")
+    g.add_argument("--balance_per_label", help="examples per label: N for train, or N_train,N_val,N_test "
+                                               "(default: the task spec's, else no balancing)")
+    g.add_argument("--max_samples", type=int, help="cap every split at this many rows (default: no cap)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", help="folder to write (default: data/<task>[-<merge>]-<template>[-nodefs])")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g.add_argument("--num_preview", type=int, default=3, help="rendered examples printed and saved (default: 3)")
+    g.add_argument("--push_to_hub", metavar="REPO", help="also push the dataset to this hub repo ($HF_TOKEN)")
+    args = p.parse_args(argv)
+    for name in ("val_ratio", "test_ratio"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            p.error(f"--{name} must be in [0, 1)")
+    if args.val_ratio + args.test_ratio >= 1.0:
+        p.error("--val_ratio + --test_ratio must leave some training data")
+    return args
+
+
+def parse_counts(text):
+    """'1000' -> train only; '2000,500,500' -> train, validation, test."""
+    try:
+        numbers = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--balance_per_label takes N or N,N,N, got {text!r}") from None
+    if len(numbers) not in (1, 3) or min(numbers) < 1:
+        raise UserError(f"--balance_per_label takes N or N,N,N of positive counts, got {text!r}")
+    return dict(zip(("train", "validation", "test"), numbers))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from pathlib import Path
+
+    import yaml
+
+    from annotune import data as D
+    from annotune.hub import push_dataset_to_hub
+    from annotune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
+        remove_dir, run_manifest, staging_dir
+    from annotune.models import load_config, load_tokenizer, is_seq2seq_model
+    from annotune.prompts import Prompter
+    from annotune.tasks import adhoc_task, load_task
+
+    if args.data_path:
+        if args.task:
+            raise UserError("give either --task or --data_path, not both")
+        spec = adhoc_task(args.data_path, args.text_column, args.label_column, args.test_path, args.id_column,
+                          args.task_type, args.system_prompt, args.instruction)
+    else:
+        spec = load_task(args.task or DEFAULT_TASK)
+    base_spec, spec = spec, spec.merged(args.merge)
+
+    tokenizer, is_seq2seq = None, False
+    if args.template in ("auto", "chat"):
+        is_seq2seq = is_seq2seq_model(load_config(args.model_name))
+        tokenizer = load_tokenizer(args.model_name)
+    prompter = Prompter(spec, args.template, args.with_definitions, tokenizer, is_seq2seq)
+    suffix = "" if args.with_definitions or spec.type != "classification" else "-nodefs"
+    out_dir = Path(args.output_dir or f"data/{spec.name}-{prompter.template}{suffix}")
+    ensure_new_path(out_dir, args.overwrite, what="dataset folder")
+
+    examples, skipped = D.build_examples(spec, D.load_source_rows(spec))
+    counts = parse_counts(args.balance_per_label or spec.balance_per_label) \
+        if (args.balance_per_label or spec.balance_per_label) else {}
+    splits = D.split_examples(examples, args.val_ratio, args.test_ratio, args.seed)
+    splits, shortfalls = D.balance_per_label(splits, counts, args.seed)
+    splits = D.cap_samples(splits, args.max_samples, args.seed)
+    if not splits.get("train"):
+        raise UserError(f"task {spec.name}: the train split is empty")
+    for rows in splits.values():
+        for ex in rows:
+            ex.update(prompter.render(ex))
+
+    manifest = run_manifest(args, task=spec.name, merge=spec.merge, merge_map=spec.merge_map,
+                            task_type=spec.type, labels=spec.label_names, prompt=prompter.describe(),
+                            model_name_for_template=args.model_name if tokenizer else None,
+                            skipped_rows=skipped, balance_shortfalls=shortfalls,
+                            splits=D.split_summary(splits), task_spec=base_spec.to_dict())
+    preview = [dict(ex, split=name) for name, rows in splits.items() for ex in rows[: max(args.num_preview, 0)]]
+    preview = preview[: args.num_preview]
+
+    tmp = staging_dir(out_dir)
+    try:
+        D.save_dataset(splits, tmp)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        atomic_write_jsonl(tmp / "preview.jsonl", preview)
+        atomic_write_text(tmp / "task.yaml", yaml.safe_dump(base_spec.to_dict(), sort_keys=False, allow_unicode=True))
+        if out_dir.exists():
+            remove_dir(out_dir)  # only reached with --overwrite (checked above)
+        publish_dir(tmp, out_dir)
+    finally:
+        remove_dir(tmp)
+
+    print(f"task {spec.name} ({spec.type}), template {prompter.template}, "
+          f"definitions {'on' if args.with_definitions else 'off'}")
+    for name, rows in splits.items():
+        extra = manifest["splits"][name].get("label_counts", "")
+        print(f"  {name:<10} {len(rows):>6} rows  {extra}")
+    if skipped:
+        print(f"  skipped rows (data.skip_values): {skipped}")
+    for line in shortfalls:
+        print(f"  note: fewer examples than asked for {line}")
+    for ex in preview:
+        print(f"--- example {ex['id']} ({ex['split']})\n{ex['prompt']}{ex['completion']}")
+    print(f"wrote {out_dir}/ (dataset, manifest.json, preview.jsonl, task.yaml)")
+    if args.push_to_hub:
+        push_dataset_to_hub(out_dir, args.push_to_hub)
+        print(f"pushed to the hub: {args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
