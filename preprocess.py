@@ -16,7 +16,7 @@ preview.jsonl (a few rendered examples) and task.yaml. An existing output is nev
 import argparse
 import sys
 
-from annotune.io import UserError, run_cli
+from annotune.io import UserError, quiet_libraries, run_cli
 
 DEFAULT_TASK = "drug_reviews"
 
@@ -68,28 +68,15 @@ def parse_args(argv=None):
     return args
 
 
-def parse_counts(text):
-    """'1000' -> train only; '2000,500,500' -> train, validation, test."""
-    try:
-        numbers = [int(x) for x in str(text).split(",")]
-    except ValueError:
-        raise UserError(f"--balance_per_label takes N or N,N,N, got {text!r}") from None
-    if len(numbers) not in (1, 3) or min(numbers) < 1:
-        raise UserError(f"--balance_per_label takes N or N,N,N of positive counts, got {text!r}")
-    return dict(zip(("train", "validation", "test"), numbers))
-
-
 def main(argv=None):
     args = parse_args(argv)
+    quiet_libraries()
     from pathlib import Path
 
-    import yaml
-
-    from annotune import data as D
+    from annotune.data import prepare_splits, write_dataset_folder
     from annotune.hub import push_dataset_to_hub
-    from annotune.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
-        remove_dir, run_manifest, staging_dir
-    from annotune.models import load_config, load_tokenizer, is_seq2seq_model
+    from annotune.io import ensure_new_path, run_manifest
+    from annotune.models import is_seq2seq_model, load_config, load_tokenizer
     from annotune.prompts import Prompter
     from annotune.tasks import adhoc_task, load_task
 
@@ -100,7 +87,7 @@ def main(argv=None):
                           args.task_type, args.system_prompt, args.instruction)
     else:
         spec = load_task(args.task or DEFAULT_TASK)
-    base_spec, spec = spec, spec.merged(args.merge)
+    spec = spec.merged(args.merge)
 
     tokenizer, is_seq2seq = None, False
     if args.template in ("auto", "chat"):
@@ -109,48 +96,21 @@ def main(argv=None):
     prompter = Prompter(spec, args.template, args.with_definitions, tokenizer, is_seq2seq)
     suffix = "" if args.with_definitions or spec.type != "classification" else "-nodefs"
     out_dir = Path(args.output_dir or f"data/{spec.name}-{prompter.template}{suffix}")
-    ensure_new_path(out_dir, args.overwrite, what="dataset folder")
+    ensure_new_path(out_dir, args.overwrite, what="dataset folder")  # fail before the work
 
-    examples, skipped = D.build_examples(spec, D.load_source_rows(spec))
-    counts = parse_counts(args.balance_per_label or spec.balance_per_label) \
-        if (args.balance_per_label or spec.balance_per_label) else {}
-    splits = D.split_examples(examples, args.val_ratio, args.test_ratio, args.seed)
-    splits, shortfalls = D.balance_per_label(splits, counts, args.seed)
-    splits = D.cap_samples(splits, args.max_samples, args.seed)
-    if not splits.get("train"):
-        raise UserError(f"task {spec.name}: the train split is empty")
-    for rows in splits.values():
-        for ex in rows:
-            ex.update(prompter.render(ex))
-
-    manifest = run_manifest(args, task=spec.name, merge=spec.merge, merge_map=spec.merge_map,
-                            task_type=spec.type, labels=spec.label_names, prompt=prompter.describe(),
-                            model_name_for_template=args.model_name if tokenizer else None,
-                            skipped_rows=skipped, balance_shortfalls=shortfalls,
-                            splits=D.split_summary(splits), task_spec=base_spec.to_dict())
-    preview = [dict(ex, split=name) for name, rows in splits.items() for ex in rows[: max(args.num_preview, 0)]]
-    preview = preview[: args.num_preview]
-
-    tmp = staging_dir(out_dir)
-    try:
-        D.save_dataset(splits, tmp)
-        atomic_write_json(tmp / "manifest.json", manifest)
-        atomic_write_jsonl(tmp / "preview.jsonl", preview)
-        atomic_write_text(tmp / "task.yaml", yaml.safe_dump(base_spec.to_dict(), sort_keys=False, allow_unicode=True))
-        if out_dir.exists():
-            remove_dir(out_dir)  # only reached with --overwrite (checked above)
-        publish_dir(tmp, out_dir)
-    finally:
-        remove_dir(tmp)
+    splits, info = prepare_splits(spec, prompter, args.val_ratio, args.test_ratio, args.seed,
+                                  args.balance_per_label, args.max_samples)
+    manifest = run_manifest(args, model_name_for_template=args.model_name if tokenizer else None, **info)
+    preview = write_dataset_folder(out_dir, splits, manifest, args.overwrite, args.num_preview)
 
     print(f"task {spec.name} ({spec.type}), template {prompter.template}, "
           f"definitions {'on' if args.with_definitions else 'off'}")
     for name, rows in splits.items():
         extra = manifest["splits"][name].get("label_counts", "")
         print(f"  {name:<10} {len(rows):>6} rows  {extra}")
-    if skipped:
-        print(f"  skipped rows (data.skip_values): {skipped}")
-    for line in shortfalls:
+    if info["skipped_rows"]:
+        print(f"  skipped rows (data.skip_values): {info['skipped_rows']}")
+    for line in info["balance_shortfalls"]:
         print(f"  note: fewer examples than asked for {line}")
     for ex in preview:
         print(f"--- example {ex['id']} ({ex['split']})\n{ex['prompt']}{ex['completion']}")

@@ -275,3 +275,62 @@ def load_dataset_folder(folder) -> tuple:
     # The original spec is stored with the merge's name, so merging goes through one code path.
     spec = TaskSpec.from_dict(manifest["task_spec"], source=str(manifest_path)).merged(manifest.get("merge"))
     return load_from_disk(str(folder)), manifest, spec
+
+
+def parse_counts(text) -> dict:
+    """'1000' -> train only; '2000,500,500' -> train, validation, test."""
+    try:
+        numbers = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--balance_per_label takes N or N,N,N, got {text!r}") from None
+    if len(numbers) not in (1, 3) or min(numbers) < 1:
+        raise UserError(f"--balance_per_label takes N or N,N,N of positive counts, got {text!r}")
+    return dict(zip(SPLITS, numbers))
+
+
+def prepare_splits(spec: TaskSpec, prompter, val_ratio: float = 0.2, test_ratio: float = 0.0, seed: int = 42,
+                   balance=None, max_samples: int | None = None) -> tuple:
+    """Rendered examples per split, and what the manifest records about them."""
+    examples, skipped = build_examples(spec, load_source_rows(spec))
+    balance = balance or spec.balance_per_label
+    splits = split_examples(examples, val_ratio, test_ratio, seed)
+    splits, shortfalls = balance_per_label(splits, parse_counts(balance) if balance else {}, seed)
+    splits = cap_samples(splits, max_samples, seed)
+    if not splits.get("train"):
+        raise UserError(f"task {spec.name}: the train split is empty")
+    for rows in splits.values():
+        for ex in rows:
+            ex.update(prompter.render(ex))
+    spec_dict, merge = spec.saved_form()
+    info = {"task": spec.name, "merge": merge, "merge_map": spec.merge_map, "task_type": spec.type,
+            "labels": spec.label_names, "prompt": prompter.describe(), "seed": seed, "val_ratio": val_ratio,
+            "test_ratio": test_ratio, "balance_per_label": balance, "max_samples": max_samples,
+            "skipped_rows": skipped, "balance_shortfalls": shortfalls, "splits": split_summary(splits),
+            "task_spec": spec_dict}
+    return splits, info
+
+
+def write_dataset_folder(out_dir: Path, splits: dict, manifest: dict, overwrite: bool = False,
+                         num_preview: int = 3) -> list:
+    """Write the dataset, manifest.json, preview.jsonl and task.yaml atomically; returns the preview."""
+    import yaml
+
+    from .io import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
+        remove_dir, staging_dir
+
+    out_dir = Path(out_dir)
+    ensure_new_path(out_dir, overwrite, what="dataset folder")
+    preview = [dict(ex, split=name) for name, rows in splits.items() for ex in rows[: max(num_preview, 0)]]
+    preview = preview[: max(num_preview, 0)]
+    tmp = staging_dir(out_dir)
+    try:
+        save_dataset(splits, tmp)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        atomic_write_jsonl(tmp / "preview.jsonl", preview)
+        atomic_write_text(tmp / "task.yaml", yaml.safe_dump(manifest["task_spec"], sort_keys=False, allow_unicode=True))
+        if out_dir.exists():
+            remove_dir(out_dir)  # only reached with overwrite (checked above)
+        publish_dir(tmp, out_dir)
+    finally:
+        remove_dir(tmp)
+    return preview

@@ -102,6 +102,13 @@ def is_encoder_only(config) -> bool:
                                                  "electra", "xlm-roberta", "albert", "modernbert"}
 
 
+def model_kind(config) -> str:
+    """causal, seq2seq or classifier (an encoder gets a classification head)."""
+    if is_seq2seq_model(config):
+        return "seq2seq"
+    return "classifier" if is_encoder_only(config) else "causal"
+
+
 def load_config(name: str):
     from transformers import AutoConfig
 

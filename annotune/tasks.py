@@ -102,6 +102,7 @@ class TaskSpec:
     merge: str | None = None  # the merge applied, if any
     merge_map: dict | None = None  # original label -> merged label
     base_labels: list | None = None  # the labels the data is written in (before a merge)
+    unmerged: "TaskSpec | None" = None  # the spec before the merge (what is saved with results)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -228,7 +229,7 @@ class TaskSpec:
             raise UserError(f"task spec {self.source}: merge {merge_name} leaves label(s) {missing} unmapped")
         spec = copy.deepcopy(self)
         spec.labels, spec.merges, spec.merge, spec.merge_map = new_labels, {}, merge_name, mapping
-        spec.base_labels = self.labels
+        spec.base_labels, spec.unmerged = self.labels, self
         spec.name = f"{self.name}-{merge_name}"
         spec.prompt = {**self.prompt, **(merge.get("prompt") or {})}
         spec.validate_labels_only()
@@ -245,8 +246,13 @@ class TaskSpec:
         if len(set(keys)) != len(keys):
             raise UserError(f"task spec {self.source}: merge {self.merge} has duplicate label names {self.label_names}")
 
+    def saved_form(self) -> tuple:
+        """(spec dict before any merge, merge name): what datasets and adapters store, so that
+        reloading goes through the same merge code."""
+        return (self.unmerged or self).to_dict(), self.merge
+
     def to_dict(self) -> dict:
-        """A plain, YAML/JSON-ready copy (saved with datasets and adapters)."""
+        """A plain, YAML/JSON-ready copy."""
         out = {
             "name": self.name, "type": self.type, "description": self.description, "data": self.data,
             "labels": [{"name": l.name, "definition": l.definition} for l in self.labels],

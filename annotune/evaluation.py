@@ -1,0 +1,248 @@
+"""Prediction and evaluation: one `Annotator` per model (base or adapter), used by evaluate.py and
+by train.py's in-training evaluation, so the metric seen during training is the real one.
+
+Modes:
+- score (classification with a causal LM, default): every label is scored as a continuation of
+  the prompt; the argmax is the prediction, softmax over the label set gives probabilities. There
+  is no invalid output by construction.
+- generate (the seeds' way): greedy decoding, then parse exact -> case/space-normalised ->
+  unique-prefix match; anything else is invalid (counted, listed, scored as wrong).
+- head: a sequence-classification head's logits.
+- Generation tasks: greedy decoding scored with ROUGE (and BERTScore in evaluate.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .io import UserError
+from .metrics import INVALID, classification_metrics, generation_metrics
+from .prompts import Prompter, encode_completion, encode_prompt
+from .tasks import norm_label
+
+ADAPTER_INFO = "annotune.json"
+
+
+def parse_label(text: str, labels) -> str:
+    """A generated answer as a label: exact, then normalised, then a unique prefix; else INVALID."""
+    answer = text.strip()
+    for label in labels:
+        if answer == label:
+            return label
+    key = norm_label(answer).strip(" .'\"")
+    by_key = {norm_label(l): l for l in labels}
+    if key in by_key:
+        return by_key[key]
+    # The answer starts with exactly one label (e.g. "positive. The review ..."), or is a prefix of one.
+    starts = [l for l in labels if key.startswith(norm_label(l))]
+    if starts:
+        longest = max(starts, key=len)
+        if sum(len(norm_label(l)) == len(norm_label(longest)) for l in starts) == 1:
+            return longest
+    prefixed = [l for l in labels if key and norm_label(l).startswith(key)]
+    return prefixed[0] if len(prefixed) == 1 else INVALID
+
+
+class Annotator:
+    """A model ready to label: base model or adapter, its tokenizer, task spec and prompter."""
+
+    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, info: dict | None = None):
+        self.model, self.tokenizer, self.spec, self.prompter = model, tokenizer, spec, prompter
+        self.kind, self.name, self.info = kind, name, info or {}
+        self._completion_cache = {}
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- classification
+    def label_completions(self, prompt: str, prompt_ids: list) -> list:
+        # The label tokens depend on the text just before them (the leading-space trap), never on
+        # the example: key the cache on the prompt's tail.
+        key = prompt[-64:]
+        if key not in self._completion_cache:
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            self._completion_cache[key] = [
+                encode_completion(self.tokenizer, prompt, self.prompter.completion(label), prompt_ids) + eos
+                for label in self.spec.label_names]
+        return self._completion_cache[key]
+
+    def score(self, prompts, batch_size: int = 16, length_norm: bool = False, progress: bool = False):
+        """Per-label probabilities [n, n_labels] from label log-likelihoods (score mode)."""
+        from . import lm
+
+        prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        completions = [self.label_completions(p, ids) for p, ids in zip(prompts, prompt_ids)]
+        bar = _bar(len(prompts) * len(self.spec.label_names), "scoring labels", progress)
+        self.model.eval()
+        scores = lm.score_completions(self.model, prompt_ids, completions, batch_size, length_norm, progress=bar)
+        if bar is not None:
+            bar.close()
+        return torch.softmax(scores, dim=-1)
+
+    @torch.no_grad()
+    def head_probs(self, texts, batch_size: int = 16, max_length: int = 512, progress: bool = False):
+        self.model.eval()
+        out = []
+        bar = _bar(len(texts), "classifying", progress)
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
+            out.append(torch.softmax(logits, dim=-1).cpu())
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return torch.cat(out) if out else torch.zeros(0, len(self.spec.label_names))
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int, batch_size: int = 8, progress: bool = False,
+                 do_sample: bool = False, temperature: float = 1.0):
+        """Batched decoding with left padding (greedy unless do_sample); returns the new text."""
+        self.model.eval()
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        texts = [""] * len(prompts)
+        bar = _bar(len(prompts), "generating", progress)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if self.kind == "seq2seq":
+                enc = tok([prompts[i] for i in idx], padding=True, truncation=True, max_length=1024, return_tensors="pt")
+            else:
+                from .lm import pad_batch
+
+                ids, mask = pad_batch([encode_prompt(tok, prompts[i]) for i in idx], tok.pad_token_id, "left")
+                enc = {"input_ids": ids, "attention_mask": mask}
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id,
+                      "eos_token_id": tok.eos_token_id}
+            if do_sample:
+                kwargs["temperature"] = temperature
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            out = self.model.generate(**enc, **kwargs)
+            new = out if self.kind == "seq2seq" else out[:, enc["input_ids"].shape[1]:]
+            for i, row in zip(idx, new):
+                texts[i] = tok.decode(row, skip_special_tokens=True).strip()
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        return texts
+
+    def max_label_tokens(self) -> int:
+        return max(len(self.tokenizer(self.prompter.completion(l), add_special_tokens=False)["input_ids"])
+                   for l in self.spec.label_names)
+
+    # ---------------------------------------------------------------- one call for every mode
+    def predict(self, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
+                max_new_tokens: int | None = None, progress: bool = False, max_length: int = 512):
+        """Predictions for rows (dicts with 'text' and optionally 'prompt'): a list of dicts with
+        'prediction', and 'probs' (score/head) or 'raw' (generate)."""
+        prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
+        labels = self.spec.label_names
+        if self.spec.type == "generation":
+            outputs = self.generate(prompts, max_new_tokens or 128, batch_size, progress)
+            return [{"prediction": text, "raw": text} for text in outputs]
+        if self.kind == "classifier":
+            mode = "head"
+            probs = self.head_probs([row["text"] for row in rows], batch_size, max_length, progress)
+        elif mode == "generate":
+            budget = max_new_tokens or self.max_label_tokens() + 8
+            outputs = self.generate(prompts, budget, batch_size, progress)
+            return [{"prediction": parse_label(text, labels), "raw": text} for text in outputs]
+        elif mode == "score":
+            probs = self.score(prompts, batch_size, length_norm, progress)
+        else:
+            raise UserError(f"unknown mode {mode!r} (score, generate)")
+        return [{"prediction": labels[int(p.argmax())], "probs": {l: round(float(v), 6) for l, v in zip(labels, p)}}
+                for p in probs]
+
+
+def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
+                  max_new_tokens: int | None = None, progress: bool = False, n_boot: int = 1000, seed: int = 0,
+                  bertscore_model: str | None = None, bertscore_layers: int | None = None):
+    """(metrics, predictions) of an annotator on labelled rows."""
+    if not rows:
+        raise UserError("the split to evaluate is empty")
+    preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress)
+    spec = annotator.spec
+    records = []
+    for row, pred in zip(rows, preds):
+        record = {"id": row["id"], "text": row["text"]}
+        record["gold"] = row.get("label", row.get("target"))
+        record.update(pred)
+        records.append(record)
+    if spec.type == "classification":
+        labels = spec.label_names
+        for record in records:
+            if record["gold"] not in labels:
+                raise UserError(f"gold label {record['gold']!r} of {record['id']} is not in the label set {labels}")
+        probs = [[r["probs"][l] for l in labels] for r in records] if "probs" in records[0] else None
+        metrics = classification_metrics([r["gold"] for r in records], [r["prediction"] for r in records], labels,
+                                         probs, n_boot, seed)
+        metrics["invalid_examples"] = [{"id": r["id"], "raw": r.get("raw")} for r in records
+                                       if r["prediction"] == INVALID][:50]
+    else:
+        refs = [row.get("references") or [row.get("target", "")] for row in rows]
+        metrics, per_example = generation_metrics([r["prediction"] for r in records], refs, bertscore_model,
+                                                  bertscore_layers, n_boot, seed)
+        for record, scores in zip(records, per_example):
+            record["scores"] = {k: round(v, 6) for k, v in scores.items()}
+    metrics["mode"] = "generate" if spec.type == "generation" else ("head" if annotator.kind == "classifier" else mode)
+    return metrics, records
+
+
+def _bar(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+# -------------------------------------------------------------------- loading models to evaluate
+def read_adapter_info(folder) -> dict:
+    path = Path(folder) / ADAPTER_INFO
+    if not path.exists():
+        raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_annotator(adapter: str | None = None, base_model: str | None = None, spec=None, prompt: dict | None = None,
+                   quantization: str = "auto", model=None, tokenizer=None):
+    """An Annotator for an adapter folder (its recorded base model, task and prompt), or for a base
+    model with a task spec and prompt settings (the zero-shot baseline). `model` may be given
+    already loaded (a base model, or a base with the adapter attached)."""
+    from .models import load_config, load_model, load_tokenizer, model_kind
+    from .tasks import TaskSpec
+
+    info = {}
+    if adapter:
+        info = read_adapter_info(adapter)
+        if base_model and base_model != info["base_model"]:
+            raise UserError(f"adapter {adapter} was trained on {info['base_model']}, not on {base_model}")
+        base_model = info["base_model"]
+        spec = TaskSpec.from_dict(info["task_spec"], source=str(Path(adapter) / ADAPTER_INFO)).merged(info.get("merge"))
+        prompt = info["prompt"]
+    kind = info.get("kind") or model_kind(load_config(base_model))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(adapter if adapter else base_model)
+    if model is None:
+        model = load_model(base_model, kind, quantization, num_labels=len(spec.label_names) or None,
+                           label_names=spec.label_names or None)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
+    if kind == "classifier" and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    prompt = prompt or {}
+    prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
+                        is_seq2seq=kind == "seq2seq")
+    name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
+    return Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info})

@@ -1,0 +1,161 @@
+"""Forward passes shared by training and evaluation.
+
+- A shared prefix (the system prompt and label definitions that every prompt of a task starts
+  with) is run once; its key/value cache is expanded along the batch (a view, not a copy) and the
+  batch's own tokens run on top of it with explicit positions. In training, gradients flow through
+  the prefix's keys and values, so the result equals the plain padded batch (tested to 1e-5).
+- Logits are computed only at positions that carry loss or a score: the decoder's hidden states are
+  gathered there and only those go through the output layer (a 49k-vocabulary head over a whole
+  300-token sequence otherwise costs more than the LoRA layers).
+- Label scoring: every label string is scored as a continuation of the prompt (sum of token
+  log-probabilities, optionally per token), in batched forward passes over (example, label) pairs.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_and_head(model):
+    base = _base(model)
+    return base.get_decoder(), base.get_output_embeddings(), base.config
+
+
+def common_prefix_length(sequences, keep: int = 1) -> int:
+    """Length of the longest common prefix of token sequences, leaving `keep` own tokens in each."""
+    if not sequences:
+        return 0
+    first, n = sequences[0], min(len(s) for s in sequences) - keep
+    length = 0
+    while length < n and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return max(length, 0)
+
+
+def run_prefix(model, prefix_ids):
+    """Per-layer (key, value) tensors of the prefix (batch 1); differentiable when grad is on."""
+    decoder, _, _ = decoder_and_head(model)
+    device = next(model.parameters()).device
+    ids = torch.as_tensor([list(prefix_ids)], device=device)
+    out = decoder(input_ids=ids, use_cache=True)
+    return [(layer.keys, layer.values) for layer in out.cache.layers]
+
+
+def hidden_states(model, input_ids, attention_mask, prefix_kv=None):
+    """Last hidden states of a (right- or left-padded) batch, optionally on top of a shared prefix."""
+    from transformers import DynamicCache
+
+    decoder, _, config = decoder_and_head(model)
+    batch = input_ids.shape[0]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    kwargs = {}
+    if prefix_kv:
+        plen = prefix_kv[0][0].shape[-2]
+        kwargs["cache"] = DynamicCache(
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv],
+            config=config)
+        attention_mask = torch.cat([attention_mask.new_ones(batch, plen), attention_mask], dim=1)
+        positions = positions + plen
+        kwargs["use_cache"] = True
+    else:
+        kwargs["use_cache"] = False
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs)
+    return out.last_hidden_state
+
+
+def logits_from_hidden(model, hidden):
+    _, head, config = decoder_and_head(model)
+    logits = head(hidden)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def completion_loss(model, input_ids, attention_mask, labels, prefix_kv=None, reduction: str = "mean"):
+    """Cross-entropy of the completion tokens only: logits are computed where labels[t+1] != -100."""
+    hidden = hidden_states(model, input_ids, attention_mask, prefix_kv)
+    targets = labels[:, 1:]
+    where = targets != -100
+    logits = logits_from_hidden(model, hidden[:, :-1][where])
+    return torch.nn.functional.cross_entropy(logits, targets[where], reduction=reduction)
+
+
+def pad_batch(rows, pad_id: int, side: str = "right", label_rows=None):
+    """Tensors (input_ids, attention_mask[, labels]) from lists of token ids."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long) if label_rows is not None else None
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        ids[i, span] = torch.as_tensor(row)
+        mask[i, span] = 1
+        if labels is not None:
+            labels[i, span] = torch.as_tensor(label_rows[i])
+    return (ids, mask, labels) if labels is not None else (ids, mask)
+
+
+def _cache(kv, batch, config, expand: bool):
+    from transformers import DynamicCache
+
+    data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) if expand else (k, v) for k, v in kv]
+    return DynamicCache(ddp_cache_data=data, config=config)
+
+
+@torch.no_grad()
+def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, length_norm: bool = False,
+                      use_prefix: bool = True, progress=None):
+    """Log-likelihood of each completion after each prompt: a tensor [n_prompts, n_completions].
+
+    prompt_ids: token ids per prompt. completion_ids: per prompt, a list of token-id lists (the
+    labels as tokenised after that prompt, EOS included where wanted).
+    Two levels of reuse: the prompts' common prefix runs once for the whole call; each batch's own
+    prompt tokens run once on top of it; then every label runs on top of that cache (a few tokens
+    each), so the cost is about one prompt forward per example, not one per (example, label).
+    """
+    decoder, _, config = decoder_and_head(model)
+    device = next(model.parameters()).device
+    n_prompts, n_labels = len(prompt_ids), len(completion_ids[0])
+    plen = common_prefix_length(prompt_ids) if use_prefix and n_prompts > 1 else 0
+    prefix_kv = run_prefix(model, prompt_ids[0][:plen]) if plen else None
+    order = sorted(range(n_prompts), key=lambda i: len(prompt_ids[i]))  # similar lengths: less padding
+    scores = torch.zeros(n_prompts, n_labels, dtype=torch.float64)
+    for start in range(0, n_prompts, batch_size):
+        idx = order[start:start + batch_size]
+        batch = len(idx)
+        own_ids, own_mask = pad_batch([list(prompt_ids[i][plen:]) for i in idx], 0, "right")
+        own_ids, own_mask = own_ids.to(device), own_mask.to(device)
+        own_len = own_mask.sum(-1)
+        past_mask = torch.ones(batch, plen, dtype=torch.long, device=device)
+        kwargs = {"cache": _cache(prefix_kv, batch, config, expand=True)} if prefix_kv else {}
+        out = decoder(input_ids=own_ids, attention_mask=torch.cat([past_mask, own_mask], 1),
+                      position_ids=plen + torch.arange(own_ids.shape[1], device=device).expand(batch, -1),
+                      use_cache=True, **kwargs)
+        last_hidden = out.last_hidden_state[torch.arange(batch, device=device), own_len - 1]
+        own_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        context_mask = torch.cat([past_mask, own_mask], 1)
+        for j in range(n_labels):
+            comp_ids, comp_mask = pad_batch([list(completion_ids[i][j]) for i in idx], 0, "right")
+            comp_ids, comp_mask = comp_ids.to(device), comp_mask.to(device)
+            # Padding holes sit between each prompt's end and its label: the mask skips them and the
+            # label's positions continue from the prompt's true length.
+            positions = (plen + own_len).unsqueeze(1) + torch.arange(comp_ids.shape[1], device=device)
+            hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([context_mask, comp_mask], 1),
+                             position_ids=positions, cache=_cache(own_kv, batch, config, expand=False),
+                             use_cache=True).last_hidden_state
+            # Token t of the label is predicted from the position before it.
+            predictors = torch.cat([last_hidden.unsqueeze(1), hidden[:, :-1]], 1)
+            logp = torch.log_softmax(logits_from_hidden(model, predictors[comp_mask.bool()]), -1)
+            token_lp = logp.gather(-1, comp_ids[comp_mask.bool()].unsqueeze(-1)).squeeze(-1).double()
+            rows = torch.arange(batch, device=device).unsqueeze(1).expand_as(comp_ids)[comp_mask.bool()]
+            sums = torch.zeros(batch, dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
+            if length_norm:
+                sums = sums / comp_mask.sum(-1)
+            scores[idx, j] = sums.cpu()
+        if progress is not None:
+            progress.update(batch * n_labels)
+    return scores

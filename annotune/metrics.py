@@ -1,0 +1,186 @@
+"""Metrics: one implementation, used by train.py (in-training evaluation) and evaluate.py.
+
+Classification: accuracy, balanced accuracy, macro/weighted F1, per-class precision/recall/F1,
+Cohen's kappa, the confusion matrix, seeded bootstrap 95% CIs (accuracy, macro-F1), expected
+calibration error from per-label probabilities. A prediction outside the label set ("invalid", from
+generate mode) counts as wrong and never enters the label list given to scikit-learn.
+Generation: ROUGE-1/2/L/Lsum with stemming (rouge-score, best over references), exact match,
+BERTScore F1 with a local model. ROUGE and BERTScore are never averaged into one number.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+INVALID = "<invalid>"
+PRIMARY_METRIC = {"classification": "macro_f1", "generation": "rougeL"}
+
+
+def _f1_parts(gold, pred, labels):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    return precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+
+
+def accuracy(gold, pred) -> float:
+    gold, pred = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
+    return float((gold == pred).mean()) if len(gold) else float("nan")
+
+
+def macro_f1(gold, pred, labels) -> float:
+    # Macro over the labels present in gold or predicted (sklearn's default set), never over INVALID.
+    present = [l for l in labels if l in set(gold) | set(pred)]
+    return float(_f1_parts(gold, pred, present)[2].mean()) if present else float("nan")
+
+
+def balanced_accuracy(gold, pred, labels) -> float:
+    """Mean recall over the classes that occur in gold (an invalid prediction is a miss)."""
+    gold, pred = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
+    recalls = [float((pred[gold == l] == l).mean()) for l in labels if (gold == l).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def bootstrap_ci(gold, pred, fn, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list:
+    """Percentile bootstrap interval of fn(gold, pred) over resampled examples (seeded)."""
+    gold, pred = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
+    if len(gold) < 2:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(gold), len(gold))
+        stats.append(fn(gold[idx], pred[idx]))
+    lo, hi = np.nanpercentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [float(lo), float(hi)]
+
+
+def expected_calibration_error(probs, gold_index, n_bins: int = 10) -> dict:
+    """ECE of the top-label confidence, and the per-bin table for a reliability plot."""
+    probs = np.asarray(probs, dtype=float)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(gold_index)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins, ece = [], 0.0
+    for i in range(n_bins):
+        upper = conf <= edges[i + 1] if i == n_bins - 1 else conf < edges[i + 1]
+        in_bin = (conf >= edges[i]) & upper
+        if in_bin.any():
+            gap = abs(correct[in_bin].mean() - conf[in_bin].mean())
+            ece += in_bin.mean() * gap
+            bins.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": int(in_bin.sum()),
+                         "accuracy": float(correct[in_bin].mean()), "confidence": float(conf[in_bin].mean())})
+    return {"ece": float(ece), "bins": bins}
+
+
+def cohen_kappa(a, b, labels) -> float:
+    from sklearn.metrics import cohen_kappa_score
+
+    a = [x if x in labels else INVALID for x in a]
+    b = [x if x in labels else INVALID for x in b]
+    all_labels = list(labels) + ([INVALID] if INVALID in set(a) | set(b) else [])
+    value = cohen_kappa_score(a, b, labels=all_labels)
+    return float(value) if np.isfinite(value) else float("nan")
+
+
+def classification_metrics(gold, pred, labels, probs=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """All classification metrics for gold and predicted label names (pred may hold invalid outputs)."""
+    from sklearn.metrics import confusion_matrix
+
+    gold, labels = list(gold), list(labels)
+    pred = [p if p in labels else INVALID for p in pred]
+    precision, recall, f1, support = _f1_parts(gold, pred, labels)
+    weights = np.asarray(support, dtype=float)
+    out = {
+        "n": len(gold),
+        "accuracy": accuracy(gold, pred),
+        "balanced_accuracy": balanced_accuracy(gold, pred, labels),
+        "macro_f1": macro_f1(gold, pred, labels),
+        "weighted_f1": float((f1 * weights).sum() / weights.sum()) if weights.sum() else float("nan"),
+        "cohen_kappa": cohen_kappa(gold, pred, labels),
+        "invalid": int(sum(p == INVALID for p in pred)),
+        "per_class": {l: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for l, p, r, f, s in zip(labels, precision, recall, f1, support)},
+        "labels": labels,
+        "confusion_matrix": confusion_matrix(gold, pred, labels=labels + [INVALID]).tolist(),
+        "ci95": {
+            "accuracy": bootstrap_ci(gold, pred, accuracy, n_boot, seed),
+            "macro_f1": bootstrap_ci(gold, pred, lambda g, p: macro_f1(g, p, labels), n_boot, seed),
+        },
+    }
+    if out["invalid"]:
+        valid = [i for i, p in enumerate(pred) if p != INVALID]
+        g, p = [gold[i] for i in valid], [pred[i] for i in valid]
+        out["valid_only"] = {"n": len(valid), "accuracy": accuracy(g, p), "macro_f1": macro_f1(g, p, labels)}
+    if probs is not None and len(gold):
+        index = {l: i for i, l in enumerate(labels)}
+        out["calibration"] = expected_calibration_error(probs, [index[g] for g in gold])
+        out["ece"] = out["calibration"]["ece"]
+    return out
+
+
+# -------------------------------------------------------------------- generation
+def rouge_scores(predictions, references_list) -> list:
+    """Per-example ROUGE F-measures (best over each example's references)."""
+    from rouge_score import rouge_scorer
+
+    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(keys, use_stemmer=True)
+    rows = []
+    for pred, refs in zip(predictions, references_list):
+        best = {k: 0.0 for k in keys}
+        # rougeLsum splits summaries on newlines; keep the text's own sentence breaks.
+        for ref in refs or [""]:
+            scores = scorer.score(ref, pred)
+            for k in keys:
+                best[k] = max(best[k], scores[k].fmeasure)
+        rows.append(best)
+    return rows
+
+
+def bertscore_f1(predictions, references_list, model_path: str, num_layers: int, batch_size: int = 32) -> list:
+    """Per-example BERTScore F1 (best over references) with a local model; no baseline rescaling."""
+    from bert_score import score
+
+    flat_pred, flat_ref, owner = [], [], []
+    for i, (pred, refs) in enumerate(zip(predictions, references_list)):
+        for ref in refs or [""]:
+            flat_pred.append(pred if pred.strip() else ".")
+            flat_ref.append(ref)
+            owner.append(i)
+    _, _, f1 = score(flat_pred, flat_ref, model_type=model_path, num_layers=num_layers, batch_size=batch_size,
+                     verbose=False, device="cpu")
+    best = [0.0] * len(predictions)
+    for i, value in zip(owner, f1.tolist()):
+        best[i] = max(best[i], float(value))
+    return best
+
+
+def generation_metrics(predictions, references_list, bertscore_model: str | None = None,
+                       bertscore_layers: int | None = None, n_boot: int = 1000, seed: int = 0) -> tuple:
+    """(summary, per_example): mean ROUGE-1/2/L/Lsum, exact match, optional BERTScore F1, with CIs."""
+    per_example = rouge_scores(predictions, references_list)
+    for row, pred, refs in zip(per_example, predictions, references_list):
+        row["exact_match"] = float(any(" ".join(pred.split()).casefold() == " ".join(r.split()).casefold() for r in refs))
+    if bertscore_model:
+        for row, value in zip(per_example, bertscore_f1(predictions, references_list, bertscore_model, bertscore_layers)):
+            row["bertscore_f1"] = value
+    summary = {"n": len(predictions)}
+    keys = list(per_example[0]) if per_example else []
+    for key in keys:
+        values = np.array([row[key] for row in per_example])
+        summary[key] = float(values.mean())
+    if per_example:
+        summary["ci95"] = {key: _mean_ci([row[key] for row in per_example], n_boot, seed) for key in keys}
+    if bertscore_model:
+        summary["bertscore_model"] = bertscore_model
+        summary["bertscore_num_layers"] = bertscore_layers
+    return summary, per_example
+
+
+def _mean_ci(values, n_boot, seed):
+    values = np.asarray(values, dtype=float)
+    idx = np.arange(len(values))
+    return bootstrap_ci(idx, idx, lambda g, p: float(values[g.astype(int)].mean()), n_boot, seed)
+
+
+def primary_metric(task_type: str) -> str:
+    return PRIMARY_METRIC[task_type]

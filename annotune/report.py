@@ -1,0 +1,139 @@
+"""Result files people and programs read: per-model metrics.json, predictions.jsonl, confusion
+matrix (CSV and PNG), reliability plot, boxplots, and markdown tables."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from .io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from .metrics import INVALID
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _with_ci(metrics, key):
+    ci = (metrics.get("ci95") or {}).get(key)
+    value = metrics.get(key)
+    if ci and ci[0] == ci[0]:
+        return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return _fmt(value)
+
+
+def _savefig(fig, path: Path):
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_model_results(folder: Path, metrics: dict, records: list, title: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_jsonl(folder / "predictions.jsonl", records)
+    if "confusion_matrix" in metrics:
+        labels = metrics["labels"] + [INVALID]
+        matrix = metrics["confusion_matrix"]
+        keep = [i for i, label in enumerate(labels) if label != INVALID or any(row[i] for row in matrix)]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["gold \\ predicted"] + [labels[i] for i in keep])
+        for i, label in enumerate(metrics["labels"]):
+            writer.writerow([label] + [matrix[i][j] for j in keep])
+        atomic_write_text(folder / "confusion_matrix.csv", buf.getvalue())
+        plot_confusion(folder / "confusion_matrix.png", [labels[i] for i in keep],
+                       [[matrix[i][j] for j in keep] for i in range(len(metrics["labels"]))], title)
+    if metrics.get("calibration"):
+        plot_reliability(folder / "reliability.png", metrics["calibration"], title)
+
+
+def plot_confusion(path: Path, columns, matrix, title):
+    plt = _plt()
+    rows = columns[: len(matrix)]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(columns), 1.0 + 0.8 * len(rows)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(columns)), columns, rotation=40, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title, fontsize=9)
+    _savefig(fig, path)
+
+
+def plot_reliability(path: Path, calibration: dict, title):
+    plt = _plt()
+    bins = calibration["bins"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-")
+    ax.set_xlabel("confidence (top label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {calibration['ece']:.3f}", fontsize=9)
+    _savefig(fig, path)
+
+
+def plot_boxplots(path: Path, per_model: dict, keys):
+    """Per-example score distributions of each model, one panel per metric (the FLAN-T5 write-up's plot)."""
+    plt = _plt()
+    keys = [k for k in keys if all(k in rows[0] for rows in per_model.values() if rows)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        ax.boxplot([[r[key] for r in rows] for rows in per_model.values()], showmeans=True)
+        ax.set_xticks(range(1, len(per_model) + 1), [n[:18] for n in per_model], rotation=20, ha="right")
+        ax.set_title(key)
+    _savefig(fig, path)
+
+
+def comparison_table(results: list, task_type: str) -> str:
+    """A markdown table, one row per evaluated model."""
+    if task_type == "classification":
+        head = "| model | split | n | accuracy | balanced acc. | macro-F1 | kappa | invalid | ECE |"
+        lines = [head, "|" + "---|" * (head.count("|") - 1)]
+        for r in results:
+            m = r["metrics"]
+            lines.append(f"| {r['name']} | {r['split']} | {m['n']} | {_with_ci(m, 'accuracy')} | "
+                         f"{_fmt(m['balanced_accuracy'])} | {_with_ci(m, 'macro_f1')} | {_fmt(m['cohen_kappa'])} | "
+                         f"{m['invalid']} | {_fmt(m.get('ece'))} |")
+        return "\n".join(lines) + "\n"
+    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_f1", "exact_match"]
+    present = [k for k in keys if any(k in r["metrics"] for r in results)]
+    lines = ["| model | split | n | " + " | ".join(present) + " |", "|---|---|---|" + "---|" * len(present)]
+    for r in results:
+        m = r["metrics"]
+        lines.append(f"| {r['name']} | {r['split']} | {m['n']} | " + " | ".join(_with_ci(m, k) for k in present) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def epoch_table(rows: list) -> str:
+    """The Politosphere write-up's per-epoch table."""
+    lines = ["| # Epoch | Accuracy on Train. | F1-score on Train. | Accuracy on Val. | F1-score on Val. |",
+             "| ------- | ------------------ | ------------------ | ---------------- | ---------------- |"]
+    for r in sorted(rows, key=lambda r: (r["epoch"] is None, r["epoch"])):
+        lines.append(f"| {r['epoch']} | {_fmt(r['train'].get('accuracy'), 2)} | {_fmt(r['train'].get('macro_f1'), 2)} | "
+                     f"{_fmt(r['val'].get('accuracy'), 2)} | {_fmt(r['val'].get('macro_f1'), 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_win_rate(base_rows, tuned_rows, key) -> float:
+    """Share of examples where the tuned model scores higher than the base on `key`."""
+    pairs = list(zip(base_rows, tuned_rows))
+    return sum(t["scores"][key] > b["scores"][key] for b, t in pairs) / len(pairs) if pairs else float("nan")
