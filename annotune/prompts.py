@@ -24,6 +24,8 @@ ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an 
 def quoted_list(names) -> str:
     """'a', 'b' or 'c' (the seeds' way of listing the labels in the instruction)."""
     quoted = [f"'{n}'" for n in names]
+    if not quoted:
+        return ""
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 

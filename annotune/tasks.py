@@ -389,6 +389,22 @@ def available_tasks() -> list:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
+def _yaml_loader():
+    """A safe YAML loader where yes/no/on/off stay strings (YAML 1.1 would turn the labels "yes"
+    and "no" into booleans); only true/false are booleans."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return Loader
+
+
 def load_task(name_or_path: str, merge: str | None = None) -> TaskSpec:
     """A task by name (tasks/NAME.yaml) or by the path of a YAML file, with an optional merge."""
     import yaml
@@ -400,7 +416,7 @@ def load_task(name_or_path: str, merge: str | None = None) -> TaskSpec:
         raise UserError(f"unknown task {name_or_path!r}; shipped tasks: {', '.join(available_tasks())} "
                         "(or give the path of a task YAML file)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"task spec {path}: not valid YAML ({first})") from None

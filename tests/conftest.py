@@ -1,0 +1,60 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real models or several processes (seconds to a minute each)")
+
+
+@pytest.fixture(scope="session")
+def smol_tok():
+    from tiny_models import smol_tokenizer
+
+    return smol_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_tok):
+    from tiny_models import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer=smol_tok)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    from tiny_models import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    from tiny_models import tiny_t5
+
+    return tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run a script in an empty folder (its default outputs land there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_script(name, argv):
+    """Call a top-level script's main(argv) as the command line would; returns the exit status."""
+    import importlib
+
+    from annotune.io import run_cli
+
+    module = importlib.import_module(name)
+    return run_cli(module.main, [str(a) for a in argv])

@@ -1,0 +1,76 @@
+"""Prompt rendering and tokenisation shared by training and evaluation."""
+import pytest
+from transformers import AutoTokenizer
+
+from annotune.models import resolve_model_path
+from annotune.prompts import Prompter, encode_completion, encode_example, encode_prompt, quoted_list
+from annotune.tasks import load_task
+
+
+def test_llama2_chat_layout_matches_the_politosphere_template_without_literal_bos():
+    spec = load_task("politosphere", "pol_unpol_oth")
+    prompter = Prompter(spec, "llama2-chat", with_definitions=True)
+    prompt = prompter.prompt("guns are great")
+    assert prompt.startswith("[INST] <<SYS>>\nYou are a sentence sentiment polarity classification assistant")
+    assert "\n<</SYS>>\n\nSentence: guns are great\nUser label: [/INST]" in prompt
+    assert "- polarized: antagonizing" in prompt  # definitions on
+    assert "'polarized', 'unpolarized' or 'other'" in prompt
+    assert "<s>" not in prompt  # BOS is a token added once at tokenisation, never text
+    assert prompter.completion("polarized") == " polarized"
+    bare = Prompter(spec, "llama2-chat", with_definitions=False).prompt("x")
+    assert "antagonizing" not in bare and "'polarized', 'unpolarized' or 'other'" in bare
+
+
+def test_merge_can_override_the_system_prompt():
+    spec = load_task("politosphere", "supp_anti_oth")
+    assert "political tendency" in Prompter(spec, "llama2-chat").prompt("x")
+
+
+def test_alpaca_chat_and_seq2seq_templates(smol_tok):
+    spec = load_task("sst2")
+    alpaca = Prompter(spec, "alpaca").prompt("good film")
+    assert "### Instruction:\n" in alpaca and "### Input:\nSentence: good film" in alpaca
+    assert alpaca.endswith("### Response:\n")
+    chat = Prompter(spec, "auto", tokenizer=smol_tok)
+    assert chat.template == "chat"
+    rendered = chat.prompt("good film")
+    assert rendered.startswith("<|im_start|>system\n") and rendered.endswith("<|im_start|>assistant\n")
+    summary = Prompter(load_task("dialogsum"), "auto", is_seq2seq=True)
+    assert summary.template == "seq2seq" and summary.prompt("A: hi").startswith("summarize: Dialogue:\nA: hi")
+
+
+def test_shared_prefix_is_the_text_before_the_example():
+    prompter = Prompter(load_task("politosphere"), "llama2-chat")
+    prefix = prompter.shared_prefix()
+    assert prompter.prompt("anything").startswith(prefix) and "Definitions of the labels" in prefix
+
+
+def test_loss_only_on_the_completion_and_eos(smol_tok):
+    prompter = Prompter(load_task("sst2"), "chat", tokenizer=smol_tok)
+    pair = prompter.render({"text": "a fine film", "label": "positive"})
+    enc = encode_example(smol_tok, pair["prompt"], pair["completion"])
+    n = enc["prompt_length"]
+    assert enc["labels"][:n] == [-100] * n
+    assert enc["labels"][n:] == enc["input_ids"][n:]
+    assert enc["input_ids"][-1] == smol_tok.eos_token_id
+    assert smol_tok.decode(enc["input_ids"][n:-1]) == "positive"
+
+
+def test_one_bos_and_the_leading_space_trap():
+    # A tokenizer that adds BOS itself: a prompt that already starts with the BOS text gets no second one.
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"), add_bos_token=True, bos_token="<|endoftext|>")
+    assert encode_prompt(tok, "Hi").count(tok.bos_token_id) == 1
+    assert encode_prompt(tok, "<|endoftext|>Hi").count(tok.bos_token_id) == 1
+    # " positive" after "[/INST]" is tokenised as in the joint text, not as a fresh string.
+    prompt = "[INST] classify [/INST]"
+    joint = encode_prompt(tok, prompt + " positive")
+    assert encode_completion(tok, prompt, " positive") == joint[len(encode_prompt(tok, prompt)):]
+
+
+def test_pad_token_differs_from_eos(smol_tok):
+    assert smol_tok.pad_token_id is not None and smol_tok.pad_token_id != smol_tok.eos_token_id
+
+
+@pytest.mark.parametrize("names,expected", [(["a"], "'a'"), (["a", "b"], "'a' or 'b'"), (["a", "b", "c"], "'a', 'b' or 'c'")])
+def test_quoted_list(names, expected):
+    assert quoted_list(names) == expected
