@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import zipfile
 from collections import Counter
@@ -169,20 +170,26 @@ def build_examples(spec: TaskSpec, source_rows: dict) -> tuple:
 
 # -------------------------------------------------------------------- splitting and balancing
 def _stratified_take(examples: list, fraction: float, seed: int, stratify: bool) -> tuple:
-    """Split examples into (rest, taken) with about `fraction` taken, stratified by label."""
+    """Split examples into (rest, taken): ceil(n * fraction) taken, as scikit-learn's test_size does
+    (113 rows at 0.2 -> 90 / 23, the seeds' split), shared among labels in proportion (largest
+    remainder), each label's rows shuffled with the seed."""
     if fraction <= 0 or not examples:
         return examples, []
     rng = random.Random(seed)
     groups = {}
     for ex in examples:
-        key = ex.get("label") if stratify else None
-        groups.setdefault(key, []).append(ex)
+        groups.setdefault(ex.get("label") if stratify else None, []).append(ex)
+    keys = sorted(groups, key=str)
+    total = math.ceil(len(examples) * fraction - 1e-9)
+    exact = {k: len(groups[k]) * fraction for k in keys}
+    quota = {k: int(exact[k]) for k in keys}
+    for k in sorted(keys, key=lambda k: -(exact[k] - quota[k]))[: total - sum(quota.values())]:
+        quota[k] += 1
     taken_ids = set()
-    for key in sorted(groups, key=str):
+    for key in keys:
         group = groups[key][:]
         rng.shuffle(group)
-        n = int(round(len(group) * fraction))
-        taken_ids.update(ex["id"] for ex in group[:n])
+        taken_ids.update(ex["id"] for ex in group[: quota[key]])
     rest = [ex for ex in examples if ex["id"] not in taken_ids]
     taken = [ex for ex in examples if ex["id"] in taken_ids]
     return rest, taken

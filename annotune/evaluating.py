@@ -235,7 +235,9 @@ def annotate(args, adapters, base):
         raise UserError(f"{output} already exists; pass --overwrite or choose another --output")
     check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization)
-    state = PartialState()
+    from .models import device_name
+
+    state = PartialState(cpu=device_name() == "cpu")
     result = annotate_file(annotator, args.predict_file, args.text_column, str(output), args.batch_size, args.mode,
                            args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
                            progress=not args.quiet, max_new_tokens=args.max_new_tokens)

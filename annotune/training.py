@@ -157,7 +157,7 @@ def build_model(args, kind, spec, tokenizer):
 def prepare_run(args) -> Run:
     from accelerate import Accelerator
 
-    from .models import load_config, load_tokenizer
+    from .models import device_name, load_config, load_tokenizer
     from .trainer import build_features
 
     config = load_config(args.model_name)
@@ -170,8 +170,8 @@ def prepare_run(args) -> Run:
         raise UserError("the train split is empty")
     run_name = f"{short_model_name(args.model_name)}-{spec.name}"
     out_dir = prepare_output_dir(args, run_name)
-    accelerator = Accelerator(gradient_accumulation_steps=1,
-                              log_with=None if args.report_to == "none" else args.report_to)
+    # cpu=True on a CPU machine lets torchrun / accelerate launch run data-parallel with gloo.
+    accelerator = Accelerator(cpu=device_name() == "cpu", log_with=None if args.report_to == "none" else args.report_to)
 
     train_rows = splits["train"]
     if args.max_train_samples and len(train_rows) > args.max_train_samples:

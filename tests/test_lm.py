@@ -1,0 +1,96 @@
+"""The shared-prefix forward and label scoring against slow reference computations."""
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from annotune import lm
+from annotune.prompts import Prompter, encode_completion, encode_prompt
+from annotune.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_llama_dir):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # non-zero, so every LoRA matrix gets a gradient
+    return model
+
+
+def batch_of(tok, n=4):
+    prompter = Prompter(load_task("politosphere"), "llama2-chat")
+    texts = ["guns", "we must ban this horrible weapon of war", "ok", "an oath to the constitution , not to beto"][:n]
+    labels = ["Neutral", "Anti Gun Polarized", "Not Sure", "Support Gun Polarized"][:n]
+    rows, label_rows = [], []
+    for text, label in zip(texts, labels):
+        p = encode_prompt(tok, prompter.prompt(text))
+        c = encode_completion(tok, prompter.prompt(text), prompter.completion(label)) + [tok.eos_token_id]
+        rows.append(p + c)
+        label_rows.append([-100] * len(p) + c)
+    return lm.pad_batch(rows, tok.pad_token_id, "right", label_rows)
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok):
+    ids, mask, labels = batch_of(smol_tok)
+    lora_model.train()
+    lora_model.zero_grad()
+    plain = lm.completion_loss(lora_model, ids, mask, labels)
+    plain.backward()
+    g_plain = grads(lora_model)
+    lora_model.zero_grad()
+    plen = lm.common_prefix_length([row[row != smol_tok.pad_token_id].tolist() for row in ids])
+    assert plen > 100  # the system prompt with the seven definitions
+    prefix_kv = lm.run_prefix(lora_model, ids[0, :plen].tolist())
+    shared = lm.completion_loss(lora_model, ids[:, plen:], mask[:, plen:], labels[:, plen:], prefix_kv)
+    shared.backward()
+    g_shared = grads(lora_model)
+    lora_model.zero_grad()
+    assert shared.item() == pytest.approx(plain.item(), abs=1e-5)
+    assert all(g.abs().sum() > 0 for g in g_plain.values())
+    for name in g_plain:
+        assert torch.allclose(g_plain[name], g_shared[name], atol=1e-5), name
+
+
+def test_loss_is_computed_only_on_completion_tokens(lora_model, smol_tok):
+    ids, mask, labels = batch_of(smol_tok, 2)
+    with torch.no_grad():
+        ours = lm.completion_loss(lora_model, ids, mask, labels)
+        ref = lora_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def slow_scores(model, prompts, completions, length_norm=False):
+    out = torch.zeros(len(prompts), len(completions[0]), dtype=torch.float64)
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            for j, c in enumerate(completions[i]):
+                logp = model(input_ids=torch.tensor([p + c])).logits[0].log_softmax(-1)
+                total = sum(logp[len(p) - 1 + k, c[k]].item() for k in range(len(c)))
+                out[i, j] = total / len(c) if length_norm else total
+    return out
+
+
+@pytest.mark.parametrize("length_norm", [False, True])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, length_norm, batch_size):
+    lora_model.eval()
+    prompter = Prompter(load_task("politosphere"), "llama2-chat")
+    texts = ["guns", "we must ban this horrible weapon of war, and all of them", "ok then", "an oath"]
+    prompts = [encode_prompt(smol_tok, prompter.prompt(t)) for t in texts]
+    # Labels that share their first tokens and differ in length.
+    names = ["Support Gun Polarized", "Support Gun non-Polarized", "Neutral", "Not Sure", "Not Relevant"]
+    completions = [[encode_completion(smol_tok, prompter.prompt(t), prompter.completion(n)) + [smol_tok.eos_token_id]
+                    for n in names] for t in texts]
+    fast = lm.score_completions(lora_model, prompts, completions, batch_size=batch_size, length_norm=length_norm)
+    assert torch.allclose(fast, slow_scores(lora_model, prompts, completions, length_norm), atol=1e-4)
+    # One prompt: no shared prefix to reuse, same answer.
+    single = lm.score_completions(lora_model, prompts[:1], completions[:1], length_norm=length_norm)
+    assert torch.allclose(single, fast[:1], atol=1e-4)

@@ -1,0 +1,65 @@
+"""Metrics against direct scikit-learn / rouge-score computations."""
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score
+
+from annotune.evaluation import parse_label
+from annotune.metrics import INVALID, classification_metrics, expected_calibration_error, generation_metrics
+
+LABELS = ["neg", "neu", "pos"]
+
+
+def test_classification_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    gold = list(rng.choice(LABELS, 200))
+    pred = [g if rng.random() < 0.7 else rng.choice(LABELS) for g in gold]
+    m = classification_metrics(gold, pred, LABELS, n_boot=200)
+    assert m["accuracy"] == pytest.approx(accuracy_score(gold, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(gold, pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted"))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(gold, pred))
+    assert m["cohen_kappa"] == pytest.approx(cohen_kappa_score(gold, pred))
+    lo, hi = m["ci95"]["macro_f1"]
+    assert lo < m["macro_f1"] < hi
+    assert classification_metrics(gold, pred, LABELS, n_boot=200)["ci95"] == m["ci95"]  # seeded
+    assert sum(map(sum, m["confusion_matrix"])) == 200
+
+
+def test_invalid_outputs_count_as_wrong_and_never_become_a_label():
+    gold = ["neg", "pos", "pos", "neu"]
+    pred = ["neg", "pos", "banana", "neu"]
+    m = classification_metrics(gold, pred, LABELS, n_boot=50)
+    assert m["invalid"] == 1 and m["accuracy"] == 0.75
+    assert INVALID not in m["per_class"] and m["labels"] == LABELS
+    assert m["per_class"]["pos"]["recall"] == 0.5
+    assert m["valid_only"] == {"n": 3, "accuracy": 1.0, "macro_f1": 1.0}
+
+
+def test_expected_calibration_error():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    # top-1 confidence 0.9 with accuracy 1/2 and 0.6 with accuracy 1/2: ECE = 0.5*0.4 + 0.5*0.1
+    assert expected_calibration_error(probs, [0, 1, 0, 1])["ece"] == pytest.approx(0.25)
+
+
+def test_rouge_takes_the_best_reference_and_exact_match():
+    summary, rows = generation_metrics(["the cat sat", "dogs run"], [["a cat sat down", "the cat sat"], ["cats sleep"]],
+                                       n_boot=50)
+    assert rows[0]["rouge1"] == pytest.approx(1.0) and rows[0]["exact_match"] == 1.0
+    assert rows[1]["rouge1"] == pytest.approx(0.0)
+    assert summary["rougeL"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("positive", "positive"),
+    (" Positive.", "positive"),
+    ("positive. The review is nice", "positive"),
+    ("neg", "negative"),
+    ("Support Gun Polarized", "Support Gun Polarized"),
+    ("support gun non-polarized", "Support Gun non-Polarized"),
+    ("Support Gun", INVALID),  # a prefix of two labels
+    ("I think", INVALID),
+    ("", INVALID),
+])
+def test_parse_label(text, expected):
+    labels = ["negative", "positive", "Support Gun Polarized", "Support Gun non-Polarized"]
+    assert parse_label(text, labels) == expected

@@ -1,0 +1,179 @@
+"""train.py end to end on tiny models: per-epoch adapters, steps, learning, heads, seq2seq,
+resume, reproducibility, data parallel, and its refusals."""
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_script
+
+
+def adapter_weights(folder):
+    return load_file(os.path.join(folder, "adapter_model.safetensors"))
+
+
+def read_log(run):
+    return [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_politosphere_three_epochs_three_adapters_and_steps_mode(in_tmp, tiny_llama_dir, capsys):
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+            "llama2-chat", "--epoch", 3, "--save_epochs", "1,2,3", "--quiet", "--max_eval_samples", 10]
+    assert run_script("train", argv) == 0
+    run = in_tmp / "runs" / f"{os.path.basename(tiny_llama_dir)}-politosphere-pol_unpol_oth"
+    adapters = sorted(p.name for p in run.iterdir() if p.name.endswith(("epoch1", "epoch2", "epoch3")))
+    assert len(adapters) == 3
+    info = json.loads((run / adapters[-1] / "annotune.json").read_text())
+    assert info["labels"] == ["polarized", "unpolarized", "other"] and info["merge"] == "pol_unpol_oth"
+    assert info["prompt"]["template"] == "llama2-chat" and "macro_f1" in info["validation_metrics"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert len(manifest["data"]["splits"]["train"]["ids"]) == 90 and manifest["versions"]["peft"]
+    assert manifest["result"]["shared_prefix_tokens"] > 100
+    assert (run / "learning_curve.png").stat().st_size > 1000
+    assert [r["epoch"] for r in read_log(run) if r["type"] == "eval"] == [1, 2, 3]
+    printed = capsys.readouterr().out
+    assert ">>>" in printed and "trainable parameters" in printed
+    # The same with --stop_condition steps --steps 3: three optimizer steps, one adapter.
+    assert run_script("train", argv[:8] + ["--stop_condition", "steps", "--steps", 3, "--quiet",
+                                           "--output_dir", in_tmp / "steps"]) == 0
+    steps = [r for r in read_log(in_tmp / "steps") if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert any(p.name.endswith("-step3") for p in (in_tmp / "steps").iterdir())
+
+
+def write_colour_task(folder, n=240, seed=0):
+    rng = random.Random(seed)
+    fillers = "the a my big small old new one some this".split()
+    path = folder / "colours.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for _ in range(n):
+            colour, words = rng.choice(["red", "green", "blue"]), rng.sample(fillers, 3)
+            writer.writerow([" ".join(words[:2] + [colour] + words[2:]), colour])
+    return path
+
+
+def test_training_improves_the_metric_on_a_learnable_task(in_tmp, tiny_llama_dir):
+    data = write_colour_task(in_tmp)
+    assert run_script("preprocess", ["--data_path", data, "--text_column", "text", "--label_column", "label",
+                                     "--template", "llama2-chat", "--output_dir", "ds"]) == 0
+    assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--epoch", 6,
+                                "--learning_rate", "5e-3", "--lora_r", 8, "--output_dir", "run", "--quiet"]) == 0
+    adapter = next(p for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch6"))
+    assert run_script("evaluate", ["--adapters_name", adapter, "--base_only", "--output_dir", "ev", "--quiet"]) == 0
+    before = json.loads(next((in_tmp / "ev").glob("base_*/validation/metrics.json")).read_text())
+    after = json.loads((in_tmp / "ev" / adapter.name / "validation" / "metrics.json").read_text())
+    assert after["macro_f1"] > before["macro_f1"] + 0.3
+    assert after["accuracy"] > 0.9
+
+
+def test_same_seed_same_adapter_and_resume_equals_uninterrupted(in_tmp, tiny_llama_dir):
+    common = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 2,
+              "--train_batch_size", 8, "--eval_strategy", "no", "--quiet", "--lora_dropout", "0.1"]
+    assert run_script("train", common + ["--output_dir", "a"]) == 0
+    assert run_script("train", common + ["--output_dir", "b"]) == 0
+    # Interrupted after 14 of 22 steps (inside epoch 2), then resumed.
+    assert run_script("train", common + ["--output_dir", "c", "--stop_after_steps", 14]) == 0
+    assert not any(p.name.endswith("epoch2") for p in (in_tmp / "c").iterdir())
+    assert run_script("train", common + ["--output_dir", "c", "--resume_from_checkpoint"]) == 0
+    name = next(p.name for p in (in_tmp / "a").iterdir() if p.name.endswith("epoch2"))
+    a, b, c = (adapter_weights(in_tmp / d / name) for d in "abc")
+    assert a.keys() == b.keys() == c.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        assert torch.allclose(a[key], c[key], atol=1e-6), key
+
+
+def test_classifier_head_with_class_weights_on_an_imbalanced_task(in_tmp, tiny_bert_dir):
+    argv = ["--task", "drug_reviews", "--model_name", tiny_bert_dir, "--class_weights", "auto", "--epoch", 1,
+            "--max_train_samples", 96, "--max_eval_samples", 24, "--max_seq_length", 128, "--quiet",
+            "--output_dir", "head"]
+    assert run_script("train", argv) == 0
+    adapter = next(p for p in (in_tmp / "head").iterdir() if p.name.endswith("epoch1"))
+    info = json.loads((adapter / "annotune.json").read_text())
+    assert info["kind"] == "classifier" and info["labels"] == ["negative", "neutral", "positive"]
+    assert run_script("evaluate", ["--adapters_name", adapter, "--split", "test", "--max_samples", 30,
+                                   "--output_dir", "ev", "--quiet"]) == 0
+    metrics = json.loads((in_tmp / "ev" / adapter.name / "test" / "metrics.json").read_text())
+    assert metrics["mode"] == "head" and metrics["n"] == 30 and metrics["invalid"] == 0
+
+
+def test_inverse_frequency_class_weights():
+    from annotune.trainer import class_weights
+
+    w = class_weights("auto", [0, 0, 0, 1], 2)
+    assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))
+    assert class_weights("none", [0, 1], 2) is None
+    assert torch.equal(class_weights("1,3", [0, 1], 2), torch.tensor([1.0, 3.0]))
+
+
+def test_seq2seq_on_a_tiny_t5(in_tmp, tiny_t5_dir):
+    argv = ["--task", "dialogsum", "--model_name", tiny_t5_dir, "--epoch", 1, "--max_train_samples", 16,
+            "--max_eval_samples", 4, "--quiet", "--output_dir", "s2s", "--train_batch_size", 4]
+    assert run_script("train", argv) == 0
+    adapter = next(p for p in (in_tmp / "s2s").iterdir() if p.name.endswith("epoch1"))
+    assert json.loads((adapter / "annotune.json").read_text())["kind"] == "seq2seq"
+    from annotune.trainer import collate
+
+    batch = collate("seq2seq", [{"input_ids": [5, 6, 7], "labels": [8, 1]}, {"input_ids": [5], "labels": [9, 9, 1]}], 0)
+    assert batch["labels"].tolist() == [[8, 1, -100], [9, 9, 1]]  # padded with -100, never the pad id
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel(in_tmp, tiny_llama_dir):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(REPO / "train.py"), "--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca",
+           "--epoch", 1, "--train_batch_size", 4, "--quiet", "--record_examples", "--output_dir", "ddp",
+           "--max_eval_samples", 5]
+    out = subprocess.run([str(c) for c in cmd], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = [json.loads((in_tmp / "ddp" / f"examples_seen.rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    manifest = json.loads((in_tmp / "ddp" / "manifest.json").read_text())
+    assert manifest["num_processes"] == 2
+    assert len([p for p in (in_tmp / "ddp").iterdir() if p.name.endswith("epoch1")]) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--task", "nope"], "unknown task"),
+    (["--dataset_name", "no_such_thing"], "neither a dataset folder"),
+    (["--task", "politosphere", "--merge", "nope"], "unknown merge"),
+    (["--task", "politosphere", "--max_seq_length", 10], "no training example fits"),
+    (["--task", "politosphere", "--save_epochs", "5"], "only 1 epochs"),
+    (["--task", "dialogsum", "--mode", "classifier"], "generation task"),
+])
+def test_bad_input_exits_2_with_one_line(in_tmp, tiny_llama_dir, capsys, argv, message):
+    assert run_script("train", argv + ["--model_name", tiny_llama_dir, "--output_dir", "out", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (in_tmp / "out").exists() or not any((in_tmp / "out").iterdir())
+
+
+def test_existing_run_is_refused_and_4bit_without_bitsandbytes(in_tmp, tiny_llama_dir, capsys, monkeypatch):
+    out = in_tmp / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    assert run_script("train", ["--task", "politosphere", "--model_name", tiny_llama_dir, "--output_dir", out]) == 2
+    assert "already holds a run" in capsys.readouterr().err and (out / "manifest.json").read_text() == "{}"
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
+    assert run_script("train", ["--task", "politosphere", "--model_name", tiny_llama_dir, "--quantization", "4bit",
+                                "--output_dir", in_tmp / "q"]) == 2
+    assert "needs bitsandbytes" in capsys.readouterr().err
+
+
+def test_gold_label_outside_the_label_set(in_tmp, tiny_llama_dir, capsys):
+    assert run_script("preprocess", ["--task", "politosphere", "--template", "alpaca", "--output_dir", "ds"]) == 0
+    manifest = json.loads((in_tmp / "ds" / "manifest.json").read_text())
+    manifest["task_spec"]["labels"] = manifest["task_spec"]["labels"][:-1]  # drop "Not Sure" from the spec
+    manifest["task_spec"]["merges"] = {}
+    (in_tmp / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--output_dir", "o"]) == 2
+    assert "'Not Sure'" in capsys.readouterr().err
