@@ -76,13 +76,14 @@ def main(argv=None):
     from annotune import evaluating as E
 
     adapters = [E.find_adapter(name) for name in args.adapters_name]
-    base = E.base_annotator(args, adapters)  # None unless --base_only
+    bases = E.BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
+    base = E.base_annotator(args, adapters, bases)  # None unless --base_only
     if args.predict_file:
         return E.annotate(args, adapters, base)
     spec, rows_by_split, info = E.evaluation_data(args, adapters, base)
     E.check_label_name(args.label_name, spec)
     out_dir = E.new_results_dir(args, spec)
-    results = E.evaluate_models(args, adapters, base, rows_by_split, out_dir)
+    results = E.evaluate_models(args, adapters, base, rows_by_split, out_dir, bases)
     E.report(args, spec, results, out_dir, info)
     return 0
 

@@ -29,21 +29,28 @@ def find_adapter(name: str) -> Path:
     raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
 
 
-_BASES = {}
+class BaseModels:
+    """Each base model is loaded once per evaluate.py call; adapters are attached to it and detached."""
+
+    def __init__(self, quantization: str):
+        self.quantization, self.loaded = quantization, {}
+
+    def get(self, name: str, kind: str, labels):
+        from .models import load_model
+
+        key = (name, kind, tuple(labels) if kind == "classifier" else None)
+        if key not in self.loaded:
+            self.loaded[key] = load_model(name, kind, self.quantization, num_labels=len(labels) or None,
+                                          label_names=labels or None)
+        return self.loaded[key]
 
 
-def cached_base(name: str, kind: str, labels, quantization: str):
-    """Each base model is loaded once per call; adapters are attached to it and detached again."""
-    from .models import load_model
-
-    key = (name, kind, tuple(labels) if kind == "classifier" else None, quantization)
-    if key not in _BASES:
-        _BASES[key] = load_model(name, kind, quantization, num_labels=len(labels) or None, label_names=labels or None)
-    return _BASES[key]
-
-
-def base_annotator(args, adapters):
+def base_annotator(args, adapters, bases: BaseModels):
     """The untuned base model as an annotator (with --base_only), on the adapters' task and prompt."""
+    for adapter in adapters:
+        trained_on = read_adapter_info(adapter)["base_model"]
+        if args.model_name and args.model_name != trained_on:
+            raise UserError(f"adapter {adapter} was trained on {trained_on}, not on --model_name {args.model_name}")
     if not args.base_only:
         return None
     from .data import load_dataset_folder
@@ -62,7 +69,7 @@ def base_annotator(args, adapters):
         name = args.model_name or DEFAULT_CAUSAL_LM
         prompt = {"template": args.template, "with_definitions": not args.without_definitions}
     kind = model_kind(load_config(name))
-    model = cached_base(name, kind, spec.label_names, args.quantization)
+    model = bases.get(name, kind, spec.label_names)
     return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model)
 
 
@@ -125,7 +132,7 @@ def new_results_dir(args, spec) -> Path:
     return out
 
 
-def evaluate_models(args, adapters, base, rows_by_split, out_dir):
+def evaluate_models(args, adapters, base, rows_by_split, out_dir, bases: BaseModels):
     """Evaluate the base (if any) and every adapter on the chosen split(s); write per-model results
     into a staging folder that report() publishes."""
     from peft import PeftModel
@@ -144,7 +151,7 @@ def evaluate_models(args, adapters, base, rows_by_split, out_dir):
             annotator = base
         else:
             info = read_adapter_info(adapter)
-            base_model = cached_base(info["base_model"], info.get("kind", "causal"), info["labels"], args.quantization)
+            base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
             annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)))
         name = annotator.name
         for split in splits:

@@ -59,8 +59,8 @@ def _alias_folder(name: str) -> Path:
     if info["kind"] == "folder":
         return source / info["subdir"]
     target = cache_dir() / "models" / name
-    if (target / "config.json").exists():
-        return target
+    if (target / "config.json").exists() and '"gguf"' not in (target / "config.json").read_text():
+        return target  # (a folder from an older conversion that kept the GGUF entry is redone)
     _convert_gguf(name, info, source, target)
     return target
 
@@ -80,15 +80,23 @@ def _convert_gguf(name: str, info: dict, source: Path, target: Path) -> None:
         folder, file = source, info["file"]
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
         loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=file, dtype=torch.float32)
-        # A GGUF-loaded model cannot save_pretrained directly: rebuild it from its config.
-        model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        # A GGUF-loaded model cannot save_pretrained directly: rebuild it from its config, which
+        # must not keep the GGUF quantization entry (it would block loading in 4-bit later).
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         out = work / "model"
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not (target / "config.json").exists():  # another process finished first: keep its copy
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -164,8 +172,13 @@ def quantization_config(quantization: str, device: str):
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if device == "cuda" else torch.float32
+    extra = {"bnb_4bit_quant_storage": torch.bfloat16} if using_fsdp() else {}  # FSDP shards bf16 storage
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+                              bnb_4bit_compute_dtype=compute, **extra)
+
+
+def using_fsdp() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_labels: int | None = None,
@@ -181,7 +194,8 @@ def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_
     qconfig = quantization_config(quantization, device)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
+        if not using_fsdp():  # FSDP places the shards itself
+            kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
     if kind == "classifier":
         kwargs["num_labels"] = num_labels
         if label_names:

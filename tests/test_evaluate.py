@@ -1,0 +1,146 @@
+"""evaluate.py end to end on tiny models: score vs generate, the per-epoch table, agreement with
+humans, generation metrics with boxplots, annotation of a file that is interrupted and resumed."""
+import csv
+import json
+import os
+
+import pytest
+
+from conftest import DATA, run_script
+
+
+@pytest.fixture(scope="module")
+def pol_run(tmp_path_factory, tiny_llama_dir):
+    """A 2-epoch Politosphere pol/unpol/oth run on the tiny model, adapters at epochs 1 and 2."""
+    folder = tmp_path_factory.mktemp("polrun")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir,
+                                    "--template", "llama2-chat", "--epoch", 2, "--save_epochs", "1,2", "--quiet",
+                                    "--learning_rate", "3e-3", "--eval_strategy", "no", "--output_dir", "run"]) == 0
+    finally:
+        os.chdir(cwd)
+    return sorted(p for p in (folder / "run").iterdir() if "epoch" in p.name)
+
+
+def metrics(folder, model, split="validation"):
+    return json.loads((folder / model / split / "metrics.json").read_text())
+
+
+def test_score_mode_never_invalid_and_generate_mode_counts_invalid(in_tmp, pol_run):
+    adapter = pol_run[-1]
+    assert run_script("evaluate", ["--adapters_name", adapter, "--output_dir", "score", "--quiet"]) == 0
+    assert run_script("evaluate", ["--adapters_name", adapter, "--mode", "generate", "--output_dir", "gen",
+                                   "--quiet"]) == 0
+    score, gen = metrics(in_tmp / "score", adapter.name), metrics(in_tmp / "gen", adapter.name)
+    assert score["invalid"] == 0 and score["mode"] == "score" and score["n"] == 23
+    assert gen["mode"] == "generate" and gen["n"] == 23
+    assert gen["invalid"] == len(gen["invalid_examples"]) or gen["invalid"] > 50
+    preds = [json.loads(l) for l in (in_tmp / "score" / adapter.name / "validation" / "predictions.jsonl").open()]
+    assert set(preds[0]["probs"]) == {"polarized", "unpolarized", "other"}
+    assert abs(sum(preds[0]["probs"].values()) - 1) < 1e-4
+    gen_preds = [json.loads(l) for l in (in_tmp / "gen" / adapter.name / "validation" / "predictions.jsonl").open()]
+    assert all("raw" in p for p in gen_preds)
+    for name in ("confusion_matrix.csv", "confusion_matrix.png", "reliability.png"):
+        assert (in_tmp / "score" / adapter.name / "validation" / name).exists()
+    assert "| model | split |" in (in_tmp / "score" / "comparison.md").read_text()
+
+
+def test_epoch_table_from_one_runs_adapters(in_tmp, pol_run, capsys):
+    assert run_script("evaluate", ["--adapters_name", *pol_run, "--table", "--output_dir", "tab", "--quiet",
+                                   "--bootstrap", 50]) == 0
+    out = capsys.readouterr().out
+    assert "| # Epoch | Accuracy on Train. | F1-score on Train. | Accuracy on Val. | F1-score on Val. |" in out
+    rows = [l for l in out.splitlines() if l.startswith("| 1 ") or l.startswith("| 2 ")]
+    assert len(rows) == 2
+    assert metrics(in_tmp / "tab", pol_run[0].name, "train")["n"] == 90
+
+
+def test_kappa_model_vs_humans_beside_human_vs_human(in_tmp, pol_run):
+    from sklearn.metrics import cohen_kappa_score
+
+    from annotune.agreement import load_annotations
+    from annotune.tasks import load_task
+
+    files = [DATA / "politosphere" / "annotated_data_leo.json", DATA / "politosphere" / "annotated_data_yifei_v2.json"]
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--annotations", *files, "--output_dir", "agr",
+                                   "--quiet", "--bootstrap", 50]) == 0
+    table = json.loads((in_tmp / "agr" / pol_run[-1].name / "agreement.json").read_text())
+    assert table["n"] == 150 - 90  # every annotated row except those trained on
+    pairs = {(p["a"], p["b"]): p["kappa"] for p in table["pairs"]}
+    humans, _ = load_annotations(files, load_task("politosphere", "pol_unpol_oth"))
+    ids = table["ids"]
+    expected = cohen_kappa_score([humans["annotated_data_leo"][i] for i in ids],
+                                 [humans["annotated_data_yifei_v2"][i] for i in ids])
+    assert pairs[("annotated_data_leo", "annotated_data_yifei_v2")] == pytest.approx(expected)
+    assert (pol_run[-1].name, "annotated_data_leo") in pairs
+    assert "Cohen's kappa" in (in_tmp / "agr" / "comparison.md").read_text()
+
+
+def test_generation_metrics_base_vs_tuned_with_boxplots(in_tmp, tiny_t5_dir):
+    assert run_script("train", ["--task", "dialogsum", "--model_name", tiny_t5_dir, "--epoch", 1,
+                                "--max_train_samples", 8, "--quiet", "--eval_strategy", "no", "--output_dir", "s"]) == 0
+    adapter = next(p for p in (in_tmp / "s").iterdir() if p.name.endswith("epoch1"))
+    assert run_script("evaluate", ["--adapters_name", adapter, "--base_only", "--split", "test", "--max_samples", 4,
+                                   "--max_new_tokens", 8, "--output_dir", "ev", "--quiet", "--bootstrap", 20]) == 0
+    m = metrics(in_tmp / "ev", adapter.name, "test")
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_f1"} <= set(m)
+    assert m["bertscore_num_layers"] == 6
+    assert (in_tmp / "ev" / "scores_boxplot.png").stat().st_size > 1000
+    assert "beats the base on rougeL for" in (in_tmp / "ev" / "comparison.md").read_text()
+    rec = json.loads((in_tmp / "ev" / adapter.name / "test" / "predictions.jsonl").open().readline())
+    assert len(rec["scores"]) >= 5
+
+
+def test_annotating_10k_rows_interrupted_and_resumed(in_tmp, pol_run):
+    posts = in_tmp / "posts.csv"
+    with open(posts, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["post_id", "body"])
+        for i in range(10_000):
+            writer.writerow([f"p{i}", f"post number {i} about guns" if i % 3 else "ban them all, now"])
+    argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--output", "out.csv",
+            "--chunk_rows", 1000, "--batch_size", 64, "--quiet"]
+    assert run_script("evaluate", argv + ["--stop_after_chunks", 3]) == 0
+    assert not (in_tmp / "out.csv").exists()
+    partial = (in_tmp / "out.csv.part0").read_text().splitlines()
+    assert len(partial) == 3001  # header + three chunks
+    # Simulate a crash in the middle of writing the fourth chunk: a torn line after the last record.
+    with open(in_tmp / "out.csv.part0", "a") as handle:
+        handle.write("3000,p3000,torn")
+    assert run_script("evaluate", argv) == 0
+    with open(in_tmp / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["row"]) for r in rows] == list(range(10_000))
+    assert [r["post_id"] for r in rows] == [f"p{i}" for i in range(10_000)]
+    assert {r["prediction"] for r in rows} <= {"polarized", "unpolarized", "other"}
+    assert all(abs(sum(float(r[f"prob_{l}"]) for l in ("polarized", "unpolarized", "other")) - 1) < 1e-3 for r in rows[:50])
+    assert not list(in_tmp.glob("out.csv.part*"))
+    assert run_script("evaluate", argv) == 2  # never overwrites the finished file
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing_adapter", "not found"),
+    ("other_base", "was trained on"),
+    ("no_text_column", "no column 'body'"),
+    ("not_utf8", "not UTF-8"),
+    ("bad_label_name", "differs from the task's labels"),
+    ("bad_split", "split 'dev' is not in the dataset"),
+])
+def test_bad_input_exits_2_and_writes_nothing(in_tmp, pol_run, capsys, case, message):
+    adapter = str(pol_run[-1])
+    (in_tmp / "plain.csv").write_text("text\nhello\n")
+    (in_tmp / "latin.csv").write_bytes("body\ncaf\xe9\n".encode("latin-1"))
+    argv = {
+        "missing_adapter": ["--adapters_name", "nowhere/adapter"],
+        "other_base": ["--adapters_name", adapter, "--base_only", "--model_name", "smollm2-135m"],
+        "no_text_column": ["--adapters_name", adapter, "--predict_file", "plain.csv", "--text_column", "body"],
+        "not_utf8": ["--adapters_name", adapter, "--predict_file", "latin.csv", "--text_column", "body"],
+        "bad_label_name": ["--adapters_name", adapter, "--label_name", "['a', 'b']"],
+        "bad_split": ["--adapters_name", adapter, "--split", "dev"],
+    }[case]
+    assert run_script("evaluate", argv + ["--output_dir", "ev", "--output", "o.csv", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (in_tmp / "ev").exists() and not (in_tmp / "o.csv").exists()
