@@ -1,8 +1,8 @@
 """The main job on the embedded default, end to end: can a small fine-tuned LLM annotate the
 sentiment of patients' drug reviews (3 imbalanced classes) better than the untuned model?
 
-    python demo.py                       # what `make demo` runs (about 10 minutes on 2 CPU cores)
-    python demo.py --train_samples 480 --epochs 2 --test_samples 379      # the full data, longer
+    python demo.py                       # what `make demo` runs (about 9 minutes on 2 CPU cores)
+    python demo.py --train_samples 160 --test_samples 100                 # a 3-minute version
 
 Steps: preprocess.py builds the instruction dataset (chat template, label definitions, seeded
 stratified validation split, manifest of ids); train.py fine-tunes SmolLM2-135M-Instruct with LoRA;
@@ -21,11 +21,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="drug_reviews", help="task spec (default: drug_reviews, shipped in a wheel)")
     p.add_argument("--model_name", default="smollm2-135m", help="base model (default: smollm2-135m)")
-    p.add_argument("--train_samples", type=int, default=320,
-                   help="training examples, a seeded sample of the 480 (default: 320, to fit 15 minutes)")
+    p.add_argument("--train_samples", type=int, default=0,
+                   help="training examples, a seeded sample of the 480 (default: 0 = all)")
     p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
-    p.add_argument("--test_samples", type=int, default=200,
-                   help="test rows scored for each model, a seeded sample of the 379 (default: 200)")
+    p.add_argument("--test_samples", type=int, default=0,
+                   help="test rows scored for each model, a seeded sample of the 379 (default: 0 = all)")
     p.add_argument("--max_seq_length", type=int, default=320,
                    help="longest training example in tokens; longer reviews are dropped (default: 320)")
     p.add_argument("--output_dir", help="demo folder (default: runs/demo/<time>)")
@@ -48,7 +48,7 @@ def main(argv=None):
                                      "--output_dir", str(out / "dataset")])
     if code:
         return code
-    print(f"\n[2/3] fine-tune {args.model_name} with LoRA on {args.train_samples} examples, {args.epochs} epoch(s)")
+    print(f"\n[2/3] fine-tune {args.model_name} with LoRA, {args.epochs} epoch(s)")
     code = run_cli(train.main, ["--dataset_name", str(out / "dataset"), "--model_name", args.model_name,
                                 "--epoch", str(args.epochs), "--max_train_samples", str(args.train_samples),
                                 "--max_seq_length", str(args.max_seq_length), "--max_eval_samples", "60",
@@ -56,14 +56,15 @@ def main(argv=None):
     if code:
         return code
     adapter = sorted((out / "train").glob(f"*-epoch{args.epochs}"))[0]
-    print(f"\n[3/3] evaluate the base model and the tuned adapter on {args.test_samples} test rows")
+    print("\n[3/3] evaluate the base model and the tuned adapter on the same test rows")
     code = run_cli(evaluate.main, ["--adapters_name", str(adapter), "--base_only", "--split", "test",
                                    "--max_samples", str(args.test_samples), "--output_dir", str(out / "eval")])
     if code:
         return code
     minutes = (time.time() - start) / 60
-    print(f"demo finished in {minutes:.1f} min (subsampled: {args.train_samples} training examples, "
-          f"{args.test_samples} test rows); everything is in {out}/")
+    sampled = [f"{n} {what}" for n, what in ((args.train_samples, "training examples"), (args.test_samples, "test rows")) if n]
+    print(f"demo finished in {minutes:.1f} min ({args.epochs} epoch; reviews over {args.max_seq_length} tokens left out "
+          f"of training{'; subsampled: ' + ', '.join(sampled) if sampled else ''}); everything is in {out}/")
     return 0
 
 

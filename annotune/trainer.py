@@ -220,6 +220,10 @@ def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_
         progress = load_checkpoint(cfg["resume_path"], raw_model, optimizer, scheduler)
     lengths = [len(f["input_ids"]) for f in feats]
     seen_ids = progress.get("examples_seen", [])
+    # Throughput over this process's optimisation only (no evaluation, no checkpoint writing):
+    # useful tokens = every example's full length (prompt with its prefix + answer); processed
+    # tokens = what the forward passes really ran (a shared prefix once per batch).
+    totals = {"train_seconds": 0.0, "useful_tokens": 0, "processed_tokens": 0}
     n_epochs = cfg["epochs"] if cfg["stop_condition"] == "epochs" else math.ceil(total_steps / steps_per_epoch) + 1
     for epoch in range(progress["epoch"], n_epochs):
         batches = length_grouped_batches(lengths, cfg["batch_size"], cfg["seed"], epoch)
@@ -243,7 +247,11 @@ def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_
                 seen_ids.extend(feats[i]["id"] for i in batch_idx)
             loss = module(**batch) / accum
             accelerator.backward(loss)
-            window_tokens += real_tokens(kind, batch, len(prefix))
+            processed = real_tokens(kind, batch, len(prefix))
+            window_tokens += processed
+            totals["processed_tokens"] += processed
+            totals["useful_tokens"] += sum(lengths[i] for i in batch_idx) + (
+                int((batch["labels"] != -100).sum()) if kind == "seq2seq" else 0)
             window_loss += float(loss.detach()) * accum
             window_n += 1
             if (micro + 1) % accum:
@@ -257,6 +265,7 @@ def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_
             progress["micro_in_epoch"] = micro + 1
             progress["epoch"] = epoch
             elapsed = time.perf_counter() - window_start
+            totals["train_seconds"] += elapsed
             on_step_log({"step": progress["step"], "epoch": epoch + (micro + 1) / len(mine),
                          "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
                          "tokens_per_s": window_tokens / elapsed if elapsed else None, "tokens": window_tokens})
@@ -273,7 +282,7 @@ def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_
                 if bar is not None:
                     bar.close()
                 return {"interrupted": True, "step": progress["step"], "prefix_tokens": len(prefix),
-                        "examples_seen": seen_ids}
+                        "examples_seen": seen_ids, **totals}
             if cfg["stop_condition"] == "steps" and progress["step"] >= total_steps:
                 break
         if bar is not None:
@@ -287,7 +296,7 @@ def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_
         if done or stop_early:
             break
     return {"interrupted": False, "step": progress["step"], "prefix_tokens": len(prefix), "examples_seen": seen_ids,
-            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, **totals}
 
 
 def write_json(path, obj):

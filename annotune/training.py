@@ -367,16 +367,20 @@ def finish(run: Run, result: dict) -> None:
     steps = [r for r in rows if r["type"] == "step"]
     speed = [r["tokens_per_s"] for r in steps[1:] if r.get("tokens_per_s")] or \
             [r["tokens_per_s"] for r in steps if r.get("tokens_per_s")]
+    seconds = result["train_seconds"] or float("nan")
     summary = {"steps": result["step"], "shared_prefix_tokens": result["prefix_tokens"],
                "tokens_per_s_mean": sum(speed) / len(speed) if speed else None,
+               "train_seconds": round(result["train_seconds"], 2), "useful_tokens": result["useful_tokens"],
+               "processed_tokens": result["processed_tokens"],
+               "useful_tokens_per_s": result["useful_tokens"] / seconds,
                "wall_time_s": round(time.time() - run.started, 1), "adapters": run.saved, "best": run.best,
                "history": run.history}
     run.manifest["result"] = summary
     atomic_write_json(run.out_dir / "manifest.json", run.manifest)
     plot_learning_curve(rows, run.out_dir / "learning_curve.png", run.spec.type)
-    tps = f"{summary['tokens_per_s_mean']:.0f}" if summary["tokens_per_s_mean"] else "?"
-    print(f"trained {result['step']} steps in {summary['wall_time_s']:.0f} s ({tps} tokens/s); "
-          f"shared prefix {result['prefix_tokens']} tokens")
+    print(f"trained {result['step']} steps in {summary['train_seconds']:.0f} s of optimisation "
+          f"({summary['useful_tokens_per_s']:.0f} useful tokens/s; shared prefix {result['prefix_tokens']} tokens); "
+          f"{summary['wall_time_s']:.0f} s in all")
     for path in run.saved:
         print(f"saved adapter {path}")
     print(f"run folder {run.out_dir} (manifest.json, log.jsonl, learning_curve.png)")

@@ -1,0 +1,94 @@
+"""Evaluation throughput: seed-style generation + string parsing against score mode, same adapter.
+
+    .venv/bin/python bench/eval_speed.py --adapter runs/recipes/politosphere/pol_unpol_oth/<name>-epoch10
+    .venv/bin/python bench/eval_speed.py --adapter A --split train --max_samples 90
+
+Seed-style = batched greedy generation with max_new_tokens=80 (left padding), then the seeds'
+string matching (the answer must equal a label after stripping and lower-casing; anything else is
+invalid). Ours = evaluate.py's score mode (every label scored as a continuation; shared prefix and
+per-example prompt caches reused). Both run in this process on the same rows, after one warm-up
+batch each. Prints a table and writes bench/results/eval_speed.json.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", required=True, help="adapter folder written by train.py")
+    p.add_argument("--split", default="validation", help="split of the adapter's dataset (default: validation)")
+    p.add_argument("--max_samples", type=int, default=0, help="rows to use (default: all)")
+    p.add_argument("--batch_size", type=int, default=16, help="batch size of both methods (default: 16)")
+    p.add_argument("--out", default="bench/results/eval_speed.json", help="JSON written here")
+    return p.parse_args(argv)
+
+
+def seed_parse(text, labels):
+    """The seeds' parsing: exact match after strip and lower-case, else invalid."""
+    from annotune.metrics import INVALID
+
+    answer = text.strip().lower()
+    return next((l for l in labels if l.lower() == answer), INVALID)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from annotune.data import load_dataset_folder
+    from annotune.evaluation import load_annotator, read_adapter_info
+    from annotune.evaluating import pick_rows
+    from annotune.io import quiet_libraries
+    from annotune.metrics import classification_metrics
+
+    quiet_libraries()
+    annotator = load_annotator(adapter=args.adapter)
+    dsdict, _, spec = load_dataset_folder(read_adapter_info(args.adapter)["dataset"])
+    rows = pick_rows({s: [dict(r) for r in dsdict[s]] for s in dsdict}, args.split, args.max_samples, 42)
+    prompts = [r["prompt"] for r in rows]
+    gold = [r["label"] for r in rows]
+    labels = spec.label_names
+
+    results = {}
+    annotator.generate(prompts[: args.batch_size], 80, args.batch_size)  # warm-up
+    start = time.perf_counter()
+    texts = annotator.generate(prompts, 80, args.batch_size)
+    seconds = time.perf_counter() - start
+    preds = [seed_parse(t, labels) for t in texts]
+    m = classification_metrics(gold, preds, labels)
+    results["seed-style generate (max_new_tokens=80)"] = {"seconds": seconds, "invalid": m["invalid"],
+                                                          "macro_f1": m["macro_f1"], "ci": m["ci95"]["macro_f1"]}
+    annotator.score(prompts[: args.batch_size], args.batch_size)  # warm-up
+    start = time.perf_counter()
+    probs = annotator.score(prompts, args.batch_size)
+    seconds = time.perf_counter() - start
+    preds = [labels[int(p.argmax())] for p in probs]
+    m = classification_metrics(gold, preds, labels)
+    results["ours: score mode"] = {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"],
+                                   "ci": m["ci95"]["macro_f1"]}
+
+    print(f"{len(rows)} rows of {spec.name} ({args.split}), adapter {Path(args.adapter).name}\n")
+    print("| method | examples/s | invalid | macro-F1 [95% CI] |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        r["examples_per_s"] = len(rows) / r["seconds"]
+        print(f"| {name} | {r['examples_per_s']:.2f} | {r['invalid']} | {r['macro_f1']:.3f} "
+              f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |")
+    seed, ours = results.values()
+    print(f"\nspeed-up: {ours['examples_per_s'] / seed['examples_per_s']:.1f}x")
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": len(rows), "task": spec.name, "adapter": args.adapter, "results": results,
+                               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                               "command": " ".join(sys.argv)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
