@@ -45,6 +45,9 @@ def parse_args(argv=None):
     g.add_argument("--length_norm", action="store_true", help="score mode: mean instead of sum of token log-probs")
     g.add_argument("--batch_size", type=int, default=16, help="examples (score: pairs) per forward (default: 16)")
     g.add_argument("--max_new_tokens", type=int, help="generation budget (default: longest label + 8; 128 for text)")
+    g.add_argument("--do_sample", action="store_true",
+                   help="generation: sample instead of greedy decoding (default: greedy, do_sample=False)")
+    g.add_argument("--temperature", type=float, default=1.0, help="with --do_sample (default: 1.0)")
     g.add_argument("--quantization", choices=["auto", "4bit", "8bit", "none"], default="auto",
                    help="auto = 4-bit on CUDA, none on CPU (default: auto)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")

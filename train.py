@@ -72,8 +72,9 @@ def parse_args(argv=None):
                    help="run the prompts' common prefix once per batch (default: auto, when >= 16 tokens)")
     g.add_argument("--seed", type=int, default=42, help="seed of model init, data order and splits (default: 42)")
     g = p.add_argument_group("evaluation and saving")
-    g.add_argument("--eval_strategy", choices=["epoch", "no"], default="epoch",
-                   help="evaluate on the validation split after each epoch (default: epoch)")
+    g.add_argument("--eval_strategy", choices=["epoch", "steps", "no"], default="epoch",
+                   help="evaluate on the validation split after each epoch, or every --eval_steps (default: epoch)")
+    g.add_argument("--eval_steps", type=int, default=0, help="with --eval_strategy steps: every N steps")
     g.add_argument("--early_stopping_patience", type=int, default=0,
                    help="stop after this many epochs without a better validation metric (default: 0 = off)")
     g.add_argument("--keep_best", action="store_true", help="also save the best epoch as <run>-best")
@@ -90,6 +91,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.stop_condition == "steps" and args.steps <= 0:
         p.error("--stop_condition steps needs --steps N > 0")
+    if args.eval_strategy == "steps" and args.eval_steps <= 0:
+        p.error("--eval_strategy steps needs --eval_steps N > 0")
     if args.task and args.dataset_name:
         p.error("give --task or --dataset_name, not both")
     return args

@@ -159,7 +159,7 @@ def evaluate_models(args, adapters, base, rows_by_split, out_dir, bases: BaseMod
             metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
                                              args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
                                              seed=args.seed, bertscore_model=bert,
-                                             bertscore_layers=args.bertscore_layers)
+                                             bertscore_layers=args.bertscore_layers, sampling=sampling(args))
             write_model_results(staging / safe_name(name) / split, metrics, records, f"{name} on {split}")
             results.append({"name": name, "split": split, "metrics": metrics, "records": records,
                             "epoch": annotator.info.get("epoch"), "adapter": str(adapter) if adapter else None})
@@ -168,6 +168,16 @@ def evaluate_models(args, adapters, base, rows_by_split, out_dir, bases: BaseMod
         if adapter is not None:
             annotator.model.unload()  # detach the adapter; the base model serves the next one
     return results, staging
+
+
+def sampling(args) -> dict:
+    """Greedy unless --do_sample (then seeded, so a sampled evaluation can be repeated)."""
+    if not args.do_sample:
+        return {}
+    import torch
+
+    torch.manual_seed(args.seed)
+    return {"do_sample": True, "temperature": args.temperature}
 
 
 def safe_name(name: str) -> str:

@@ -140,20 +140,23 @@ class Annotator:
 
     # ---------------------------------------------------------------- one call for every mode
     def predict(self, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
-                max_new_tokens: int | None = None, progress: bool = False, max_length: int = 512):
+                max_new_tokens: int | None = None, progress: bool = False, max_length: int = 512,
+                sampling: dict | None = None):
         """Predictions for rows (dicts with 'text' and optionally 'prompt'): a list of dicts with
-        'prediction', and 'probs' (score/head) or 'raw' (generate)."""
+        'prediction', and 'probs' (score/head) or 'raw' (generate). Decoding is greedy unless
+        sampling = {"do_sample": True, "temperature": t} is asked for."""
+        sampling = sampling or {}
         prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
         labels = self.spec.label_names
         if self.spec.type == "generation":
-            outputs = self.generate(prompts, max_new_tokens or 128, batch_size, progress)
+            outputs = self.generate(prompts, max_new_tokens or 128, batch_size, progress, **sampling)
             return [{"prediction": text, "raw": text} for text in outputs]
         if self.kind == "classifier":
             mode = "head"
             probs = self.head_probs([row["text"] for row in rows], batch_size, max_length, progress)
         elif mode == "generate":
             budget = max_new_tokens or self.max_label_tokens() + 8
-            outputs = self.generate(prompts, budget, batch_size, progress)
+            outputs = self.generate(prompts, budget, batch_size, progress, **sampling)
             return [{"prediction": parse_label(text, labels), "raw": text} for text in outputs]
         elif mode == "score":
             probs = self.score(prompts, batch_size, length_norm, progress)
@@ -165,11 +168,12 @@ class Annotator:
 
 def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
                   max_new_tokens: int | None = None, progress: bool = False, n_boot: int = 1000, seed: int = 0,
-                  bertscore_model: str | None = None, bertscore_layers: int | None = None):
+                  bertscore_model: str | None = None, bertscore_layers: int | None = None,
+                  sampling: dict | None = None):
     """(metrics, predictions) of an annotator on labelled rows."""
     if not rows:
         raise UserError("the split to evaluate is empty")
-    preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress)
+    preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
     spec = annotator.spec
     records = []
     for row, pred in zip(rows, preds):

@@ -313,6 +313,11 @@ def fit(run: Run) -> dict:
     def on_step(row):
         if acc.is_main_process:
             append_jsonl(log_path, {"type": "step", **row})
+            if args.eval_strategy == "steps" and row["step"] % args.eval_steps == 0:
+                metrics = evaluate_now(run)
+                append_jsonl(log_path, {"type": "eval", "epoch": round(row["epoch"], 3), "step": row["step"], **metrics})
+                if metrics:
+                    print(f"step {row['step']}: validation {metric_name} {metrics[metric_name]:.3f}")
 
     def on_epoch_end(epoch, step, done):
         metrics = evaluate_now(run) if args.eval_strategy == "epoch" and acc.is_main_process else {}

@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="politosphere,sst2", help="comma-separated: politosphere, sst2")
     p.add_argument("--epochs", type=int, default=2, help="epochs for both arms (default: 2)")
-    p.add_argument("--sst2_samples", type=int, default=400, help="SST-2 training rows (default: 400)")
+    p.add_argument("--sst2_samples", type=int, default=240, help="SST-2 rows per split (default: 240)")
     p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -80,7 +80,7 @@ def worker_seed(args):
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m"), dtype=torch.float32)
     config = SFTConfig(output_dir=args.run_dir, per_device_train_batch_size=16, learning_rate=2e-4,
                        num_train_epochs=args.epochs, max_length=512, completion_only_loss=True, packing=False,
-                       group_by_length=False, report_to="none", save_strategy="no", logging_steps=1000,
+                       report_to="none", save_strategy="no", logging_steps=1000,
                        seed=42, disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0)
     peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
                              task_type="CAUSAL_LM")

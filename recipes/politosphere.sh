@@ -3,13 +3,13 @@
 # 7 labels with and without definitions, pol/unpol/oth, supp/anti/oth; one training run each with
 # adapters saved at several epochs; then the per-epoch table (train / validation), score vs generate
 # mode on the last adapter, and kappa model-vs-human beside human-vs-human.
-#   bash recipes/politosphere.sh            (about 35 minutes on 2 CPU cores)
+#   bash recipes/politosphere.sh            (about 25 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/politosphere}
-EPOCHS=${EPOCHS:-10}
-SAVE=${SAVE:-2,5,10}
+EPOCHS=${EPOCHS:-8}
+SAVE=${SAVE:-2,4,8}
 ANN="../shared/data/politosphere/annotated_data_leo.json ../shared/data/politosphere/annotated_data_yifei_v2.json"
 rm -rf "$OUT" && mkdir -p "$OUT"
 for variant in "7labels-defs:" "7labels-nodefs:--without_definitions" "pol_unpol_oth:--merge pol_unpol_oth" \
@@ -17,7 +17,7 @@ for variant in "7labels-defs:" "7labels-nodefs:--without_definitions" "pol_unpol
   name=${variant%%:*}; flags=${variant#*:}
   start=$(date +%s)
   $PY train.py --task politosphere $flags --template llama2-chat --epoch "$EPOCHS" --save_epochs "$SAVE" \
-      --train_batch_size 8 --learning_rate 2e-4 --max_eval_samples 0 --quiet --output_dir "$OUT/$name"
+      --train_batch_size 16 --learning_rate 2e-4 --max_eval_samples 0 --quiet --output_dir "$OUT/$name"
   echo "train $name: $(( $(date +%s) - start )) s" | tee -a "$OUT/timings.txt"
   start=$(date +%s)
   $PY evaluate.py --adapters_name "$OUT/$name"/*-epoch* --base_only --table --quiet --output_dir "$OUT/$name-table"

@@ -2,13 +2,13 @@
 # SBIC (Social Bias Inference Corpus v2): hasBiasedImplication (binary), offensiveYN (3 bins of the
 # mean vote), targetMinority (generation), on SmolLM2-135M. Train on a seeded sample of agg.dev
 # (the train split is not available here), test on a fixed seeded sample of agg.tst; base vs tuned.
-#   bash recipes/sbic.sh                     (about 20 minutes on 2 CPU cores)
+#   bash recipes/sbic.sh                     (about 15 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/sbic}
-TRAIN=${TRAIN:-800}
-TEST=${TEST:-300}
+TRAIN=${TRAIN:-480}
+TEST=${TEST:-240}
 rm -rf "$OUT" && mkdir -p "$OUT"
 for task in sbic_biased sbic_offensive sbic_target; do
   start=$(date +%s)
@@ -23,7 +23,7 @@ for task in sbic_biased sbic_offensive sbic_target; do
   else
     $PY evaluate.py --adapters_name "$adapter" --base_only --split test --max_samples "$TEST" --quiet \
         --output_dir "$OUT/$task-eval"
-    $PY evaluate.py --adapters_name "$adapter" --base_only --split test --max_samples "$TEST" --mode generate \
+    $PY evaluate.py --adapters_name "$adapter" --split test --max_samples "$TEST" --mode generate \
         --quiet --output_dir "$OUT/$task-generate"
   fi
   echo "evaluate $task: $(( $(date +%s) - start )) s" | tee -a "$OUT/timings.txt"

@@ -144,3 +144,34 @@ def test_bad_input_exits_2_and_writes_nothing(in_tmp, pol_run, capsys, case, mes
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (in_tmp / "ev").exists() and not (in_tmp / "o.csv").exists()
+
+
+@pytest.mark.slow
+def test_annotation_sharded_over_two_processes_comes_back_in_order(in_tmp, pol_run):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    with open(in_tmp / "posts.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["body"])
+        writer.writerows([[f"post {i}"] for i in range(700)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           str(REPO / "evaluate.py"), "--adapters_name", str(pol_run[-1]), "--predict_file", "posts.csv",
+           "--text_column", "body", "--output", "out.csv", "--chunk_rows", "100", "--quiet"]
+    out = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(in_tmp / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["body"] for r in rows] == [f"post {i}" for i in range(700)]
+
+
+def test_sampling_only_when_asked(in_tmp, pol_run):
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--mode", "generate", "--do_sample",
+                                   "--temperature", "0.8", "--output_dir", "s1", "--quiet", "--bootstrap", 10]) == 0
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--mode", "generate", "--do_sample",
+                                   "--temperature", "0.8", "--output_dir", "s2", "--quiet", "--bootstrap", 10]) == 0
+    first, second = ((in_tmp / d / pol_run[-1].name / "validation" / "predictions.jsonl").read_text() for d in ("s1", "s2"))
+    assert first == second  # seeded

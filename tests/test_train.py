@@ -177,3 +177,42 @@ def test_gold_label_outside_the_label_set(in_tmp, tiny_llama_dir, capsys):
     (in_tmp / "ds" / "manifest.json").write_text(json.dumps(manifest))
     assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--output_dir", "o"]) == 2
     assert "'Not Sure'" in capsys.readouterr().err
+
+
+def test_eval_every_n_steps_early_stopping_and_keep_best(in_tmp, tiny_llama_dir):
+    argv = ["--task", "politosphere", "--merge", "supp_anti_oth", "--model_name", tiny_llama_dir, "--template",
+            "alpaca", "--quiet", "--max_eval_samples", 6, "--learning_rate", "1e-9"]
+    assert run_script("train", argv + ["--epoch", 1, "--eval_strategy", "steps", "--eval_steps", 4,
+                                       "--output_dir", "s"]) == 0
+    evals = [r for r in read_log(in_tmp / "s") if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 8]
+    # A learning rate of 1e-9 changes nothing: no epoch beats the first, so patience 1 stops after epoch 2.
+    assert run_script("train", argv + ["--epoch", 5, "--early_stopping_patience", 1, "--keep_best",
+                                       "--output_dir", "e"]) == 0
+    evals = [r for r in read_log(in_tmp / "e") if r["type"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    best = json.loads(next((in_tmp / "e").glob("*-best")).joinpath("annotune.json").read_text())
+    assert best["epoch"] == 1
+
+
+def test_classifier_head_is_trainable(tiny_bert_dir):
+    from types import SimpleNamespace
+
+    from annotune.tasks import load_task
+    from annotune.training import build_model
+
+    args = SimpleNamespace(model_name=tiny_bert_dir, quantization="none", lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                           target_modules="all-linear")
+    from transformers import AutoTokenizer
+
+    model = build_model(args, "classifier", load_task("drug_reviews"), AutoTokenizer.from_pretrained(tiny_bert_dir))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("classifier" in n and "lora" not in n for n in trainable)
+    assert any("lora_A" in n for n in trainable)
+
+
+def test_unreachable_hub_dataset_is_refused(in_tmp, tiny_llama_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run_script("train", ["--dataset_name", "nope/nope", "--model_name", tiny_llama_dir, "--output_dir", "o",
+                                "--quiet"]) == 2
+    assert "could not load hub dataset" in capsys.readouterr().err
