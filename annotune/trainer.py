@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .io import UserError, atomic_write_json
+from .io import UserError
 from .lm import common_prefix_length, completion_loss, pad_batch, run_prefix
 from .prompts import encode_example, encode_prompt
 
@@ -297,10 +297,6 @@ def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_
             break
     return {"interrupted": False, "step": progress["step"], "prefix_tokens": len(prefix), "examples_seen": seen_ids,
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, **totals}
-
-
-def write_json(path, obj):
-    atomic_write_json(path, obj)
 
 
 def append_jsonl(path, row):

@@ -66,7 +66,7 @@ def resolve_kind(mode: str, config, spec) -> str:
     return kind
 
 
-def load_data(args, tokenizer, kind):
+def load_data(args, tokenizer, is_seq2seq: bool):
     """(spec, prompter, splits, info) from a preprocess.py folder, a task name or a hub dataset."""
     from .data import load_dataset_folder, prepare_splits
     from .prompts import Prompter
@@ -78,21 +78,21 @@ def load_data(args, tokenizer, kind):
         if args.merge and args.merge != manifest.get("merge"):
             raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {args.merge}")
         prompt = manifest["prompt"]
-        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, kind == "seq2seq")
+        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, is_seq2seq)
         splits = {split: [dict(row) for row in dsdict[split]] for split in dsdict}
         info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec")}
         info["dataset_folder"] = str(Path(name).resolve())
         return spec, prompter, splits, info
     task = args.task or name or "drug_reviews"
     if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
-        return load_hub_data(args, name, tokenizer, kind)
+        return load_hub_data(args, name, tokenizer, is_seq2seq)
     spec = load_task(task, args.merge)
-    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, kind == "seq2seq")
+    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, is_seq2seq)
     splits, info = prepare_splits(spec, prompter, seed=args.seed)
     return spec, prompter, splits, info
 
 
-def load_hub_data(args, name, tokenizer, kind):
+def load_hub_data(args, name, tokenizer, is_seq2seq: bool):
     """A hub dataset with 'text' and 'label' columns (labels sorted for determinism)."""
     from .data import load_hub_rows, split_examples, split_summary
     from .prompts import Prompter
@@ -110,7 +110,7 @@ def load_hub_data(args, name, tokenizer, kind):
                                                             "input": "Text: {text}\nLabel:"}}, source=f"hub:{name}")
     examples = {"train": [{"id": f"train-{i}", "text": r["text"], "label": str(r["label"])} for i, r in enumerate(rows["train"])]}
     splits = split_examples(examples, 0.2, 0.0, args.seed)
-    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, kind == "seq2seq")
+    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, is_seq2seq)
     for split_rows in splits.values():
         for ex in split_rows:
             ex.update(prompter.render(ex))
@@ -162,9 +162,9 @@ def prepare_run(args) -> Run:
 
     config = load_config(args.model_name)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
-    # The kind depends on the task type too; read the spec first through the data.
-    provisional = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
-    spec, prompter, splits, info = load_data(args, tokenizer, provisional if args.mode == "auto" else args.mode)
+    # The kind depends on the task type too, so the spec is read (through the data) first.
+    is_seq2seq = args.mode == "seq2seq" or (args.mode == "auto" and getattr(config, "is_encoder_decoder", False))
+    spec, prompter, splits, info = load_data(args, tokenizer, is_seq2seq)
     kind = resolve_kind(args.mode, config, spec)
     if not splits.get("train"):
         raise UserError("the train split is empty")

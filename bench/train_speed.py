@@ -1,6 +1,6 @@
 """Training throughput: the seed-style pipeline against train.py's defaults, same model and data.
 
-    .venv/bin/python bench/train_speed.py                      # both tasks (about 25 minutes, 2 cores)
+    .venv/bin/python bench/train_speed.py                      # both tasks (about 15 minutes, 2 cores)
     .venv/bin/python bench/train_speed.py --tasks sst2 --sst2_samples 200
 
 Seed-style = the Politosphere settings on current libraries: TRL SFTTrainer, batch 16, lr 2e-4,
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="politosphere,sst2", help="comma-separated: politosphere, sst2")
-    p.add_argument("--epochs", type=int, default=2, help="epochs for both arms (default: 2)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs for both arms (default: 1)")
     p.add_argument("--sst2_samples", type=int, default=240, help="SST-2 rows per split (default: 240)")
     p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
