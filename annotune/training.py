@@ -322,8 +322,8 @@ def fit(run: Run) -> dict:
     def on_epoch_end(epoch, step, done):
         metrics = evaluate_now(run) if args.eval_strategy == "epoch" and acc.is_main_process else {}
         if acc.is_main_process:
-            append_jsonl(log_path, {"type": "eval", "epoch": epoch, "step": step, **metrics})
             if metrics:
+                append_jsonl(log_path, {"type": "eval", "epoch": epoch, "step": step, **metrics})
                 ci = metrics.get("ci95", {}).get(metric_name)
                 print(f"epoch {epoch}: validation {metric_name} {metrics[metric_name]:.3f}"
                       + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")

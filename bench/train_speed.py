@@ -166,6 +166,7 @@ def main(argv=None):
         print(f"{task}: ours / seed-style useful tokens/s = {ours['useful_tokens_per_s'] / seed['useful_tokens_per_s']:.2f}x")
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows,
               "command": " ".join(sys.argv)}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "train_speed.json").write_text(json.dumps(result, indent=2))
     return 0
 

@@ -185,7 +185,7 @@ def test_eval_every_n_steps_early_stopping_and_keep_best(in_tmp, tiny_llama_dir)
     assert run_script("train", argv + ["--epoch", 1, "--eval_strategy", "steps", "--eval_steps", 4,
                                        "--output_dir", "s"]) == 0
     evals = [r for r in read_log(in_tmp / "s") if r["type"] == "eval"]
-    assert [r["step"] for r in evals] == [4, 8]
+    assert [r["step"] for r in evals] == [4, 8, 12]  # 90 examples, batch 8: 12 steps
     # A learning rate of 1e-9 changes nothing: no epoch beats the first, so patience 1 stops after epoch 2.
     assert run_script("train", argv + ["--epoch", 5, "--early_stopping_patience", 1, "--keep_best",
                                        "--output_dir", "e"]) == 0
