@@ -48,7 +48,7 @@ def test_score_mode_never_invalid_and_generate_mode_counts_invalid(in_tmp, pol_r
 
 
 def test_epoch_table_from_one_runs_adapters(in_tmp, pol_run, capsys):
-    assert run_script("evaluate", ["--adapters_name", *pol_run, "--table", "--output_dir", "tab", "--quiet",
+    assert run_script("evaluate", ["--adapters_name", *pol_run, "--base_only", "--table", "--output_dir", "tab", "--quiet",
                                    "--bootstrap", 50]) == 0
     out = capsys.readouterr().out
     assert "| # Epoch | Accuracy on Train. | F1-score on Train. | Accuracy on Val. | F1-score on Val. |" in out
