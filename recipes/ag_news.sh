@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/ag_news}
-rm -rf "$OUT" && mkdir -p "$OUT"
+source recipes/lib.sh
+new_output_dir "$OUT"
 start=$(date +%s)
 $PY preprocess.py --task ag_news --template alpaca --test_ratio 0.2 --balance_per_label 1000,200,200 \
     --output_dir "$OUT/data" > "$OUT/preprocess.log"

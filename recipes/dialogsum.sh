@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/dialogsum}
-rm -rf "$OUT" && mkdir -p "$OUT"
+source recipes/lib.sh
+new_output_dir "$OUT"
 start=$(date +%s)
 $PY train.py --task dialogsum --epoch 1 --max_train_samples 160 --max_seq_length 512 --max_eval_samples 10 \
     --quiet --output_dir "$OUT/sft"

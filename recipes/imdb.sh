@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/imdb}
 TEST=${TEST:-500}
-rm -rf "$OUT" && mkdir -p "$OUT"
+source recipes/lib.sh
+new_output_dir "$OUT"
 start=$(date +%s)
 $PY train.py --task imdb --model_name minilm-l6 --epoch 1 --max_seq_length 256 --learning_rate 5e-4 \
     --train_batch_size 16 --max_eval_samples 200 --quiet --output_dir "$OUT/head"

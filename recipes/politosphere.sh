@@ -11,7 +11,8 @@ OUT=${OUT:-runs/recipes/politosphere}
 EPOCHS=${EPOCHS:-8}
 SAVE=${SAVE:-2,4,8}
 ANN="../shared/data/politosphere/annotated_data_leo.json ../shared/data/politosphere/annotated_data_yifei_v2.json"
-rm -rf "$OUT" && mkdir -p "$OUT"
+source recipes/lib.sh
+new_output_dir "$OUT"
 for variant in "7labels-defs:" "7labels-nodefs:--without_definitions" "pol_unpol_oth:--merge pol_unpol_oth" \
                "supp_anti_oth:--merge supp_anti_oth"; do
   name=${variant%%:*}; flags=${variant#*:}

@@ -9,7 +9,8 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/sbic}
 TRAIN=${TRAIN:-480}
 TEST=${TEST:-240}
-rm -rf "$OUT" && mkdir -p "$OUT"
+source recipes/lib.sh
+new_output_dir "$OUT"
 for task in sbic_biased sbic_offensive sbic_target; do
   start=$(date +%s)
   $PY train.py --task "$task" --epoch 1 --max_train_samples "$TRAIN" --max_eval_samples 100 --max_seq_length 384 \
