@@ -103,6 +103,7 @@ def classification_metrics(gold, pred, labels, probs=None, n_boot: int = 1000, s
         "confusion_matrix": confusion_matrix(gold, pred, labels=labels + [INVALID]).tolist(),
         "ci95": {
             "accuracy": bootstrap_ci(gold, pred, accuracy, n_boot, seed),
+            "balanced_accuracy": bootstrap_ci(gold, pred, lambda g, p: balanced_accuracy(g, p, labels), n_boot, seed),
             "macro_f1": bootstrap_ci(gold, pred, lambda g, p: macro_f1(g, p, labels), n_boot, seed),
         },
     }

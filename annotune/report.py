@@ -111,7 +111,7 @@ def comparison_table(results: list, task_type: str) -> str:
         for r in results:
             m = r["metrics"]
             lines.append(f"| {r['name']} | {r['split']} | {m['n']} | {_with_ci(m, 'accuracy')} | "
-                         f"{_fmt(m['balanced_accuracy'])} | {_with_ci(m, 'macro_f1')} | {_fmt(m['cohen_kappa'])} | "
+                         f"{_with_ci(m, 'balanced_accuracy')} | {_with_ci(m, 'macro_f1')} | {_fmt(m['cohen_kappa'])} | "
                          f"{m['invalid']} | {_fmt(m.get('ece'))} |")
         return "\n".join(lines) + "\n"
     keys = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_f1", "exact_match"]

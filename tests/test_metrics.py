@@ -19,8 +19,9 @@ def test_classification_metrics_match_sklearn():
     assert m["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted"))
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(gold, pred))
     assert m["cohen_kappa"] == pytest.approx(cohen_kappa_score(gold, pred))
-    lo, hi = m["ci95"]["macro_f1"]
-    assert lo < m["macro_f1"] < hi
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lo, hi = m["ci95"][key]
+        assert lo < m[key] < hi
     assert classification_metrics(gold, pred, LABELS, n_boot=200)["ci95"] == m["ci95"]  # seeded
     assert sum(map(sum, m["confusion_matrix"])) == 200
 
