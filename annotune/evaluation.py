@@ -100,8 +100,9 @@ class Annotator:
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int, batch_size: int = 8, progress: bool = False,
-                 do_sample: bool = False, temperature: float = 1.0):
-        """Batched decoding with left padding (greedy unless do_sample); returns the new text."""
+                 do_sample: bool = False, temperature: float = 1.0, min_new_tokens: int = 0):
+        """Batched decoding with left padding (greedy unless do_sample); returns the new text.
+        min_new_tokens > 0 keeps decoding past EOS (benchmarks: the cost of answers that never end)."""
         self.model.eval()
         tok = self.tokenizer
         tok.padding_side = "left"
@@ -119,7 +120,7 @@ class Annotator:
                 enc = {"input_ids": ids, "attention_mask": mask}
             enc = {k: v.to(self.device) for k, v in enc.items()}
             kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id,
-                      "eos_token_id": tok.eos_token_id}
+                      "eos_token_id": tok.eos_token_id, "min_new_tokens": min_new_tokens}
             if do_sample:
                 kwargs["temperature"] = temperature
             else:

@@ -2,14 +2,22 @@
 
     .venv/bin/python bench/eval_speed.py --adapter runs/recipes/politosphere/pol_unpol_oth/<name>-epoch10
     .venv/bin/python bench/eval_speed.py --adapter A --split train --max_samples 90
+    .venv/bin/python bench/eval_speed.py --adapter A --split train --max_samples 90 --base
+
+--base runs the untuned base model (adapter disabled) with the adapter's task and prompt: the
+zero-shot setting, where generation does not stop after the label and runs to max_new_tokens.
 
 Seed-style = batched greedy generation with max_new_tokens=80 (left padding), then the seeds'
 string matching (the answer must equal a label after stripping and lower-casing; anything else is
-invalid). Ours = evaluate.py's score mode (every label scored as a continuation; shared prefix and
+invalid). It is timed twice: stopping at EOS (what a model trained with an EOS after the answer
+does, ours included), and with EOS suppressed for all 80 tokens: the cost of a model that never
+learned to stop (e.g. trained with pad = eos masked out of the loss); its run-on answers fail the
+exact match, as such answers did. Ours = evaluate.py's score mode (every label scored as a continuation; shared prefix and
 per-example prompt caches reused). Both run in this process on the same rows, after one warm-up
 batch each. Prints a table and writes bench/results/eval_speed.json.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--adapter", required=True, help="adapter folder written by train.py")
     p.add_argument("--split", default="validation", help="split of the adapter's dataset (default: validation)")
     p.add_argument("--max_samples", type=int, default=0, help="rows to use (default: all)")
+    p.add_argument("--base", action="store_true", help="disable the adapter: time the untuned base model")
     p.add_argument("--batch_size", type=int, default=16, help="batch size of both methods (default: 16)")
     p.add_argument("--out", default="bench/results/eval_speed.json", help="JSON written here")
     return p.parse_args(argv)
@@ -55,36 +64,48 @@ def main(argv=None):
     gold = [r["label"] for r in rows]
     labels = spec.label_names
 
-    results = {}
-    annotator.generate(prompts[: args.batch_size], 80, args.batch_size)  # warm-up
-    start = time.perf_counter()
-    texts = annotator.generate(prompts, 80, args.batch_size)
-    seconds = time.perf_counter() - start
-    preds = [seed_parse(t, labels) for t in texts]
-    m = classification_metrics(gold, preds, labels)
-    results["seed-style generate (max_new_tokens=80)"] = {"seconds": seconds, "invalid": m["invalid"],
-                                                          "macro_f1": m["macro_f1"], "ci": m["ci95"]["macro_f1"]}
-    annotator.score(prompts[: args.batch_size], args.batch_size)  # warm-up
-    start = time.perf_counter()
-    probs = annotator.score(prompts, args.batch_size)
-    seconds = time.perf_counter() - start
-    preds = [labels[int(p.argmax())] for p in probs]
-    m = classification_metrics(gold, preds, labels)
-    results["ours: score mode"] = {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"],
-                                   "ci": m["ci95"]["macro_f1"]}
-
-    print(f"{len(rows)} rows of {spec.name} ({args.split}), adapter {Path(args.adapter).name}\n")
+    # --base: same weights and prompts minus the LoRA update.
+    with annotator.model.disable_adapter() if args.base else contextlib.nullcontext():
+        results = {}
+        for name, min_new in (("seed-style generate, stops at EOS", 0), ("seed-style generate, all 80 tokens", 80)):
+            annotator.generate(prompts[: args.batch_size], 80, args.batch_size, min_new_tokens=min_new)  # warm-up
+            start = time.perf_counter()
+            texts = annotator.generate(prompts, 80, args.batch_size, min_new_tokens=min_new)
+            seconds = time.perf_counter() - start
+            preds = [seed_parse(t, labels) for t in texts]
+            m = classification_metrics(gold, preds, labels)
+            results[name] = {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"],
+                             "ci": m["ci95"]["macro_f1"], "max_new_tokens": 80, "min_new_tokens": min_new}
+            if not min_new:
+                new_tokens = sum(len(annotator.tokenizer(t, add_special_tokens=False)["input_ids"])
+                                 for t in texts) / len(texts)
+        annotator.score(prompts[: args.batch_size], args.batch_size)  # warm-up
+        start = time.perf_counter()
+        probs = annotator.score(prompts, args.batch_size)
+        seconds = time.perf_counter() - start
+        preds = [labels[int(p.argmax())] for p in probs]
+        m = classification_metrics(gold, preds, labels)
+        results["ours: score mode"] = {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"],
+                                       "ci": m["ci95"]["macro_f1"]}
+    model_name = "untuned base" if args.base else f"adapter {Path(args.adapter).name}"
+    print(f"{len(rows)} rows of {spec.name} ({args.split}), {model_name}; seed-style answers average "
+          f"{new_tokens:.1f} tokens\n")
     print("| method | examples/s | invalid | macro-F1 [95% CI] |")
     print("|---|---|---|---|")
     for name, r in results.items():
         r["examples_per_s"] = len(rows) / r["seconds"]
         print(f"| {name} | {r['examples_per_s']:.2f} | {r['invalid']} | {r['macro_f1']:.3f} "
               f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |")
-    seed, ours = results.values()
-    print(f"\nspeed-up: {ours['examples_per_s'] / seed['examples_per_s']:.1f}x")
+    ours = results["ours: score mode"]
+    print()
+    for name, r in results.items():
+        if r is not ours:
+            r["speedup_of_score_mode"] = ours["examples_per_s"] / r["examples_per_s"]
+            print(f"speed-up of score mode over {name}: {r['speedup_of_score_mode']:.1f}x")
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": len(rows), "task": spec.name, "adapter": args.adapter, "results": results,
+    out.write_text(json.dumps({"rows": len(rows), "task": spec.name, "adapter": args.adapter, "base": args.base,
+                               "results": results,
                                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                                "command": " ".join(sys.argv)}, indent=2))
     return 0

@@ -3,6 +3,7 @@ matmul measured in the same process.
 
     .venv/bin/python bench/flops.py                 # Politosphere with definitions, 12 steps
     .venv/bin/python bench/flops.py --task sst2 --steps 12
+    .venv/bin/python bench/flops.py -- --lora_dropout 0 --train_batch_size 16    # extra train.py flags
 
 FLOPs of a LoRA step ~= 4 x N x T: forward 2 x N x T, backward through the activations 2 x N x T
 (the frozen weights get no weight gradient; LoRA's own are negligible), with N = the parameters of
@@ -29,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--task", default="politosphere", help="task spec (default: politosphere)")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps to time (default: 12)")
     p.add_argument("--out", default="bench/results/flops.json", help="JSON written here")
+    p.add_argument("train_args", nargs="*", help="extra train.py flags, after -- (default: none, train.py's defaults)")
     return p.parse_args(argv)
 
 
@@ -58,7 +60,7 @@ def main(argv=None):
     peak_before = matmul_peak()
     run_dir = Path(tempfile.mkdtemp(prefix="annotune-flops-"))
     code = run_cli(train.main, ["--task", args.task, "--stop_condition", "steps", "--steps", str(args.steps),
-                                "--eval_strategy", "no", "--quiet", "--output_dir", str(run_dir / "run")])
+                                "--eval_strategy", "no", "--quiet", "--output_dir", str(run_dir / "run"), *args.train_args])
     assert code == 0
     result = json.loads((run_dir / "run" / "manifest.json").read_text())["result"]
     peak_after = matmul_peak()
@@ -67,14 +69,14 @@ def main(argv=None):
     flops = 4 * n_linear * result["processed_tokens"]
     achieved = flops / result["train_seconds"] / 1e9
     peak = max(peak_before, peak_after)
-    table = {"task": args.task, "steps": result["steps"], "linear_params": n_linear,
+    table = {"task": args.task, "train_args": args.train_args, "steps": result["steps"], "linear_params": n_linear,
              "processed_tokens": result["processed_tokens"], "train_seconds": result["train_seconds"],
              "achieved_gflops": achieved, "matmul_peak_gflops": peak, "matmul_peak_before": peak_before,
              "matmul_peak_after": peak_after, "ratio": achieved / peak, "threads": torch.get_num_threads(),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv)}
-    print("| task | steps | tokens run | seconds | achieved GFLOP/s | matmul peak GFLOP/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.task} | {result['steps']} | {result['processed_tokens']} | {result['train_seconds']:.1f} | "
+    print("| task | extra flags | steps | tokens run | seconds | achieved GFLOP/s | matmul peak GFLOP/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {args.task} | {' '.join(args.train_args) or '-'} | {result['steps']} | {result['processed_tokens']} | {result['train_seconds']:.1f} | "
           f"{achieved:.1f} | {peak:.1f} | {100 * achieved / peak:.0f}% |")
     out = REPO / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
