@@ -78,7 +78,7 @@ def main(argv=None):
     quiet_libraries()
     from annotune import evaluating as E
 
-    adapters = [E.find_adapter(name) for name in args.adapters_name]
+    adapters = E.natural_order(E.find_adapter(name) for name in args.adapters_name)
     bases = E.BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
     base = E.base_annotator(args, adapters, bases)  # None unless --base_only
     if args.predict_file:

@@ -29,6 +29,16 @@ def find_adapter(name: str) -> Path:
     raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
 
 
+def natural_order(paths) -> list:
+    """Paths with their numbers compared as numbers: a shell glob's ...-epoch10 before ...-epoch5 is undone."""
+    import re
+
+    def key(path):
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+    return sorted(paths, key=key)
+
+
 class BaseModels:
     """Each base model is loaded once per evaluate.py call; adapters are attached to it and detached."""
 

@@ -3,6 +3,7 @@ humans, generation metrics with boxplots, annotation of a file that is interrupt
 import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -175,3 +176,10 @@ def test_sampling_only_when_asked(in_tmp, pol_run):
                                    "--temperature", "0.8", "--output_dir", "s2", "--quiet", "--bootstrap", 10]) == 0
     first, second = ((in_tmp / d / pol_run[-1].name / "validation" / "predictions.jsonl").read_text() for d in ("s1", "s2"))
     assert first == second  # seeded
+
+
+def test_adapters_are_evaluated_in_epoch_order_not_glob_order():
+    from annotune.evaluating import natural_order
+
+    glob_order = [Path("runs/x/m-t-epoch10"), Path("runs/x/m-t-epoch20"), Path("runs/x/m-t-epoch5")]
+    assert [p.name for p in natural_order(glob_order)] == ["m-t-epoch5", "m-t-epoch10", "m-t-epoch20"]
