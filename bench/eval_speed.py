@@ -1,6 +1,6 @@
 """Evaluation throughput: seed-style generation + string parsing against score mode, same adapter.
 
-    .venv/bin/python bench/eval_speed.py --adapter runs/recipes/politosphere/pol_unpol_oth/<name>-epoch10
+    .venv/bin/python bench/eval_speed.py --adapter runs/recipes/politosphere/pol_unpol_oth/<name>-epoch20
     .venv/bin/python bench/eval_speed.py --adapter A --split train --max_samples 90
     .venv/bin/python bench/eval_speed.py --adapter A --split train --max_samples 90 --base
 

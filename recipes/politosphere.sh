@@ -3,13 +3,13 @@
 # 7 labels with and without definitions, pol/unpol/oth, supp/anti/oth; one training run each with
 # adapters saved at several epochs; then the per-epoch table (train / validation), score vs generate
 # mode on the last adapter, and kappa model-vs-human beside human-vs-human.
-#   bash recipes/politosphere.sh            (about 25 minutes on 2 CPU cores)
+#   bash recipes/politosphere.sh            (about 47 minutes on 2 CPU cores; EPOCHS=8 SAVE=2,4,8: 26)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/politosphere}
-EPOCHS=${EPOCHS:-8}
-SAVE=${SAVE:-2,4,8}
+EPOCHS=${EPOCHS:-20}
+SAVE=${SAVE:-5,10,20}
 ANN="../shared/data/politosphere/annotated_data_leo.json ../shared/data/politosphere/annotated_data_yifei_v2.json"
 source recipes/lib.sh
 new_output_dir "$OUT"
