@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
+from annotune.tasks import data_dir  # noqa: E402  (the tests read the data where the scripts do)
+
+DATA = data_dir()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
