@@ -5,20 +5,19 @@
     .venv/bin/python bench/eval_speed.py --adapter A --split train --max_samples 90 --base
 
 --base runs the untuned base model (adapter disabled) with the adapter's task and prompt: the
-zero-shot setting, where generation does not stop after the label and runs to max_new_tokens.
+zero-shot setting, whose answers are rarely a bare label.
 
 Seed-style = batched greedy generation with max_new_tokens=80 (left padding), then the seeds'
 string matching (the answer must equal a label after stripping and lower-casing; anything else is
 invalid). It is timed twice: stopping at EOS (what a model trained with an EOS after the answer
 does, ours included), and with EOS suppressed for all 80 tokens: the cost of a model that never
 learned to stop (e.g. trained with pad = eos masked out of the loss); its run-on answers fail the
-exact match, as such answers did. Ours = evaluate.py's score mode (every label scored as a continuation; shared prefix and
-per-example prompt caches reused). Both run in this process on the same rows, after one warm-up
-batch each. Prints a table and writes bench/results/eval_speed.json.
+exact match, as such answers did. Ours = evaluate.py's score mode (every label scored as a
+continuation; shared prefix and per-example prompt caches reused). All run in this process on the
+same rows, after one warm-up batch each. Prints a table and writes bench/results/eval_speed.json.
 """
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -48,13 +47,20 @@ def seed_parse(text, labels):
     return next((l for l in labels if l.lower() == answer), INVALID)
 
 
+def result_row(gold, preds, labels, seconds, **extra) -> dict:
+    from annotune.metrics import classification_metrics
+
+    m = classification_metrics(gold, preds, labels)
+    return {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"], "ci": m["ci95"]["macro_f1"],
+            **extra}
+
+
 def main(argv=None):
     args = parse_args(argv)
     from annotune.data import load_dataset_folder
     from annotune.evaluation import load_annotator, read_adapter_info
     from annotune.evaluating import pick_rows
-    from annotune.io import quiet_libraries
-    from annotune.metrics import classification_metrics
+    from annotune.io import atomic_write_json, quiet_libraries
 
     quiet_libraries()
     annotator = load_annotator(adapter=args.adapter)
@@ -72,24 +78,19 @@ def main(argv=None):
             start = time.perf_counter()
             texts = annotator.generate(prompts, 80, args.batch_size, min_new_tokens=min_new)
             seconds = time.perf_counter() - start
-            preds = [seed_parse(t, labels) for t in texts]
-            m = classification_metrics(gold, preds, labels)
-            results[name] = {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"],
-                             "ci": m["ci95"]["macro_f1"], "max_new_tokens": 80, "min_new_tokens": min_new}
-            if not min_new:
-                new_tokens = sum(len(annotator.tokenizer(t, add_special_tokens=False)["input_ids"])
-                                 for t in texts) / len(texts)
+            new_tokens = sum(len(annotator.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            results[name] = result_row(gold, [seed_parse(t, labels) for t in texts], labels, seconds,
+                                       max_new_tokens=80, min_new_tokens=min_new,
+                                       mean_new_tokens=new_tokens / len(texts))
         annotator.score(prompts[: args.batch_size], args.batch_size)  # warm-up
         start = time.perf_counter()
         probs = annotator.score(prompts, args.batch_size)
         seconds = time.perf_counter() - start
-        preds = [labels[int(p.argmax())] for p in probs]
-        m = classification_metrics(gold, preds, labels)
-        results["ours: score mode"] = {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"],
-                                       "ci": m["ci95"]["macro_f1"]}
+        results["ours: score mode"] = result_row(gold, [labels[int(p.argmax())] for p in probs], labels, seconds)
     model_name = "untuned base" if args.base else f"adapter {Path(args.adapter).name}"
+    stops = results["seed-style generate, stops at EOS"]["mean_new_tokens"]
     print(f"{len(rows)} rows of {spec.name} ({args.split}), {model_name}; seed-style answers average "
-          f"{new_tokens:.1f} tokens\n")
+          f"{stops:.1f} tokens\n")
     print("| method | examples/s | invalid | macro-F1 [95% CI] |")
     print("|---|---|---|---|")
     for name, r in results.items():
@@ -102,12 +103,10 @@ def main(argv=None):
         if r is not ours:
             r["speedup_of_score_mode"] = ours["examples_per_s"] / r["examples_per_s"]
             print(f"speed-up of score mode over {name}: {r['speedup_of_score_mode']:.1f}x")
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": len(rows), "task": spec.name, "adapter": args.adapter, "base": args.base,
-                               "results": results,
-                               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                               "command": " ".join(sys.argv)}, indent=2))
+    atomic_write_json(REPO / args.out, {"rows": len(rows), "task": spec.name, "adapter": args.adapter,
+                                        "base": args.base, "results": results,
+                                        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                                        "command": " ".join(sys.argv)})
     return 0
 
 

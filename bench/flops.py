@@ -4,6 +4,7 @@ matmul measured in the same process.
     .venv/bin/python bench/flops.py                 # Politosphere with definitions, 12 steps
     .venv/bin/python bench/flops.py --task sst2 --steps 12
     .venv/bin/python bench/flops.py -- --lora_dropout 0 --train_batch_size 16    # extra train.py flags
+    .venv/bin/python bench/flops.py --profile --out /tmp/flops.json    # where the time goes (slower)
 
 FLOPs of a LoRA step ~= 4 x N x T: forward 2 x N x T, backward through the activations 2 x N x T
 (the frozen weights get no weight gradient; LoRA's own are negligible), with N = the parameters of
@@ -11,9 +12,11 @@ the decoder's linear layers (embeddings are a lookup; the output layer only runs
 and is left out) and T = the tokens the forwards actually ran (the shared prefix once per batch).
 Attention score FLOPs are left out too, so the ratio is a slight underestimate.
 Peak = the best of fp32 torch.matmul on 2048x2048 matrices, on the same threads.
-Prints a table and writes bench/results/flops.json.
+Prints a table and writes bench/results/flops.json; --profile adds torch.profiler's top operators,
+by name and by input shape (the profiler's overhead then lowers the ratio).
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--task", default="politosphere", help="task spec (default: politosphere)")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps to time (default: 12)")
     p.add_argument("--out", default="bench/results/flops.json", help="JSON written here")
+    p.add_argument("--profile", action="store_true", help="also print the top operators of the run (default: off)")
     p.add_argument("train_args", nargs="*", help="extra train.py flags, after -- (default: none, train.py's defaults)")
     return p.parse_args(argv)
 
@@ -53,18 +57,27 @@ def main(argv=None):
 
     import torch
 
+    from transformers import AutoModelForCausalLM
+
     import train
-    from annotune.io import run_cli
-    from annotune.models import load_model
+    from annotune.io import atomic_write_json, run_cli
+    from annotune.models import load_config
 
     peak_before = matmul_peak()
     run_dir = Path(tempfile.mkdtemp(prefix="annotune-flops-"))
-    code = run_cli(train.main, ["--task", args.task, "--stop_condition", "steps", "--steps", str(args.steps),
-                                "--eval_strategy", "no", "--quiet", "--output_dir", str(run_dir / "run"), *args.train_args])
+    profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+                if args.profile else contextlib.nullcontext())
+    with profiler:
+        code = run_cli(train.main, ["--task", args.task, "--stop_condition", "steps", "--steps", str(args.steps),
+                                    "--eval_strategy", "no", "--quiet", "--output_dir", str(run_dir / "run"),
+                                    *args.train_args])
     assert code == 0
-    result = json.loads((run_dir / "run" / "manifest.json").read_text())["result"]
+    manifest = json.loads((run_dir / "run" / "manifest.json").read_text())
+    result = manifest["result"]
     peak_after = matmul_peak()
-    model = load_model("smollm2-135m", "causal", "none")
+    # Parameter count only: the architecture on the meta device, no weights loaded a second time.
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(load_config(manifest["args"]["model_name"]))
     n_linear = sum(m.weight.numel() for name, m in model.model.named_modules() if isinstance(m, torch.nn.Linear))
     flops = 4 * n_linear * result["processed_tokens"]
     achieved = flops / result["train_seconds"] / 1e9
@@ -76,11 +89,12 @@ def main(argv=None):
              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv)}
     print("| task | extra flags | steps | tokens run | seconds | achieved GFLOP/s | matmul peak GFLOP/s | ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.task} | {' '.join(args.train_args) or '-'} | {result['steps']} | {result['processed_tokens']} | {result['train_seconds']:.1f} | "
-          f"{achieved:.1f} | {peak:.1f} | {100 * achieved / peak:.0f}% |")
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=2))
+    print(f"| {args.task} | {' '.join(args.train_args) or '-'} | {result['steps']} | {result['processed_tokens']} | "
+          f"{result['train_seconds']:.1f} | {achieved:.1f} | {peak:.1f} | {100 * achieved / peak:.0f}% |")
+    if args.profile:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        print(profiler.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=12))
+    atomic_write_json(REPO / args.out, table)
     return 0
 
 

@@ -139,10 +139,13 @@ def main(argv=None):
         print(json.dumps(result))
         return 0
     import platform
+    import shutil
+
+    from annotune.io import atomic_write_json
 
     out = REPO / args.out
-    work = REPO / "runs" / "bench" / "train_speed"
-    subprocess.run(["rm", "-rf", str(work)], check=True)
+    work = REPO / "runs" / "bench" / "train_speed"  # scratch: the two arms' data and runs
+    shutil.rmtree(work, ignore_errors=True)
     rows = []
     for task in args.tasks.split(","):
         data = work / f"{task}-data"
@@ -166,8 +169,7 @@ def main(argv=None):
         print(f"{task}: ours / seed-style useful tokens/s = {ours['useful_tokens_per_s'] / seed['useful_tokens_per_s']:.2f}x")
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows,
               "command": " ".join(sys.argv)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_speed.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "train_speed.json", result)
     return 0
 
 

@@ -10,7 +10,8 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/recipes/politosphere}
 EPOCHS=${EPOCHS:-20}
 SAVE=${SAVE:-5,10,20}
-ANN="../shared/data/politosphere/annotated_data_leo.json ../shared/data/politosphere/annotated_data_yifei_v2.json"
+DATA=${ANNOTUNE_DATA_DIR:-../shared/data}
+ANN="$DATA/politosphere/annotated_data_leo.json $DATA/politosphere/annotated_data_yifei_v2.json"
 source recipes/lib.sh
 new_output_dir "$OUT"
 for variant in "7labels-defs:" "7labels-nodefs:--without_definitions" "pol_unpol_oth:--merge pol_unpol_oth" \
