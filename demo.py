@@ -10,15 +10,14 @@ evaluate.py scores the untuned base and the tuned adapter on the same held-out t
 mode: every label scored, no invalid outputs) and prints one table with 95% bootstrap CIs. Each run
 goes to a new folder runs/demo/<time>/; nothing earlier is touched.
 """
-import argparse
 import sys
 import time
 
-from annotune.io import quiet_libraries, run_cli
+from annotune.cli import parser, quiet_libraries, run_cli
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--task", default="drug_reviews", help="task spec (default: drug_reviews, shipped in a wheel)")
     p.add_argument("--model_name", default="smollm2-135m", help="base model (default: smollm2-135m)")
     p.add_argument("--train_samples", type=int, default=0,

@@ -18,18 +18,23 @@ confusion_matrix.csv/.png, reliability.png; comparison.md for all models of the 
 """
 import argparse
 import sys
+import time
+from pathlib import Path
 
-from annotune.io import UserError, quiet_libraries, run_cli
+from annotune.cli import UserError, parser, quiet_libraries, run_cli
+
+DEFAULT_TASK = "drug_reviews"
+DEFAULT_MODEL = "smollm2-135m"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--adapters_name", nargs="+", default=[], help="adapter folders, or adapter names under runs/")
     g.add_argument("--base_only", action="store_true", help="also (or only) evaluate the untuned base model")
     g.add_argument("--model_name", "--base_model_name", dest="model_name",
-                   help="base model without adapters (default: the adapters' base, else smollm2-135m)")
-    g.add_argument("--task", help="task for a base-only run (default: drug_reviews)")
+                   help=f"base model without adapters (default: the adapters' base, else {DEFAULT_MODEL})")
+    g.add_argument("--task", help=f"task for a base-only run (default: {DEFAULT_TASK})")
     g.add_argument("--merge", help="label merge for a base-only run")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py for a base-only run")
     g.add_argument("--template", default="auto", help="prompt template for a base-only run (default: auto)")
@@ -73,21 +78,159 @@ def parse_args(argv=None):
     return args
 
 
+def base_annotator(args, adapters, bases):
+    """The untuned base model as an annotator (with --base_only), on the adapters' task and prompt."""
+    from annotune.adapters import adapter_spec, read_adapter_info
+    from annotune.annotator import load_annotator
+    from annotune.examples import load_dataset_folder
+    from annotune.models import load_config, resolve_kind
+    from annotune.task import load_task
+
+    for adapter in adapters:
+        trained_on = read_adapter_info(adapter)["base_model"]
+        if args.model_name and args.model_name != trained_on:
+            raise UserError(f"adapter {adapter} was trained on {trained_on}, not on --model_name {args.model_name}")
+    if not args.base_only:
+        return None
+    if adapters:
+        info = read_adapter_info(adapters[0])
+        spec, name, prompt = adapter_spec(adapters[0]), args.model_name or info["base_model"], info["prompt"]
+    elif args.dataset_name:
+        _, manifest, spec = load_dataset_folder(args.dataset_name)
+        name, prompt = args.model_name or DEFAULT_MODEL, manifest["prompt"]
+    else:
+        spec = load_task(args.task or DEFAULT_TASK, args.merge)
+        name = args.model_name or DEFAULT_MODEL
+        prompt = {"template": args.template, "with_definitions": not args.without_definitions}
+    model = bases.get(name, resolve_kind(load_config(name), "auto", spec.type), spec.label_names)
+    return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model)
+
+
+def evaluation_data(args, adapters, base):
+    """(spec, {split: rows}, info): the adapters' own dataset, or the base run's task."""
+    from annotune.adapters import read_adapter_info
+    from annotune.examples import load_dataset_folder, prepare_splits
+
+    folder = args.dataset_name
+    if adapters:
+        infos = [read_adapter_info(a) for a in adapters]
+        tasks = {(i["task"], tuple(i["labels"])) for i in infos}
+        if len(tasks) > 1:
+            raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(tasks)}")
+        folder = infos[0]["dataset"]
+        if not Path(folder).is_dir():
+            raise UserError(f"the dataset of adapter {adapters[0]} is gone ({folder})")
+    if folder:
+        rows, manifest, spec = load_dataset_folder(folder)
+        return spec, rows, {"dataset": folder, "splits": manifest.get("splits")}
+    splits, info = prepare_splits(base.spec, base.prompter, seed=args.seed)
+    return base.spec, splits, {"dataset": f"task {base.spec.name}", "splits": info["splits"]}
+
+
+def evaluate_models(args, adapters, base, rows_by_split, staging, bases):
+    """Evaluate the base (if any) and every adapter on the chosen split(s); per-model result files
+    go into the staging folder that write_comparison publishes."""
+    from peft import PeftModel
+
+    from annotune.adapters import read_adapter_info
+    from annotune.agreement import human_agreement
+    from annotune.annotator import evaluate_rows, load_annotator
+    from annotune.examples import pick_split
+    from annotune.models import resolve_model_path
+    from annotune.report import safe_name, write_model_results
+
+    bert = None if args.bertscore_model == "none" else resolve_model_path(args.bertscore_model)
+    results = []
+    for adapter in ([None] if base else []) + list(adapters):
+        annotator = base
+        if adapter is not None:
+            info = read_adapter_info(adapter)
+            base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
+            annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)))
+        for split in ["train", "validation"] if args.table else [args.split]:
+            rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
+            metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
+                                             args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
+                                             seed=args.seed, bertscore_model=bert,
+                                             bertscore_layers=args.bertscore_layers, sampling=sampling(args))
+            write_model_results(staging / safe_name(annotator.name) / split, metrics, records,
+                                f"{annotator.name} on {split}")
+            results.append({"name": annotator.name, "split": split, "metrics": metrics, "records": records,
+                            "epoch": annotator.info.get("epoch"), "adapter": str(adapter) if adapter else None})
+        if args.annotations:
+            results[-1]["agreement"] = human_agreement(
+                annotator, args.annotations, args.annotation_id_column, args.annotation_label_column,
+                [r["id"] for r in rows_by_split.get("train", [])], args.mode, args.batch_size)
+        if adapter is not None:
+            annotator.model.unload()  # detach the adapter; the base model serves the next one
+    return results
+
+
+def sampling(args) -> dict:
+    """Greedy unless --do_sample (then seeded, so a sampled evaluation can be repeated)."""
+    if not args.do_sample:
+        return {}
+    import torch
+
+    torch.manual_seed(args.seed)
+    return {"do_sample": True, "temperature": args.temperature}
+
+
+def annotate(args, adapters, base):
+    """Label --predict_file with one model, resumably; shards across accelerate processes."""
+    from accelerate import PartialState
+
+    from annotune.annotator import load_annotator
+    from annotune.corpus import annotate_file, check_input, merge_shards
+    from annotune.models import device_name
+
+    if len(adapters) + (1 if base else 0) != 1:
+        raise UserError("--predict_file labels with one model: one adapter, or --base_only")
+    output = Path(args.output or f"{args.predict_file}.labeled.csv")
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output} already exists; pass --overwrite or choose another --output")
+    check_input(args.predict_file, args.text_column)
+    annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization)
+    state = PartialState(cpu=device_name() == "cpu")
+    result = annotate_file(annotator, args.predict_file, args.text_column, str(output), args.batch_size, args.mode,
+                           args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
+                           progress=not args.quiet, max_new_tokens=args.max_new_tokens)
+    if result["interrupted"]:
+        print(f"stopped after {result['labelled']} rows; run the same command again to resume")
+        return 0
+    state.wait_for_everyone()
+    if state.is_main_process:
+        count = merge_shards(str(output), state.num_processes, result["columns"])
+        print(f"labelled {count} rows -> {output}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
-    from annotune import evaluating as E
+    from annotune.adapters import find_adapter, natural_order
+    from annotune.annotator import BaseModels
+    from annotune.files import remove_dir, staging_dir
+    from annotune.labels import check_label_list
+    from annotune.report import write_comparison
 
-    adapters = E.natural_order(E.find_adapter(name) for name in args.adapters_name)
-    bases = E.BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
-    base = E.base_annotator(args, adapters, bases)  # None unless --base_only
+    adapters = natural_order(find_adapter(name) for name in args.adapters_name)
+    bases = BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
+    base = base_annotator(args, adapters, bases)  # None unless --base_only
     if args.predict_file:
-        return E.annotate(args, adapters, base)
-    spec, rows_by_split, info = E.evaluation_data(args, adapters, base)
-    E.check_label_name(args.label_name, spec)
-    out_dir = E.new_results_dir(args, spec)
-    results = E.evaluate_models(args, adapters, base, rows_by_split, out_dir, bases)
-    E.report(args, spec, results, out_dir, info)
+        return annotate(args, adapters, base)
+    spec, rows_by_split, info = evaluation_data(args, adapters, base)
+    check_label_list(args.label_name, spec.label_names)
+    out_dir = Path(args.output_dir or Path("runs") / "eval" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} already holds results; choose another --output_dir")
+    staging = staging_dir(out_dir)
+    try:
+        results = evaluate_models(args, adapters, base, rows_by_split, staging, bases)
+        print(write_comparison(args, spec, results, staging, out_dir, info))
+    finally:
+        remove_dir(staging)  # gone already when published; removed on any error
+    print(f"results in {out_dir}/")
     return 0
 
 

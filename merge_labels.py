@@ -13,14 +13,13 @@ Labels are matched case- and whitespace-insensitively ("Not relevant" = "Not Rel
 mapped twice or not at all, or a row whose label is not in the task's label set, is an error that
 names it. Counts before and after are printed. The flag values are parsed as literals, never run.
 """
-import argparse
 import sys
 
-from annotune.io import UserError, run_cli
+from annotune.cli import UserError, parser, run_cli
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     g = p.add_argument_group("input and output")
     g.add_argument("--input_file", "--data_path", dest="input_file",
                    default="../shared/data/politosphere/daccord_yifei_v2_leo.json",
@@ -79,9 +78,8 @@ def main(argv=None):
     from collections import Counter
     from pathlib import Path
 
-    from annotune.data import read_table
-    from annotune.io import atomic_write_text, ensure_new_path
-    from annotune.tasks import infer_format, load_task
+    from annotune.files import atomic_write_text, ensure_new_path, infer_format, read_table
+    from annotune.task import load_task
 
     spec = load_task(args.task)
     if args.merge:
@@ -102,8 +100,8 @@ def main(argv=None):
     for number, row in enumerate(rows):
         if args.label_column not in row:
             raise UserError(f"{source}: row {number} has no column {args.label_column!r}")
-        old = spec.label_for(row[args.label_column], where=f" (row {number} of {source})")
-        new = merged.merge_map[old]
+        old = spec.task_label(row[args.label_column], f" (row {number} of {source})")
+        new = merged.task_label(old)
         before[old] += 1
         after[new] += 1
         row[args.label_column] = new

@@ -13,16 +13,15 @@ prompt, completion), manifest.json (task spec, template, seed, split ids and lab
 preview.jsonl (a few rendered examples) and task.yaml. An existing output is never replaced unless
 --overwrite is given. --push_to_hub REPO pushes with the token in $HF_TOKEN.
 """
-import argparse
 import sys
 
-from annotune.io import UserError, quiet_libraries, run_cli
+from annotune.cli import UserError, parser, quiet_libraries, run_cli
 
 DEFAULT_TASK = "drug_reviews"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     g = p.add_argument_group("task (a spec in tasks/, or ad-hoc columns of your own file)")
     g.add_argument("--task", help=f"task name in tasks/ or path of a task YAML (default: {DEFAULT_TASK})")
     g.add_argument("--merge", help="a named label merge of the task, e.g. pol_unpol_oth")
@@ -73,17 +72,17 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.data import prepare_splits, write_dataset_folder
+    from annotune.examples import prepare_splits, write_dataset_folder
     from annotune.hub import push_dataset_to_hub
-    from annotune.io import ensure_new_path, run_manifest
+    from annotune.files import ensure_new_path, run_manifest
     from annotune.models import is_seq2seq_model, load_config, load_tokenizer
     from annotune.prompts import Prompter
-    from annotune.tasks import adhoc_task, load_task
+    from annotune.task import load_task, task_from_file
 
     if args.data_path:
         if args.task:
             raise UserError("give either --task or --data_path, not both")
-        spec = adhoc_task(args.data_path, args.text_column, args.label_column, args.test_path, args.id_column,
+        spec = task_from_file(args.data_path, args.text_column, args.label_column, args.test_path, args.id_column,
                           args.task_type, args.system_prompt, args.instruction)
     else:
         spec = load_task(args.task or DEFAULT_TASK)

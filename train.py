@@ -12,6 +12,8 @@
 Modes (picked from the task and the model, --mode overrides): causal = instruction SFT with the loss
 on the answer tokens (and EOS) only; classifier = a sequence-classification head (class-weighted
 cross-entropy); seq2seq = an encoder-decoder LM. Quantization `auto` is 4-bit NF4 on CUDA, none on CPU.
+The loop is transformers.Trainer (annotune/trainer.py): checkpoints, resume, accumulation, DDP and
+trackers (--report_to) are the library's.
 
 Writes to --output_dir (default runs/<model>-<task>): one adapter per --save_epochs entry,
 <model>-<task>-epochN/ (adapter, tokenizer, annotune.json with task spec, labels, prompt and its
@@ -19,37 +21,67 @@ validation metrics), manifest.json (arguments, versions, git commit, split ids),
 tokens/s per step; eval per epoch), learning_curve.png, dataset/ (the exact rows trained on) and
 checkpoints/ (for --resume_from_checkpoint).
 """
+from __future__ import annotations
+
 import argparse
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from annotune.io import UserError, quiet_libraries, run_cli
+from annotune.cli import UserError, parser, quiet_libraries, run_cli
+
+if TYPE_CHECKING:
+    from annotune.prompts import Prompter
+    from annotune.task import TaskSpec
 
 DEFAULT_TASK = "drug_reviews"
+DEFAULT_MODEL = "smollm2-135m"
+EPOCH_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "invalid", "rouge1", "rouge2", "rougeL",
+                 "exact_match", "ci95", "mode")  # what log.jsonl and annotune.json keep of a validation pass
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
+    add_data_and_model_flags(p)
+    add_training_flags(p)
+    add_saving_flags(p)
+    args = p.parse_args(argv)
+    if args.stop_condition == "steps" and args.steps <= 0:
+        p.error("--stop_condition steps needs --steps N > 0")
+    if args.eval_strategy == "steps" and args.eval_steps <= 0:
+        p.error("--eval_strategy steps needs --eval_steps N > 0")
+    if args.task and args.dataset_name:
+        p.error("give --task or --dataset_name, not both")
+    return args
+
+
+def add_data_and_model_flags(p):
     g = p.add_argument_group("data")
     g.add_argument("--task", help=f"task spec name or YAML path (default: {DEFAULT_TASK} unless --dataset_name)")
     g.add_argument("--merge", help="a named label merge of the task (e.g. pol_unpol_oth)")
-    g.add_argument("--dataset_name", help="a dataset folder from preprocess.py, or a task name")
+    g.add_argument("--dataset_name", help="a dataset folder from preprocess.py, a task name, or a hub dataset id")
     g.add_argument("--template", default="auto", help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")
-    g.add_argument("--max_train_samples", type=int, help="use at most this many training examples (default: all)")
+    g.add_argument("--max_train_samples", type=int, help="use a seeded sample of this many training examples (default: all)")
     g.add_argument("--max_eval_samples", type=int, default=200,
                    help="validation examples evaluated per epoch (default: 200; 0 = all)")
     g = p.add_argument_group("model")
-    g.add_argument("--model_name", "--base_model_name", dest="model_name", default="smollm2-135m",
-                   help="hub id, local folder or alias: smollm2-135m (default), minilm-l6")
+    g.add_argument("--model_name", "--base_model_name", dest="model_name", default=DEFAULT_MODEL,
+                   help=f"hub id, local folder or alias: {DEFAULT_MODEL} (default), minilm-l6")
     g.add_argument("--mode", choices=["auto", "causal", "classifier", "seq2seq"], default="auto",
                    help="what to train (default: auto, from the task and the model)")
     g.add_argument("--quantization", choices=["auto", "4bit", "8bit", "none"], default="auto",
                    help="auto = 4-bit NF4 on CUDA, none on CPU (default: auto)")
     g.add_argument("--lora_r", type=int, default=16, help="LoRA rank (default: 16)")
     g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha (default: 32)")
-    g.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
+    g.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout probability (default: 0.05)")
     g.add_argument("--target_modules", default="all-linear",
                    help="comma-separated module names, or all-linear (default: all-linear)")
+
+
+def add_training_flags(p):
     g = p.add_argument_group("training")
     g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=1, help="epochs (default: 1)")
     g.add_argument("--stop_condition", choices=["epochs", "steps"], default="epochs",
@@ -71,6 +103,9 @@ def parse_args(argv=None):
     g.add_argument("--shared_prefix", choices=["auto", "on", "off"], default="auto",
                    help="run the prompts' common prefix once per batch (default: auto, when >= 16 tokens)")
     g.add_argument("--seed", type=int, default=42, help="seed of model init, data order and splits (default: 42)")
+
+
+def add_saving_flags(p):
     g = p.add_argument_group("evaluation and saving")
     g.add_argument("--eval_strategy", choices=["epoch", "steps", "no"], default="epoch",
                    help="evaluate on the validation split after each epoch, or every --eval_steps (default: epoch)")
@@ -84,34 +119,242 @@ def parse_args(argv=None):
     g.add_argument("--overwrite_output_dir", action="store_true", help="replace a run folder that holds results")
     g.add_argument("--resume_from_checkpoint", nargs="?", const="latest",
                    help="continue the run in --output_dir from its latest (or the given) checkpoint")
-    g.add_argument("--report_to", default="none", help="experiment tracker for accelerate (default: none)")
+    g.add_argument("--report_to", default="none", help="experiment tracker, e.g. wandb or tensorboard (default: none)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--stop_after_steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
     g.add_argument("--record_examples", action="store_true", help=argparse.SUPPRESS)  # tests: ids seen per process
-    args = p.parse_args(argv)
-    if args.stop_condition == "steps" and args.steps <= 0:
-        p.error("--stop_condition steps needs --steps N > 0")
-    if args.eval_strategy == "steps" and args.eval_steps <= 0:
-        p.error("--eval_strategy steps needs --eval_steps N > 0")
-    if args.task and args.dataset_name:
-        p.error("give --task or --dataset_name, not both")
-    return args
+
+
+@dataclass
+class TrainingData:
+    """What train.py trains and validates on, with how it was read (data_info goes to the manifest)."""
+    spec: "TaskSpec"
+    kind: str  # causal, classifier or seq2seq
+    prompter: "Prompter"
+    splits: dict  # split name -> rendered rows (as written to the dataset folder)
+    data_info: dict
+    train_rows: list = field(default_factory=list)
+    eval_rows: list = field(default_factory=list)
+    feats: list = field(default_factory=list)  # tokenised training examples
+    stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
+
+
+def load_training_data(args, tokenizer, config) -> TrainingData:
+    """The task (from a preprocess.py folder, a task spec or a hub dataset), its splits, the
+    sampled training and validation rows, and the tokenised training examples."""
+    from annotune.examples import sample_rows
+    from annotune.trainer import build_features
+
+    data = read_task_data(args, tokenizer, config)
+    if not data.splits.get("train"):
+        raise UserError("the train split is empty")
+    data.train_rows = sample_rows(data.splits["train"], args.max_train_samples, args.seed)
+    data.eval_rows = sample_rows(data.splits.get("validation") or [], args.max_eval_samples, args.seed)
+    if data.spec.type == "classification":
+        for row in data.train_rows + data.eval_rows:
+            if row["label"] not in data.spec.label_names:
+                raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set "
+                                f"{data.spec.label_names}")
+    data.feats, data.stats = build_features(data.kind, tokenizer, data.train_rows, data.spec.label_names,
+                                            args.max_seq_length)
+    if not data.feats:
+        raise UserError(f"no training example fits --max_seq_length {args.max_seq_length}")
+    lengths = [len(f["input_ids"]) for f in data.feats]
+    data.stats.update(longest=max(lengths), mean_length=sum(lengths) / len(lengths))
+    return data
+
+
+def read_task_data(args, tokenizer, config) -> TrainingData:
+    from annotune.examples import hub_task, load_dataset_folder, prepare_splits
+    from annotune.models import resolve_kind
+    from annotune.prompts import Prompter
+    from annotune.task import TASKS_DIR, load_task
+
+    name = args.dataset_name
+    if name and Path(name).is_dir():
+        splits, manifest, spec = load_dataset_folder(name)
+        if args.merge and args.merge != manifest.get("merge"):
+            raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {args.merge}")
+        kind = resolve_kind(config, args.mode, spec.type)
+        prompt = manifest["prompt"]
+        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, kind == "seq2seq")
+        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec")}
+        return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
+    if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
+        if "/" not in name:
+            raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
+        spec = hub_task(name)
+    else:
+        spec = load_task(args.task or name or DEFAULT_TASK, args.merge)
+    kind = resolve_kind(config, args.mode, spec.type)
+    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, kind == "seq2seq")
+    splits, info = prepare_splits(spec, prompter, seed=args.seed)
+    return TrainingData(spec, kind, prompter, splits, info)
+
+
+def output_folder(args, default_name: str) -> Path:
+    out = Path(args.output_dir or Path("runs") / default_name)
+    if args.resume_from_checkpoint:
+        if not out.is_dir():
+            raise UserError(f"--resume_from_checkpoint: {out} does not exist")
+    elif out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
+        raise UserError(f"{out} already holds a run; pass --overwrite_output_dir, --resume_from_checkpoint "
+                        "or another --output_dir")
+    return out
+
+
+def build_model(args, data: TrainingData, tokenizer):
+    from annotune.models import add_lora, load_model
+
+    labels = data.spec.label_names if data.kind == "classifier" else None
+    model = load_model(args.model_name, data.kind, args.quantization, num_labels=len(labels) if labels else None,
+                       label_names=labels)
+    if data.kind == "classifier" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return add_lora(model, data.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
+
+
+def prepare_output(args, targs, run_name: str):
+    """(run folder, checkpoint to resume from or None); a new run gets an empty folder."""
+    import shutil
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = output_folder(args, run_name)
+    resume = None
+    if args.resume_from_checkpoint:
+        resume = get_last_checkpoint(targs.output_dir) if args.resume_from_checkpoint == "latest" \
+            else args.resume_from_checkpoint
+        if not resume or not Path(resume).is_dir():
+            raise UserError(f"no checkpoint to resume from in {targs.output_dir}")
+    elif targs.process_index == 0:
+        if out_dir.exists() and args.overwrite_output_dir:
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, resume
+
+
+def save_plan(args, data: TrainingData):
+    """When to evaluate, save adapters and stop, from the flags (checked before anything is written)."""
+    from annotune.metrics import primary_metric
+    from annotune.trainer import SavePlan, parse_save_epochs
+
+    last = args.epochs if args.stop_condition == "epochs" else None
+    return SavePlan(metric=primary_metric(data.spec.type), eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
+                    save_epochs=parse_save_epochs(args.save_epochs, last), by_steps=args.stop_condition == "steps",
+                    keep_best=args.keep_best, patience=args.early_stopping_patience,
+                    save_every_steps=args.save_every_steps, stop_after_steps=args.stop_after_steps)
+
+
+def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path, manifest: dict, run_name: str,
+                 is_main):
+    """EvaluateAndSave with the real evaluation (annotator.evaluate_rows on the validation rows) and
+    the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
+    from annotune.adapters import save_adapter
+    from annotune.annotator import Annotator, evaluate_rows
+    from annotune.trainer import EvaluateAndSave
+
+    def evaluate_now():
+        if not data.eval_rows:
+            return {}
+        annotator = Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name)
+        metrics, _ = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
+                                   max_new_tokens=128)
+        model.train()
+        return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
+
+    def save(suffix, epoch, step, metrics):
+        spec_dict, merge = data.spec.saved_form()
+        info = {"base_model": args.model_name, "kind": data.kind, "task": data.spec.name, "merge": merge,
+                "labels": data.spec.label_names, "prompt": data.prompter.describe(), "task_spec": spec_dict,
+                "epoch": epoch, "step": step, "validation_metrics": metrics,
+                "dataset": data.data_info.get("dataset_folder") or str((out_dir / "dataset").resolve()),
+                "run_dir": str(out_dir.resolve()), "git_commit": manifest.get("git_commit")}
+        save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", info)
+
+    return EvaluateAndSave(plan, evaluate_now, save, out_dir / "log.jsonl", is_main)
+
+
+def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> None:
+    """The result summary into manifest.json, the learning curve, and what was written."""
+    from annotune.adapters import adapters_in
+    from annotune.files import atomic_write_json, read_jsonl
+    from annotune.report import plot_learning_curve
+
+    totals, rows = trainer.totals, read_jsonl(out_dir / "log.jsonl")
+    speed = [r["tokens_per_s"] for r in rows if r["type"] == "step" and r.get("tokens_per_s")]
+    speed = speed[1:] or speed  # the first step pays for warm-up
+    result = {"steps": trainer.state.global_step, "shared_prefix_tokens": len(trainer.prefix),
+              "tokens_per_s_mean": sum(speed) / len(speed) if speed else None,
+              "train_seconds": round(totals["train_seconds"], 2), "useful_tokens": totals["useful_tokens"],
+              "processed_tokens": totals["processed_tokens"],
+              "useful_tokens_per_s": totals["useful_tokens"] / (totals["train_seconds"] or float("nan")),
+              "wall_time_s": round(time.time() - started, 1), "adapters": [str(p) for p in adapters_in(out_dir)],
+              "best": callback.best, "history": callback.history}
+    manifest["result"] = result
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    plot_learning_curve(rows, out_dir / "learning_curve.png", callback.plan.metric)
+    print(f"trained {result['steps']} steps in {result['train_seconds']:.0f} s of optimisation "
+          f"({result['useful_tokens_per_s']:.0f} useful tokens/s; shared prefix {result['shared_prefix_tokens']} "
+          f"tokens); {result['wall_time_s']:.0f} s in all")
+    for path in result["adapters"]:
+        print(f"saved adapter {path}")
+    print(f"run folder {out_dir} (manifest.json, log.jsonl, learning_curve.png)")
 
 
 def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
-    from annotune import training as T
+    from transformers import set_seed
 
-    T.set_seed(args.seed)
-    run = T.prepare_run(args)  # data, model, output folder, manifest; raises UserError on bad input
-    T.log_start(run)
-    result = T.fit(run)
-    if result.get("interrupted"):
-        print(f"stopped at step {result['step']}; resume with --resume_from_checkpoint")
-        return 0
-    T.finish(run, result)
+    from annotune.examples import write_dataset_folder
+    from annotune.files import atomic_write_json, run_manifest
+    from annotune.models import load_config, load_tokenizer
+    from annotune.trainer import AnnotuneTrainer, LossOptions, describe_start, trainer_arguments
+
+    started = time.time()
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(args.model_name, for_generation=False)
+    data = load_training_data(args, tokenizer, load_config(args.model_name))
+    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"
+    plan = save_plan(args, data)
+    targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))
+    out_dir, resume = prepare_output(args, targs, run_name)
+    is_main = targs.process_index == 0
+    model = build_model(args, data, tokenizer)
+    manifest = run_manifest(args, task=data.spec.name, merge=data.spec.merge, kind=data.kind,
+                            labels=data.spec.label_names, prompt=data.prompter.describe(), device=str(targs.device),
+                            num_processes=targs.world_size, quantization=args.quantization, features=data.stats,
+                            train_examples=len(data.feats), eval_examples=[r["id"] for r in data.eval_rows],
+                            data=data.data_info)
+    if is_main:
+        atomic_write_json(out_dir / "manifest.json", manifest)
+        if "dataset_folder" not in data.data_info and not (out_dir / "dataset").exists():
+            write_dataset_folder(out_dir / "dataset", data.splits, run_manifest(args, **data.data_info), num_preview=3)
+        describe_start(data, model, tokenizer, args.model_name, args.max_seq_length)
+
+    callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
+    options = LossOptions(kind=data.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
+                          n_labels=len(data.spec.label_names), record_examples=args.record_examples)
+    trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
+    callback.attach(trainer)
+    if resume:
+        callback.restore(trainer_step(resume))
+    trainer.train(resume_from_checkpoint=resume)
+    if args.record_examples:
+        atomic_write_json(out_dir / f"examples_seen.rank{targs.process_index}.json", trainer.examples_seen)
+    if callback.interrupted:
+        print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
+    elif is_main:
+        finish(trainer, callback, out_dir, manifest, started)
     return 0
+
+
+def trainer_step(checkpoint) -> int:
+    """The optimizer step a Trainer checkpoint was written at."""
+    import json
+
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
 
 
 if __name__ == "__main__":

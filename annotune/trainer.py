@@ -1,11 +1,16 @@
-"""The training loop behind train.py: (Q)LoRA for a causal LM (instruction SFT, loss on the
-completion only), a sequence-classification head (class-weighted cross-entropy), or a seq2seq LM.
+"""The training loop behind train.py: a `transformers.Trainer` whose `compute_loss` runs our loss
+for (Q)LoRA on a causal LM (instruction SFT, loss on the completion only), a sequence-
+classification head (class-weighted cross-entropy) or a seq2seq LM, fed by a batch sampler that
+groups examples of similar length.
 
-Speed: dynamic padding with length-grouped batches, logits only where the loss is, and the prompts'
-shared prefix (system prompt, definitions) run once per batch with gradients through its cache.
-Data parallel through accelerate (`accelerate launch` / `torchrun`): each process takes every
-world_size-th batch. Checkpoints hold the trainable weights, optimizer, scheduler, RNG and position,
-so a resumed run ends with the same adapter as an uninterrupted one.
+Speed: dynamic padding with length-grouped batches, logits only where the loss is (lm.py), and the
+prompts' shared prefix (system prompt, definitions) run once per batch with gradients through its
+cache. Everything else is the Trainer's: optimizer, scheduler, gradient accumulation, clipping,
+mixed precision, DDP / FSDP / DeepSpeed through accelerate, `--report_to` trackers, and
+checkpoints that hold the trainable weights, optimizer, scheduler, trainer state and every RNG
+state (Python, NumPy, torch CPU and CUDA), so a resumed run continues where it stopped.
+`EvaluateAndSave` runs train.py's validation, adapter saving and early stopping at epoch ends (or
+every N steps), before the Trainer writes that point's checkpoint.
 """
 from __future__ import annotations
 
@@ -13,18 +18,23 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .io import UserError
+from .cli import UserError
+from .files import append_jsonl, read_jsonl
 from .lm import common_prefix_length, completion_loss, pad_batch, run_prefix
 from .prompts import encode_example, encode_prompt
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
+TRAINABLE_FILE = "trainable.safetensors"
 
 
-# -------------------------------------------------------------------- features
+# -------------------------------------------------------------------- features and batches
 def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_target_length=256):
     """Tokenised training examples and counts of what was dropped or truncated."""
     feats, dropped, truncated = [], 0, 0
@@ -59,8 +69,7 @@ def class_weights(spec_value: str, labels_index, n_labels):
         return None
     if spec_value == "auto":
         counts = torch.bincount(torch.as_tensor(labels_index), minlength=n_labels).float()
-        weights = torch.where(counts > 0, counts.sum() / (n_labels * counts.clamp(min=1)), torch.zeros_like(counts))
-        return weights
+        return torch.where(counts > 0, counts.sum() / (n_labels * counts.clamp(min=1)), torch.zeros_like(counts))
     try:
         weights = torch.tensor([float(x) for x in spec_value.split(",")])
     except ValueError:
@@ -70,41 +79,103 @@ def class_weights(spec_value: str, labels_index, n_labels):
     return weights
 
 
-def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int):
-    """Batches of similar length in a seeded random order (the same for every process and resume)."""
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * 32
-    batches = []
-    for start in range(0, len(order), mega):
-        group = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
-    rng.shuffle(batches)
-    return batches
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of similar length in a seeded random order that depends only on (seed, epoch), so
+    every process and every resume sees the same epoch. Each process takes every world-th batch,
+    and all take the same number (the few left over are dropped that epoch)."""
+
+    def __init__(self, lengths, batch_size: int, seed: int, world: int = 1, rank: int = 0):
+        # Named `per_batch`, not `batch_size`: accelerate's shard wrapper would otherwise hold back
+        # every batch shorter than batch_size (the last, smaller one).
+        self.lengths, self.per_batch, self.seed, self.world, self.rank = list(lengths), batch_size, seed, world, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_batches(self, epoch: int) -> list:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        mega = self.per_batch * 32
+        batches = []
+        for start in range(0, len(order), mega):
+            group = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
+            batches.extend(group[i:i + self.per_batch] for i in range(0, len(group), self.per_batch))
+        rng.shuffle(batches)
+        return batches
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.per_batch) // self.world
+
+    def __iter__(self):
+        yield from self.epoch_batches(self.epoch)[self.rank::self.world][: len(self)]
 
 
 def collate(kind, feats, pad_id):
     if kind == "causal":
         ids, mask, labels = pad_batch([f["input_ids"] for f in feats], pad_id, "right", [f["labels"] for f in feats])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if kind == "classifier":
+    elif kind == "classifier":
         ids, mask = pad_batch([f["input_ids"] for f in feats], pad_id, "right")
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["label"] for f in feats])}
-    ids, mask = pad_batch([f["input_ids"] for f in feats], pad_id, "right")
-    tgt = [f["labels"] for f in feats]
-    _, _, labels = pad_batch(tgt, pad_id, "right", tgt)  # padding is -100, never the pad id
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        labels = torch.tensor([f["label"] for f in feats])
+    else:
+        ids, mask = pad_batch([f["input_ids"] for f in feats], pad_id, "right")
+        tgt = [f["labels"] for f in feats]
+        _, _, labels = pad_batch(tgt, pad_id, "right", tgt)  # padding is -100, never the pad id
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "ids": [f.get("id") for f in feats]}
 
 
+def shared_prefix_ids(kind, feats, mode):
+    if kind != "causal" or mode == "off":
+        return []
+    plen = common_prefix_length([f["input_ids"] for f in feats], keep=1)
+    # Never let the prefix reach a loss-carrying token.
+    plen = min([plen] + [next(i for i, l in enumerate(f["labels"]) if l != -100) for f in feats])
+    if mode == "auto" and plen < MIN_SHARED_PREFIX:
+        return []
+    return feats[0]["input_ids"][:plen]
+
+
+def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int) -> None:
+    """Print one rendered example with the loss span marked, trainable parameters, dropped examples
+    (data: train.py's TrainingData)."""
+    from .prompts import mark_loss_span
+
+    spec, kind, prompter, stats, example = data.spec, data.kind, data.prompter, data.stats, data.splits["train"][0]
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"task {spec.name} ({kind}), model {model_name}, template {prompter.template}, "
+          f"{len(data.feats)} training examples, {len(data.eval_rows)} validation examples")
+    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    if stats["dropped_too_long"]:
+        print(f"dropped {stats['dropped_too_long']} examples longer than --max_seq_length {max_seq_length}")
+    if stats["truncated"]:
+        print(f"truncated {stats['truncated']} texts to --max_seq_length {max_seq_length} (classifier input)")
+    if max_seq_length > 2 * stats["longest"] and max_seq_length > 256:
+        print(f"note: --max_seq_length {max_seq_length} but the longest example has {stats['longest']} tokens "
+              "(nothing is padded to it; it only caps)")
+    if kind == "causal":
+        encoded = encode_example(tokenizer, example["prompt"], example["completion"])
+        print("example (loss on >>> <<<):\n" + mark_loss_span(tokenizer, encoded))
+    elif kind == "seq2seq":
+        print(f"example input:\n{example['prompt']}\ntarget (loss): {example['completion']}")
+    else:
+        print(f"example text: {example['text'][:300]}\nlabel: {example['label']}")
+
+
+# -------------------------------------------------------------------- the loss
 class LossModule(torch.nn.Module):
-    """The model plus how its loss is computed; this is what DDP wraps, so gradient sync sees it."""
+    """The model plus how its loss is computed. This is what the Trainer (and so DDP) wraps: the
+    shared-prefix loss makes two forward passes, and both must run inside one DDP forward."""
 
     def __init__(self, model, kind, prefix_ids=None, weights=None):
         super().__init__()
         self.model, self.kind = model, kind
         self.prefix_ids = list(prefix_ids or [])
         self.register_buffer("weights", weights if weights is not None else torch.empty(0), persistent=False)
+        # The Trainer must not move a bitsandbytes model (it is placed at load time).
+        self.quantization_method = getattr(model, "quantization_method", None)
 
     def forward(self, input_ids, attention_mask, labels):
         if self.kind == "causal":
@@ -120,185 +191,245 @@ class LossModule(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
-def real_tokens(kind, batch, prefix_len):
-    """Non-pad tokens the step processed (the shared prefix counts once per batch)."""
-    n = int(batch["attention_mask"].sum())
-    if kind == "causal" and prefix_len:
-        n -= prefix_len * (batch["input_ids"].shape[0] - 1)
-    if kind == "seq2seq":
-        n += int((batch["labels"] != -100).sum())
-    return n
+@dataclass
+class LossOptions:
+    kind: str  # causal, classifier or seq2seq
+    shared_prefix: str = "auto"  # auto, on, off
+    class_weights: str = "none"  # classifier: auto, none or w1,w2,...
+    n_labels: int = 0
+    record_examples: bool = False  # tests: keep the ids each process trained on
 
 
-# -------------------------------------------------------------------- checkpoints
-def trainable_state(model):
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+class AnnotuneTrainer(Trainer):
+    """Trainer with our loss, our batches, checkpoints of the trainable weights only, and an
+    account of the tokens trained on (useful: every example's full length; processed: what the
+    forwards ran, a shared prefix once per batch)."""
+
+    def __init__(self, model, args, feats, tokenizer, options: LossOptions, callbacks=()):
+        self.options = options
+        self.prefix = shared_prefix_ids(options.kind, feats, options.shared_prefix)
+        weights = None
+        if options.kind == "classifier":
+            weights = class_weights(options.class_weights, [f["label"] for f in feats], options.n_labels)
+        self.peft_model = model
+        self.totals = {"train_seconds": 0.0, "useful_tokens": 0, "processed_tokens": 0}
+        self.window = {"loss": 0.0, "batches": 0, "tokens": 0}
+        self.examples_seen = []
+        super().__init__(model=LossModule(model, options.kind, self.prefix, weights), args=args, train_dataset=feats,
+                         data_collator=lambda batch: collate(options.kind, batch, tokenizer.pad_token_id),
+                         callbacks=list(callbacks))
+        self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
+        # Our own log (log.jsonl, EvaluateAndSave) is the console record; the Trainer's log dicts go
+        # only to trackers, not to the console.
+        self.remove_callback(PrinterCallback)
+        if self.pop_callback(ProgressCallback):
+            self.add_callback(QuietProgress)
+
+    def get_train_dataloader(self):
+        world, rank = self.args.world_size, self.args.process_index
+        sampler = LengthGroupedBatches([len(f["input_ids"]) for f in self.train_dataset],
+                                       self.args.per_device_train_batch_size, self.args.seed, world, rank)
+        if len(sampler) == 0:
+            raise UserError(f"{len(self.train_dataset)} training examples make no batch per process "
+                            f"(batch size {self.args.per_device_train_batch_size} x {world} processes)")
+        loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator)
+        loader = self.accelerator.prepare(loader)
+        shard = getattr(loader, "batch_sampler", None)
+        if getattr(shard, "batch_sampler", None) is sampler:  # already one share per process: no re-sharding
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids = inputs.pop("ids")
+        loss = model(**inputs)
+        useful = int(inputs["attention_mask"].sum())
+        if self.options.kind == "seq2seq":
+            useful += int((inputs["labels"] != -100).sum())
+        processed = useful - len(self.prefix) * (inputs["input_ids"].shape[0] - 1) if self.prefix else useful
+        self.totals["useful_tokens"] += useful
+        self.totals["processed_tokens"] += processed
+        self.window["tokens"] += processed
+        self.window["loss"] += float(loss.detach())
+        self.window["batches"] += 1
+        if self.options.record_examples:
+            self.examples_seen.extend(ids)
+        return (loss, None) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        """A checkpoint holds only the trainable weights (LoRA, a classification head)."""
+        from safetensors.torch import save_file
+
+        if self.args.should_save:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            trainable = {n: p.detach().cpu().contiguous() for n, p in self.peft_model.named_parameters() if p.requires_grad}
+            save_file(trainable, str(Path(output_dir) / TRAINABLE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_file
+
+        path = Path(resume_from_checkpoint) / TRAINABLE_FILE
+        if not path.exists():
+            raise UserError(f"{resume_from_checkpoint} is not a checkpoint of train.py (no {TRAINABLE_FILE})")
+        params = dict(self.peft_model.named_parameters())
+        with torch.no_grad():
+            for name, value in load_file(str(path)).items():
+                params[name].copy_(value)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict):
-    """Write a resumable checkpoint atomically, then remove older ones (one is enough to resume)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "progress": progress,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, tmp)
-    tmp.replace(path)
-    for older in path.parent.glob("checkpoint-step*.pt"):
-        if older != path:
-            older.unlink(missing_ok=True)
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bar without its log dicts printed under it."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return control
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    return state["progress"]
+# -------------------------------------------------------------------- evaluation, adapters, early stopping
+def trainer_arguments(args, out_dir: Path):
+    """train.py's flags (an argparse namespace) as transformers.TrainingArguments; the Trainer's
+    checkpoints go to <run>/checkpoints."""
+    import os
+
+    from transformers import TrainingArguments
+
+    from .models import device_name
+
+    schedulers = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=args.train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, lr_scheduler_type=schedulers[args.lr_scheduler],
+        warmup_steps=args.warmup_ratio, max_grad_norm=args.max_grad_norm, num_train_epochs=args.epochs,
+        max_steps=args.steps if args.stop_condition == "steps" else -1, seed=args.seed,
+        save_strategy="epoch", save_total_limit=1, eval_strategy="no", report_to=args.report_to,
+        logging_strategy="no" if args.report_to == "none" else "steps", logging_steps=1,
+        disable_tqdm=args.quiet or not os.isatty(2), use_cpu=device_name() == "cpu", remove_unused_columns=False,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False)
 
 
-def latest_checkpoint(folder: Path):
-    found = sorted(folder.glob("checkpoint-step*.pt"), key=lambda p: int(p.stem.split("step")[-1]))
-    return found[-1] if found else None
+def parse_save_epochs(text, last) -> set:
+    """--save_epochs 1,2,3 as a set; the last epoch is always saved."""
+    if not text:
+        return {last} if last else set()
+    try:
+        epochs = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise UserError(f"--save_epochs takes comma-separated epochs, got {text!r}") from None
+    if last and max(epochs) > last:
+        raise UserError(f"--save_epochs {text}: the run has only {last} epochs")
+    return epochs | ({last} if last else set())
 
 
-# -------------------------------------------------------------------- the loop
-def make_scheduler(optimizer, name, total_steps, warmup_steps):
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        if name == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if name == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return max(0.0, 1.0 - progress)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def shared_prefix_ids(kind, feats, mode):
-    if kind != "causal" or mode == "off":
-        return []
-    plen = common_prefix_length([f["input_ids"] for f in feats], keep=1)
-    # Never let the prefix reach a loss-carrying token.
-    plen = min([plen] + [next(i for i, l in enumerate(f["labels"]) if l != -100) for f in feats])
-    if mode == "auto" and plen < MIN_SHARED_PREFIX:
-        return []
-    return feats[0]["input_ids"][:plen]
+@dataclass
+class SavePlan:
+    """When to evaluate, checkpoint and save adapters, and when to stop early."""
+    metric: str  # the validation metric that decides the best epoch (macro_f1, rougeL)
+    eval_strategy: str = "epoch"  # epoch, steps, no
+    eval_steps: int = 0
+    save_epochs: set = field(default_factory=set)  # epochs whose adapter is saved
+    by_steps: bool = False  # --stop_condition steps: the adapter is saved at the last step
+    keep_best: bool = False
+    patience: int = 0
+    save_every_steps: int = 0
+    stop_after_steps: int = 0  # tests: simulate a crash after this many steps (a checkpoint is written)
 
 
-def train_loop(cfg, accelerator, model, tokenizer, feats, on_epoch_end, on_step_log, should_stop):
-    """Run the optimisation. cfg: dict of the train.py arguments that matter here."""
-    kind = cfg["kind"]
-    prefix = shared_prefix_ids(kind, feats, cfg["shared_prefix"])
-    weights = None
-    if kind == "classifier":
-        weights = class_weights(cfg["class_weights"], [f["label"] for f in feats], cfg["n_labels"])
-    module = LossModule(model, kind, prefix, weights)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch_batches = len(length_grouped_batches([len(f["input_ids"]) for f in feats], cfg["batch_size"], 0, 0))
-    micro_per_epoch = per_epoch_batches // world
-    if micro_per_epoch == 0:
-        raise UserError(f"{len(feats)} training examples make no batch per process "
-                        f"(batch size {cfg['batch_size']} x {world} processes)")
-    accum = cfg["gradient_accumulation_steps"]
-    steps_per_epoch = max(1, micro_per_epoch // accum)
-    total_steps = cfg["steps"] if cfg["stop_condition"] == "steps" else steps_per_epoch * cfg["epochs"]
-    scheduler = make_scheduler(optimizer, cfg["lr_scheduler"], total_steps, int(cfg["warmup_ratio"] * total_steps))
-    module, optimizer = accelerator.prepare(module, optimizer)
-    raw_model = model
+class EvaluateAndSave(TrainerCallback):
+    """train.py's side of the loop: per-step log rows, validation with the real evaluation
+    (`evaluate()` -> metrics), adapters saved at the planned epochs (`save(name_suffix, epoch, step,
+    metrics)`), best-epoch tracking, early stopping. Only the main process evaluates and writes."""
 
-    progress = {"epoch": 0, "micro_in_epoch": 0, "step": 0, "examples_seen": []}
-    if cfg.get("resume_path"):
-        progress = load_checkpoint(cfg["resume_path"], raw_model, optimizer, scheduler)
-    lengths = [len(f["input_ids"]) for f in feats]
-    seen_ids = progress.get("examples_seen", [])
-    # Throughput over this process's optimisation only (no evaluation, no checkpoint writing):
-    # useful tokens = every example's full length (prompt with its prefix + answer); processed
-    # tokens = what the forward passes really ran (a shared prefix once per batch).
-    totals = {"train_seconds": 0.0, "useful_tokens": 0, "processed_tokens": 0}
-    n_epochs = cfg["epochs"] if cfg["stop_condition"] == "epochs" else math.ceil(total_steps / steps_per_epoch) + 1
-    for epoch in range(progress["epoch"], n_epochs):
-        batches = length_grouped_batches(lengths, cfg["batch_size"], cfg["seed"], epoch)
-        mine = batches[rank::world][:micro_per_epoch]
-        # Drop the tail that does not fill an accumulation group, so every optimizer step is whole.
-        mine = mine[: steps_per_epoch * accum]
-        module.train()
-        start_micro = progress["micro_in_epoch"] if epoch == progress["epoch"] else 0
-        window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-        bar = None
-        if cfg["progress"] and accelerator.is_main_process:
-            from tqdm.auto import tqdm
+    def __init__(self, plan: SavePlan, evaluate, save, log_path: Path, is_main: bool, report=print):
+        self.plan, self.evaluate, self.save, self.log_path, self.is_main = plan, evaluate, save, log_path, is_main
+        self.report = report
+        self.trainer = None  # set by attach()
+        self.history, self.best, self.bad_epochs = [], {}, 0
+        self.interrupted, self._start = False, None
 
-            bar = tqdm(total=len(mine) // accum, initial=start_micro // accum, desc=f"epoch {epoch + 1}", leave=False)
-        for micro, batch_idx in enumerate(mine):
-            if micro < start_micro:
-                continue
-            batch = collate(kind, [feats[i] for i in batch_idx], tokenizer.pad_token_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            if cfg.get("record_examples"):
-                seen_ids.extend(feats[i]["id"] for i in batch_idx)
-            loss = module(**batch) / accum
-            accelerator.backward(loss)
-            processed = real_tokens(kind, batch, len(prefix))
-            window_tokens += processed
-            totals["processed_tokens"] += processed
-            totals["useful_tokens"] += sum(lengths[i] for i in batch_idx) + (
-                int((batch["labels"] != -100).sum()) if kind == "seq2seq" else 0)
-            window_loss += float(loss.detach()) * accum
-            window_n += 1
-            if (micro + 1) % accum:
-                continue
-            if cfg["max_grad_norm"]:
-                accelerator.clip_grad_norm_(params, cfg["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress["step"] += 1
-            progress["micro_in_epoch"] = micro + 1
-            progress["epoch"] = epoch
-            elapsed = time.perf_counter() - window_start
-            totals["train_seconds"] += elapsed
-            on_step_log({"step": progress["step"], "epoch": epoch + (micro + 1) / len(mine),
-                         "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
-                         "tokens_per_s": window_tokens / elapsed if elapsed else None, "tokens": window_tokens})
-            window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-            if bar is not None:
-                bar.update(1)
-            interrupted = should_stop(progress["step"])
-            if interrupted or (cfg["save_every_steps"] and progress["step"] % cfg["save_every_steps"] == 0):
-                progress["examples_seen"] = seen_ids
-                if accelerator.is_main_process:
-                    save_checkpoint(cfg["checkpoint_dir"] / f"checkpoint-step{progress['step']}.pt", raw_model,
-                                    optimizer, scheduler, progress)
-            if interrupted:
-                if bar is not None:
-                    bar.close()
-                return {"interrupted": True, "step": progress["step"], "prefix_tokens": len(prefix),
-                        "examples_seen": seen_ids, **totals}
-            if cfg["stop_condition"] == "steps" and progress["step"] >= total_steps:
-                break
-        if bar is not None:
-            bar.close()
-        progress.update(epoch=epoch + 1, micro_in_epoch=0, examples_seen=seen_ids)
-        done = cfg["stop_condition"] == "steps" and progress["step"] >= total_steps
-        if accelerator.is_main_process:
-            save_checkpoint(cfg["checkpoint_dir"] / f"checkpoint-step{progress['step']}.pt", raw_model, optimizer,
-                            scheduler, progress)
-        stop_early = on_epoch_end(epoch + 1, progress["step"], done)
-        if done or stop_early:
-            break
-    return {"interrupted": False, "step": progress["step"], "prefix_tokens": len(prefix), "examples_seen": seen_ids,
-            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, **totals}
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
 
+    def restore(self, step: int) -> None:
+        """On resume: the log keeps rows up to the checkpoint's step, and history, best and patience
+        are rebuilt from its evaluations (so they equal the uninterrupted run's)."""
+        if not (self.is_main and self.log_path.exists()):
+            return
+        rows = [r for r in read_jsonl(self.log_path) if r["step"] <= step]
+        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        for row in rows:
+            if row["type"] == "eval" and row.get("at") == "epoch":
+                self._track(row["epoch"], row["step"], row)
 
-def append_jsonl(path, row):
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, default=str) + "\n")
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = time.perf_counter() - self._start
+        t, window = self.trainer, self.trainer.window
+        t.totals["train_seconds"] += elapsed
+        if self.is_main:
+            append_jsonl(self.log_path, {"type": "step", "step": state.global_step, "epoch": state.epoch,
+                                         "loss": window["loss"] / max(window["batches"], 1),
+                                         "lr": t.lr_scheduler.get_last_lr()[0], "tokens": window["tokens"],
+                                         "tokens_per_s": window["tokens"] / elapsed if elapsed else None})
+        t.window = {"loss": 0.0, "batches": 0, "tokens": 0}
+        plan = self.plan
+        if plan.eval_strategy == "steps" and state.global_step % plan.eval_steps == 0 and self.is_main:
+            metrics = self.evaluate()
+            self._log_eval(state.epoch, state.global_step, metrics, "steps")
+            self.report(f"step {state.global_step}: validation {plan.metric} {metrics.get(plan.metric, float('nan')):.3f}")
+        if plan.save_every_steps and state.global_step % plan.save_every_steps == 0:
+            control.should_save = True
+        if plan.stop_after_steps and state.global_step >= plan.stop_after_steps:
+            control.should_save, control.should_training_stop, self.interrupted = True, True, True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = False  # the checkpoint of the interruption is written already
+            return control
+        epoch, step = math.ceil(state.epoch - 1e-9), state.global_step
+        done = self.plan.by_steps and step >= state.max_steps
+        stop = False
+        if self.is_main:
+            metrics = self.evaluate() if self.plan.eval_strategy == "epoch" else {}
+            if metrics:
+                self._log_eval(epoch, step, metrics, "epoch")
+                self._print_epoch(epoch, metrics)
+            if epoch in self.plan.save_epochs or done:
+                self.save(f"step{step}" if self.plan.by_steps else f"epoch{epoch}", epoch, step, metrics)
+            if self._track(epoch, step, metrics) and self.plan.keep_best:
+                self.save("best", epoch, step, metrics)
+            stop = bool(self.plan.patience) and self.bad_epochs >= self.plan.patience
+            if stop:
+                self.report(f"early stopping: no better validation {self.plan.metric} for {self.bad_epochs} epochs")
+        if self.trainer.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            stop = broadcast_object_list([stop], from_process=0)[0]
+        self.trainer.accelerator.wait_for_everyone()
+        control.should_training_stop = control.should_training_stop or stop
+        return control
+
+    def _track(self, epoch, step, metrics) -> bool:
+        """Record an epoch's evaluation; True when it is the best so far."""
+        self.history.append({"epoch": epoch, "step": step, **{k: v for k, v in metrics.items() if k not in ("type", "at")}})
+        value = metrics.get(self.plan.metric)
+        if value is None:
+            return False
+        if not self.best or value > self.best["value"]:
+            self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self.plan.metric}, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def _log_eval(self, epoch, step, metrics, at):
+        if metrics:
+            append_jsonl(self.log_path, {"type": "eval", "at": at, "epoch": round(epoch, 3), "step": step, **metrics})
+            if self.trainer.args.report_to:  # a tracker (--report_to) gets the validation metrics too
+                self.trainer.log({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    def _print_epoch(self, epoch, metrics):
+        name = self.plan.metric
+        ci = metrics.get("ci95", {}).get(name)
+        self.report(f"epoch {epoch}: validation {name} {metrics[name]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                    + (f", accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""))

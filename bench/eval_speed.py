@@ -41,7 +41,7 @@ def parse_args(argv=None):
 
 def seed_parse(text, labels):
     """The seeds' parsing: exact match after strip and lower-case, else invalid."""
-    from annotune.metrics import INVALID
+    from annotune.labels import INVALID
 
     answer = text.strip().lower()
     return next((l for l in labels if l.lower() == answer), INVALID)
@@ -57,15 +57,16 @@ def result_row(gold, preds, labels, seconds, **extra) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.data import load_dataset_folder
-    from annotune.evaluation import load_annotator, read_adapter_info
-    from annotune.evaluating import pick_rows
-    from annotune.io import atomic_write_json, quiet_libraries
+    from annotune.adapters import read_adapter_info
+    from annotune.annotator import load_annotator
+    from annotune.cli import quiet_libraries
+    from annotune.examples import load_dataset_folder, pick_split
+    from annotune.files import atomic_write_json
 
     quiet_libraries()
     annotator = load_annotator(adapter=args.adapter)
-    dsdict, _, spec = load_dataset_folder(read_adapter_info(args.adapter)["dataset"])
-    rows = pick_rows({s: [dict(r) for r in dsdict[s]] for s in dsdict}, args.split, args.max_samples, 42)
+    rows_by_split, _, spec = load_dataset_folder(read_adapter_info(args.adapter)["dataset"])
+    rows = pick_split(rows_by_split, args.split, args.max_samples, 42)
     prompts = [r["prompt"] for r in rows]
     gold = [r["label"] for r in rows]
     labels = spec.label_names

@@ -60,7 +60,8 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM
 
     import train
-    from annotune.io import atomic_write_json, run_cli
+    from annotune.cli import run_cli
+    from annotune.files import atomic_write_json
     from annotune.models import load_config
 
     peak_before = matmul_peak()

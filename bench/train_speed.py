@@ -48,7 +48,7 @@ def peak_rss_gib() -> float:
 
 def worker_ours(args):
     import train
-    from annotune.io import run_cli
+    from annotune.cli import run_cli
 
     code = run_cli(train.main, ["--dataset_name", args.dataset, "--epoch", str(args.epochs), "--eval_strategy", "no",
                                 "--quiet", "--output_dir", args.run_dir, "--max_seq_length", "512"])
@@ -66,9 +66,10 @@ def worker_seed(args):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from annotune.data import load_dataset_folder
-    from annotune.evaluation import ADAPTER_INFO
-    from annotune.io import atomic_write_json, quiet_libraries
+    from annotune.adapters import ADAPTER_INFO
+    from annotune.cli import quiet_libraries
+    from annotune.examples import load_dataset_folder
+    from annotune.files import atomic_write_json
     from annotune.models import load_tokenizer, resolve_model_path
 
     quiet_libraries()
@@ -123,7 +124,7 @@ def macro_f1(adapter, out_dir):
 
 def prepare(task, folder, sst2_samples):
     import preprocess
-    from annotune.io import run_cli
+    from annotune.cli import run_cli
 
     argv = ["--task", task, "--output_dir", str(folder), "--num_preview", "0"]
     if task == "sst2":
@@ -141,7 +142,7 @@ def main(argv=None):
     import platform
     import shutil
 
-    from annotune.io import atomic_write_json
+    from annotune.files import atomic_write_json
 
     out = REPO / args.out
     work = REPO / "runs" / "bench" / "train_speed"  # scratch: the two arms' data and runs

@@ -1,25 +1,28 @@
-"""Every script answers --help fast: no heavy imports before the arguments are parsed."""
+"""Every script answers --help without importing a heavy library, and its docstring is the manual;
+bad flags are one line."""
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import REPO
 
-
-@pytest.mark.parametrize("script", ["preprocess.py", "train.py", "evaluate.py", "merge_labels.py"])
-def test_help_is_fast_and_documents_commands(script):
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - start
-    assert out.returncode == 0
-    assert "python " + script in out.stdout  # the docstring's runnable commands
-    assert elapsed < 2.0, f"{script} --help took {elapsed:.2f} s"
+HEAVY = ("torch", "transformers", "datasets", "peft", "pandas", "sklearn", "accelerate", "trl")
 
 
-def test_scripts_import_no_heavy_library_at_module_level():
-    code = ("import sys; sys.path.insert(0, '.'); import preprocess, train, evaluate, merge_labels; "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'peft', 'pandas') if m in sys.modules))")
+@pytest.mark.parametrize("script", ["preprocess", "train", "evaluate", "merge_labels", "demo"])
+def test_help_documents_commands_and_imports_nothing_heavy(script):
+    code = (f"import sys; sys.path.insert(0, '.'); import {script}\n"
+            f"try:\n    {script}.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]"
+    assert out.returncode == 0, out.stderr
+    assert f"python {script}.py" in out.stdout  # the docstring's runnable commands
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_a_bad_flag_is_one_line_and_exit_2():
+    out = subprocess.run([sys.executable, "train.py", "--epoch", "x"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "see --help" in out.stderr

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from annotune import lm
 from annotune.prompts import Prompter, encode_completion, encode_prompt
-from annotune.tasks import load_task
+from annotune.task import load_task
 
 
 @pytest.fixture(scope="module")

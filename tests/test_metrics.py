@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score
 
-from annotune.evaluation import parse_label
-from annotune.metrics import INVALID, classification_metrics, expected_calibration_error, generation_metrics
+from annotune.labels import INVALID, parse_label
+from annotune.metrics import classification_metrics, expected_calibration_error, generation_metrics
 
 LABELS = ["neg", "neu", "pos"]
 

@@ -4,7 +4,7 @@ from transformers import AutoTokenizer
 
 from annotune.models import resolve_model_path
 from annotune.prompts import Prompter, encode_completion, encode_example, encode_prompt, quoted_list
-from annotune.tasks import load_task
+from annotune.task import load_task
 
 
 def test_llama2_chat_layout_matches_the_politosphere_template_without_literal_bos():
@@ -39,10 +39,17 @@ def test_alpaca_chat_and_seq2seq_templates(smol_tok):
     assert summary.template == "seq2seq" and summary.prompt("A: hi").startswith("summarize: Dialogue:\nA: hi")
 
 
-def test_shared_prefix_is_the_text_before_the_example():
-    prompter = Prompter(load_task("politosphere"), "llama2-chat")
-    prefix = prompter.shared_prefix()
-    assert prompter.prompt("anything").startswith(prefix) and "Definitions of the labels" in prefix
+def test_the_shared_prefix_trained_once_is_the_system_prompt_and_stops_before_the_answer(smol_tok):
+    from annotune.trainer import build_features, shared_prefix_ids
+
+    prompter = Prompter(load_task("politosphere"), "llama2-chat", tokenizer=smol_tok)
+    rows = [dict(prompter.render({"text": t, "label": "Neutral"}), id=str(i)) for i, t in enumerate(["xylophone", "a b"])]
+    feats, _ = build_features("causal", smol_tok, rows, None, 1024)
+    ids = shared_prefix_ids("causal", feats, "auto")
+    assert "Definitions of the labels" in smol_tok.decode(ids) and "xylophone" not in smol_tok.decode(ids)
+    for f in feats:
+        assert f["input_ids"][:len(ids)] == ids and set(f["labels"][:len(ids)]) == {-100}
+    assert shared_prefix_ids("causal", feats, "off") == [] and shared_prefix_ids("classifier", feats, "on") == []
 
 
 def test_loss_only_on_the_completion_and_eos(smol_tok):

@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from annotune.data import build_examples, load_source_rows, split_examples
-from annotune.io import UserError
-from annotune.tasks import available_tasks, load_task
+from annotune.cli import UserError
+from annotune.examples import build_examples, load_source_rows, split_examples
+from annotune.task import available_tasks, load_task
 
 
 def examples_of(name, merge=None):

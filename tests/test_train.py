@@ -60,13 +60,15 @@ def write_colour_task(folder, n=240, seed=0):
     return path
 
 
+@pytest.mark.slow
 def test_training_improves_the_metric_on_a_learnable_task(in_tmp, tiny_llama_dir):
     data = write_colour_task(in_tmp)
     assert run_script("preprocess", ["--data_path", data, "--text_column", "text", "--label_column", "label",
                                      "--template", "llama2-chat", "--output_dir", "ds"]) == 0
-    assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--epoch", 6,
-                                "--learning_rate", "5e-3", "--lora_r", 8, "--output_dir", "run", "--quiet"]) == 0
-    adapter = next(p for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch6"))
+    # lr 3e-3 for 8 epochs reaches accuracy 1.0 by epoch 5 with seeds 42, 1 and 2 (5e-3 is unstable here).
+    assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--epoch", 8,
+                                "--learning_rate", "3e-3", "--lora_r", 8, "--output_dir", "run", "--quiet"]) == 0
+    adapter = next(p for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch8"))
     assert run_script("evaluate", ["--adapters_name", adapter, "--base_only", "--output_dir", "ev", "--quiet"]) == 0
     before = json.loads(next((in_tmp / "ev").glob("base_*/validation/metrics.json")).read_text())
     after = json.loads((in_tmp / "ev" / adapter.name / "validation" / "metrics.json").read_text())
@@ -114,6 +116,39 @@ def test_inverse_frequency_class_weights():
     assert torch.equal(class_weights("1,3", [0, 1], 2), torch.tensor([1.0, 3.0]))
 
 
+def test_class_weights_reach_the_loss_the_trainer_minimises(tiny_bert_dir, tmp_path):
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from annotune.models import add_lora, load_model
+    from annotune.trainer import AnnotuneTrainer, LossOptions, collate
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = add_lora(load_model(tiny_bert_dir, "classifier", "none", num_labels=2), "classifier", 4, 8, 0.0)
+    feats = [{"input_ids": tok(t)["input_ids"], "label": y, "id": str(i)}
+             for i, (t, y) in enumerate([("good", 0), ("fine", 0), ("great", 0), ("bad", 1)])]
+    targs = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", remove_unused_columns=False)
+    trainer = AnnotuneTrainer(model, targs, feats, tok, LossOptions(kind="classifier", class_weights="auto", n_labels=2))
+    assert torch.allclose(trainer.model.weights, torch.tensor([4 / 6, 4 / 2]))
+    batch = collate("classifier", feats, tok.pad_token_id)
+    batch.pop("ids")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    weighted = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=torch.tensor([4 / 6, 4 / 2]))
+    plain = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    loss = trainer.compute_loss(trainer.model, dict(batch, ids=[f["id"] for f in feats]))
+    assert loss.item() == pytest.approx(weighted.item(), abs=1e-6) and abs(loss.item() - plain.item()) > 1e-4
+
+
+def test_4bit_loads_real_4bit_linear_layers_on_cpu(tiny_llama_dir):
+    import bitsandbytes as bnb
+
+    from annotune.models import add_lora, load_model
+
+    model = add_lora(load_model(tiny_llama_dir, "causal", "4bit"), "causal", 4, 8, 0.0)
+    linear4 = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear4) == 2 * 7  # q, k, v, o, gate, up, down in each of the two layers
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
+
+
 def test_seq2seq_on_a_tiny_t5(in_tmp, tiny_t5_dir):
     argv = ["--task", "dialogsum", "--model_name", tiny_t5_dir, "--epoch", 1, "--max_train_samples", 16,
             "--max_eval_samples", 4, "--quiet", "--output_dir", "s2s", "--train_batch_size", 4]
@@ -137,6 +172,7 @@ def test_two_process_data_parallel(in_tmp, tiny_llama_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     seen = [json.loads((in_tmp / "ddp" / f"examples_seen.rank{r}.json").read_text()) for r in (0, 1)]
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    assert len(seen[0]) + len(seen[1]) >= 90 - 4  # every example but one short batch (23 batches, 11 per process)
     manifest = json.loads((in_tmp / "ddp" / "manifest.json").read_text())
     assert manifest["num_processes"] == 2
     assert len([p for p in (in_tmp / "ddp").iterdir() if p.name.endswith("epoch1")]) == 1
@@ -196,21 +232,15 @@ def test_eval_every_n_steps_early_stopping_and_keep_best(in_tmp, tiny_llama_dir)
 
 
 def test_classifier_head_is_trainable(tiny_bert_dir):
-    from types import SimpleNamespace
+    from annotune.models import add_lora, load_model
 
-    from annotune.tasks import load_task
-    from annotune.training import build_model
-
-    args = SimpleNamespace(model_name=tiny_bert_dir, quantization="none", lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                           target_modules="all-linear")
-    from transformers import AutoTokenizer
-
-    model = build_model(args, "classifier", load_task("drug_reviews"), AutoTokenizer.from_pretrained(tiny_bert_dir))
+    model = add_lora(load_model(tiny_bert_dir, "classifier", "none", num_labels=3), "classifier", 4, 8, 0.0)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("classifier" in n and "lora" not in n for n in trainable)
     assert any("lora_A" in n for n in trainable)
 
 
+@pytest.mark.slow
 def test_unreachable_hub_dataset_is_refused(in_tmp, tiny_llama_dir, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert run_script("train", ["--dataset_name", "nope/nope", "--model_name", tiny_llama_dir, "--output_dir", "o",

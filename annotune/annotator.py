@@ -1,48 +1,27 @@
-"""Prediction and evaluation: one `Annotator` per model (base or adapter), used by evaluate.py and
-by train.py's in-training evaluation, so the metric seen during training is the real one.
+"""A model ready to label: one `Annotator` per model (base or adapter), used by evaluate.py, by
+train.py's in-training evaluation (so the metric seen during training is the real one) and by
+corpus labelling.
 
 Modes:
 - score (classification with a causal LM, default): every label is scored as a continuation of
   the prompt; the argmax is the prediction, softmax over the label set gives probabilities. There
   is no invalid output by construction.
-- generate (the seeds' way): greedy decoding, then parse exact -> case/space-normalised ->
-  unique-prefix match; anything else is invalid (counted, listed, scored as wrong).
+- generate (the seeds' way): greedy decoding, then labels.parse_label; anything else is invalid
+  (counted, listed, scored as wrong).
 - head: a sequence-classification head's logits.
 - Generation tasks: greedy decoding scored with ROUGE (and BERTScore in evaluate.py).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .io import UserError
-from .metrics import INVALID, classification_metrics, generation_metrics
+from .adapters import adapter_spec, read_adapter_info
+from .cli import UserError
+from .labels import INVALID, parse_label
+from .metrics import classification_metrics, generation_metrics
 from .prompts import Prompter, encode_completion, encode_prompt
-from .tasks import norm_label
-
-ADAPTER_INFO = "annotune.json"
-
-
-def parse_label(text: str, labels) -> str:
-    """A generated answer as a label: exact, then normalised, then a unique prefix; else INVALID."""
-    answer = text.strip()
-    for label in labels:
-        if answer == label:
-            return label
-    key = norm_label(answer).strip(" .'\"")
-    by_key = {norm_label(l): l for l in labels}
-    if key in by_key:
-        return by_key[key]
-    # The answer starts with exactly one label (e.g. "positive. The review ..."), or is a prefix of one.
-    starts = [l for l in labels if key.startswith(norm_label(l))]
-    if starts:
-        longest = max(starts, key=len)
-        if sum(len(norm_label(l)) == len(norm_label(longest)) for l in starts) == 1:
-            return longest
-    prefixed = [l for l in labels if key and norm_label(l).startswith(key)]
-    return prefixed[0] if len(prefixed) == 1 else INVALID
 
 
 class Annotator:
@@ -211,11 +190,20 @@ def _bar(total, desc, enabled):
 
 
 # -------------------------------------------------------------------- loading models to evaluate
-def read_adapter_info(folder) -> dict:
-    path = Path(folder) / ADAPTER_INFO
-    if not path.exists():
-        raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
-    return json.loads(path.read_text(encoding="utf-8"))
+class BaseModels:
+    """Each base model is loaded once per evaluate.py call; adapters are attached to it and detached."""
+
+    def __init__(self, quantization: str):
+        self.quantization, self.loaded = quantization, {}
+
+    def get(self, name: str, kind: str, labels):
+        from .models import load_model
+
+        key = (name, kind, tuple(labels) if kind == "classifier" else None)
+        if key not in self.loaded:
+            self.loaded[key] = load_model(name, kind, self.quantization, num_labels=len(labels) or None,
+                                          label_names=labels or None)
+        return self.loaded[key]
 
 
 def load_annotator(adapter: str | None = None, base_model: str | None = None, spec=None, prompt: dict | None = None,
@@ -223,18 +211,15 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     """An Annotator for an adapter folder (its recorded base model, task and prompt), or for a base
     model with a task spec and prompt settings (the zero-shot baseline). `model` may be given
     already loaded (a base model, or a base with the adapter attached)."""
-    from .models import load_config, load_model, load_tokenizer, model_kind
-    from .tasks import TaskSpec
+    from .models import load_config, load_model, load_tokenizer, resolve_kind
 
     info = {}
     if adapter:
         info = read_adapter_info(adapter)
         if base_model and base_model != info["base_model"]:
             raise UserError(f"adapter {adapter} was trained on {info['base_model']}, not on {base_model}")
-        base_model = info["base_model"]
-        spec = TaskSpec.from_dict(info["task_spec"], source=str(Path(adapter) / ADAPTER_INFO)).merged(info.get("merge"))
-        prompt = info["prompt"]
-    kind = info.get("kind") or model_kind(load_config(base_model))
+        base_model, spec, prompt = info["base_model"], adapter_spec(adapter), info["prompt"]
+    kind = info.get("kind") or resolve_kind(load_config(base_model), "auto", spec.type)
     if tokenizer is None:
         tokenizer = load_tokenizer(adapter if adapter else base_model)
     if model is None:

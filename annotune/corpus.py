@@ -1,7 +1,7 @@
-"""Labelling an unlabelled file in chunks: streamed (a 100k-row file never sits in memory), written
-chunk by chunk with fsync and a progress record, so an interrupted run resumes where it stopped and
-never labels a row twice. Under `accelerate launch` chunks are dealt round-robin to the processes
-and merged back into one file in input order.
+"""Labelling an unlabelled corpus file in chunks: streamed (a 100k-row file never sits in memory),
+written chunk by chunk with fsync and a progress record, so an interrupted run resumes where it
+stopped and never labels a row twice. Under `accelerate launch` chunks are dealt round-robin to the
+processes and merged back into one file in input order.
 """
 from __future__ import annotations
 
@@ -11,42 +11,28 @@ import json
 import os
 from pathlib import Path
 
-from .io import UserError, atomic_write_json
+from .cli import UserError
+from .files import atomic_write_json, infer_format, iter_rows
 
 ROW = "row"
 
 
 def iter_input(path: str, text_column: str, chunk_rows: int):
     """Chunks (lists of (row_number, row_dict)) of a CSV/TSV/JSONL file, streamed."""
-    p = Path(path)
-    if not p.exists():
+    if not Path(path).is_file():
         raise UserError(f"--predict_file {path} not found")
-    fmt = p.suffix.lower().lstrip(".")
-    try:
-        with open(p, encoding="utf-8") as handle:
-            if fmt in ("csv", "tsv"):
-                reader = csv.DictReader(handle, delimiter="," if fmt == "csv" else "\t")
-                if text_column not in (reader.fieldnames or []):
-                    raise UserError(f"{path} has no column {text_column!r} (columns: {reader.fieldnames})")
-                rows = reader
-            elif fmt in ("jsonl", "json"):
-                rows = (json.loads(line) for line in handle if line.strip())
-            else:
-                raise UserError(f"--predict_file must be .csv, .tsv or .jsonl, got {path}")
+    if infer_format(path) not in ("csv", "tsv", "jsonl", "json"):
+        raise UserError(f"--predict_file must be .csv, .tsv or .jsonl, got {path}")
+    chunk = []
+    for number, row in enumerate(iter_rows(path)):
+        if text_column not in row:
+            raise UserError(f"{path}: row {number} has no column {text_column!r} (columns: {sorted(row)[:20]})")
+        chunk.append((number, row))
+        if len(chunk) == chunk_rows:
+            yield chunk
             chunk = []
-            for number, row in enumerate(rows):
-                if text_column not in row:
-                    raise UserError(f"{path}: row {number} has no column {text_column!r}")
-                chunk.append((number, row))
-                if len(chunk) == chunk_rows:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: a line is not JSON ({err.msg})") from None
+    if chunk:
+        yield chunk
 
 
 def check_input(path: str, text_column: str) -> None:

@@ -1,96 +1,28 @@
-"""Reading task data, building examples, seeded stratified splits, per-label balancing, and the
-saved instruction dataset (a DatasetDict plus a manifest of every split's row ids).
+"""Examples: task data read into examples (id, text, label or target), seeded stratified splits,
+per-label balancing and sampling, and the saved instruction dataset (a DatasetDict plus a manifest
+of every split's row ids).
 
-train.py and evaluate.py read the saved folder, so they use exactly the rows and prompts that
-preprocess.py wrote and showed; nothing re-splits by seed downstream.
+preprocess.py writes a dataset folder; train.py reads it (or builds the same splits from a task
+name and saves them in its run folder), and evaluate.py reads the adapter's dataset folder, so
+train and evaluate see the same rows and prompts. The one re-split is deterministic: a task named
+without a folder is split with the same seed by the same function.
 """
 from __future__ import annotations
 
-import io
+import html
 import json
 import math
 import random
-import zipfile
 from collections import Counter
 from pathlib import Path
 
-from .io import UserError
-from .tasks import TaskSpec, infer_format, resolve_path
+from .cli import UserError
+from .files import read_table, resolve_path
+from .labels import raw_key
+from .task import TaskSpec, adhoc_spec, sorted_labels, spec_from_saved, template_fields
 
 SPLITS = ("train", "validation", "test")
 SOURCE_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation", "all": "train"}
-
-
-# -------------------------------------------------------------------- reading files
-def _read_bytes(path: str) -> bytes:
-    if "!" in path:
-        archive, member = path.split("!", 1)
-        if not Path(archive).exists():
-            raise UserError(f"data file {archive} not found")
-        with zipfile.ZipFile(archive) as zf:
-            if member not in zf.namelist():
-                raise UserError(f"{archive} has no member {member} (members: {zf.namelist()})")
-            return zf.read(member)
-    if not Path(path).exists():
-        raise UserError(f"data file {path} not found (set ANNOTUNE_DATA_DIR to the folder holding the "
-                        "task data, or point the task spec at your copy)")
-    return Path(path).read_bytes()
-
-
-def _decode(data: bytes, path: str, encoding: str = "utf-8") -> str:
-    try:
-        return data.decode("utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
-
-
-def read_table(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8") -> list:
-    """Rows (dicts of column -> value) of a CSV/TSV/JSONL/JSON file or a folder of label/*.txt."""
-    fmt = fmt or infer_format(path)
-    if fmt == "textdir":
-        return _read_textdir(path, encoding)
-    text = _decode(_read_bytes(path), path, encoding)
-    if fmt in ("csv", "tsv"):
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(io.StringIO(text), sep="," if fmt == "csv" else "\t", dtype=str,
-                                keep_default_na=False, header=None if columns else 0, names=columns)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise UserError(f"{path}: cannot parse as {fmt.upper()} ({str(err).splitlines()[0]})") from None
-        # An unnamed leading column is the row index that pandas/R wrote: call it "index".
-        frame = frame.rename(columns={c: "index" for c in frame.columns if str(c) == "Unnamed: 0"})
-        return frame.to_dict("records")
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-            return data if isinstance(data, list) else [data]
-        except json.JSONDecodeError:
-            pass  # many ".json" files (Politosphere) are really JSON Lines
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
-    return rows
-
-
-def _read_textdir(path: str, encoding: str) -> list:
-    root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"data folder {path} not found")
-    rows = []
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for file in sorted(label_dir.glob("*.txt")):
-            text = _decode(file.read_bytes(), str(file), encoding).strip()
-            title, _, body = text.partition("\n")
-            rows.append({"id": f"{label_dir.name}/{file.stem}", "label": label_dir.name, "title": title.strip(),
-                         "body": body.strip(), "text": text})
-    if not rows:
-        raise UserError(f"data folder {path} holds no <label>/*.txt files")
-    return rows
 
 
 def load_source_rows(spec: TaskSpec) -> dict:
@@ -128,6 +60,91 @@ def load_hub_rows(hub: dict) -> dict:
     return out
 
 
+# -------------------------------------------------------------------- one row -> one example
+def target_of(spec: TaskSpec, row: dict, where: str):
+    """The gold label name (classification) or reference text (generation) of one source row,
+    or None when the row's raw value is listed in data.skip_values."""
+    data = spec.data
+    if spec.type == "generation":
+        value = row.get(data["target_column"])
+        if isinstance(value, str) and data.get("list_column"):
+            value = parse_list(value, where)
+        if isinstance(value, (list, tuple)):
+            # Deduplicate while keeping order: SBIC repeats a group once per annotator.
+            value = data.get("list_join", ", ").join(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
+        value = "" if value is None else str(value).strip()
+        return value or str(data.get("empty_target", ""))
+    raw = row.get(data["label_column"])
+    context = f"task {spec.name} ({spec.source})"
+    if raw is None:
+        raise UserError(f"{context}: label column '{data['label_column']}' missing{where}")
+    if raw_key(raw) in {raw_key(v) for v in data.get("skip_values") or []}:
+        return None
+    if data.get("bins"):
+        label = _bin(raw, data["bins"], f"{context}: label value {raw!r}{where}")
+    elif data.get("label_map"):
+        table = {raw_key(k): v for k, v in data["label_map"].items()}
+        if raw_key(raw) not in table:
+            raise UserError(f"{context}: label value {raw!r}{where} maps to no label; label_map knows {sorted(table)}")
+        label = table[raw_key(raw)]
+    else:
+        label = raw
+    return spec.task_label(label, where)
+
+
+def _bin(raw, bins, context):
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise UserError(f"{context} is not a number to bin") from None
+    if math.isnan(number):
+        raise UserError(f"{context} is empty")
+    for item in bins:
+        if "below" not in item or number < float(item["below"]):
+            return item["label"]
+    raise UserError(f"{context} falls in no bin")
+
+
+def text_of(spec: TaskSpec, row: dict) -> str:
+    """The text to annotate: the spec's template over the row's columns, then its cleanup steps."""
+    values = {}
+    for name in template_fields(spec.data["text"], spec.source):
+        if name not in row:
+            raise UserError(f"task spec {spec.source}: column '{name}' is not in the data (columns: {sorted(row)[:20]})")
+        value = row[name]
+        values[name] = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    text = spec.data["text"].format_map(values)
+    for step in spec.data.get("text_cleanup") or []:
+        if step == "html_unescape":
+            text = html.unescape(text)
+        elif step == "strip_quotes":
+            text = text.strip().strip('"').strip()
+        elif step == "squash_whitespace":
+            text = " ".join(text.split())
+    return text
+
+
+def parse_list(value: str, where: str = "") -> list:
+    """SBIC stores lists as JSON text ('["women", "black folks"]')."""
+    text = value.strip()
+    if not text:
+        return []
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"expected a JSON list, got {value[:60]!r}{where}") from None
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+def hub_task(name: str) -> TaskSpec:
+    """train.py --dataset_name owner/name: a hub dataset with 'text' and 'label' columns (labels sorted)."""
+    rows = load_hub_rows({"path": name, "splits": {"train": "train"}})
+    if not rows["train"] or not {"text", "label"} <= set(rows["train"][0]):
+        raise UserError(f"hub dataset {name} needs 'text' and 'label' columns")
+    data = {"hub": {"path": name}, "text": "{text}", "label_column": "label"}
+    return adhoc_spec(name.split("/")[-1], f"hub:{name}", data, sorted_labels(r["label"] for r in rows["train"]))
+
+
 # -------------------------------------------------------------------- examples
 def build_examples(spec: TaskSpec, source_rows: dict) -> tuple:
     """Examples per canonical split name and the number of rows skipped (data.skip_values)."""
@@ -142,11 +159,11 @@ def build_examples(spec: TaskSpec, source_rows: dict) -> tuple:
             raw_id = row.get(id_column) if id_column else None
             ex_id = str(raw_id) if raw_id not in (None, "") else f"{source}-{number}"
             where = f" (split {source}, row {number}, id {ex_id})"
-            target = spec.target_for(row, where)
+            target = target_of(spec, row, where)
             if target is None:
                 skipped[source] += 1
                 continue
-            example = {"id": ex_id, "text": spec.text_for(row)}
+            example = {"id": ex_id, "text": text_of(spec, row)}
             if spec.type == "classification":
                 example["label"] = target
             else:
@@ -237,16 +254,7 @@ def balance_per_label(splits: dict, counts: dict, seed: int) -> tuple:
 
 
 def cap_samples(splits: dict, max_samples: int | None, seed: int) -> dict:
-    if not max_samples:
-        return splits
-    rng = random.Random(seed)
-    out = {}
-    for split, rows in splits.items():
-        if len(rows) > max_samples:
-            keep = set(ex["id"] for ex in rng.sample(rows, max_samples))
-            rows = [ex for ex in rows if ex["id"] in keep]
-        out[split] = rows
-    return out
+    return {split: sample_rows(rows, max_samples, seed) for split, rows in splits.items()}
 
 
 def split_summary(splits: dict) -> dict:
@@ -269,19 +277,34 @@ def save_dataset(splits: dict, folder: Path) -> None:
 
 
 def load_dataset_folder(folder) -> tuple:
-    """(DatasetDict, manifest, TaskSpec) of a folder written by preprocess.py."""
+    """({split: rows}, manifest, TaskSpec) of a folder written by preprocess.py (or by train.py)."""
     from datasets import load_from_disk
-
-    from .tasks import TaskSpec
 
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
         raise UserError(f"{folder} is not a dataset written by preprocess.py (no manifest.json)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    # The original spec is stored with the merge's name, so merging goes through one code path.
-    spec = TaskSpec.from_dict(manifest["task_spec"], source=str(manifest_path)).merged(manifest.get("merge"))
-    return load_from_disk(str(folder)), manifest, spec
+    spec = spec_from_saved(manifest["task_spec"], manifest.get("merge"), str(manifest_path))
+    dsdict = load_from_disk(str(folder))
+    return {split: [dict(row) for row in dsdict[split]] for split in dsdict}, manifest, spec
+
+
+def sample_rows(rows: list, n: int | None, seed: int) -> list:
+    """A seeded sample of n rows in their original order (all rows when n is 0/None or >= len)."""
+    if not n or len(rows) <= n:
+        return list(rows)
+    keep = set(ex["id"] for ex in random.Random(seed).sample(rows, n))
+    return [ex for ex in rows if ex["id"] in keep]
+
+
+def pick_split(rows_by_split: dict, split: str, max_samples: int | None = None, seed: int = 42) -> list:
+    """The rows of one split (a seeded sample of max_samples), or a UserError naming the splits there are."""
+    if split not in rows_by_split:
+        raise UserError(f"split {split!r} is not in the dataset (it has: {', '.join(rows_by_split)})")
+    if not rows_by_split[split]:
+        raise UserError(f"split {split!r} is empty")
+    return sample_rows(rows_by_split[split], max_samples, seed)
 
 
 def parse_counts(text) -> dict:
@@ -322,7 +345,7 @@ def write_dataset_folder(out_dir: Path, splits: dict, manifest: dict, overwrite:
     """Write the dataset, manifest.json, preview.jsonl and task.yaml atomically; returns the preview."""
     import yaml
 
-    from .io import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
+    from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
         remove_dir, staging_dir
 
     out_dir = Path(out_dir)

@@ -1,0 +1,72 @@
+"""Adapter folders: what train.py writes (the LoRA weights, the tokenizer and annotune.json with the
+base model, task spec, labels, prompt and validation metrics), and how evaluate.py finds and reads
+them, so that an adapter brings everything needed to use it."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .cli import UserError
+from .files import atomic_write_json, publish_dir, remove_dir, staging_dir
+
+ADAPTER_INFO = "annotune.json"
+RUNS_DIR = Path("runs")
+
+
+def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
+    """Write the adapter, its tokenizer and annotune.json into `folder` atomically (a resumed run
+    that saves the same epoch again replaces it)."""
+    tmp = staging_dir(folder)
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / ADAPTER_INFO, info)
+        if folder.exists():
+            remove_dir(folder)
+        publish_dir(tmp, folder)
+    finally:
+        remove_dir(tmp)
+    return folder
+
+
+def read_adapter_info(folder) -> dict:
+    path = Path(folder) / ADAPTER_INFO
+    if not path.exists():
+        raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def adapter_spec(folder):
+    """The task spec (merged as trained) an adapter was trained on."""
+    from .task import spec_from_saved
+
+    info = read_adapter_info(folder)
+    return spec_from_saved(info["task_spec"], info.get("merge"), str(Path(folder) / ADAPTER_INFO))
+
+
+def find_adapter(name: str) -> Path:
+    """An adapter folder by path, or by its name under runs/ (the seeds' --adapters_name NAME)."""
+    path = Path(name)
+    if path.is_dir():
+        read_adapter_info(path)  # a clear error when it is not an adapter
+        return path
+    matches = sorted(RUNS_DIR.glob(f"*/{name}"))
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"adapter name {name!r} matches several folders: {[str(m) for m in matches]}; give a path")
+    raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
+
+
+def natural_order(paths) -> list:
+    """Paths with their numbers compared as numbers: a shell glob's ...-epoch10 before ...-epoch5 is undone."""
+    def key(path):
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+    return sorted(paths, key=key)
+
+
+def adapters_in(run_dir: Path) -> list:
+    """The adapter folders of a run, in epoch order."""
+    return natural_order(p for p in Path(run_dir).iterdir() if (p / ADAPTER_INFO).exists())

