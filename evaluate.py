@@ -48,6 +48,14 @@ def parse_args(argv=None):
     g.add_argument("--mode", choices=["score", "generate"], default="score",
                    help="classification: score labels (default) or generate and parse")
     g.add_argument("--length_norm", action="store_true", help="score mode: mean instead of sum of token log-probs")
+    g.add_argument("--decision", choices=["fitted", "argmax"], default="fitted",
+                   help="classification: the decision rule fit on the validation split (the adapter's own, else fit "
+                        "now), or the most probable label (default: fitted; the validation split itself is argmax)")
+    g.add_argument("--decision_objective", choices=["macro_f1", "balanced_accuracy"], default="macro_f1",
+                   help="what a rule fit now maximises (default: macro_f1)")
+    g.add_argument("--baseline", choices=["tfidf", "none"], default="tfidf",
+                   help="classification: also score a majority-class and a TF-IDF + logistic-regression baseline "
+                        "trained on the adapter's training rows (default: tfidf)")
     g.add_argument("--batch_size", type=int, default=16, help="examples (score: pairs) per forward (default: 16)")
     g.add_argument("--max_new_tokens", type=int, help="generation budget (default: longest label + 8; 128 for text)")
     g.add_argument("--do_sample", action="store_true",
@@ -127,7 +135,7 @@ def evaluation_data(args, adapters, base):
     return base.spec, splits, {"dataset": f"task {base.spec.name}", "splits": info["splits"]}
 
 
-def evaluate_models(args, adapters, base, rows_by_split, staging, bases):
+def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     """Evaluate the base (if any) and every adapter on the chosen split(s); per-model result files
     go into the staging folder that write_comparison publishes."""
     from peft import PeftModel
@@ -141,20 +149,20 @@ def evaluate_models(args, adapters, base, rows_by_split, staging, bases):
 
     bert = None if args.bertscore_model == "none" else resolve_model_path(args.bertscore_model)
     results = []
+    splits = ["train", "validation"] if args.table else [args.split]
+    results = baselines(args, spec, adapters, rows_by_split, splits)
     for adapter in ([None] if base else []) + list(adapters):
         annotator = base
         if adapter is not None:
             info = read_adapter_info(adapter)
             base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
             annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)))
-        for split in ["train", "validation"] if args.table else [args.split]:
+        for split in splits:
             rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
             metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
                                              args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
-                                             seed=args.seed, bertscore_model=bert,
-                                             bertscore_layers=args.bertscore_layers, sampling=sampling(args))
-            write_model_results(staging / safe_name(annotator.name) / split, metrics, records,
-                                f"{annotator.name} on {split}")
+                                             seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
+                                             sampling=sampling(args), rule=decision_rule(args, annotator, rows_by_split, split))
             results.append({"name": annotator.name, "split": split, "metrics": metrics, "records": records,
                             "epoch": annotator.info.get("epoch"), "adapter": str(adapter) if adapter else None})
         if args.annotations:
@@ -163,7 +171,50 @@ def evaluate_models(args, adapters, base, rows_by_split, staging, bases):
                 [r["id"] for r in rows_by_split.get("train", [])], args.mode, args.batch_size)
         if adapter is not None:
             annotator.model.unload()  # detach the adapter; the base model serves the next one
+    for r in results:
+        write_model_results(staging / safe_name(r["name"]) / r["split"], r["metrics"], r["records"],
+                            f"{r['name']} on {r['split']}")
     return results
+
+
+def baselines(args, spec, adapters, rows_by_split, splits) -> list:
+    """Majority and TF-IDF + LogReg rows, trained on exactly the rows the (first) adapter trained on
+    (the whole train split for a base-only run)."""
+    from annotune.adapters import read_adapter_info
+    from annotune.baseline import baseline_results
+    from annotune.examples import pick_split
+
+    if args.baseline == "none" or spec.type != "classification" or not rows_by_split.get("train"):
+        return []
+    train_ids = read_adapter_info(adapters[0]).get("train_ids") if adapters else None
+    results = []
+    for split in splits:
+        rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
+        results += baseline_results(rows_by_split, train_ids, split, rows, spec.label_names, args.bootstrap, args.seed)
+    return results
+
+
+def decision_rule(args, annotator, rows_by_split, split):
+    """The rule for `split`: the adapter's own (fit on validation in training), else one fit now on
+    up to 400 validation rows; none with --decision argmax, for generation, or on the validation
+    split itself (a rule is never reported on the rows it was fit on)."""
+    from annotune.decision import DecisionRule, fit_rule
+    from annotune.examples import sample_rows
+
+    spec = annotator.spec
+    if args.decision == "argmax" or spec.type != "classification" or split == "validation" \
+            or (args.mode == "generate" and annotator.kind != "classifier"):
+        return None
+    if annotator.info.get("decision_rule"):
+        return DecisionRule.from_dict(annotator.info["decision_rule"], spec.label_names)
+    if not rows_by_split.get("validation"):
+        return None
+    if "rule" not in annotator.info:  # fit once per annotator (--table asks for two splits)
+        val = sample_rows(rows_by_split["validation"], 400, args.seed)
+        preds = annotator.predict(val, args.mode, args.batch_size, args.length_norm)
+        probs = [[p["probs"][l] for l in spec.label_names] for p in preds]
+        annotator.info["rule"] = fit_rule(probs, [r["label"] for r in val], spec.label_names, args.decision_objective)
+    return annotator.info["rule"]
 
 
 def sampling(args) -> dict:
@@ -192,9 +243,10 @@ def annotate(args, adapters, base):
     check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization)
     state = PartialState(cpu=device_name() == "cpu")
+    rule = decision_rule(args, annotator, {}, "predict")  # the adapter's own rule; argmax for a base model
     result = annotate_file(annotator, args.predict_file, args.text_column, str(output), args.batch_size, args.mode,
                            args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
-                           progress=not args.quiet, max_new_tokens=args.max_new_tokens)
+                           progress=not args.quiet, max_new_tokens=args.max_new_tokens, rule=rule)
     if result["interrupted"]:
         print(f"stopped after {result['labelled']} rows; run the same command again to resume")
         return 0
@@ -226,7 +278,7 @@ def main(argv=None):
         raise UserError(f"{out_dir} already holds results; choose another --output_dir")
     staging = staging_dir(out_dir)
     try:
-        results = evaluate_models(args, adapters, base, rows_by_split, staging, bases)
+        results = evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases)
         print(write_comparison(args, spec, results, staging, out_dir, info))
     finally:
         remove_dir(staging)  # gone already when published; removed on any error

@@ -26,20 +26,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from annotune.cli import UserError, parser, quiet_libraries, run_cli
 
 if TYPE_CHECKING:
-    from annotune.prompts import Prompter
-    from annotune.task import TaskSpec
+    from annotune.trainer import TrainingData
 
 DEFAULT_TASK = "drug_reviews"
 DEFAULT_MODEL = "smollm2-135m"
 EPOCH_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "invalid", "rouge1", "rouge2", "rougeL",
-                 "exact_match", "ci95", "mode")  # what log.jsonl and annotune.json keep of a validation pass
+                 "exact_match", "ci95", "mode", "decision_rule")  # what log.jsonl and annotune.json keep of a validation pass
 
 
 def parse_args(argv=None):
@@ -113,6 +111,8 @@ def add_saving_flags(p):
     g.add_argument("--early_stopping_patience", type=int, default=0,
                    help="stop after this many epochs without a better validation metric (default: 0 = off)")
     g.add_argument("--keep_best", action="store_true", help="also save the best epoch as <run>-best")
+    g.add_argument("--decision_objective", choices=["macro_f1", "balanced_accuracy"], default="macro_f1",
+                   help="what the decision rule saved with each adapter maximises on validation (default: macro_f1)")
     g.add_argument("--save_epochs", help="comma-separated epochs to save an adapter at (default: the last)")
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (default: 0)")
     g.add_argument("--output_dir", help="run folder (default: runs/<model>-<task>)")
@@ -123,73 +123,6 @@ def add_saving_flags(p):
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--stop_after_steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
     g.add_argument("--record_examples", action="store_true", help=argparse.SUPPRESS)  # tests: ids seen per process
-
-
-@dataclass
-class TrainingData:
-    """What train.py trains and validates on, with how it was read (data_info goes to the manifest)."""
-    spec: "TaskSpec"
-    kind: str  # causal, classifier or seq2seq
-    prompter: "Prompter"
-    splits: dict  # split name -> rendered rows (as written to the dataset folder)
-    data_info: dict
-    train_rows: list = field(default_factory=list)
-    eval_rows: list = field(default_factory=list)
-    feats: list = field(default_factory=list)  # tokenised training examples
-    stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
-
-
-def load_training_data(args, tokenizer, config) -> TrainingData:
-    """The task (from a preprocess.py folder, a task spec or a hub dataset), its splits, the
-    sampled training and validation rows, and the tokenised training examples."""
-    from annotune.examples import sample_rows
-    from annotune.trainer import build_features
-
-    data = read_task_data(args, tokenizer, config)
-    if not data.splits.get("train"):
-        raise UserError("the train split is empty")
-    data.train_rows = sample_rows(data.splits["train"], args.max_train_samples, args.seed)
-    data.eval_rows = sample_rows(data.splits.get("validation") or [], args.max_eval_samples, args.seed)
-    if data.spec.type == "classification":
-        for row in data.train_rows + data.eval_rows:
-            if row["label"] not in data.spec.label_names:
-                raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set "
-                                f"{data.spec.label_names}")
-    data.feats, data.stats = build_features(data.kind, tokenizer, data.train_rows, data.spec.label_names,
-                                            args.max_seq_length)
-    if not data.feats:
-        raise UserError(f"no training example fits --max_seq_length {args.max_seq_length}")
-    lengths = [len(f["input_ids"]) for f in data.feats]
-    data.stats.update(longest=max(lengths), mean_length=sum(lengths) / len(lengths))
-    return data
-
-
-def read_task_data(args, tokenizer, config) -> TrainingData:
-    from annotune.examples import hub_task, load_dataset_folder, prepare_splits
-    from annotune.models import resolve_kind
-    from annotune.prompts import Prompter
-    from annotune.task import TASKS_DIR, load_task
-
-    name = args.dataset_name
-    if name and Path(name).is_dir():
-        splits, manifest, spec = load_dataset_folder(name)
-        if args.merge and args.merge != manifest.get("merge"):
-            raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {args.merge}")
-        kind = resolve_kind(config, args.mode, spec.type)
-        prompt = manifest["prompt"]
-        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, kind == "seq2seq")
-        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec")}
-        return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
-    if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
-        if "/" not in name:
-            raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
-        spec = hub_task(name)
-    else:
-        spec = load_task(args.task or name or DEFAULT_TASK, args.merge)
-    kind = resolve_kind(config, args.mode, spec.type)
-    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, kind == "seq2seq")
-    splits, info = prepare_splits(spec, prompter, seed=args.seed)
-    return TrainingData(spec, kind, prompter, splits, info)
 
 
 def output_folder(args, default_name: str) -> Path:
@@ -252,15 +185,21 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
     from annotune.adapters import save_adapter
     from annotune.annotator import Annotator, evaluate_rows
+    from annotune.decision import fit_rule
     from annotune.trainer import EvaluateAndSave
 
     def evaluate_now():
         if not data.eval_rows:
             return {}
         annotator = Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name)
-        metrics, _ = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
-                                   max_new_tokens=128)
+        metrics, records = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
+                                         max_new_tokens=128)
         model.train()
+        if data.spec.type == "classification":  # the decision rule saved with this epoch's adapter
+            labels = data.spec.label_names
+            rule = fit_rule([[r["probs"][l] for l in labels] for r in records], [r["gold"] for r in records], labels,
+                            args.decision_objective)
+            metrics["decision_rule"] = rule.to_dict()
         return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
 
     def save(suffix, epoch, step, metrics):
@@ -268,6 +207,7 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
         info = {"base_model": args.model_name, "kind": data.kind, "task": data.spec.name, "merge": merge,
                 "labels": data.spec.label_names, "prompt": data.prompter.describe(), "task_spec": spec_dict,
                 "epoch": epoch, "step": step, "validation_metrics": metrics,
+                "decision_rule": metrics.get("decision_rule"), "train_ids": [f["id"] for f in data.feats],
                 "dataset": data.data_info.get("dataset_folder") or str((out_dir / "dataset").resolve()),
                 "run_dir": str(out_dir.resolve()), "git_commit": manifest.get("git_commit")}
         save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", info)
@@ -310,12 +250,12 @@ def main(argv=None):
     from annotune.examples import write_dataset_folder
     from annotune.files import atomic_write_json, run_manifest
     from annotune.models import load_config, load_tokenizer
-    from annotune.trainer import AnnotuneTrainer, LossOptions, describe_start, trainer_arguments
+    from annotune.trainer import AnnotuneTrainer, LossOptions, describe_start, load_training_data, trainer_arguments
 
     started = time.time()
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
-    data = load_training_data(args, tokenizer, load_config(args.model_name))
+    data = load_training_data(args, tokenizer, load_config(args.model_name), DEFAULT_TASK)
     run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"
     plan = save_plan(args, data)
     targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))

@@ -12,6 +12,8 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - trainer.py    the training loop: transformers.Trainer with our loss, batches and callbacks
 - adapters.py   adapter folders: writing, finding, reading annotune.json
 - annotator.py  a model ready to label (score, generate, head) and its evaluation on labelled rows
+- decision.py   the decision rule: argmax, or per-label offsets and a temperature fit on validation
+- baseline.py   the cheap alternatives: majority class, TF-IDF + logistic regression
 - metrics.py    classification and generation metrics with bootstrap CIs
 - agreement.py  Cohen's kappa of the model beside human annotators
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md

@@ -149,8 +149,9 @@ class Annotator:
 def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
                   max_new_tokens: int | None = None, progress: bool = False, n_boot: int = 1000, seed: int = 0,
                   bertscore_model: str | None = None, bertscore_layers: int | None = None,
-                  sampling: dict | None = None):
-    """(metrics, predictions) of an annotator on labelled rows."""
+                  sampling: dict | None = None, rule=None):
+    """(metrics, predictions) of an annotator on labelled rows. With a fitted decision rule
+    (decision.py) the predictions and metrics are the rule's; the argmax ones are kept beside them."""
     if not rows:
         raise UserError("the split to evaluate is empty")
     preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
@@ -171,6 +172,8 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
                                          probs, n_boot, seed)
         metrics["invalid_examples"] = [{"id": r["id"], "raw": r.get("raw")} for r in records
                                        if r["prediction"] == INVALID][:50]
+        if rule is not None and rule.fitted and probs is not None:
+            metrics = apply_rule(records, metrics, rule, probs, n_boot, seed)
     else:
         refs = [row.get("references") or [row.get("target", "")] for row in rows]
         metrics, per_example = generation_metrics([r["prediction"] for r in records], refs, bertscore_model,
@@ -179,6 +182,24 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
             record["scores"] = {k: round(v, 6) for k, v in scores.items()}
     metrics["mode"] = "generate" if spec.type == "generation" else ("head" if annotator.kind == "classifier" else mode)
     return metrics, records
+
+
+ARGMAX_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "cohen_kappa", "invalid", "ece",
+               "ci95", "per_class")
+
+
+def apply_rule(records, argmax_metrics, rule, probs, n_boot, seed) -> dict:
+    """Predictions and metrics under a fitted decision rule; each record keeps its argmax label."""
+    labels = rule.labels
+    calibrated, fitted = rule.apply(probs)
+    for record, label, row in zip(records, fitted, calibrated):
+        record["argmax_prediction"], record["prediction"] = record["prediction"], label
+        record["calibrated_probs"] = {l: round(float(v), 6) for l, v in zip(labels, row)}
+    metrics = classification_metrics([r["gold"] for r in records], fitted, labels, calibrated, n_boot, seed)
+    metrics["invalid_examples"] = []
+    metrics["argmax"] = {k: argmax_metrics[k] for k in ARGMAX_KEYS if k in argmax_metrics}
+    metrics["decision_rule"] = rule.to_dict()
+    return metrics
 
 
 def _bar(total, desc, enabled):

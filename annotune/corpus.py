@@ -98,8 +98,9 @@ def _csv_text(rows, columns, header: bool) -> str:
 
 def annotate_file(annotator, path: str, text_column: str, output: str, batch_size: int = 16, mode: str = "score",
                   chunk_rows: int = 256, rank: int = 0, world: int = 1, stop_after_chunks: int = 0,
-                  progress: bool = True, max_new_tokens: int | None = None) -> dict:
-    """Label every row of `path` into `output` (CSV): input columns, prediction, prob_<label>."""
+                  progress: bool = True, max_new_tokens: int | None = None, rule=None) -> dict:
+    """Label every row of `path` into `output` (CSV): input columns, prediction, prob_<label>. With a
+    fitted decision rule the prediction is the rule's and the probabilities are its calibrated ones."""
     output = Path(output)
     columns = None
     writer = None
@@ -119,6 +120,10 @@ def annotate_file(annotator, path: str, text_column: str, output: str, batch_siz
             continue
         rows = [{"text": str(row[text_column] or ""), "id": str(number)} for number, row in chunk]
         preds = annotator.predict(rows, mode, batch_size, max_new_tokens=max_new_tokens)
+        if rule is not None and rule.fitted and preds and "probs" in preds[0]:
+            calibrated, labels = rule.apply([[p["probs"][l] for l in rule.labels] for p in preds])
+            preds = [{"prediction": y, "probs": {l: round(float(v), 6) for l, v in zip(rule.labels, row)}}
+                     for y, row in zip(labels, calibrated)]
         out = []
         for (number, row), pred in zip(chunk, preds):
             record = {ROW: number, **row, "prediction": pred["prediction"]}

@@ -2,10 +2,11 @@
 per-label balancing and sampling, and the saved instruction dataset (a DatasetDict plus a manifest
 of every split's row ids).
 
-preprocess.py writes a dataset folder; train.py reads it (or builds the same splits from a task
-name and saves them in its run folder), and evaluate.py reads the adapter's dataset folder, so
-train and evaluate see the same rows and prompts. The one re-split is deterministic: a task named
-without a folder is split with the same seed by the same function.
+preprocess.py writes a dataset folder and train.py / evaluate.py read it, so they see exactly the
+rows and prompts it wrote. Where a task is named instead of a folder (train.py --task, evaluate.py
+--base_only --task), prepare_splits builds the splits with the same function and seed (defaults
+0.2 validation, no test), so they equal preprocess.py's defaults; train.py saves what it trained
+on as <run>/dataset, and evaluate.py reads an adapter's dataset from there.
 """
 from __future__ import annotations
 

@@ -105,15 +105,19 @@ def plot_boxplots(path: Path, per_model: dict, keys):
 
 
 def comparison_table(results: list, task_type: str) -> str:
-    """A markdown table, one row per evaluated model."""
+    """A markdown table, one row per evaluated model and split; a model evaluated with a fitted
+    decision rule gets its argmax row first, then the rule's row."""
     if task_type == "classification":
         head = "| model | split | n | accuracy | balanced acc. | macro-F1 | kappa | invalid | ECE |"
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
         for r in results:
-            m = r["metrics"]
-            lines.append(f"| {r['name']} | {r['split']} | {m['n']} | {_with_ci(m, 'accuracy')} | "
-                         f"{_with_ci(m, 'balanced_accuracy')} | {_with_ci(m, 'macro_f1')} | {_fmt(m['cohen_kappa'])} | "
-                         f"{m['invalid']} | {_fmt(m.get('ece'))} |")
+            rows = [(r["name"], r["metrics"])]
+            if "argmax" in r["metrics"]:
+                rows = [(f"{r['name']} (argmax)", r["metrics"]["argmax"]), (f"{r['name']} (fitted rule)", r["metrics"])]
+            for name, m in rows:
+                lines.append(f"| {name} | {r['split']} | {m['n']} | {_with_ci(m, 'accuracy')} | "
+                             f"{_with_ci(m, 'balanced_accuracy')} | {_with_ci(m, 'macro_f1')} | {_fmt(m['cohen_kappa'])} | "
+                             f"{m['invalid']} | {_fmt(m.get('ece'))} |")
         return "\n".join(lines) + "\n"
     keys = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_f1", "exact_match"]
     present = [k for k in keys if any(k in r["metrics"] for r in results)]
@@ -128,9 +132,9 @@ def epoch_table(rows: list) -> str:
     """The Politosphere write-up's per-epoch table."""
     lines = ["| # Epoch | Accuracy on Train. | F1-score on Train. | Accuracy on Val. | F1-score on Val. |",
              "| ------- | ------------------ | ------------------ | ---------------- | ---------------- |"]
-    # The untuned base model is epoch 0: first, so the table reads as a learning curve.
-    for r in sorted(rows, key=lambda r: -1 if r["epoch"] is None else r["epoch"]):
-        epoch = "0 (base)" if r["epoch"] is None else r["epoch"]
+    # Baselines first, then the untuned base model as epoch 0, so the table reads as a learning curve.
+    for r in sorted(rows, key=lambda r: -2 if r.get("row_label") else (-1 if r["epoch"] is None else r["epoch"])):
+        epoch = r.get("row_label") or ("0 (base)" if r["epoch"] is None else r["epoch"])
         lines.append(f"| {epoch} | {_fmt(r['train'].get('accuracy'), 2)} | {_fmt(r['train'].get('macro_f1'), 2)} | "
                      f"{_fmt(r['val'].get('accuracy'), 2)} | {_fmt(r['val'].get('macro_f1'), 2)} |")
     return "\n".join(lines) + "\n"
@@ -163,7 +167,10 @@ def plot_learning_curve(rows, path: Path, metric: str) -> None:
 
 
 def safe_name(name: str) -> str:
-    return name.replace(":", "_").replace("/", "_")
+    """A model's name as a folder name ("base:smollm2-135m" -> "base_smollm2-135m")."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: dict) -> str:
@@ -177,7 +184,7 @@ def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: di
     if args.table:
         by_model = {}
         for r in results:
-            by_model.setdefault(r["name"], {"epoch": r["epoch"], "train": {}, "val": {}})
+            by_model.setdefault(r["name"], {"epoch": r["epoch"], "row_label": r.get("row_label"), "train": {}, "val": {}})
             by_model[r["name"]]["train" if r["split"] == "train" else "val"] = r["metrics"]
         parts.append("\n" + epoch_table(list(by_model.values())))
     for r in results:

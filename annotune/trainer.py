@@ -164,6 +164,73 @@ def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int)
         print(f"example text: {example['text'][:300]}\nlabel: {example['label']}")
 
 
+# -------------------------------------------------------------------- what train.py trains on
+@dataclass
+class TrainingData:
+    """What train.py trains and validates on, with how it was read (data_info goes to the manifest)."""
+    spec: object  # task.TaskSpec
+    kind: str  # causal, classifier or seq2seq
+    prompter: object  # prompts.Prompter
+    splits: dict  # split name -> rendered rows (as written to the dataset folder)
+    data_info: dict
+    train_rows: list = field(default_factory=list)
+    eval_rows: list = field(default_factory=list)
+    feats: list = field(default_factory=list)  # tokenised training examples
+    stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
+
+
+def load_training_data(args, tokenizer, config, default_task: str) -> TrainingData:
+    """The task (from a preprocess.py folder, a task spec or a hub dataset), its splits, the
+    sampled training and validation rows, and the tokenised training examples (args: train.py's)."""
+    from .examples import sample_rows
+
+    data = read_task_data(args, tokenizer, config, default_task)
+    if not data.splits.get("train"):
+        raise UserError("the train split is empty")
+    data.train_rows = sample_rows(data.splits["train"], args.max_train_samples, args.seed)
+    data.eval_rows = sample_rows(data.splits.get("validation") or [], args.max_eval_samples, args.seed)
+    if data.spec.type == "classification":
+        for row in data.train_rows + data.eval_rows:
+            if row["label"] not in data.spec.label_names:
+                raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set "
+                                f"{data.spec.label_names}")
+    data.feats, data.stats = build_features(data.kind, tokenizer, data.train_rows, data.spec.label_names,
+                                            args.max_seq_length)
+    if not data.feats:
+        raise UserError(f"no training example fits --max_seq_length {args.max_seq_length}")
+    lengths = [len(f["input_ids"]) for f in data.feats]
+    data.stats.update(longest=max(lengths), mean_length=sum(lengths) / len(lengths))
+    return data
+
+
+def read_task_data(args, tokenizer, config, default_task: str) -> TrainingData:
+    from .examples import hub_task, load_dataset_folder, prepare_splits
+    from .models import resolve_kind
+    from .prompts import Prompter
+    from .task import TASKS_DIR, load_task
+
+    name = args.dataset_name
+    if name and Path(name).is_dir():
+        splits, manifest, spec = load_dataset_folder(name)
+        if args.merge and args.merge != manifest.get("merge"):
+            raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {args.merge}")
+        kind = resolve_kind(config, args.mode, spec.type)
+        prompt = manifest["prompt"]
+        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, kind == "seq2seq")
+        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec")}
+        return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
+    if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
+        if "/" not in name:
+            raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
+        spec = hub_task(name)
+    else:
+        spec = load_task(args.task or name or default_task, args.merge)
+    kind = resolve_kind(config, args.mode, spec.type)
+    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, kind == "seq2seq")
+    splits, info = prepare_splits(spec, prompter, seed=args.seed)
+    return TrainingData(spec, kind, prompter, splits, info)
+
+
 # -------------------------------------------------------------------- the loss
 class LossModule(torch.nn.Module):
     """The model plus how its loss is computed. This is what the Trainer (and so DDP) wraps: the

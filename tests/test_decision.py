@@ -1,0 +1,74 @@
+"""The decision rule fit on validation, and the classical baselines, on synthetic data."""
+import numpy as np
+import pytest
+
+from annotune.baseline import TfidfBaseline, majority_label
+from annotune.decision import DecisionRule, fit_rule
+from annotune.metrics import balanced_accuracy, macro_f1
+
+LABELS = ["neither", "offensive", "hate"]
+
+
+def skewed_probs(n, seed):
+    """A model that ranks the gold label up by 1.5 nats but leans 2.5 nats to the majority label."""
+    rng = np.random.default_rng(seed)
+    gold = rng.choice(3, size=n, p=[0.7, 0.24, 0.06])
+    logits = rng.normal(0, 1, (n, 3)) + 1.5 * np.eye(3)[gold] + np.array([2.5, 0.0, -0.5])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs, [LABELS[g] for g in gold]
+
+
+@pytest.mark.parametrize("objective", ["macro_f1", "balanced_accuracy"])
+def test_offsets_fit_on_one_half_raise_the_metric_on_the_other(objective):
+    probs, gold = skewed_probs(2000, seed=0)
+    fit_p, fit_g, test_p, test_g = probs[:1000], gold[:1000], probs[1000:], gold[1000:]
+    metric = macro_f1 if objective == "macro_f1" else balanced_accuracy
+    raw = metric(test_g, [LABELS[i] for i in test_p.argmax(1)], LABELS)
+    rule = fit_rule(fit_p, fit_g, LABELS, objective)
+    _, fitted = rule.apply(test_p)
+    assert rule.fitted and rule.offsets[0] == 0.0
+    assert metric(test_g, fitted, LABELS) > raw + 0.1
+    assert balanced_accuracy(test_g, [LABELS[i] for i in test_p.argmax(1)], LABELS) < 0.5  # the raw model collapses
+
+
+def test_temperature_calibrates_without_changing_any_label():
+    probs, gold = skewed_probs(600, seed=1)
+    rule = fit_rule(probs, gold, LABELS)
+    calibrated, labels = rule.apply(probs)
+    same_offsets = DecisionRule(LABELS, rule.offsets, 1.0)
+    assert labels == same_offsets.apply(probs)[1] and rule.temperature != 1.0
+    assert np.allclose(calibrated.sum(1), 1.0)
+    gold_index = [LABELS.index(g) for g in gold]
+    nll = lambda p: -np.log(p[np.arange(len(p)), gold_index]).mean()  # noqa: E731
+    assert nll(calibrated) <= nll(same_offsets.apply(probs)[0]) + 1e-9
+
+
+def test_too_few_validation_rows_fit_nothing_and_say_so():
+    probs, gold = skewed_probs(23, seed=2)
+    rule = fit_rule(probs, gold, LABELS)
+    assert not rule.fitted and rule.offsets == [0.0, 0.0, 0.0] and "23 validation rows" in rule.note
+    assert rule.apply(probs)[1] == [LABELS[i] for i in probs.argmax(1)]  # argmax
+    again = DecisionRule.from_dict(rule.to_dict(), LABELS)
+    assert again == rule
+
+
+def test_tfidf_baseline_learns_words_and_reports_probabilities_in_label_order():
+    rng = np.random.default_rng(0)
+    cue = {"neither": "lovely", "offensive": "idiot", "hate": "vermin"}
+    rows = [{"text": f"{' '.join(rng.choice(['the', 'a', 'this', 'post'], 4))} {cue[l]}", "label": l}
+            for l in rng.choice(LABELS, 120, p=[0.6, 0.3, 0.1])]
+    model = TfidfBaseline(LABELS, seed=0).fit(rows[:80], rows[80:100])
+    probs = model.probs(rows[100:])
+    assert probs.shape == (20, 3) and np.allclose(probs.sum(1), 1)
+    assert macro_f1([r["label"] for r in rows[100:]], [LABELS[i] for i in probs.argmax(1)], LABELS) > 0.9
+    assert model.chosen_by == "validation split"
+    # No validation rows: C by cross-validation on the training rows.
+    assert TfidfBaseline(LABELS).fit(rows[:80]).chosen_by.endswith("cross-validation on train")
+    # A label never seen in training gets probability 0, in its own column.
+    two = TfidfBaseline(LABELS).fit([r for r in rows[:80] if r["label"] != "hate"])
+    assert (two.probs(rows[100:])[:, 2] == 0).all()
+
+
+def test_majority_label_breaks_ties_in_sorted_order():
+    assert majority_label([{"label": "b"}, {"label": "a"}, {"label": "b"}]) == "b"
+    assert majority_label([{"label": "b"}, {"label": "a"}]) == "a"

@@ -1,0 +1,83 @@
+"""Baselines and decision rules end to end on a tiny model: the baseline trains on exactly the
+adapter's training rows, the rule is fit on validation only, and --decision argmax is the plain
+most-probable label."""
+import json
+
+import pytest
+from datasets import load_from_disk
+
+from conftest import run_script
+from test_train import write_colour_task
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory, tiny_llama_dir):
+    folder = tmp_path_factory.mktemp("colours")
+    data = write_colour_task(folder)
+    assert run_script("preprocess", ["--data_path", data, "--text_column", "text", "--label_column", "label",
+                                     "--template", "llama2-chat", "--test_ratio", "0.2",
+                                     "--output_dir", folder / "ds"]) == 0
+    assert run_script("train", ["--dataset_name", folder / "ds", "--model_name", tiny_llama_dir, "--epoch", 1,
+                                "--max_train_samples", 100, "--learning_rate", "3e-3", "--quiet",
+                                "--output_dir", folder / "run"]) == 0
+    return folder, next(p for p in (folder / "run").iterdir() if p.name.endswith("epoch1"))
+
+
+def evaluate(folder, *argv):
+    assert run_script("evaluate", [*argv, "--output_dir", folder, "--quiet", "--bootstrap", 50]) == 0
+    return folder
+
+
+def read(folder, model, name="metrics.json", split="test"):
+    path = folder / model / split / name
+    return json.loads(path.read_text()) if name.endswith(".json") else [json.loads(l) for l in path.open()]
+
+
+def test_baselines_train_on_the_adapters_rows_and_rules_come_from_validation(tmp_path, colour_run):
+    folder, adapter = colour_run
+    info = json.loads((adapter / "annotune.json").read_text())
+    assert len(info["train_ids"]) == 100 and info["decision_rule"]["fitted_on"] == 48  # 48 validation rows
+    out = evaluate(tmp_path / "ev", "--adapters_name", adapter, "--base_only", "--split", "test")
+    tfidf = read(out, "baseline_tf-idf_logreg")
+    assert tfidf["train_ids"] == sorted(info["train_ids"]) and tfidf["n"] == 48
+    assert read(out, "baseline_majority")["balanced_accuracy"] == pytest.approx(1 / 3)
+    table = (out / "comparison.md").read_text()
+    for row in ("| baseline: majority | test |", "| baseline: tf-idf + logreg | test |",
+                f"| {adapter.name} (argmax) | test |", f"| {adapter.name} (fitted rule) | test |"):
+        assert row in table, row
+    tuned = read(out, adapter.name)
+    assert tuned["decision_rule"] == info["decision_rule"]  # the adapter's own rule, not refit on test
+    assert "argmax" in tuned and tuned["argmax"]["n"] == 48
+    # On the validation split a rule is never applied (it was fit there).
+    val = evaluate(tmp_path / "val", "--adapters_name", adapter, "--baseline", "none")
+    assert "decision_rule" not in read(val, adapter.name, split="validation")
+    assert not list(val.glob("baseline*"))
+
+
+def test_decision_argmax_is_the_most_probable_label(tmp_path, colour_run):
+    folder, adapter = colour_run
+    fitted = read(evaluate(tmp_path / "f", "--adapters_name", adapter, "--split", "test"), adapter.name,
+                  "predictions.jsonl")
+    plain = read(evaluate(tmp_path / "a", "--adapters_name", adapter, "--split", "test", "--decision", "argmax"),
+                 adapter.name, "predictions.jsonl")
+    assert [p["prediction"] for p in plain] == [max(p["probs"], key=p["probs"].get) for p in plain]
+    assert [p["prediction"] for p in plain] == [p["argmax_prediction"] for p in fitted]
+    assert "decision_rule" not in read(tmp_path / "a", adapter.name)
+
+
+def test_the_gold_labels_of_the_reported_split_never_move_the_rule(tmp_path, colour_run, tiny_llama_dir):
+    folder, _ = colour_run
+    argv = ["--base_only", "--model_name", tiny_llama_dir, "--split", "test", "--baseline", "none"]
+    first = read(evaluate(tmp_path / "one", "--dataset_name", folder / "ds", *argv), "base_tiny-llama0")
+    # The same dataset with every test label rotated to another colour.
+    flipped = tmp_path / "flipped"
+    ds = load_from_disk(str(folder / "ds"))
+    turn = {"red": "green", "green": "blue", "blue": "red"}
+    ds["test"] = ds["test"].map(lambda r: {"label": turn[r["label"]]})
+    ds.save_to_disk(str(flipped))
+    for name in ("manifest.json", "task.yaml"):
+        (flipped / name).write_text((folder / "ds" / name).read_text())
+    second = read(evaluate(tmp_path / "two", "--dataset_name", flipped, *argv), "base_tiny-llama0")
+    assert first["decision_rule"]["fitted_on"] == 48
+    assert first["decision_rule"] == second["decision_rule"]
+    assert first["accuracy"] != second["accuracy"]  # the gold labels did change
