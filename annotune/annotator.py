@@ -174,6 +174,8 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
                                        if r["prediction"] == INVALID][:50]
         if rule is not None and rule.fitted and probs is not None:
             metrics = apply_rule(records, metrics, rule, probs, n_boot, seed)
+        elif rule is not None:
+            metrics["decision_rule"] = rule.to_dict()  # consulted, not applied: its note says why
     else:
         refs = [row.get("references") or [row.get("target", "")] for row in rows]
         metrics, per_example = generation_metrics([r["prediction"] for r in records], refs, bertscore_model,

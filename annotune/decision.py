@@ -8,7 +8,10 @@ majority label; the offsets undo the lean without touching the ranking within a 
 
 The rule is fit on validation rows only, never on the split being reported. Below MIN_ROWS
 validation rows it is not fit (offsets 0, temperature 1) and says so: a handful of rows would
-fit noise.
+fit noise. Above, it is also checked out of sample: offsets fit on one half of the validation rows
+must beat argmax on the other half, on average over CHECK_SPLITS random halves; a rule that does
+not is recorded with its held-out gain but not applied (argmax is used), because offsets fit on a
+few rows of a rare label can transfer worse than no offsets at all.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 MIN_ROWS = 40
+CHECK_SPLITS = 5
 OFFSET_GRID = np.round(np.arange(-6.0, 6.01, 0.25), 2)
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(20.0), 61))
 OBJECTIVES = ("macro_f1", "balanced_accuracy")
@@ -29,6 +33,7 @@ class DecisionRule:
     temperature: float = 1.0  # (log-probabilities + offsets) / temperature: calibrates, never changes the label
     objective: str = "macro_f1"
     fitted_on: int = 0  # validation rows the rule was fit on (0: not fit)
+    heldout_gain: float | None = None  # mean gain of half-fit offsets on the other half (see the docstring)
     note: str = "argmax"
 
     def __post_init__(self):
@@ -36,7 +41,8 @@ class DecisionRule:
 
     @property
     def fitted(self) -> bool:
-        return self.fitted_on > 0
+        """True when the rule is to be applied: fit, and better than argmax out of sample."""
+        return self.fitted_on > 0 and (self.heldout_gain is None or self.heldout_gain > 0)
 
     def scores(self, probs) -> np.ndarray:
         logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
@@ -108,5 +114,23 @@ def fit_rule(probs, gold, labels, objective: str = "macro_f1", min_rows: int = M
     logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
     offsets = np.asarray(fit_offsets(logp, gold, labels, objective))
     temperature = fit_temperature(logp, [labels.index(g) for g in gold], offsets)
-    return DecisionRule(labels, [float(x) for x in offsets], temperature, objective, len(gold),
-                        note=f"offsets and temperature fit on {len(gold)} validation rows ({objective})")
+    gain = heldout_gain(logp, list(gold), labels, objective)
+    verdict = "applied" if gain > 0 else "not applied (argmax is used)"
+    return DecisionRule(labels, [float(x) for x in offsets], temperature, objective, len(gold), round(gain, 4),
+                        note=f"offsets and temperature fit on {len(gold)} validation rows ({objective}); "
+                             f"held-out gain {gain:+.3f}: {verdict}")
+
+
+def heldout_gain(logp, gold, labels, objective: str, seed: int = 0) -> float:
+    """Mean gain over argmax, on the other half, of offsets fit on one half of the rows."""
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(CHECK_SPLITS):
+        order = rng.permutation(len(gold))
+        fit_idx, test_idx = order[: len(gold) // 2], order[len(gold) // 2:]
+        offsets = np.asarray(fit_offsets(logp[fit_idx], [gold[i] for i in fit_idx], labels, objective))
+        held = [gold[i] for i in test_idx]
+        plain = _objective(objective, held, [labels[i] for i in logp[test_idx].argmax(1)], labels)
+        moved = _objective(objective, held, [labels[i] for i in (logp[test_idx] + offsets).argmax(1)], labels)
+        gains.append(moved - plain)
+    return float(np.mean(gains))

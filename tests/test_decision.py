@@ -26,7 +26,7 @@ def test_offsets_fit_on_one_half_raise_the_metric_on_the_other(objective):
     raw = metric(test_g, [LABELS[i] for i in test_p.argmax(1)], LABELS)
     rule = fit_rule(fit_p, fit_g, LABELS, objective)
     _, fitted = rule.apply(test_p)
-    assert rule.fitted and rule.offsets[0] == 0.0
+    assert rule.fitted and rule.offsets[0] == 0.0 and rule.heldout_gain > 0.05
     assert metric(test_g, fitted, LABELS) > raw + 0.1
     assert balanced_accuracy(test_g, [LABELS[i] for i in test_p.argmax(1)], LABELS) < 0.5  # the raw model collapses
 
@@ -41,6 +41,14 @@ def test_temperature_calibrates_without_changing_any_label():
     gold_index = [LABELS.index(g) for g in gold]
     nll = lambda p: -np.log(p[np.arange(len(p)), gold_index]).mean()  # noqa: E731
     assert nll(calibrated) <= nll(same_offsets.apply(probs)[0]) + 1e-9
+
+
+def test_a_rule_that_does_not_hold_out_of_sample_is_not_applied():
+    rng = np.random.default_rng(3)
+    gold = list(rng.choice(LABELS, 200, p=[0.6, 0.3, 0.1]))
+    probs = rng.dirichlet([1, 1, 1], 200)  # no signal: any offsets fit noise
+    rule = fit_rule(probs, gold, LABELS)
+    assert rule.fitted_on == 200 and rule.heldout_gain <= 0 and not rule.fitted and "not applied" in rule.note
 
 
 def test_too_few_validation_rows_fit_nothing_and_say_so():
