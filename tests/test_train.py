@@ -93,6 +93,21 @@ def test_same_seed_same_adapter_and_resume_equals_uninterrupted(in_tmp, tiny_lla
         assert torch.allclose(a[key], c[key], atol=1e-6), key
 
 
+def test_resumed_run_keeps_one_log_row_per_step_and_its_evaluation_history(in_tmp, tiny_llama_dir):
+    argv = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 2,
+            "--quiet", "--max_eval_samples", 6, "--output_dir", "r"]
+    assert run_script("train", argv + ["--stop_after_steps", 14]) == 0  # inside epoch 2 (12 steps an epoch)
+    # Rows written after the checkpoint (as by a crash) are dropped on resume and written again.
+    with open(in_tmp / "r" / "log.jsonl", "a") as handle:
+        handle.write(json.dumps({"type": "step", "step": 15, "epoch": 1.2, "loss": 0.0}) + "\n")
+    assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
+    rows = read_log(in_tmp / "r")
+    assert [r["step"] for r in rows if r["type"] == "step"] == list(range(1, 25))
+    assert [r["epoch"] for r in rows if r["type"] == "eval"] == [1, 2]
+    manifest = json.loads((in_tmp / "r" / "manifest.json").read_text())
+    assert [h["epoch"] for h in manifest["result"]["history"]] == [1, 2] and manifest["result"]["steps"] == 24
+
+
 def test_classifier_head_with_class_weights_on_an_imbalanced_task(in_tmp, tiny_bert_dir):
     argv = ["--task", "drug_reviews", "--model_name", tiny_bert_dir, "--class_weights", "auto", "--epoch", 1,
             "--max_train_samples", 96, "--max_eval_samples", 24, "--max_seq_length", 128, "--quiet",
