@@ -97,7 +97,11 @@ def add_training_flags(p):
     g.add_argument("--max_seq_length", type=int, default=1024,
                    help="longest example in tokens; longer ones are dropped and counted (default: 1024)")
     g.add_argument("--class_weights", default="none",
-                   help="classifier mode: auto (inverse frequency), none, or w1,w2,... (default: none)")
+                   help="per-label loss weights: auto (inverse frequency), none, or w1,w2,...; in causal and seq2seq "
+                        "mode they weight each answer's tokens (default: none)")
+    g.add_argument("--balance", choices=["none", "oversample", "weights"], default="none",
+                   help="imbalanced labels: oversample minority labels each epoch, or weight each answer's loss by "
+                        "inverse label frequency (= --class_weights auto) (default: none)")
     g.add_argument("--shared_prefix", choices=["auto", "on", "off"], default="auto",
                    help="run the prompts' common prefix once per batch (default: auto, when >= 16 tokens)")
     g.add_argument("--seed", type=int, default=42, help="seed of model init, data order and splits (default: 42)")
@@ -256,6 +260,8 @@ def main(argv=None):
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
     data = load_training_data(args, tokenizer, load_config(args.model_name), DEFAULT_TASK)
+    if (args.balance != "none" or args.class_weights != "none") and data.spec.type != "classification":
+        raise UserError("--balance and --class_weights need a classification task")
     run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"
     plan = save_plan(args, data)
     targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))
@@ -275,7 +281,8 @@ def main(argv=None):
 
     callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
     options = LossOptions(kind=data.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
-                          n_labels=len(data.spec.label_names), record_examples=args.record_examples)
+                          n_labels=len(data.spec.label_names), record_examples=args.record_examples,
+                          balance=args.balance)
     trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
     callback.attach(trainer)
     if resume:

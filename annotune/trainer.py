@@ -47,6 +47,8 @@ def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_targe
                 dropped += 1  # never truncate: that would cut the answer away
                 continue
             feats.append({"input_ids": enc["input_ids"], "labels": enc["labels"], "id": row["id"]})
+            if row.get("label") in index:  # which label the answer is (for --balance)
+                feats[-1]["label"] = index[row["label"]]
         elif kind == "classifier":
             ids = tokenizer(row["text"], truncation=False)["input_ids"]
             if len(ids) > max_seq_length:
@@ -60,6 +62,8 @@ def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_targe
                 dropped += 1
                 continue
             feats.append({"input_ids": src, "labels": tgt, "id": row["id"]})
+            if row.get("label") in index:
+                feats[-1]["label"] = index[row["label"]]
     return feats, {"dropped_too_long": dropped, "truncated": truncated}
 
 
@@ -84,11 +88,20 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     every process and every resume sees the same epoch. Each process takes every world-th batch,
     and all take the same number (the few left over are dropped that epoch)."""
 
-    def __init__(self, lengths, batch_size: int, seed: int, world: int = 1, rank: int = 0):
+    def __init__(self, lengths, batch_size: int, seed: int, world: int = 1, rank: int = 0, oversample_labels=None):
         # Named `per_batch`, not `batch_size`: accelerate's shard wrapper would otherwise hold back
         # every batch shorter than batch_size (the last, smaller one).
         self.lengths, self.per_batch, self.seed, self.world, self.rank = list(lengths), batch_size, seed, world, rank
         self.epoch = 0
+        # --balance oversample: each epoch, every label's examples plus a fresh seeded draw of
+        # repeats up to the largest label's count.
+        self.by_label = None
+        if oversample_labels is not None:
+            self.by_label = {}
+            for i, label in enumerate(oversample_labels):
+                self.by_label.setdefault(label, []).append(i)
+        largest = max(len(v) for v in self.by_label.values()) if self.by_label else 0
+        self.epoch_size = largest * len(self.by_label) if self.by_label else len(self.lengths)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -96,6 +109,10 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     def epoch_batches(self, epoch: int) -> list:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         order = list(range(len(self.lengths)))
+        if self.by_label:
+            largest = self.epoch_size // len(self.by_label)
+            order = [i for label in sorted(self.by_label) for i in
+                     self.by_label[label] + rng.choices(self.by_label[label], k=largest - len(self.by_label[label]))]
         rng.shuffle(order)
         mega = self.per_batch * 32
         batches = []
@@ -106,7 +123,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return batches
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.per_batch) // self.world
+        return math.ceil(self.epoch_size / self.per_batch) // self.world
 
     def __iter__(self):
         yield from self.epoch_batches(self.epoch)[self.rank::self.world][: len(self)]
@@ -122,7 +139,10 @@ def collate(kind, feats, pad_id):
         ids, mask = pad_batch([f["input_ids"] for f in feats], pad_id, "right")
         tgt = [f["labels"] for f in feats]
         _, _, labels = pad_batch(tgt, pad_id, "right", tgt)  # padding is -100, never the pad id
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "ids": [f.get("id") for f in feats]}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "ids": [f.get("id") for f in feats]}
+    if kind != "classifier" and all("label" in f for f in feats):
+        batch["answer_label"] = torch.tensor([f["label"] for f in feats])
+    return batch
 
 
 def shared_prefix_ids(kind, feats, mode):
@@ -244,18 +264,31 @@ class LossModule(torch.nn.Module):
         # The Trainer must not move a bitsandbytes model (it is placed at load time).
         self.quantization_method = getattr(model, "quantization_method", None)
 
-    def forward(self, input_ids, attention_mask, labels):
+    def forward(self, input_ids, attention_mask, labels, answer_label=None):
+        weighted = bool(self.weights.numel()) and answer_label is not None
         if self.kind == "causal":
             plen = len(self.prefix_ids)
-            if plen:
-                prefix_kv = run_prefix(self.model, self.prefix_ids)
-                return completion_loss(self.model, input_ids[:, plen:], attention_mask[:, plen:], labels[:, plen:], prefix_kv)
-            return completion_loss(self.model, input_ids, attention_mask, labels)
+            prefix_kv = run_prefix(self.model, self.prefix_ids) if plen else None
+            ids, mask, labels = input_ids[:, plen:], attention_mask[:, plen:], labels[:, plen:]
+            if not weighted:
+                return completion_loss(self.model, ids, mask, labels, prefix_kv)
+            per_token = completion_loss(self.model, ids, mask, labels, prefix_kv, reduction="none")
+            return self._weighted(per_token, labels[:, 1:] != -100, answer_label)
         if self.kind == "classifier":
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
             weight = self.weights if self.weights.numel() else None
             return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        if not weighted:
+            return out.loss
+        where = labels != -100
+        per_token = torch.nn.functional.cross_entropy(out.logits.float()[where], labels[where], reduction="none")
+        return self._weighted(per_token, where, answer_label)
+
+    def _weighted(self, per_token, where, answer_label):
+        """Each answer's token losses weighted by its label's weight (--balance weights)."""
+        w = self.weights[answer_label][where.nonzero()[:, 0]]
+        return (w * per_token).sum() / w.sum()
 
 
 @dataclass
@@ -265,6 +298,7 @@ class LossOptions:
     class_weights: str = "none"  # classifier: auto, none or w1,w2,...
     n_labels: int = 0
     record_examples: bool = False  # tests: keep the ids each process trained on
+    balance: str = "none"  # none, oversample (minority labels repeated each epoch), weights (inverse frequency)
 
 
 class AnnotuneTrainer(Trainer):
@@ -276,8 +310,11 @@ class AnnotuneTrainer(Trainer):
         self.options = options
         self.prefix = shared_prefix_ids(options.kind, feats, options.shared_prefix)
         weights = None
-        if options.kind == "classifier":
-            weights = class_weights(options.class_weights, [f["label"] for f in feats], options.n_labels)
+        if options.balance != "none" or options.class_weights != "none":
+            if any("label" not in f for f in feats):
+                raise UserError("--balance and --class_weights need a classification task")  # train.py checks first
+            spec = "auto" if options.balance == "weights" else options.class_weights
+            weights = class_weights(spec, [f["label"] for f in feats], options.n_labels)
         self.peft_model = model
         self.totals = {"train_seconds": 0.0, "useful_tokens": 0, "processed_tokens": 0}
         self.window = {"loss": 0.0, "batches": 0, "tokens": 0}
@@ -294,8 +331,9 @@ class AnnotuneTrainer(Trainer):
 
     def get_train_dataloader(self):
         world, rank = self.args.world_size, self.args.process_index
+        oversample = [f["label"] for f in self.train_dataset] if self.options.balance == "oversample" else None
         sampler = LengthGroupedBatches([len(f["input_ids"]) for f in self.train_dataset],
-                                       self.args.per_device_train_batch_size, self.args.seed, world, rank)
+                                       self.args.per_device_train_batch_size, self.args.seed, world, rank, oversample)
         if len(sampler) == 0:
             raise UserError(f"{len(self.train_dataset)} training examples make no batch per process "
                             f"(batch size {self.args.per_device_train_batch_size} x {world} processes)")

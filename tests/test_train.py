@@ -6,9 +6,11 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
+from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from conftest import REPO, run_script
@@ -153,6 +155,55 @@ def test_class_weights_reach_the_loss_the_trainer_minimises(tiny_bert_dir, tmp_p
     assert loss.item() == pytest.approx(weighted.item(), abs=1e-6) and abs(loss.item() - plain.item()) > 1e-4
 
 
+def test_oversampling_balances_every_epoch_with_fresh_repeats():
+    from annotune.trainer import LengthGroupedBatches
+
+    labels = [0] * 9 + [1] * 3 + [2] * 1
+    sampler = LengthGroupedBatches([10] * 13, 4, seed=0, oversample_labels=labels)
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        seen = [i for batch in sampler for i in batch]
+        assert len(seen) == 27 and len(sampler) == 7 and set(range(13)) <= set(seen)  # every example, each epoch
+        epochs.append(seen)
+    assert sorted(labels[i] for i in epochs[0]) == [0] * 9 + [1] * 9 + [2] * 9  # every label as often as the largest
+    assert epochs[0] != epochs[1]
+
+
+def test_answer_weights_weight_each_answers_tokens(tiny_llama_dir, smol_tok):
+    from transformers import AutoModelForCausalLM
+
+    from annotune.trainer import LossModule, collate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    p = [smol_tok("Text: a b c\nLabel:")["input_ids"], smol_tok("Text: d\nLabel:")["input_ids"]]
+    c = [smol_tok(" red herring", add_special_tokens=False)["input_ids"], smol_tok(" blue", add_special_tokens=False)["input_ids"]]
+    feats = [{"input_ids": p[i] + c[i], "labels": [-100] * len(p[i]) + c[i], "label": i, "id": str(i)} for i in (0, 1)]
+    batch = collate("causal", feats, smol_tok.pad_token_id)
+    batch.pop("ids")
+    loss = LossModule(model, "causal", weights=torch.tensor([1.0, 3.0]))(**batch)
+    with torch.no_grad():
+        single = [model(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss for f in feats]
+    n = [len(x) for x in c]
+    expected = (1 * n[0] * single[0] + 3 * n[1] * single[1]) / (1 * n[0] + 3 * n[1])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    plain = LossModule(model, "causal")(**batch)
+    assert abs(plain.item() - loss.item()) > 1e-4
+
+
+def test_balance_oversample_trains_on_balanced_epochs_and_weights_run(in_tmp, tiny_llama_dir):
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+            "alpaca", "--quiet", "--eval_strategy", "no", "--record_examples"]
+    assert run_script("train", argv + ["--balance", "oversample", "--output_dir", "o"]) == 0
+    labels = {r["id"]: r["label"] for r in load_from_disk(str(in_tmp / "o" / "dataset"))["train"]}
+    counts = Counter(labels[i] for i in json.loads((in_tmp / "o" / "examples_seen.rank0.json").read_text()))
+    assert max(counts.values()) - min(counts.values()) <= 8  # equal up to the one short batch dropped
+    assert min(Counter(labels.values()).values()) < 20 < min(counts.values())  # the rare label was repeated
+    assert run_script("train", argv + ["--balance", "weights", "--output_dir", "w"]) == 0
+    manifest = json.loads((in_tmp / "w" / "manifest.json").read_text())
+    assert manifest["args"]["balance"] == "weights" and manifest["result"]["steps"] == 12
+
+
 def test_4bit_loads_real_4bit_linear_layers_on_cpu(tiny_llama_dir):
     import bitsandbytes as bnb
 
@@ -200,6 +251,7 @@ def test_two_process_data_parallel(in_tmp, tiny_llama_dir):
     (["--task", "politosphere", "--max_seq_length", 10], "no training example fits"),
     (["--task", "politosphere", "--save_epochs", "5"], "only 1 epochs"),
     (["--task", "dialogsum", "--mode", "classifier"], "generation task"),
+    (["--task", "dialogsum", "--balance", "weights"], "need a classification task"),
 ])
 def test_bad_input_exits_2_with_one_line(in_tmp, tiny_llama_dir, capsys, argv, message):
     assert run_script("train", argv + ["--model_name", tiny_llama_dir, "--output_dir", "out", "--quiet"]) == 2
