@@ -173,7 +173,7 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
         metrics["invalid_examples"] = [{"id": r["id"], "raw": r.get("raw")} for r in records
                                        if r["prediction"] == INVALID][:50]
         if rule is not None and rule.fitted and probs is not None:
-            metrics = apply_rule(records, metrics, rule, probs, n_boot, seed)
+            metrics = apply_rule(records, metrics, rule, n_boot, seed)
         elif rule is not None:
             metrics["decision_rule"] = rule.to_dict()  # consulted, not applied: its note says why
     else:
@@ -190,14 +190,14 @@ ARGMAX_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", 
                "ci95", "per_class")
 
 
-def apply_rule(records, argmax_metrics, rule, probs, n_boot, seed) -> dict:
+def apply_rule(records, argmax_metrics, rule, n_boot, seed) -> dict:
     """Predictions and metrics under a fitted decision rule; each record keeps its argmax label."""
     labels = rule.labels
-    calibrated, fitted = rule.apply(probs)
-    for record, label, row in zip(records, fitted, calibrated):
-        record["argmax_prediction"], record["prediction"] = record["prediction"], label
-        record["calibrated_probs"] = {l: round(float(v), 6) for l, v in zip(labels, row)}
-    metrics = classification_metrics([r["gold"] for r in records], fitted, labels, calibrated, n_boot, seed)
+    for record, relabelled in zip(records, rule.relabel(records)):
+        record.update(relabelled)
+    calibrated = [[r["calibrated_probs"][l] for l in labels] for r in records]
+    metrics = classification_metrics([r["gold"] for r in records], [r["prediction"] for r in records], labels,
+                                     calibrated, n_boot, seed)
     metrics["invalid_examples"] = []
     metrics["argmax"] = {k: argmax_metrics[k] for k in ARGMAX_KEYS if k in argmax_metrics}
     metrics["decision_rule"] = rule.to_dict()

@@ -121,9 +121,7 @@ def annotate_file(annotator, path: str, text_column: str, output: str, batch_siz
         rows = [{"text": str(row[text_column] or ""), "id": str(number)} for number, row in chunk]
         preds = annotator.predict(rows, mode, batch_size, max_new_tokens=max_new_tokens)
         if rule is not None and rule.fitted and preds and "probs" in preds[0]:
-            calibrated, labels = rule.apply([[p["probs"][l] for l in rule.labels] for p in preds])
-            preds = [{"prediction": y, "probs": {l: round(float(v), 6) for l, v in zip(rule.labels, row)}}
-                     for y, row in zip(labels, calibrated)]
+            preds = [dict(p, probs=p["calibrated_probs"]) for p in rule.relabel(preds)]
         out = []
         for (number, row), pred in zip(chunk, preds):
             record = {ROW: number, **row, "prediction": pred["prediction"]}

@@ -55,6 +55,14 @@ class DecisionRule:
         calibrated = z / z.sum(axis=1, keepdims=True)
         return calibrated, [self.labels[i] for i in calibrated.argmax(axis=1)]
 
+    def relabel(self, predictions) -> list:
+        """Predictions (dicts with 'prediction' and 'probs') under this rule: its label, the argmax
+        label kept as 'argmax_prediction', and the calibrated probabilities."""
+        calibrated, labels = self.apply([[p["probs"][l] for l in self.labels] for p in predictions])
+        return [dict(p, prediction=y, argmax_prediction=p["prediction"],
+                     calibrated_probs={l: round(float(v), 6) for l, v in zip(self.labels, row)})
+                for p, y, row in zip(predictions, labels, calibrated)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
