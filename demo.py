@@ -39,6 +39,7 @@ def main(argv=None):
     import evaluate
     import preprocess
     import train
+    from annotune.adapters import adapters_in
 
     start = time.time()
     out = Path(args.output_dir or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}")
@@ -54,7 +55,7 @@ def main(argv=None):
                                 "--output_dir", str(out / "train")])
     if code:
         return code
-    adapter = sorted((out / "train").glob(f"*-epoch{args.epochs}"))[0]
+    adapter = adapters_in(out / "train")[0]  # the best validation epoch, the only one kept
     print("\n[3/3] evaluate the base model and the tuned adapter on the same test rows")
     code = run_cli(evaluate.main, ["--adapters_name", str(adapter), "--base_only", "--split", "test",
                                    "--max_samples", str(args.test_samples), "--output_dir", str(out / "eval")])

@@ -52,7 +52,12 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=42, help="seed of the splits and samples (default: 42)")
     g.add_argument("--balance_per_label", help="examples per label: N for train, or N_train,N_val,N_test "
                                                "(default: the task spec's, else no balancing)")
-    g.add_argument("--max_samples", type=int, help="cap every split at this many rows (default: no cap)")
+    g.add_argument("--max_samples", help="seeded sample of N rows per split, or N_train,N_val,N_test "
+                                         "(0 = all; default: no cap)")
+    g.add_argument("--resplit", action="store_true",
+                   help="carve validation and test from the train rows, leaving the data's own validation and test "
+                        "splits unread (to choose settings without the test set)")
+    g.add_argument("--max_words", type=int, help="cut each text to its first N words (default: no cut)")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", help="folder to write (default: data/<task>[-<merge>]-<template>[-nodefs])")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -62,6 +67,13 @@ def parse_args(argv=None):
     for name in ("val_ratio", "test_ratio"):
         if not 0.0 <= getattr(args, name) < 1.0:
             p.error(f"--{name} must be in [0, 1)")
+    from annotune.examples import parse_caps
+    try:
+        parse_caps(args.max_samples)
+    except UserError as err:
+        p.error(str(err))
+    if args.max_words is not None and args.max_words < 1:
+        p.error("--max_words must be at least 1")
     if args.val_ratio + args.test_ratio >= 1.0:
         p.error("--val_ratio + --test_ratio must leave some training data")
     return args
@@ -98,7 +110,7 @@ def main(argv=None):
     ensure_new_path(out_dir, args.overwrite, what="dataset folder")  # fail before the work
 
     splits, info = prepare_splits(spec, prompter, args.val_ratio, args.test_ratio, args.seed,
-                                  args.balance_per_label, args.max_samples)
+                                  args.balance_per_label, args.max_samples, args.max_words, args.resplit)
     manifest = run_manifest(args, model_name_for_template=args.model_name if tokenizer else None, **info)
     preview = write_dataset_folder(out_dir, splits, manifest, args.overwrite, args.num_preview)
 
@@ -107,6 +119,8 @@ def main(argv=None):
     for name, rows in splits.items():
         extra = manifest["splits"][name].get("label_counts", "")
         print(f"  {name:<10} {len(rows):>6} rows  {extra}")
+    if info["texts_cut_to_max_words"]:
+        print(f"  {info['texts_cut_to_max_words']} texts cut to their first {args.max_words} words")
     if info["skipped_rows"]:
         print(f"  skipped rows (data.skip_values): {info['skipped_rows']}")
     for line in info["balance_shortfalls"]:

@@ -15,9 +15,10 @@ cross-entropy); seq2seq = an encoder-decoder LM. Quantization `auto` is 4-bit NF
 The loop is transformers.Trainer (annotune/trainer.py): checkpoints, resume, accumulation, DDP and
 trackers (--report_to) are the library's.
 
-Writes to --output_dir (default runs/<model>-<task>): one adapter per --save_epochs entry,
-<model>-<task>-epochN/ (adapter, tokenizer, annotune.json with task spec, labels, prompt and its
-validation metrics), manifest.json (arguments, versions, git commit, split ids), log.jsonl (loss,
+Writes to --output_dir (default runs/<model>-<task>): the adapter of the epoch with the best
+validation score, <model>-<task>-epochN/ (adapter, tokenizer, annotune.json with task spec, labels,
+prompt, decision rule and validation metrics; --epoch is the most epochs trained, --save_epochs keeps
+more), manifest.json (arguments, versions, git commit, split ids), log.jsonl (loss,
 tokens/s per step; eval per epoch), learning_curve.png, dataset/ (the exact rows trained on) and
 checkpoints/ (for --resume_from_checkpoint).
 """
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 DEFAULT_TASK = "drug_reviews"
 DEFAULT_MODEL = "smollm2-135m"
 EPOCH_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "invalid", "rouge1", "rouge2", "rougeL",
-                 "exact_match", "ci95", "mode", "decision_rule")  # what log.jsonl and annotune.json keep of a validation pass
+                 "exact_match", "ci95", "mode", "decision_rule", "selection_score")  # what log.jsonl and annotune.json keep of a validation pass
 
 
 def parse_args(argv=None):
@@ -81,7 +82,7 @@ def add_data_and_model_flags(p):
 
 def add_training_flags(p):
     g = p.add_argument_group("training")
-    g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=1, help="epochs (default: 1)")
+    g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=1, help="epochs at most; the best one is kept (default: 1)")
     g.add_argument("--stop_condition", choices=["epochs", "steps"], default="epochs",
                    help="stop after --epoch epochs or --steps optimizer steps (default: epochs)")
     g.add_argument("--steps", type=int, default=0, help="optimizer steps with --stop_condition steps")
@@ -114,10 +115,12 @@ def add_saving_flags(p):
     g.add_argument("--eval_steps", type=int, default=0, help="with --eval_strategy steps: every N steps")
     g.add_argument("--early_stopping_patience", type=int, default=0,
                    help="stop after this many epochs without a better validation metric (default: 0 = off)")
-    g.add_argument("--keep_best", action="store_true", help="also save the best epoch as <run>-best")
+    g.add_argument("--keep_best", action="store_true", help="also save the best epoch under the name <run>-best")
     g.add_argument("--decision_objective", choices=["macro_f1", "balanced_accuracy"], default="macro_f1",
                    help="what the decision rule saved with each adapter maximises on validation (default: macro_f1)")
-    g.add_argument("--save_epochs", help="comma-separated epochs to save an adapter at (default: the last)")
+    g.add_argument("--save_epochs", help="epochs whose adapter is saved: comma-separated numbers, and/or 'last' or "
+                                         "'all' (default: only the epoch with the best validation score, as "
+                                         "<run>-epochN; the last epoch when there is no validation)")
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (default: 0)")
     g.add_argument("--output_dir", help="run folder (default: runs/<model>-<task>)")
     g.add_argument("--overwrite_output_dir", action="store_true", help="replace a run folder that holds results")
@@ -172,15 +175,28 @@ def prepare_output(args, targs, run_name: str):
 
 
 def save_plan(args, data: TrainingData):
-    """When to evaluate, save adapters and stop, from the flags (checked before anything is written)."""
+    """When to evaluate, save adapters and stop, from the flags (checked before anything is written).
+    By default the adapter kept is the epoch with the best validation score: for classification the
+    macro-F1 of the labels it will give (with its decision rule where that is applied)."""
     from annotune.metrics import primary_metric
     from annotune.trainer import SavePlan, parse_save_epochs
 
     last = args.epochs if args.stop_condition == "epochs" else None
+    epochs, keep = parse_save_epochs(args.save_epochs, last)
+    classify = data.spec.type == "classification"
     return SavePlan(metric=primary_metric(data.spec.type), eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
-                    save_epochs=parse_save_epochs(args.save_epochs, last), by_steps=args.stop_condition == "steps",
+                    save_epochs=epochs, keep="last" if last is None else keep, last_epoch=last,
+                    select="selection_score" if classify else "", by_steps=last is None,
                     keep_best=args.keep_best, patience=args.early_stopping_patience,
                     save_every_steps=args.save_every_steps, stop_after_steps=args.stop_after_steps)
+
+
+def selection_score(metrics: dict, rule, objective: str) -> float:
+    """The validation score of the labels an adapter will give: its decision rule's objective under
+    argmax, plus the rule's held-out gain when the rule is applied (an out-of-sample estimate: the
+    gain on the rows the rule was fit on would flatter it)."""
+    value = metrics.get(objective, float("nan"))
+    return value + rule.heldout_gain if rule.fitted and rule.heldout_gain else value
 
 
 def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path, manifest: dict, run_name: str,
@@ -190,6 +206,7 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     from annotune.adapters import save_adapter
     from annotune.annotator import Annotator, evaluate_rows
     from annotune.decision import fit_rule
+    from annotune.files import remove_dir
     from annotune.trainer import EvaluateAndSave
 
     def evaluate_now():
@@ -204,6 +221,7 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
             rule = fit_rule([[r["probs"][l] for l in labels] for r in records], [r["gold"] for r in records], labels,
                             args.decision_objective)
             metrics["decision_rule"] = rule.to_dict()
+            metrics["selection_score"] = selection_score(metrics, rule, args.decision_objective)
         return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
 
     def save(suffix, epoch, step, metrics):
@@ -216,7 +234,10 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
                 "run_dir": str(out_dir.resolve()), "git_commit": manifest.get("git_commit")}
         save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", info)
 
-    return EvaluateAndSave(plan, evaluate_now, save, out_dir / "log.jsonl", is_main)
+    def discard(suffix):
+        remove_dir(out_dir / f"{run_name}-{suffix}")
+
+    return EvaluateAndSave(plan, evaluate_now, save, out_dir / "log.jsonl", is_main, discard=discard)
 
 
 def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> None:
@@ -241,6 +262,9 @@ def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> 
     print(f"trained {result['steps']} steps in {result['train_seconds']:.0f} s of optimisation "
           f"({result['useful_tokens_per_s']:.0f} useful tokens/s; shared prefix {result['shared_prefix_tokens']} "
           f"tokens); {result['wall_time_s']:.0f} s in all")
+    if callback.best and len(callback.history) > 1:
+        print(f"best validation epoch {callback.best['epoch']} of {len(callback.history)} "
+              f"({callback.best['metric']} {callback.best['value']:.3f})")
     for path in result["adapters"]:
         print(f"saved adapter {path}")
     print(f"run folder {out_dir} (manifest.json, log.jsonl, learning_curve.png)")

@@ -254,8 +254,22 @@ def balance_per_label(splits: dict, counts: dict, seed: int) -> tuple:
     return out, short
 
 
-def cap_samples(splits: dict, max_samples: int | None, seed: int) -> dict:
-    return {split: sample_rows(rows, max_samples, seed) for split, rows in splits.items()}
+def cap_samples(splits: dict, max_samples, seed: int) -> dict:
+    """Seeded samples: max_samples is N for every split, or 'N_train,N_val,N_test' (0 = all)."""
+    caps = parse_caps(max_samples)
+    return {split: sample_rows(rows, caps.get(split), seed) for split, rows in splits.items()}
+
+
+def parse_caps(text) -> dict:
+    if text is None or text == "":
+        return {}
+    try:
+        numbers = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--max_samples takes N or N_train,N_val,N_test, got {text!r}") from None
+    if len(numbers) not in (1, 3) or min(numbers) < 0:
+        raise UserError(f"--max_samples takes N or N_train,N_val,N_test of counts >= 0, got {text!r}")
+    return dict(zip(SPLITS, numbers * 3 if len(numbers) == 1 else numbers))
 
 
 def split_summary(splits: dict) -> dict:
@@ -320,9 +334,15 @@ def parse_counts(text) -> dict:
 
 
 def prepare_splits(spec: TaskSpec, prompter, val_ratio: float = 0.2, test_ratio: float = 0.0, seed: int = 42,
-                   balance=None, max_samples: int | None = None) -> tuple:
-    """Rendered examples per split, and what the manifest records about them."""
+                   balance=None, max_samples=None, max_words: int | None = None, resplit: bool = False) -> tuple:
+    """Rendered examples per split, and what the manifest records about them. max_samples caps
+    every split (N) or each one (N_train,N_val,N_test); max_words cuts each text to its first words;
+    resplit carves validation and test from the train rows, leaving the source's own held-out
+    splits untouched (for choosing settings without looking at the test set)."""
     examples, skipped = build_examples(spec, load_source_rows(spec))
+    if resplit:
+        examples = {"train": examples.get("train", [])}
+    cut = cut_words(examples, max_words)
     balance = balance or spec.balance_per_label
     splits = split_examples(examples, val_ratio, test_ratio, seed)
     splits, shortfalls = balance_per_label(splits, parse_counts(balance) if balance else {}, seed)
@@ -335,10 +355,21 @@ def prepare_splits(spec: TaskSpec, prompter, val_ratio: float = 0.2, test_ratio:
     spec_dict, merge = spec.saved_form()
     info = {"task": spec.name, "merge": merge, "merge_map": spec.merge_map, "task_type": spec.type,
             "labels": spec.label_names, "prompt": prompter.describe(), "seed": seed, "val_ratio": val_ratio,
-            "test_ratio": test_ratio, "balance_per_label": balance, "max_samples": max_samples,
-            "skipped_rows": skipped, "balance_shortfalls": shortfalls, "splits": split_summary(splits),
-            "task_spec": spec_dict}
+            "test_ratio": test_ratio, "resplit": resplit, "balance_per_label": balance, "max_samples": max_samples,
+            "max_words": max_words, "texts_cut_to_max_words": cut, "skipped_rows": skipped,
+            "balance_shortfalls": shortfalls, "splits": split_summary(splits), "task_spec": spec_dict}
     return splits, info
+
+
+def cut_words(examples: dict, max_words: int | None) -> int:
+    """Cut every text to its first max_words words (in place); returns how many were cut."""
+    cut = 0
+    for rows in examples.values() if max_words else ():
+        for ex in rows:
+            words = str(ex.get("text", "")).split()
+            if len(words) > max_words:
+                ex["text"], cut = " ".join(words[:max_words]), cut + 1
+    return cut
 
 
 def write_dataset_folder(out_dir: Path, splits: dict, manifest: dict, overwrite: bool = False,

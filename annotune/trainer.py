@@ -236,7 +236,9 @@ def read_task_data(args, tokenizer, config, default_task: str) -> TrainingData:
             raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {args.merge}")
         kind = resolve_kind(config, args.mode, spec.type)
         prompt = manifest["prompt"]
-        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, kind == "seq2seq")
+        # A head reads the text, not the prompt: a folder rendered with a chat template still trains one.
+        template = "auto" if kind == "classifier" else prompt["template"]
+        prompter = Prompter(spec, template, prompt["with_definitions"], tokenizer, kind == "seq2seq")
         info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec")}
         return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
     if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
@@ -411,17 +413,27 @@ def trainer_arguments(args, out_dir: Path):
         dataloader_num_workers=0, ddp_find_unused_parameters=False)
 
 
-def parse_save_epochs(text, last) -> set:
-    """--save_epochs 1,2,3 as a set; the last epoch is always saved."""
-    if not text:
-        return {last} if last else set()
-    try:
-        epochs = {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise UserError(f"--save_epochs takes comma-separated epochs, got {text!r}") from None
-    if last and max(epochs) > last:
+def parse_save_epochs(text, last) -> tuple:
+    """--save_epochs as (epochs to save, what else to keep). Default: nothing fixed, keep 'best' (the
+    epoch with the best validation score). '1,2,3' saves those and keeps the best too; 'last' and
+    'all' keep the last or every epoch."""
+    keep = "best"
+    if not text or not text.strip():
+        return set(), keep
+    epochs = set()
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        if part in ("best", "last", "all"):
+            keep = part if part != "best" else keep
+            continue
+        try:
+            epochs.add(int(part))
+        except ValueError:
+            raise UserError(f"--save_epochs takes comma-separated epochs, best, last or all; got {text!r}") from None
+    if epochs and min(epochs) < 1:
+        raise UserError(f"--save_epochs {text}: epochs count from 1")
+    if last and epochs and max(epochs) > last:
         raise UserError(f"--save_epochs {text}: the run has only {last} epochs")
-    return epochs | ({last} if last else set())
+    return epochs, keep
 
 
 @dataclass
@@ -430,7 +442,11 @@ class SavePlan:
     metric: str  # the validation metric that decides the best epoch (macro_f1, rougeL)
     eval_strategy: str = "epoch"  # epoch, steps, no
     eval_steps: int = 0
-    save_epochs: set = field(default_factory=set)  # epochs whose adapter is saved
+    save_epochs: set = field(default_factory=set)  # epochs whose adapter is saved whatever their score
+    keep: str = "best"  # best: also the epoch with the best validation score (the last one without
+    #                     validation); last: also the last epoch; all: every epoch
+    last_epoch: int | None = None  # --epoch N (None with --stop_condition steps)
+    select: str = ""  # the validation value that picks the best epoch (default: metric)
     by_steps: bool = False  # --stop_condition steps: the adapter is saved at the last step
     keep_best: bool = False
     patience: int = 0
@@ -438,14 +454,18 @@ class SavePlan:
     stop_after_steps: int = 0  # tests: simulate a crash after this many steps (a checkpoint is written)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 class EvaluateAndSave(TrainerCallback):
     """train.py's side of the loop: per-step log rows, validation with the real evaluation
     (`evaluate()` -> metrics), adapters saved at the planned epochs (`save(name_suffix, epoch, step,
     metrics)`), best-epoch tracking, early stopping. Only the main process evaluates and writes."""
 
-    def __init__(self, plan: SavePlan, evaluate, save, log_path: Path, is_main: bool, report=print):
+    def __init__(self, plan: SavePlan, evaluate, save, log_path: Path, is_main: bool, report=print, discard=None):
         self.plan, self.evaluate, self.save, self.log_path, self.is_main = plan, evaluate, save, log_path, is_main
-        self.report = report
+        self.report, self.discard = report, discard  # discard(name_suffix): remove an adapter no longer kept
         self.trainer = None  # set by attach()
         self.history, self.best, self.bad_epochs = [], {}, 0
         self.interrupted, self._start = False, None
@@ -500,13 +520,13 @@ class EvaluateAndSave(TrainerCallback):
             if metrics:
                 self._log_eval(epoch, step, metrics, "epoch")
                 self._print_epoch(epoch, metrics)
-            if epoch in self.plan.save_epochs or done:
-                self.save(f"step{step}" if self.plan.by_steps else f"epoch{epoch}", epoch, step, metrics)
-            if self._track(epoch, step, metrics) and self.plan.keep_best:
-                self.save("best", epoch, step, metrics)
+            previous = self.best.get("epoch")
+            best = self._track(epoch, step, metrics)
             stop = bool(self.plan.patience) and self.bad_epochs >= self.plan.patience
+            last = done or stop or epoch >= (self.plan.last_epoch or float("inf"))
+            self._keep(epoch, step, metrics, best, last, previous)
             if stop:
-                self.report(f"early stopping: no better validation {self.plan.metric} for {self.bad_epochs} epochs")
+                self.report(f"early stopping: no better validation {self._select} for {self.bad_epochs} epochs")
         if self.trainer.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -515,14 +535,34 @@ class EvaluateAndSave(TrainerCallback):
         control.should_training_stop = control.should_training_stop or stop
         return control
 
+    def _keep(self, epoch, step, metrics, best, last, previous) -> None:
+        """Save this epoch's adapter if the plan wants it; a best epoch replaces the previous best
+        unless that one was asked for by number. Runs before the Trainer writes this epoch's
+        checkpoint, so a crash in here repeats the whole epoch end on resume."""
+        plan = self.plan
+        # With no validation score at any epoch, "best" means the last.
+        wanted = (epoch in plan.save_epochs or plan.keep == "all" or (last and plan.by_steps)
+                  or (plan.keep == "best" and best) or (last and (plan.keep == "last" or not self.best)))
+        if wanted:
+            self.save(f"step{step}" if plan.by_steps else f"epoch{epoch}", epoch, step, metrics)
+        if best and plan.keep_best:
+            self.save("best", epoch, step, metrics)
+        if (best and plan.keep == "best" and previous is not None and previous != epoch
+                and previous not in plan.save_epochs and self.discard):
+            self.discard(f"epoch{previous}")
+
+    @property
+    def _select(self) -> str:
+        return self.plan.select or self.plan.metric
+
     def _track(self, epoch, step, metrics) -> bool:
-        """Record an epoch's evaluation; True when it is the best so far."""
+        """Record an epoch's evaluation; True when it is the best so far (ties keep the earlier)."""
         self.history.append({"epoch": epoch, "step": step, **{k: v for k, v in metrics.items() if k not in ("type", "at")}})
-        value = metrics.get(self.plan.metric)
-        if value is None:
+        value = metrics.get(self._select)
+        if not _finite(value):
             return False
         if not self.best or value > self.best["value"]:
-            self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self.plan.metric}, 0
+            self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self._select}, 0
             return True
         self.bad_epochs += 1
         return False

@@ -128,3 +128,31 @@ def test_push_to_hub_fails_fast_without_token_or_network(tmp_path, capsys, monke
     assert time.perf_counter() - start < 30
     assert "cannot be reached" in capsys.readouterr().err
     assert "hf_dummy_for_test" not in json.dumps(manifest_of(tmp_path / "ds2"))  # tokens never land in files
+
+
+def test_caps_per_split_word_cut_and_resplit_leave_the_test_file_unread(tmp_path):
+    out = tmp_path / "ds"
+    assert run_script("preprocess", ["--task", "drug_reviews", "--template", "alpaca", "--output_dir", out,
+                                     "--max_samples", "100,30,50", "--max_words", "12"]) == 0
+    manifest = manifest_of(out)
+    assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 100, "validation": 30, "test": 50}
+    assert manifest["texts_cut_to_max_words"] > 100
+    from datasets import load_from_disk
+
+    assert max(len(t.split()) for t in load_from_disk(str(out))["train"]["text"]) == 12
+    # --resplit: validation and test come from the 600 train reviews; the official test rows are not read.
+    official = manifest["splits"]["test"]["ids"]
+    assert run_script("preprocess", ["--task", "drug_reviews", "--template", "alpaca", "--output_dir", tmp_path / "r",
+                                     "--resplit", "--test_ratio", "0.3"]) == 0
+    splits = manifest_of(tmp_path / "r")["splits"]
+    assert {k: v["count"] for k, v in splits.items()} == {"train": 300, "validation": 120, "test": 180}
+    assert not set(splits["test"]["ids"]) & set(official)  # 600 = the train file's rows, split three ways
+    assert len(set(sum((v["ids"] for v in splits.values()), []))) == 600
+
+
+@pytest.mark.parametrize("flags", [["--max_samples", "1,2"], ["--max_samples", "x"], ["--max_words", "0"]])
+def test_bad_caps_exit_2(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit
+        run_script("preprocess", flags + ["--output_dir", tmp_path / "x"])
+    assert stop.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

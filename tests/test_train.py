@@ -70,7 +70,11 @@ def test_training_improves_the_metric_on_a_learnable_task(in_tmp, tiny_llama_dir
     # lr 3e-3 for 8 epochs reaches accuracy 1.0 by epoch 5 with seeds 42, 1 and 2 (5e-3 is unstable here).
     assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--epoch", 8,
                                 "--learning_rate", "3e-3", "--lora_r", 8, "--output_dir", "run", "--quiet"]) == 0
-    adapter = next(p for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch8"))
+    # One adapter is kept: the epoch with the best validation score (the first to reach the top).
+    best = json.loads((in_tmp / "run" / "manifest.json").read_text())["result"]["best"]
+    adapters = [p for p in (in_tmp / "run").iterdir() if (p / "annotune.json").exists()]
+    assert [p.name for p in adapters] == [f"{os.path.basename(tiny_llama_dir)}-colours-epoch{best['epoch']}"]
+    adapter = adapters[0]
     assert run_script("evaluate", ["--adapters_name", adapter, "--base_only", "--output_dir", "ev", "--quiet"]) == 0
     before = json.loads(next((in_tmp / "ev").glob("base_*/validation/metrics.json")).read_text())
     after = json.loads((in_tmp / "ev" / adapter.name / "validation" / "metrics.json").read_text())
