@@ -228,11 +228,12 @@ def sampling(args) -> dict:
 
 
 def annotate(args, adapters, base):
-    """Label --predict_file with one model, resumably; shards across accelerate processes."""
+    """Label --predict_file with one model, resumably; chunks dealt across accelerate processes."""
     from accelerate import PartialState
 
     from annotune.annotator import load_annotator
-    from annotune.corpus import annotate_file, check_input, merge_shards
+    from annotune.corpus import PartStore, annotate_file, check_input
+    from annotune.files import remove_dir
     from annotune.models import device_name
 
     if len(adapters) + (1 if base else 0) != 1:
@@ -240,21 +241,40 @@ def annotate(args, adapters, base):
     output = Path(args.output or f"{args.predict_file}.labeled.csv")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output} already exists; pass --overwrite or choose another --output")
-    check_input(args.predict_file, args.text_column)
+    input_sha256 = check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization)
     state = PartialState(cpu=device_name() == "cpu")
     rule = decision_rule(args, annotator, {}, "predict")  # the adapter's own rule; argmax for a base model
-    result = annotate_file(annotator, args.predict_file, args.text_column, str(output), args.batch_size, args.mode,
+    store = PartStore(output, annotation_fingerprint(args, adapters, annotator, rule, input_sha256))
+    if state.is_main_process:
+        if args.overwrite:
+            remove_dir(store.folder)
+        store.open()
+    state.wait_for_everyone()
+    store.open()  # every process reads the finished ranges
+    result = annotate_file(annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
                            args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
-                           progress=not args.quiet, max_new_tokens=args.max_new_tokens, rule=rule)
+                           progress=not args.quiet, rule=rule, length_norm=args.length_norm,
+                           max_new_tokens=args.max_new_tokens, sampling=sampling(args))
     if result["interrupted"]:
         print(f"stopped after {result['labelled']} rows; run the same command again to resume")
         return 0
     state.wait_for_everyone()
     if state.is_main_process:
-        count = merge_shards(str(output), state.num_processes, result["columns"])
+        count = store.join(output, result["columns"], result["total"])
         print(f"labelled {count} rows -> {output}")
     return 0
+
+
+def annotation_fingerprint(args, adapters, annotator, rule, input_sha256: str) -> dict:
+    """Everything that changes a label: a resumed annotation must match it exactly."""
+    from annotune.adapters import weights_sha256
+
+    return {"model": f"adapter sha256 {weights_sha256(adapters[0])}" if adapters else f"base {annotator.name}",
+            "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
+            "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
+            "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
+            "text_column": args.text_column, "labels": annotator.spec.label_names}
 
 
 def main(argv=None):

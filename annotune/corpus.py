@@ -1,20 +1,28 @@
-"""Labelling an unlabelled corpus file in chunks: streamed (a 100k-row file never sits in memory),
-written chunk by chunk with fsync and a progress record, so an interrupted run resumes where it
-stopped and never labels a row twice. Under `accelerate launch` chunks are dealt round-robin to the
-processes and merged back into one file in input order.
+"""Labelling an unlabelled corpus file in chunks: streamed (a 100k-row file never sits in memory)
+and written as finished row ranges, so an interrupted run resumes where it stopped and never labels
+a row twice. Under `accelerate launch` chunks are dealt round-robin to the processes.
+
+Each finished range of rows is one CSV part, written atomically, in <output>.parts/ and named by its
+row range, so a resume with another --chunk_rows labels exactly the rows no part holds. The folder's
+settings.json holds the fingerprint of everything that changes a prediction (the model's weights,
+the decision rule, the mode and decoding settings, the input file's content): a resume with other
+settings refuses instead of mixing two models' labels in one file. When every row is in a part,
+the parts are joined in row order into the output and the folder is removed.
 """
 from __future__ import annotations
 
 import csv
-import heapq
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .cli import UserError
 from .files import atomic_write_json, infer_format, iter_rows
 
 ROW = "row"
+SETTINGS = "settings.json"
 
 
 def iter_input(path: str, text_column: str, chunk_rows: int):
@@ -35,20 +43,23 @@ def iter_input(path: str, text_column: str, chunk_rows: int):
         yield chunk
 
 
-def check_input(path: str, text_column: str) -> None:
-    """Fail before any model work: the file exists, is UTF-8 and has the text column."""
+def check_input(path: str, text_column: str) -> str:
+    """Fail before any model work: the file exists, is UTF-8 and has the text column. Returns the
+    SHA-256 of its bytes (part of the run's fingerprint)."""
     import codecs
 
     for _ in iter_input(path, text_column, 1):
         break
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    decoder, digest = codecs.getincrementaldecoder("utf-8")(), hashlib.sha256()
     with open(path, "rb") as handle:
         try:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 decoder.decode(block)
+                digest.update(block)
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8; convert it, e.g. iconv -t UTF-8") from None
+    return digest.hexdigest()
 
 
 def output_columns(annotator, input_columns):
@@ -57,32 +68,83 @@ def output_columns(annotator, input_columns):
     return [ROW] + [c for c in input_columns if c not in extra and c != ROW] + extra
 
 
-class ShardWriter:
-    """Appends finished chunks to <output>.part<rank> and records how far it got."""
+class PartStore:
+    """The finished row ranges of one annotation run: <output>.parts/r<start>-<end>.csv (end
+    exclusive, no header), each written whole or not at all, and settings.json (the fingerprint)."""
 
-    def __init__(self, output: Path, rank: int, columns):
-        self.path = output.with_name(f"{output.name}.part{rank}")
-        self.progress_path = output.with_name(f"{output.name}.part{rank}.json")
-        self.columns = columns
-        self.done_chunks, size = set(), 0
-        if self.progress_path.exists():
-            state = json.loads(self.progress_path.read_text())
-            self.done_chunks, size = set(state["chunks"]), state["bytes"]
-        # Drop anything written after the last recorded chunk (a crash mid-write).
-        with open(self.path, "a+b") as handle:
-            handle.truncate(size)
-        self.size = size
+    def __init__(self, output: Path, fingerprint: dict):
+        self.folder = output.with_name(f"{output.name}.parts")
+        self.fingerprint = fingerprint
+        self.ranges = []  # finished (start, end) row ranges, read by open()
 
-    def write(self, chunk_index: int, rows):
-        buf = _csv_text(rows, self.columns, header=self.size == 0)
-        data = buf.encode("utf-8")
-        with open(self.path, "ab") as handle:
-            handle.write(data)
+    def _scan(self):
+        for path in self.folder.glob("r*-*.csv") if self.folder.is_dir() else ():
+            start, end = path.stem[1:].split("-")
+            yield int(start), int(end)
+
+    def open(self) -> None:
+        """Start or continue: refuse parts written with other settings (one line naming them)."""
+        settings, self.ranges = self.folder / SETTINGS, sorted(self._scan())
+        if settings.exists():
+            old = json.loads(settings.read_text(encoding="utf-8"))
+            differ = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
+            if differ:
+                raise UserError(f"{self.folder} holds rows labelled with other settings ({', '.join(differ)} "
+                                "differ); rerun with the same settings to resume, or pass --overwrite to start clean")
+        elif self.ranges:
+            raise UserError(f"{self.folder} holds parts but no {SETTINGS}; pass --overwrite to start clean")
+        else:
+            atomic_write_json(settings, self.fingerprint)
+
+    def done(self, number: int) -> bool:
+        import bisect
+
+        i = bisect.bisect_right(self.ranges, (number, float("inf"))) - 1
+        return i >= 0 and self.ranges[i][0] <= number < self.ranges[i][1]
+
+    def write(self, rows: list, columns) -> None:
+        """Rows (consecutive row numbers) as one part."""
+        start, end = rows[0][ROW], rows[-1][ROW] + 1
+        path = self.folder / f"r{start:012d}-{end:012d}.csv"
+        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(_csv_text(rows, columns, header=False))
             handle.flush()
             os.fsync(handle.fileno())
-        self.size += len(data)
-        self.done_chunks.add(chunk_index)
-        atomic_write_json(self.progress_path, {"chunks": sorted(self.done_chunks), "bytes": self.size})
+        os.replace(tmp, path)
+        self.ranges = sorted(self.ranges + [(start, end)])
+
+    def join(self, output: Path, columns, total: int) -> int:
+        """All parts, in row order, into `output` (atomically); then the folder is removed."""
+        ranges, expected = sorted(self._scan()), 0
+        for start, end in ranges:
+            if start != expected:
+                raise UserError(f"{self.folder}: rows {expected}-{start - 1} are missing; run the same command again")
+            expected = end
+        if expected != total:
+            raise UserError(f"{self.folder}: rows {expected}-{total - 1} are missing; run the same command again")
+        tmp = output.with_name(f".{output.name}.tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            out.write(_csv_text([], columns, header=True))
+            for start, end in ranges:
+                with open(self.folder / f"r{start:012d}-{end:012d}.csv", encoding="utf-8", newline="") as part:
+                    shutil.copyfileobj(part, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, output)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return total
+
+
+def runs_of(numbers: list) -> list:
+    """[3, 4, 5, 9, 10] -> [[3, 4, 5], [9, 10]]: consecutive row numbers, one part each."""
+    out = []
+    for n in numbers:
+        if out and out[-1][-1] == n - 1:
+            out[-1].append(n)
+        else:
+            out.append([n])
+    return out
 
 
 def _csv_text(rows, columns, header: bool) -> str:
@@ -96,75 +158,45 @@ def _csv_text(rows, columns, header: bool) -> str:
     return buf.getvalue()
 
 
-def annotate_file(annotator, path: str, text_column: str, output: str, batch_size: int = 16, mode: str = "score",
-                  chunk_rows: int = 256, rank: int = 0, world: int = 1, stop_after_chunks: int = 0,
-                  progress: bool = True, max_new_tokens: int | None = None, rule=None) -> dict:
-    """Label every row of `path` into `output` (CSV): input columns, prediction, prob_<label>. With a
-    fitted decision rule the prediction is the rule's and the probabilities are its calibrated ones."""
-    output = Path(output)
-    columns = None
-    writer = None
-    bar = None
+def annotate_file(annotator, path: str, text_column: str, store: PartStore, batch_size: int = 16,
+                  mode: str = "score", chunk_rows: int = 256, rank: int = 0, world: int = 1,
+                  stop_after_chunks: int = 0, progress: bool = True, rule=None, **predict_kwargs) -> dict:
+    """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
+    prediction, prob_<label>. With a fitted decision rule the prediction is the rule's and the
+    probabilities are its calibrated ones. Returns the row count and the columns for the join."""
+    columns, bar, labelled, written, total = None, None, 0, 0, 0
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="annotating", unit="row")
-    labelled = 0
     for chunk_index, chunk in enumerate(iter_input(path, text_column, chunk_rows)):
+        total += len(chunk)
         if columns is None:
             columns = output_columns(annotator, list(chunk[0][1].keys()))
-            writer = ShardWriter(output, rank, columns)
-        if chunk_index % world != rank or chunk_index in writer.done_chunks:
-            if bar is not None:
-                bar.update(len(chunk))
+        todo = [(n, row) for n, row in chunk if not store.done(n)] if chunk_index % world == rank else []
+        if bar is not None:
+            bar.update(len(chunk) * (world if chunk_index % world == rank else 0))
+        if not todo:
             continue
-        rows = [{"text": str(row[text_column] or ""), "id": str(number)} for number, row in chunk]
-        preds = annotator.predict(rows, mode, batch_size, max_new_tokens=max_new_tokens)
+        rows = [{"text": str(row[text_column] or ""), "id": str(n)} for n, row in todo]
+        preds = annotator.predict(rows, mode, batch_size, **predict_kwargs)
         if rule is not None and rule.fitted and preds and "probs" in preds[0]:
             preds = [dict(p, probs=p["calibrated_probs"]) for p in rule.relabel(preds)]
-        out = []
-        for (number, row), pred in zip(chunk, preds):
-            record = {ROW: number, **row, "prediction": pred["prediction"]}
-            for label, value in (pred.get("probs") or {}).items():
-                record[f"prob_{label}"] = value
-            out.append(record)
-        writer.write(chunk_index, out)
-        labelled += len(out)
-        if bar is not None:
-            bar.update(len(chunk) * world)
-        if stop_after_chunks and len(writer.done_chunks) >= stop_after_chunks:
+        records = {n: record_of(n, row, pred) for (n, row), pred in zip(todo, preds)}
+        for numbers in runs_of([n for n, _ in todo]):
+            store.write([records[n] for n in numbers], columns)
+        labelled, written = labelled + len(todo), written + 1
+        if stop_after_chunks and written >= stop_after_chunks:
             return {"interrupted": True, "labelled": labelled}
     if bar is not None:
         bar.close()
     if columns is None:
         raise UserError(f"--predict_file {path} has no rows")
-    return {"interrupted": False, "labelled": labelled, "columns": columns}
+    return {"interrupted": False, "labelled": labelled, "columns": columns, "total": total}
 
 
-def merge_shards(output: str, world: int, columns) -> int:
-    """Merge the per-process shards into `output` in input order, then remove them."""
-    output = Path(output)
-    parts = [output.with_name(f"{output.name}.part{r}") for r in range(world)]
-    handles = [open(p, encoding="utf-8", newline="") for p in parts if p.exists()]
-    tmp = output.with_name(f".{output.name}.tmp")
-    count = 0
-    try:
-        readers = [csv.DictReader(h) for h in handles]
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
-            writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-            writer.writeheader()
-            for row in heapq.merge(*readers, key=lambda r: int(r[ROW])):
-                writer.writerow(row)
-                count += 1
-        os.replace(tmp, output)
-    finally:
-        for h in handles:
-            h.close()
-        if tmp.exists():
-            tmp.unlink()
-    for r in range(world):
-        for suffix in ("", ".json"):
-            part = output.with_name(f"{output.name}.part{r}{suffix}")
-            if part.exists():
-                part.unlink()
-    return count
+def record_of(number: int, row: dict, pred: dict) -> dict:
+    record = {ROW: number, **row, "prediction": pred["prediction"]}
+    for label, value in (pred.get("probs") or {}).items():
+        record[f"prob_{label}"] = value
+    return record

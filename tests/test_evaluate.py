@@ -99,32 +99,80 @@ def test_generation_metrics_base_vs_tuned_with_boxplots(in_tmp, tiny_t5_dir):
     assert len(rec["scores"]) >= 5
 
 
-@pytest.mark.slow
-def test_annotating_10k_rows_interrupted_and_resumed(in_tmp, pol_run):
-    posts = in_tmp / "posts.csv"
-    with open(posts, "w", newline="") as handle:
+def write_posts(path, n, word="guns"):
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["post_id", "body"])
-        for i in range(10_000):
-            writer.writerow([f"p{i}", f"post number {i} about guns" if i % 3 else "ban them all, now"])
+        for i in range(n):
+            writer.writerow([f"p{i}", f"post number {i} about {word}" if i % 3 else "ban them all, now"])
+    return path
+
+
+def read_labelled(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def same_labels(a, b):
+    """Same rows, columns and labels; probabilities equal up to float noise (batches pad differently)."""
+    ra, rb = read_labelled(a), read_labelled(b)
+    assert [list(r) for r in ra] == [list(r) for r in rb]
+    for x, y in zip(ra, rb):
+        assert {k: v for k, v in x.items() if not k.startswith("prob_")} == \
+            {k: v for k, v in y.items() if not k.startswith("prob_")}
+        assert all(abs(float(x[k]) - float(y[k])) < 1e-5 for k in x if k.startswith("prob_"))
+    return len(ra)
+
+
+@pytest.mark.slow
+def test_annotating_10k_rows_interrupted_and_resumed_with_another_chunk_size(in_tmp, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 10_000)
     argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--output", "out.csv",
-            "--chunk_rows", 1000, "--batch_size", 64, "--quiet"]
-    assert run_script("evaluate", argv + ["--stop_after_chunks", 3]) == 0
+            "--batch_size", 64, "--quiet"]
+    assert run_script("evaluate", argv + ["--chunk_rows", 1000, "--stop_after_chunks", 3]) == 0
     assert not (in_tmp / "out.csv").exists()
-    partial = (in_tmp / "out.csv.part0").read_text().splitlines()
-    assert len(partial) == 3001  # header + three chunks
-    # Simulate a crash in the middle of writing the fourth chunk: a torn line after the last record.
-    with open(in_tmp / "out.csv.part0", "a") as handle:
-        handle.write("3000,p3000,torn")
-    assert run_script("evaluate", argv) == 0
-    with open(in_tmp / "out.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    assert sorted(p.name for p in (in_tmp / "out.csv.parts").glob("r*.csv")) == [
+        f"r{a:012d}-{a + 1000:012d}.csv" for a in (0, 1000, 2000)]
+    # A crash in the middle of writing the fourth part leaves only its temporary file behind.
+    (in_tmp / "out.csv.parts" / ".r000000003000-000000004000.csv.1.tmp").write_text("3000,p3000,torn")
+    assert run_script("evaluate", argv + ["--chunk_rows", 700]) == 0
+    rows = read_labelled(in_tmp / "out.csv")
     assert [int(r["row"]) for r in rows] == list(range(10_000))
     assert [r["post_id"] for r in rows] == [f"p{i}" for i in range(10_000)]
     assert {r["prediction"] for r in rows} <= {"polarized", "unpolarized", "other"}
     assert all(abs(sum(float(r[f"prob_{l}"]) for l in ("polarized", "unpolarized", "other")) - 1) < 1e-3 for r in rows[:50])
-    assert not list(in_tmp.glob("out.csv.part*"))
+    assert not (in_tmp / "out.csv.parts").exists()
     assert run_script("evaluate", argv) == 2  # never overwrites the finished file
+
+
+def test_annotation_resumed_with_any_chunk_size_labels_every_row_once_from_one_model(in_tmp, pol_run, capsys):
+    posts = write_posts(in_tmp / "posts.csv", 40)
+    common = ["--predict_file", posts, "--text_column", "body", "--quiet"]
+    first, second = ["--adapters_name", pol_run[-1]], ["--adapters_name", pol_run[0]]
+    assert run_script("evaluate", first + common + ["--output", "clean.csv"]) == 0
+    # Interrupted after one chunk of 4 rows, resumed with chunks of 8 (case 1: rows were dropped).
+    assert run_script("evaluate", first + common + ["--output", "a.csv", "--chunk_rows", 4, "--stop_after_chunks", 1]) == 0
+    assert run_script("evaluate", first + common + ["--output", "a.csv", "--chunk_rows", 8, "--stop_after_chunks", 2]) == 0
+    assert run_script("evaluate", first + common + ["--output", "a.csv", "--chunk_rows", 3]) == 0
+    assert same_labels(in_tmp / "a.csv", in_tmp / "clean.csv") == 40
+    # Resumed with another adapter, another decision setting or another input file: refused (case 2).
+    assert run_script("evaluate", first + common + ["--output", "b.csv", "--chunk_rows", 4, "--stop_after_chunks", 1]) == 0
+    capsys.readouterr()
+    for other, differs in ((second + common, "model"), (first + common + ["--length_norm"], "length_norm"),
+                           (first + common + ["--decision", "argmax"], "decision_rule")):
+        if differs == "decision_rule" and not json.loads((pol_run[-1] / "annotune.json").read_text()).get("decision_rule"):
+            continue  # no rule saved (no validation in this run): argmax either way
+        assert run_script("evaluate", other + ["--output", "b.csv"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"({differs} differ" in err and len(err.splitlines()) == 1
+    write_posts(posts, 40, word="knives")
+    assert run_script("evaluate", first + common + ["--output", "b.csv"]) == 2
+    assert "input_sha256" in capsys.readouterr().err
+    # --overwrite starts clean: every row from the second model, none left from the first.
+    write_posts(posts, 40)
+    assert run_script("evaluate", second + common + ["--output", "b.csv", "--overwrite"]) == 0
+    assert run_script("evaluate", second + common + ["--output", "clean2.csv"]) == 0
+    assert same_labels(in_tmp / "b.csv", in_tmp / "clean2.csv") == 40
 
 
 @pytest.mark.parametrize("case,message", [
