@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from annotune.cli import UserError, parser, quiet_libraries, run_cli
+from annotune.cli import UserError, check_ranges, parser, quiet_libraries, run_cli
 
 DEFAULT_TASK = "drug_reviews"
 DEFAULT_MODEL = "smollm2-135m"
@@ -81,6 +81,9 @@ def parse_args(argv=None):
     g.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     g.add_argument("--stop_after_chunks", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
     args = p.parse_args(argv)
+    check_ranges(p, args, {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
+                           "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
+                           "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0")})
     if not args.adapters_name and not args.base_only:
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
     return args
@@ -163,6 +166,9 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
                                              args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
                                              seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
                                              sampling=sampling(args), rule=decision_rule(args, annotator, rows_by_split, split))
+            if metrics.get("truncated"):
+                print(f"note: {metrics['truncated']} {split} texts were cut to fit {annotator.name}'s context "
+                      f"(flagged 'truncated' in predictions.jsonl)")
             results.append({"name": annotator.name, "split": split, "metrics": metrics, "records": records,
                             "epoch": annotator.info.get("epoch"), "adapter": str(adapter) if adapter else None})
         if args.annotations:
@@ -198,7 +204,7 @@ def decision_rule(args, annotator, rows_by_split, split):
     """The rule for `split`: the adapter's own (fit on validation in training), else one fit now on
     up to 400 validation rows; none with --decision argmax, for generation, or on the validation
     split itself (a rule is never reported on the rows it was fit on)."""
-    from annotune.decision import DecisionRule, fit_rule
+    from annotune.decision import DecisionRule, fit_rule, probs_matrix
     from annotune.examples import sample_rows
 
     spec = annotator.spec
@@ -212,7 +218,7 @@ def decision_rule(args, annotator, rows_by_split, split):
     if "rule" not in annotator.info:  # fit once per annotator (--table asks for two splits)
         val = sample_rows(rows_by_split["validation"], 400, args.seed)
         preds = annotator.predict(val, args.mode, args.batch_size, args.length_norm)
-        probs = [[p["probs"][l] for l in spec.label_names] for p in preds]
+        probs = probs_matrix(preds, spec.label_names)
         annotator.info["rule"] = fit_rule(probs, [r["label"] for r in val], spec.label_names, args.decision_objective)
     return annotator.info["rule"]
 
@@ -281,6 +287,7 @@ def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
     from annotune.adapters import find_adapter, natural_order
+    from annotune.agreement import load_annotations
     from annotune.annotator import BaseModels
     from annotune.files import remove_dir, staging_dir
     from annotune.labels import check_label_list
@@ -293,6 +300,8 @@ def main(argv=None):
         return annotate(args, adapters, base)
     spec, rows_by_split, info = evaluation_data(args, adapters, base)
     check_label_list(args.label_name, spec.label_names)
+    if args.annotations:  # read them now: a bad file fails before the evaluation, not after it
+        load_annotations(args.annotations, spec, args.annotation_id_column, args.annotation_label_column)
     out_dir = Path(args.output_dir or Path("runs") / "eval" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} already holds results; choose another --output_dir")

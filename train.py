@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from annotune.cli import UserError, parser, quiet_libraries, run_cli
+from annotune.cli import UserError, check_ranges, parser, quiet_libraries, run_cli
 
 if TYPE_CHECKING:
     from annotune.trainer import TrainingData
@@ -47,6 +47,17 @@ def parse_args(argv=None):
     add_training_flags(p)
     add_saving_flags(p)
     args = p.parse_args(argv)
+    tiny = 1e-12  # "greater than 0" for floats
+    check_ranges(p, args, {
+        "epochs": (1, None, "at least 1"), "learning_rate": (tiny, None, "a number > 0"),
+        "train_batch_size": (1, None, "at least 1"), "eval_batch_size": (1, None, "at least 1"),
+        "gradient_accumulation_steps": (1, None, "at least 1"), "max_seq_length": (8, None, "at least 8"),
+        "weight_decay": (0, None, "a number >= 0"), "warmup_ratio": (0, 0.99, "in [0, 1)"),
+        "max_grad_norm": (0, None, "a number >= 0"), "lora_r": (1, None, "at least 1"),
+        "lora_alpha": (tiny, None, "> 0"), "lora_dropout": (0, 0.99, "in [0, 1)"),
+        "max_train_samples": (1, None, "at least 1"), "max_eval_samples": (0, None, "at least 0 (0 = all)"),
+        "early_stopping_patience": (0, None, "at least 0"), "save_every_steps": (0, None, "at least 0"),
+        "steps": (0, None, "at least 0")})
     if args.stop_condition == "steps" and args.steps <= 0:
         p.error("--stop_condition steps needs --steps N > 0")
     if args.eval_strategy == "steps" and args.eval_steps <= 0:
@@ -132,17 +143,6 @@ def add_saving_flags(p):
     g.add_argument("--record_examples", action="store_true", help=argparse.SUPPRESS)  # tests: ids seen per process
 
 
-def output_folder(args, default_name: str) -> Path:
-    out = Path(args.output_dir or Path("runs") / default_name)
-    if args.resume_from_checkpoint:
-        if not out.is_dir():
-            raise UserError(f"--resume_from_checkpoint: {out} does not exist")
-    elif out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
-        raise UserError(f"{out} already holds a run; pass --overwrite_output_dir, --resume_from_checkpoint "
-                        "or another --output_dir")
-    return out
-
-
 def build_model(args, data: TrainingData, tokenizer):
     from annotune.models import add_lora, load_model
 
@@ -152,26 +152,6 @@ def build_model(args, data: TrainingData, tokenizer):
     if data.kind == "classifier" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return add_lora(model, data.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
-
-
-def prepare_output(args, targs, run_name: str):
-    """(run folder, checkpoint to resume from or None); a new run gets an empty folder."""
-    import shutil
-
-    from transformers.trainer_utils import get_last_checkpoint
-
-    out_dir = output_folder(args, run_name)
-    resume = None
-    if args.resume_from_checkpoint:
-        resume = get_last_checkpoint(targs.output_dir) if args.resume_from_checkpoint == "latest" \
-            else args.resume_from_checkpoint
-        if not resume or not Path(resume).is_dir():
-            raise UserError(f"no checkpoint to resume from in {targs.output_dir}")
-    elif targs.process_index == 0:
-        if out_dir.exists() and args.overwrite_output_dir:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir, resume
 
 
 def save_plan(args, data: TrainingData):
@@ -191,21 +171,14 @@ def save_plan(args, data: TrainingData):
                     save_every_steps=args.save_every_steps, stop_after_steps=args.stop_after_steps)
 
 
-def selection_score(metrics: dict, rule, objective: str) -> float:
-    """The validation score of the labels an adapter will give: its decision rule's objective under
-    argmax, plus the rule's held-out gain when the rule is applied (an out-of-sample estimate: the
-    gain on the rows the rule was fit on would flatter it)."""
-    value = metrics.get(objective, float("nan"))
-    return value + rule.heldout_gain if rule.fitted and rule.heldout_gain else value
-
-
 def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path, manifest: dict, run_name: str,
                  is_main):
     """EvaluateAndSave with the real evaluation (annotator.evaluate_rows on the validation rows) and
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
     from annotune.adapters import save_adapter
     from annotune.annotator import Annotator, evaluate_rows
-    from annotune.decision import fit_rule
+    from annotune.decision import expected_score, fit_rule, probs_matrix
+    from annotune.faults import crash_point
     from annotune.files import remove_dir
     from annotune.trainer import EvaluateAndSave
 
@@ -213,15 +186,14 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
         if not data.eval_rows:
             return {}
         annotator = Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name)
+        crash_point("train.evaluate")
         metrics, records = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
                                          max_new_tokens=128)
         model.train()
         if data.spec.type == "classification":  # the decision rule saved with this epoch's adapter
             labels = data.spec.label_names
-            rule = fit_rule([[r["probs"][l] for l in labels] for r in records], [r["gold"] for r in records], labels,
-                            args.decision_objective)
-            metrics["decision_rule"] = rule.to_dict()
-            metrics["selection_score"] = selection_score(metrics, rule, args.decision_objective)
+            rule = fit_rule(probs_matrix(records, labels), [r["gold"] for r in records], labels, args.decision_objective)
+            metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule))
         return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
 
     def save(suffix, epoch, step, metrics):
@@ -242,23 +214,15 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
 
 def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> None:
     """The result summary into manifest.json, the learning curve, and what was written."""
-    from annotune.adapters import adapters_in
+    from annotune.faults import crash_point
     from annotune.files import atomic_write_json, read_jsonl
     from annotune.report import plot_learning_curve
+    from annotune.trainer import run_result
 
-    totals, rows = trainer.totals, read_jsonl(out_dir / "log.jsonl")
-    speed = [r["tokens_per_s"] for r in rows if r["type"] == "step" and r.get("tokens_per_s")]
-    speed = speed[1:] or speed  # the first step pays for warm-up
-    result = {"steps": trainer.state.global_step, "shared_prefix_tokens": len(trainer.prefix),
-              "tokens_per_s_mean": sum(speed) / len(speed) if speed else None,
-              "train_seconds": round(totals["train_seconds"], 2), "useful_tokens": totals["useful_tokens"],
-              "processed_tokens": totals["processed_tokens"],
-              "useful_tokens_per_s": totals["useful_tokens"] / (totals["train_seconds"] or float("nan")),
-              "wall_time_s": round(time.time() - started, 1), "adapters": [str(p) for p in adapters_in(out_dir)],
-              "best": callback.best, "history": callback.history}
-    manifest["result"] = result
+    crash_point("train.finish")
+    result = manifest["result"] = run_result(trainer, callback, out_dir, time.time() - started)
     atomic_write_json(out_dir / "manifest.json", manifest)
-    plot_learning_curve(rows, out_dir / "learning_curve.png", callback.plan.metric)
+    plot_learning_curve(read_jsonl(out_dir / "log.jsonl"), out_dir / "learning_curve.png", callback.plan.metric)
     print(f"trained {result['steps']} steps in {result['train_seconds']:.0f} s of optimisation "
           f"({result['useful_tokens_per_s']:.0f} useful tokens/s; shared prefix {result['shared_prefix_tokens']} "
           f"tokens); {result['wall_time_s']:.0f} s in all")
@@ -275,10 +239,10 @@ def main(argv=None):
     quiet_libraries()
     from transformers import set_seed
 
-    from annotune.examples import write_dataset_folder
-    from annotune.files import atomic_write_json, run_manifest
+    from annotune.files import atomic_write_json
     from annotune.models import load_config, load_tokenizer
-    from annotune.trainer import AnnotuneTrainer, LossOptions, describe_start, load_training_data, trainer_arguments
+    from annotune.resume import checkpoint_step, open_run_folder
+    from annotune.trainer import AnnotuneTrainer, LossOptions, load_training_data, stop_on_ctrl_c, trainer_arguments
 
     started = time.time()
     set_seed(args.seed)
@@ -289,43 +253,65 @@ def main(argv=None):
     run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"
     plan = save_plan(args, data)
     targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))
-    out_dir, resume = prepare_output(args, targs, run_name)
     is_main = targs.process_index == 0
+    folder = open_run_folder(args, run_name, Path(targs.output_dir))
+    if folder.finished:
+        print(f"{folder.path} finished already ({folder.finished['steps']} steps; adapters: "
+              f"{', '.join(Path(a).name for a in folder.finished['adapters'])}): nothing to resume")
+        return 0
+    out_dir, resume = folder.path, folder.checkpoint
     model = build_model(args, data, tokenizer)
-    manifest = run_manifest(args, task=data.spec.name, merge=data.spec.merge, kind=data.kind,
-                            labels=data.spec.label_names, prompt=data.prompter.describe(), device=str(targs.device),
-                            num_processes=targs.world_size, quantization=args.quantization, features=data.stats,
-                            train_examples=len(data.feats), eval_examples=[r["id"] for r in data.eval_rows],
-                            data=data.data_info)
-    if is_main:
-        atomic_write_json(out_dir / "manifest.json", manifest)
-        if "dataset_folder" not in data.data_info and not (out_dir / "dataset").exists():
-            write_dataset_folder(out_dir / "dataset", data.splits, run_manifest(args, **data.data_info), num_preview=3)
-        describe_start(data, model, tokenizer, args.model_name, args.max_seq_length)
-
+    manifest = run_manifest_of(args, data, targs, folder)
     callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
     options = LossOptions(kind=data.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
                           n_labels=len(data.spec.label_names), record_examples=args.record_examples,
                           balance=args.balance)
     trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
     callback.attach(trainer)
-    if resume:
-        callback.restore(trainer_step(resume))
-    trainer.train(resume_from_checkpoint=resume)
+    if is_main:  # every check has passed: only now is the run folder written
+        start_folder(args, folder, manifest, data, model, tokenizer)
+    if folder.resuming:
+        callback.restore(checkpoint_step(resume))
+    if args.stop_condition == "steps" and checkpoint_step(resume) >= args.steps:
+        trainer.state.global_step = args.steps  # trained and saved; killed before the summary (the Trainer would step on)
+    else:
+        with stop_on_ctrl_c(callback):
+            trainer.train(resume_from_checkpoint=resume)
     if args.record_examples:
         atomic_write_json(out_dir / f"examples_seen.rank{targs.process_index}.json", trainer.examples_seen)
     if callback.interrupted:
-        print(f"stopped at step {trainer.state.global_step}; resume with --resume_from_checkpoint")
-    elif is_main:
+        print(f"stopped at step {trainer.state.global_step} with a checkpoint; resume with --resume_from_checkpoint")
+        return 0 if args.stop_after_steps else 130
+    if is_main:
         finish(trainer, callback, out_dir, manifest, started)
     return 0
 
 
-def trainer_step(checkpoint) -> int:
-    """The optimizer step a Trainer checkpoint was written at."""
-    import json
+def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
+    """manifest.json: arguments, versions, data and split ids; a resumed run keeps its first one."""
+    from annotune.files import run_manifest
+    from annotune.resume import resumed_manifest
 
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+    manifest = run_manifest(args, task=data.spec.name, merge=data.spec.merge, kind=data.kind,
+                            labels=data.spec.label_names, prompt=data.prompter.describe(), device=str(targs.device),
+                            num_processes=targs.world_size, quantization=args.quantization, features=data.stats,
+                            train_examples=len(data.feats), eval_examples=[r["id"] for r in data.eval_rows],
+                            data=data.data_info)
+    return resumed_manifest(folder.manifest, manifest, folder.checkpoint) if folder.resuming else manifest
+
+
+def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokenizer) -> None:
+    from annotune.examples import write_dataset_folder
+    from annotune.files import atomic_write_json, run_manifest
+    from annotune.trainer import describe_start
+
+    folder.create(args.overwrite_output_dir)
+    atomic_write_json(folder.path / "manifest.json", manifest)
+    if "dataset_folder" not in data.data_info and not (folder.path / "dataset").exists():
+        write_dataset_folder(folder.path / "dataset", data.splits, run_manifest(args, **data.data_info), num_preview=3)
+    if folder.resuming and not folder.checkpoint:
+        print(f"no checkpoint in {folder.path} yet: training again from the start")
+    describe_start(data, model, tokenizer, args.model_name, args.max_seq_length)
 
 
 if __name__ == "__main__":

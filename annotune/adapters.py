@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from .cli import UserError
+from .faults import crash_point
 from .files import atomic_write_json, publish_dir, remove_dir, staging_dir
 
 ADAPTER_INFO = "annotune.json"
@@ -17,11 +18,18 @@ RUNS_DIR = Path("runs")
 def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
     """Write the adapter, its tokenizer and annotune.json into `folder` atomically (a resumed run
     that saves the same epoch again replaces it)."""
+    import torch
+
+    bad = [n for n, t in model.named_parameters() if t.requires_grad and not torch.isfinite(t.detach()).all()]
+    if bad:
+        raise UserError(f"{len(bad)} trained tensors hold NaN or inf (e.g. {bad[0]}): {folder.name} is not saved; "
+                        "lower --learning_rate")
     tmp = staging_dir(folder)
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / ADAPTER_INFO, info)
+        crash_point("train.save")
         if folder.exists():
             remove_dir(folder)
         publish_dir(tmp, folder)

@@ -13,15 +13,21 @@ Modes:
 """
 from __future__ import annotations
 
+import numpy as np
+
 from pathlib import Path
 
 import torch
 
 from .adapters import adapter_spec, read_adapter_info
 from .cli import UserError
+from .decision import probs_matrix
 from .labels import INVALID, parse_label
 from .metrics import classification_metrics, generation_metrics
 from .prompts import Prompter, encode_completion, encode_prompt
+
+
+MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longer texts are cut and flagged
 
 
 class Annotator:
@@ -123,27 +129,55 @@ class Annotator:
                 max_new_tokens: int | None = None, progress: bool = False, max_length: int = 512,
                 sampling: dict | None = None):
         """Predictions for rows (dicts with 'text' and optionally 'prompt'): a list of dicts with
-        'prediction', and 'probs' (score/head) or 'raw' (generate). Decoding is greedy unless
-        sampling = {"do_sample": True, "temperature": t} is asked for."""
-        sampling = sampling or {}
-        prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
-        labels = self.spec.label_names
-        if self.spec.type == "generation":
-            outputs = self.generate(prompts, max_new_tokens or 128, batch_size, progress, **sampling)
-            return [{"prediction": text, "raw": text} for text in outputs]
+        'prediction', and 'probs' (score/head) or 'raw' (generate); 'truncated' where the text was
+        cut to fit (fit_prompts). Decoding is greedy unless sampling = {"do_sample": True,
+        "temperature": t} is asked for."""
+        sampling, labels = sampling or {}, self.spec.label_names
         if self.kind == "classifier":
-            mode = "head"
             probs = self.head_probs([row["text"] for row in rows], batch_size, max_length, progress)
-        elif mode == "generate":
-            budget = max_new_tokens or self.max_label_tokens() + 8
+            return self._labelled(probs, [False] * len(rows))
+        generating = self.spec.type == "generation" or mode == "generate"
+        budget = (max_new_tokens or (128 if self.spec.type == "generation" else self.max_label_tokens() + 8)) \
+            if generating else self.max_label_tokens() + 1
+        prompts, cut = self.fit_prompts(rows, budget)
+        if generating:
             outputs = self.generate(prompts, budget, batch_size, progress, **sampling)
-            return [{"prediction": parse_label(text, labels), "raw": text} for text in outputs]
-        elif mode == "score":
-            probs = self.score(prompts, batch_size, length_norm, progress)
-        else:
+            parse = (lambda t: t) if self.spec.type == "generation" else (lambda t: parse_label(t, labels))
+            return [dict({"prediction": parse(t), "raw": t}, **({"truncated": True} if c else {}))
+                    for t, c in zip(outputs, cut)]
+        if mode != "score":
             raise UserError(f"unknown mode {mode!r} (score, generate)")
-        return [{"prediction": labels[int(p.argmax())], "probs": {l: round(float(v), 6) for l, v in zip(labels, p)}}
-                for p in probs]
+        return self._labelled(self.score(prompts, batch_size, length_norm, progress), cut)
+
+    def _labelled(self, probs, cut) -> list:
+        if len(probs) and not np.isfinite(np.asarray(probs, dtype=float)).all():
+            raise UserError(f"{self.name} gives NaN or inf label scores (are its weights finite?): no labels from it")
+        labels = self.spec.label_names
+        return [dict({"prediction": labels[int(p.argmax())], "probs": {l: round(float(v), 6) for l, v in zip(labels, p)}},
+                     **({"truncated": True} if c else {})) for p, c in zip(probs, cut)]
+
+    def fit_prompts(self, rows, reserve: int) -> tuple:
+        """(prompts, cut flags): a prompt that would leave fewer than `reserve` tokens of the model's
+        context (at most MAX_PROMPT_TOKENS) gets its text cut from the end, so a pasted article or a
+        long thread is labelled from its beginning instead of exhausting memory."""
+        context = min(getattr(self.model.config, "max_position_embeddings", None) or MAX_PROMPT_TOKENS,
+                      MAX_PROMPT_TOKENS)
+        limit = max(context - reserve, 16)
+        prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
+        cut = [False] * len(rows)
+        for i, row in enumerate(rows):
+            if len(prompts[i]) <= limit:  # a token is at least one character: it fits
+                continue
+            over = len(encode_prompt(self.tokenizer, prompts[i])) - limit
+            if over <= 0:
+                continue
+            text_ids = self.tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+            for margin in (8, 64, len(text_ids)):  # a re-tokenised cut text can be a few tokens longer
+                text = self.tokenizer.decode(text_ids[:max(len(text_ids) - over - margin, 0)])
+                prompts[i], cut[i] = self.prompter.prompt(text), True
+                if len(encode_prompt(self.tokenizer, prompts[i])) <= limit:
+                    break
+        return prompts, cut
 
 
 def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
@@ -167,7 +201,7 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
         for record in records:
             if record["gold"] not in labels:
                 raise UserError(f"gold label {record['gold']!r} of {record['id']} is not in the label set {labels}")
-        probs = [[r["probs"][l] for l in labels] for r in records] if "probs" in records[0] else None
+        probs = probs_matrix(records, labels) if "probs" in records[0] else None
         metrics = classification_metrics([r["gold"] for r in records], [r["prediction"] for r in records], labels,
                                          probs, n_boot, seed)
         metrics["invalid_examples"] = [{"id": r["id"], "raw": r.get("raw")} for r in records
@@ -183,6 +217,7 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
         for record, scores in zip(records, per_example):
             record["scores"] = {k: round(v, 6) for k, v in scores.items()}
     metrics["mode"] = "generate" if spec.type == "generation" else ("head" if annotator.kind == "classifier" else mode)
+    metrics["truncated"] = sum(1 for r in records if r.get("truncated"))  # texts cut to fit (fit_prompts)
     return metrics, records
 
 

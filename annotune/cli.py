@@ -23,6 +23,19 @@ def parser(doc: str) -> ArgumentParser:
     return ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def check_ranges(p: ArgumentParser, args, limits: dict) -> None:
+    """limits: {flag: (lowest, highest, text)}; a value that is None is not checked. NaN and inf fail
+    every range (a NaN learning rate trains to garbage without a word)."""
+    import math
+
+    for name, (low, high, text) in limits.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            p.error(f"--{name} {value}: must be {text}")
+
+
 def run_cli(main, argv=None) -> int:
     """Call main(argv); turn a UserError into a one-line message and exit status 2."""
     try:
@@ -45,6 +58,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry lines; hub.py fails fast instead
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*requires_grad.*detach.*")

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from .cli import UserError
+from .faults import crash_point
 from .files import atomic_write_json, infer_format, iter_rows
 
 ROW = "row"
@@ -64,7 +65,7 @@ def check_input(path: str, text_column: str) -> str:
 
 def output_columns(annotator, input_columns):
     labels = annotator.spec.label_names if annotator.spec.type == "classification" else []
-    extra = ["prediction"] + [f"prob_{label}" for label in labels]
+    extra = ["prediction"] + [f"prob_{label}" for label in labels] + ["truncated"]
     return [ROW] + [c for c in input_columns if c not in extra and c != ROW] + extra
 
 
@@ -113,6 +114,7 @@ class PartStore:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         self.ranges = sorted(self.ranges + [(start, end)])
+        crash_point("annotate.part")
 
     def join(self, output: Path, columns, total: int) -> int:
         """All parts, in row order, into `output` (atomically); then the folder is removed."""
@@ -162,7 +164,7 @@ def annotate_file(annotator, path: str, text_column: str, store: PartStore, batc
                   mode: str = "score", chunk_rows: int = 256, rank: int = 0, world: int = 1,
                   stop_after_chunks: int = 0, progress: bool = True, rule=None, **predict_kwargs) -> dict:
     """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
-    prediction, prob_<label>. With a fitted decision rule the prediction is the rule's and the
+    prediction, prob_<label>, truncated (1: the text was cut to fit the model). With a fitted decision rule the prediction is the rule's and the
     probabilities are its calibrated ones. Returns the row count and the columns for the join."""
     columns, bar, labelled, written, total = None, None, 0, 0, 0
     if progress and rank == 0:
@@ -196,7 +198,7 @@ def annotate_file(annotator, path: str, text_column: str, store: PartStore, batc
 
 
 def record_of(number: int, row: dict, pred: dict) -> dict:
-    record = {ROW: number, **row, "prediction": pred["prediction"]}
+    record = {ROW: number, **row, "prediction": pred["prediction"], "truncated": int(bool(pred.get("truncated")))}
     for label, value in (pred.get("probs") or {}).items():
         record[f"prob_{label}"] = value
     return record

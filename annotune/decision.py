@@ -58,7 +58,7 @@ class DecisionRule:
     def relabel(self, predictions) -> list:
         """Predictions (dicts with 'prediction' and 'probs') under this rule: its label, the argmax
         label kept as 'argmax_prediction', and the calibrated probabilities."""
-        calibrated, labels = self.apply([[p["probs"][l] for l in self.labels] for p in predictions])
+        calibrated, labels = self.apply(probs_matrix(predictions, self.labels))
         return [dict(p, prediction=y, argmax_prediction=p["prediction"],
                      calibrated_probs={l: round(float(v), 6) for l, v in zip(self.labels, row)})
                 for p, y, row in zip(predictions, labels, calibrated)]
@@ -73,6 +73,20 @@ class DecisionRule:
         if list(data["labels"]) != list(labels):
             raise ValueError(f"decision rule labels {data['labels']} differ from the task's {list(labels)}")
         return cls(**data)
+
+
+def probs_matrix(predictions, labels) -> list:
+    """[n, K] probabilities, in label order, of predictions (dicts with 'probs': {label: p})."""
+    return [[p["probs"][label] for label in labels] for p in predictions]
+
+
+def expected_score(metrics: dict, rule: DecisionRule) -> float:
+    """The validation score of the labels a model will give: its argmax value of the rule's
+    objective, plus the rule's held-out gain when the rule is applied (an out-of-sample estimate;
+    the gain on the rows the rule was fit on would flatter it). train.py keeps the epoch where
+    this is highest."""
+    value = metrics.get(rule.objective, float("nan"))
+    return value + rule.heldout_gain if rule.fitted and rule.heldout_gain else value
 
 
 def _objective(name, gold, pred, labels) -> float:

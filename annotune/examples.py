@@ -49,8 +49,11 @@ def load_hub_rows(hub: dict) -> dict:
     """Rows from a hub dataset; fails fast with one line when the hub cannot be reached."""
     import datasets
 
+    from .hub import require_hub
+
     splits = hub.get("splits") or {"train": "train"}
     out = {}
+    require_hub(f"hub dataset {hub['path']}")  # with HF_HUB_OFFLINE=1, a cached copy loads without the network
     try:
         for ours, theirs in splits.items():
             ds = datasets.load_dataset(hub["path"], hub.get("name"), split=theirs)

@@ -193,8 +193,18 @@ def append_jsonl(path, row) -> None:
         handle.write(json.dumps(row, default=str) + "\n")
 
 
-def read_jsonl(path) -> list:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_jsonl(path, torn_tail: bool = False) -> list:
+    """The rows of a JSONL file; with torn_tail, a last line cut short by a crash mid-append is dropped."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if torn_tail and i == len(lines) - 1:
+                break
+            raise UserError(f"{path}: line {i + 1} is not JSON") from None
+    return rows
 
 
 def publish_dir(tmp_dir, final_dir) -> Path:

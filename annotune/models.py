@@ -47,7 +47,14 @@ def resolve_model_path(name: str) -> str:
         raise UserError(f"model {name} is a file, not a model folder")
     if name.startswith((".", "/", "~")):
         raise UserError(f"model folder {name} not found")
-    return name  # a hub id: transformers fetches it (needs the hub; HF_TOKEN from the environment)
+    from .hub import cached_model, hub_reachable, offline, require_hub
+
+    if offline() or not hub_reachable():  # a hub id: the cached copy, else transformers fetches it (HF_TOKEN)
+        cached = cached_model(name)
+        if cached:
+            return cached
+        require_hub(f"model {name}")
+    return name
 
 
 def _alias_folder(name: str) -> Path:

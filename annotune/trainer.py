@@ -18,6 +18,7 @@ import json
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .cli import UserError
+from .faults import crash_point
 from .files import append_jsonl, read_jsonl
 from .lm import common_prefix_length, completion_loss, pad_batch, run_prefix
 from .prompts import encode_example, encode_prompt
@@ -349,6 +351,10 @@ class AnnotuneTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids = inputs.pop("ids")
         loss = model(**inputs)
+        if not torch.isfinite(loss.detach()):
+            raise UserError(f"the training loss is {float(loss.detach())} at step {self.state.global_step + 1}: "
+                            f"training stopped (lower --learning_rate, now {self.args.learning_rate:g}); adapters of "
+                            "earlier epochs, if any, were saved with finite weights")
         useful = int(inputs["attention_mask"].sum())
         if self.options.kind == "seq2seq":
             useful += int((inputs["labels"] != -100).sum())
@@ -413,6 +419,22 @@ def trainer_arguments(args, out_dir: Path):
         dataloader_num_workers=0, ddp_find_unused_parameters=False)
 
 
+def run_result(trainer, callback, out_dir: Path, wall_seconds: float) -> dict:
+    """What manifest.json records of a finished run: steps, speed, adapters, best epoch, history."""
+    from .adapters import adapters_in
+
+    totals, rows = trainer.totals, read_jsonl(out_dir / "log.jsonl")
+    speed = [r["tokens_per_s"] for r in rows if r["type"] == "step" and r.get("tokens_per_s")]
+    speed = speed[1:] or speed  # the first step pays for warm-up
+    return {"steps": trainer.state.global_step, "shared_prefix_tokens": len(trainer.prefix),
+            "tokens_per_s_mean": sum(speed) / len(speed) if speed else None,
+            "train_seconds": round(totals["train_seconds"], 2), "useful_tokens": totals["useful_tokens"],
+            "processed_tokens": totals["processed_tokens"],
+            "useful_tokens_per_s": totals["useful_tokens"] / (totals["train_seconds"] or float("nan")),
+            "wall_time_s": round(wall_seconds, 1), "adapters": [str(p) for p in adapters_in(out_dir)],
+            "best": callback.best, "history": callback.history}
+
+
 def parse_save_epochs(text, last) -> tuple:
     """--save_epochs as (epochs to save, what else to keep). Default: nothing fixed, keep 'best' (the
     epoch with the best validation score). '1,2,3' saves those and keeps the best too; 'last' and
@@ -454,6 +476,29 @@ class SavePlan:
     stop_after_steps: int = 0  # tests: simulate a crash after this many steps (a checkpoint is written)
 
 
+@contextmanager
+def stop_on_ctrl_c(callback, report=print):
+    """While training: the first Ctrl-C finishes the current step, writes a checkpoint and stops (so
+    --resume_from_checkpoint continues exactly there); a second one stops at once."""
+    import signal
+
+    def handler(signum, frame):
+        if callback.stop_requested:
+            raise KeyboardInterrupt
+        callback.stop_requested = True
+        report("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -469,6 +514,7 @@ class EvaluateAndSave(TrainerCallback):
         self.trainer = None  # set by attach()
         self.history, self.best, self.bad_epochs = [], {}, 0
         self.interrupted, self._start = False, None
+        self.stop_requested = False  # Ctrl-C (or the tests' stop_after_steps): checkpoint and stop
 
     def attach(self, trainer) -> None:
         self.trainer = trainer
@@ -478,7 +524,7 @@ class EvaluateAndSave(TrainerCallback):
         are rebuilt from its evaluations (so they equal the uninterrupted run's)."""
         if not (self.is_main and self.log_path.exists()):
             return
-        rows = [r for r in read_jsonl(self.log_path) if r["step"] <= step]
+        rows = [r for r in read_jsonl(self.log_path, torn_tail=True) if r["step"] <= step]
         self.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         for row in rows:
             if row["type"] == "eval" and row.get("at") == "epoch":
@@ -497,6 +543,7 @@ class EvaluateAndSave(TrainerCallback):
                                          "lr": t.lr_scheduler.get_last_lr()[0], "tokens": window["tokens"],
                                          "tokens_per_s": window["tokens"] / elapsed if elapsed else None})
         t.window = {"loss": 0.0, "batches": 0, "tokens": 0}
+        crash_point("train.step")
         plan = self.plan
         if plan.eval_strategy == "steps" and state.global_step % plan.eval_steps == 0 and self.is_main:
             metrics = self.evaluate()
@@ -505,6 +552,10 @@ class EvaluateAndSave(TrainerCallback):
         if plan.save_every_steps and state.global_step % plan.save_every_steps == 0:
             control.should_save = True
         if plan.stop_after_steps and state.global_step >= plan.stop_after_steps:
+            self.stop_requested = True
+        if self.stop_requested and abs(state.epoch - round(state.epoch)) > 1e-6:
+            # Mid-epoch: checkpoint this step and stop. At an epoch's last step on_epoch_end stops
+            # instead, after the epoch's evaluation and adapters, so none of them is skipped.
             control.should_save, control.should_training_stop, self.interrupted = True, True, True
         return control
 
@@ -525,8 +576,11 @@ class EvaluateAndSave(TrainerCallback):
             stop = bool(self.plan.patience) and self.bad_epochs >= self.plan.patience
             last = done or stop or epoch >= (self.plan.last_epoch or float("inf"))
             self._keep(epoch, step, metrics, best, last, previous)
+            crash_point("train.after_save")
             if stop:
                 self.report(f"early stopping: no better validation {self._select} for {self.bad_epochs} epochs")
+            if self.stop_requested and not last:
+                control.should_save, stop, self.interrupted = True, True, True
         if self.trainer.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

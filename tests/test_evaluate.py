@@ -182,6 +182,8 @@ def test_annotation_resumed_with_any_chunk_size_labels_every_row_once_from_one_m
     ("not_utf8", "not UTF-8"),
     ("bad_label_name", "differs from the task's labels"),
     ("bad_split", "split 'dev' is not in the dataset"),
+    ("annotations_missing", "not found"),
+    ("annotations_no_label", "lacks column"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(in_tmp, pol_run, capsys, case, message):
     adapter = str(pol_run[-1])
@@ -194,11 +196,14 @@ def test_bad_input_exits_2_and_writes_nothing(in_tmp, pol_run, capsys, case, mes
         "not_utf8": ["--adapters_name", adapter, "--predict_file", "latin.csv", "--text_column", "body"],
         "bad_label_name": ["--adapters_name", adapter, "--label_name", "['a', 'b']"],
         "bad_split": ["--adapters_name", adapter, "--split", "dev"],
+        "annotations_missing": ["--adapters_name", adapter, "--annotations", "nobody.json"],
+        "annotations_no_label": ["--adapters_name", adapter, "--annotations", "plain.csv"],
     }[case]
     assert run_script("evaluate", argv + ["--output_dir", "ev", "--output", "o.csv", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (in_tmp / "ev").exists() and not (in_tmp / "o.csv").exists()
+    assert not [p.name for p in in_tmp.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
 @pytest.mark.slow

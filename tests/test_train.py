@@ -82,36 +82,16 @@ def test_training_improves_the_metric_on_a_learnable_task(in_tmp, tiny_llama_dir
     assert after["accuracy"] > 0.9
 
 
-def test_same_seed_same_adapter_and_resume_equals_uninterrupted(in_tmp, tiny_llama_dir):
+def test_same_seed_same_adapter(in_tmp, tiny_llama_dir):
+    # Resume after a kill or Ctrl-C at every point, bit for bit: tests/test_faults.py.
     common = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 2,
-              "--train_batch_size", 8, "--eval_strategy", "no", "--quiet", "--lora_dropout", "0.1"]
+              "--train_batch_size", 8, "--eval_strategy", "no", "--quiet", "--lora_dropout", "0.1",
+              "--max_train_samples", 48]
     assert run_script("train", common + ["--output_dir", "a"]) == 0
     assert run_script("train", common + ["--output_dir", "b"]) == 0
-    # Interrupted after 14 of 22 steps (inside epoch 2), then resumed.
-    assert run_script("train", common + ["--output_dir", "c", "--stop_after_steps", 14]) == 0
-    assert not any(p.name.endswith("epoch2") for p in (in_tmp / "c").iterdir())
-    assert run_script("train", common + ["--output_dir", "c", "--resume_from_checkpoint"]) == 0
     name = next(p.name for p in (in_tmp / "a").iterdir() if p.name.endswith("epoch2"))
-    a, b, c = (adapter_weights(in_tmp / d / name) for d in "abc")
-    assert a.keys() == b.keys() == c.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-        assert torch.allclose(a[key], c[key], atol=1e-6), key
-
-
-def test_resumed_run_keeps_one_log_row_per_step_and_its_evaluation_history(in_tmp, tiny_llama_dir):
-    argv = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 2,
-            "--quiet", "--max_eval_samples", 6, "--output_dir", "r"]
-    assert run_script("train", argv + ["--stop_after_steps", 14]) == 0  # inside epoch 2 (12 steps an epoch)
-    # Rows written after the checkpoint (as by a crash) are dropped on resume and written again.
-    with open(in_tmp / "r" / "log.jsonl", "a") as handle:
-        handle.write(json.dumps({"type": "step", "step": 15, "epoch": 1.2, "loss": 0.0}) + "\n")
-    assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
-    rows = read_log(in_tmp / "r")
-    assert [r["step"] for r in rows if r["type"] == "step"] == list(range(1, 25))
-    assert [r["epoch"] for r in rows if r["type"] == "eval"] == [1, 2]
-    manifest = json.loads((in_tmp / "r" / "manifest.json").read_text())
-    assert [h["epoch"] for h in manifest["result"]["history"]] == [1, 2] and manifest["result"]["steps"] == 24
+    a, b = (adapter_weights(in_tmp / d / name) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_classifier_head_with_class_weights_on_an_imbalanced_task(in_tmp, tiny_bert_dir):

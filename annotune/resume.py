@@ -1,0 +1,93 @@
+"""A training run folder: starting one, and resuming one safely. A resume must end exactly where the
+uninterrupted run would: its arguments are checked against the run's manifest (those that change
+the result must match), a finished run is left alone, and a run killed before its first checkpoint
+starts over in the same folder (its log and adapters are rewritten as training repeats them)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import UserError
+from .files import remove_dir
+
+# Flags that may differ on resume: where and how output is shown, not what is trained.
+FREE_ON_RESUME = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "quiet", "report_to",
+                  "eval_batch_size", "save_every_steps", "stop_after_steps", "record_examples"}
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    checkpoint: str | None = None  # the Trainer checkpoint to resume from (None: start at step 0)
+    resuming: bool = False
+    finished: dict | None = None  # a finished run's result: nothing to do
+    manifest: dict | None = None  # the run's manifest as first written (resuming only)
+
+    def create(self, overwrite: bool) -> None:
+        """An empty folder for a new run (--overwrite_output_dir replaces an old one); a resumed
+        run's folder is kept as it is, less the staging folders of a killed save."""
+        import shutil
+
+        if self.resuming:
+            for stale in self.path.glob(".*.tmp"):  # never published, never read
+                remove_dir(stale)
+            return
+        if self.path.exists() and overwrite:
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+
+def open_run_folder(args, run_name: str, checkpoints: Path) -> RunFolder:
+    """The run folder of train.py's flags, checked; nothing is written (RunFolder.create does that,
+    once every other check has passed, so a refused run leaves nothing that blocks the rerun)."""
+    out = Path(args.output_dir or Path("runs") / run_name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file, not a folder")
+    if args.resume_from_checkpoint:
+        return resumed_folder(args, out, checkpoints)
+    if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
+        raise UserError(f"{out} already holds a run; pass --overwrite_output_dir, --resume_from_checkpoint "
+                        "or another --output_dir")
+    return RunFolder(out)
+
+
+def resumed_folder(args, out: Path, checkpoints: Path) -> RunFolder:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        raise UserError(f"--resume_from_checkpoint: {out} holds no run (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    check_same_arguments(vars(args), manifest.get("args", {}))
+    if manifest.get("result"):
+        return RunFolder(out, resuming=True, finished=manifest["result"], manifest=manifest)
+    if args.resume_from_checkpoint == "latest":
+        checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    else:
+        checkpoint = args.resume_from_checkpoint
+        if not (Path(checkpoint) / "trainer_state.json").exists():
+            raise UserError(f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint")
+    return RunFolder(out, checkpoint, resuming=True, manifest=manifest)
+
+
+def check_same_arguments(now: dict, before: dict) -> None:
+    differ = [k for k in sorted(set(now) | set(before)) if k not in FREE_ON_RESUME and now.get(k) != before.get(k)]
+    if differ:
+        shown = "; ".join(f"--{k} {now.get(k)} (the run used {before.get(k)})" for k in differ[:3])
+        raise UserError(f"--resume_from_checkpoint with other arguments: {shown}"
+                        f"{' and more' if len(differ) > 3 else ''}; resume with the run's own arguments "
+                        "(manifest.json) or start a new --output_dir")
+
+
+def checkpoint_step(checkpoint) -> int:
+    """The optimizer step a Trainer checkpoint was written at (0: none)."""
+    if not checkpoint:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
+
+
+def resumed_manifest(first: dict, now: dict, checkpoint) -> dict:
+    """The run's manifest as first written, plus when and from which step it was resumed."""
+    entry = {k: now[k] for k in ("created", "command", "git_commit", "versions") if k in now}
+    return dict(first, resumed=first.get("resumed", []) + [dict(entry, from_step=checkpoint_step(checkpoint))])
