@@ -119,8 +119,8 @@ def base_annotator(args, adapters, bases):
 
 def evaluation_data(args, adapters, base):
     """(spec, {split: rows}, info): the adapters' own dataset, or the base run's task."""
-    from annotune.adapters import read_adapter_info
-    from annotune.examples import load_dataset_folder, prepare_splits
+    from annotune.adapters import adapter_spec, read_adapter_info
+    from annotune.examples import load_dataset_folder, prepare_splits, rows_by_ids, split_summary
 
     folder = args.dataset_name
     if adapters:
@@ -130,7 +130,12 @@ def evaluation_data(args, adapters, base):
             raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(tasks)}")
         folder = infos[0]["dataset"]
         if not Path(folder).is_dir():
-            raise UserError(f"the dataset of adapter {adapters[0]} is gone ({folder})")
+            if not infos[0].get("split_ids"):
+                raise UserError(f"the dataset of adapter {adapters[0]} is gone ({folder})")
+            print(f"note: {folder} is gone; the rows are rebuilt from the task's data by the adapter's recorded ids")
+            spec = adapter_spec(adapters[0])
+            rows = rows_by_ids(spec, infos[0]["split_ids"], infos[0].get("max_words"))
+            return spec, rows, {"dataset": f"task {spec.name}, recorded ids", "splits": split_summary(rows)}
     if folder:
         rows, manifest, spec = load_dataset_folder(folder)
         return spec, rows, {"dataset": folder, "splits": manifest.get("splits")}

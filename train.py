@@ -180,6 +180,7 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     from annotune.decision import expected_score, fit_rule, probs_matrix
     from annotune.faults import crash_point
     from annotune.files import remove_dir
+    from annotune.models import base_identity, resolved_quantization
     from annotune.trainer import EvaluateAndSave
 
     def evaluate_now():
@@ -196,14 +197,18 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
             metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule))
         return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
 
+    base, quantization = base_identity(args.model_name), resolved_quantization(args.quantization)
+    split_ids = {name: [r["id"] for r in rows] for name, rows in data.splits.items()}
+
     def save(suffix, epoch, step, metrics):
         spec_dict, merge = data.spec.saved_form()
-        info = {"base_model": args.model_name, "kind": data.kind, "task": data.spec.name, "merge": merge,
-                "labels": data.spec.label_names, "prompt": data.prompter.describe(), "task_spec": spec_dict,
-                "epoch": epoch, "step": step, "validation_metrics": metrics,
+        info = {"base_model": args.model_name, "base": base, "kind": data.kind, "task": data.spec.name,
+                "merge": merge, "labels": data.spec.label_names, "prompt": data.prompter.describe(),
+                "task_spec": spec_dict, "epoch": epoch, "step": step, "validation_metrics": metrics,
                 "decision_rule": metrics.get("decision_rule"), "train_ids": [f["id"] for f in data.feats],
-                "dataset": data.data_info.get("dataset_folder") or str((out_dir / "dataset").resolve()),
-                "run_dir": str(out_dir.resolve()), "git_commit": manifest.get("git_commit")}
+                "split_ids": split_ids, "max_words": data.data_info.get("max_words"), "quantization": quantization,
+                "dataset": data.data_info.get("dataset_folder") or str(out_dir / "dataset"), "run_dir": str(out_dir),
+                "git_commit": manifest.get("git_commit")}
         save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", info)
 
     def discard(suffix):

@@ -4,6 +4,7 @@ them, so that an adapter brings everything needed to use it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .faults import crash_point
 from .files import atomic_write_json, publish_dir, remove_dir, staging_dir
 
 ADAPTER_INFO = "annotune.json"
+PATH_KEYS = ("dataset", "run_dir")  # stored relative to the adapter folder
 RUNS_DIR = Path("runs")
 
 
@@ -24,10 +26,15 @@ def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
     if bad:
         raise UserError(f"{len(bad)} trained tensors hold NaN or inf (e.g. {bad[0]}): {folder.name} is not saved; "
                         "lower --learning_rate")
+    info = dict(info)
+    for key in PATH_KEYS:  # relative to the adapter: a run folder copied elsewhere keeps working
+        if info.get(key):
+            info[key] = os.path.relpath(Path(info[key]).resolve(), Path(folder).resolve())
     tmp = staging_dir(folder)
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        name_hub_base(tmp, (info.get("base") or {}).get("hub_id"))
         atomic_write_json(tmp / ADAPTER_INFO, info)
         crash_point("train.save")
         if folder.exists():
@@ -38,11 +45,26 @@ def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
     return folder
 
 
+def name_hub_base(folder: Path, hub_id: str | None) -> None:
+    """adapter_config.json names the base by its hub id (not a local cache path), so the standard
+    PEFT calls load the adapter on any machine that reaches the hub."""
+    config = Path(folder) / "adapter_config.json"
+    if hub_id and config.exists():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = hub_id
+        atomic_write_json(config, data)
+
+
 def read_adapter_info(folder) -> dict:
+    """annotune.json, with its relative paths (dataset, run_dir) resolved against the adapter folder."""
     path = Path(folder) / ADAPTER_INFO
     if not path.exists():
         raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    info = json.loads(path.read_text(encoding="utf-8"))
+    for key in PATH_KEYS:
+        if info.get(key):
+            info[key] = str((Path(folder) / info[key]).resolve())
+    return info
 
 
 def adapter_spec(folder):
@@ -53,18 +75,23 @@ def adapter_spec(folder):
     return spec_from_saved(info["task_spec"], info.get("merge"), str(Path(folder) / ADAPTER_INFO))
 
 
-def find_adapter(name: str) -> Path:
-    """An adapter folder by path, or by its name under runs/ (the seeds' --adapters_name NAME)."""
+def find_adapter(name: str, report=print) -> Path:
+    """An adapter folder by path, or by its name anywhere under runs/ (the seeds' --adapters_name
+    NAME; the demo writes runs/demo/<time>/train/NAME). Several matches: the newest, named with the
+    others listed."""
     path = Path(name)
     if path.is_dir():
         read_adapter_info(path)  # a clear error when it is not an adapter
         return path
-    matches = sorted(RUNS_DIR.glob(f"*/{name}"))
-    if len(matches) == 1:
-        return matches[0]
+    if "/" in name or not RUNS_DIR.is_dir():
+        raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
+    matches = [m.parent for m in RUNS_DIR.rglob(f"{name}/{ADAPTER_INFO}")]
+    if not matches:
+        raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
+    matches.sort(key=lambda m: (m / ADAPTER_INFO).stat().st_mtime, reverse=True)
     if len(matches) > 1:
-        raise UserError(f"adapter name {name!r} matches several folders: {[str(m) for m in matches]}; give a path")
-    raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
+        report(f"adapter {name}: using the newest, {matches[0]} (also: {', '.join(str(m) for m in matches[1:])})")
+    return matches[0]
 
 
 def natural_order(paths) -> list:

@@ -364,6 +364,22 @@ def prepare_splits(spec: TaskSpec, prompter, val_ratio: float = 0.2, test_ratio:
     return splits, info
 
 
+def rows_by_ids(spec: TaskSpec, split_ids: dict, max_words: int | None = None) -> dict:
+    """Recorded splits rebuilt from the task's source data by their row ids (an adapter whose
+    dataset folder is gone). Prompts are rendered later from the text; every id must be found."""
+    examples, _ = build_examples(spec, load_source_rows(spec))
+    cut_words(examples, max_words)
+    pool = {ex["id"]: ex for rows in examples.values() for ex in rows}
+    out = {}
+    for split, ids in split_ids.items():
+        missing = [i for i in ids if i not in pool]
+        if missing:
+            raise UserError(f"{len(missing)} recorded {split} rows are not in task {spec.name}'s data any more "
+                            f"(e.g. id {missing[0]}): the source data changed")
+        out[split] = [dict(pool[i]) for i in ids]
+    return out
+
+
 def cut_words(examples: dict, max_words: int | None) -> int:
     """Cut every text to its first max_words words (in place); returns how many were cut."""
     cut = 0

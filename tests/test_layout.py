@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "annotune"
-SCRIPTS = ["preprocess.py", "train.py", "evaluate.py", "merge_labels.py", "demo.py"]
+SCRIPTS = ["preprocess.py", "train.py", "evaluate.py", "merge_labels.py", "demo.py", "export.py"]
 MAX_FUNCTION_LINES = 62
 
 

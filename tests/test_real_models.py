@@ -1,5 +1,9 @@
 """A few runs on the real small models that install from PyPI (SmolLM2-135M, MiniLM)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,26 @@ def test_smollm2_instruction_tuning_and_scoring(in_tmp):
                                    "--output_dir", "ev", "--quiet", "--bootstrap", 50]) == 0
     m = json.loads((in_tmp / "ev" / adapter.name / "test" / "metrics.json").read_text())
     assert m["n"] == 8 and m["invalid"] == 0 and 0 <= m["accuracy"] <= 1
+    # The adapter names its base by hub id, and says which weights it was trained on (issue 13).
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    assert info["base"]["hub_id"] == hub_id and len(info["base"]["weights_sha256"]) == 64
+    assert "GGUF" in info["base"]["weights"]
+    # Standard PEFT loads it by that id: here from a hub-style cache, offline.
+    from annotune.models import resolve_model_path
+
+    snapshot = in_tmp / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots" / ("0" * 40)
+    snapshot.parent.parent.joinpath("refs").mkdir(parents=True)
+    snapshot.parent.parent.joinpath("refs", "main").write_text("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in Path(resolve_model_path("smollm2-135m")).iterdir():
+        (snapshot / f.name).symlink_to(f)
+    code = ("from peft import AutoPeftModelForCausalLM; import sys; "
+            "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); print(type(m).__name__)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(in_tmp / "hub"))
+    out = subprocess.run([sys.executable, "-c", code, str(adapter)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "PeftModelForCausalLM" in out.stdout, out.stderr[-2000:]
 
 
 def test_smollm2_in_4bit_on_cpu(in_tmp):

@@ -1,0 +1,123 @@
+"""Adapters that travel (issue 13): export.py's merged model gives the logits of base + adapter and,
+with its documented recipe, annotune's labels; an adapter folder copied away from its deleted run
+evaluates the same; names under runs/ are found at any depth."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_script
+
+
+@pytest.fixture(scope="module")
+def causal_adapter(tmp_path_factory, tiny_llama_dir):
+    folder = tmp_path_factory.mktemp("export")
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+            "alpaca", "--epoch", 1, "--learning_rate", "3e-3", "--lora_dropout", 0, "--max_eval_samples", 8,
+            "--quiet", "--output_dir", folder / "run"]
+    assert run_script("train", argv) == 0
+    return next(p for p in (folder / "run").iterdir() if (p / "annotune.json").exists())
+
+
+def peft_logits(base_dir, adapter, kind, ids, labels=None):
+    from peft import PeftModel
+
+    from annotune.models import load_model
+
+    base = load_model(str(base_dir), kind, "none", num_labels=len(labels) if labels else None, label_names=labels)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annotunes_labels(
+        in_tmp, causal_adapter, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from annotune.annotator import load_annotator
+
+    assert run_script("export", ["--adapters_name", causal_adapter, "--output_dir", "merged"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(str(in_tmp / "merged")).eval()
+    ids = torch.randint(3, 200, (2, 17))
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+    assert torch.allclose(got, peft_logits(tiny_llama_dir, causal_adapter, "causal", ids), atol=1e-4)
+    # The README's recipe (annotune.json: template, answer token ids, rule) reproduces score mode.
+    meta = json.loads((in_tmp / "merged" / "annotune.json").read_text())
+    tok = AutoTokenizer.from_pretrained(str(in_tmp / "merged"))
+    texts = ["ban all guns now", "I own three rifles and vote", "what a nice day", "they will never take them"]
+
+    @torch.no_grad()
+    def label(text):
+        prompt = meta["prompt_template"].replace("{text}", text)
+        prompt_ids = tok(prompt, add_special_tokens=meta["add_special_tokens"])["input_ids"]
+        scores = []
+        for name in meta["labels"]:
+            answer = meta["answer_token_ids"][name]
+            logp = merged(torch.tensor([prompt_ids + answer])).logits[0].log_softmax(-1)
+            scores.append(sum(logp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
+        return meta["labels"][max(range(len(scores)), key=scores.__getitem__)], scores
+
+    annotator = load_annotator(adapter=str(causal_adapter))
+    preds = annotator.predict([{"id": str(i), "text": t} for i, t in enumerate(texts)], "score")
+    for text, pred in zip(texts, preds):
+        ours, scores = label(text)
+        probs = torch.softmax(torch.tensor(scores), -1)
+        assert ours == pred["prediction"]
+        assert torch.allclose(probs, torch.tensor([pred["probs"][l] for l in meta["labels"]]), atol=1e-4)
+    readme = (in_tmp / "merged" / "README.md").read_text()
+    assert "answer_token_ids" in readme and "Decision rule" in readme
+    # Never replaced without --overwrite.
+    assert run_script("export", ["--adapters_name", causal_adapter, "--output_dir", "merged"]) == 2
+    assert run_script("export", ["--adapters_name", causal_adapter, "--output_dir", "merged", "--overwrite"]) == 0
+
+
+def test_merged_head_equals_base_plus_adapter(in_tmp, tiny_bert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    argv = ["--task", "drug_reviews", "--model_name", tiny_bert_dir, "--epoch", 1, "--max_train_samples", 32,
+            "--max_eval_samples", 8, "--max_seq_length", 64, "--learning_rate", "5e-3", "--quiet", "--output_dir", "h"]
+    assert run_script("train", argv) == 0
+    adapter = next(p for p in (in_tmp / "h").iterdir() if (p / "annotune.json").exists())
+    assert run_script("export", ["--adapters_name", adapter, "--output_dir", "mh"]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(str(in_tmp / "mh")).eval()
+    ids = torch.randint(5, 90, (3, 11))
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+    labels = ["negative", "neutral", "positive"]
+    assert torch.allclose(got, peft_logits(tiny_bert_dir, adapter, "classifier", ids, labels), atol=1e-4)
+    assert merged.config.id2label == dict(enumerate(labels))
+
+
+def test_copied_adapter_evaluates_the_same_after_its_run_is_deleted(in_tmp, causal_adapter):
+    run = in_tmp / "run"
+    shutil.copytree(causal_adapter.parent, run)
+    adapter = run / causal_adapter.name
+    info = json.loads((adapter / "annotune.json").read_text())
+    assert not info["dataset"].startswith("/") and info["run_dir"] == ".."  # relative to the adapter
+    assert run_script("evaluate", ["--adapters_name", adapter, "--output_dir", "ev1", "--quiet", "--bootstrap", 20]) == 0
+    moved = in_tmp / "elsewhere" / adapter.name
+    shutil.copytree(adapter, moved)
+    shutil.rmtree(run)  # the run folder (and its dataset/) is gone: rows rebuilt from the recorded ids
+    assert run_script("evaluate", ["--adapters_name", moved, "--output_dir", "ev2", "--quiet", "--bootstrap", 20]) == 0
+    first, second = (json.loads((in_tmp / d / adapter.name / "validation" / "metrics.json").read_text())
+                     for d in ("ev1", "ev2"))
+    assert first["n"] == second["n"] and first["macro_f1"] == second["macro_f1"]
+    assert first["accuracy"] == second["accuracy"]
+
+
+def test_adapter_names_are_found_at_any_depth_under_runs(in_tmp, causal_adapter, capsys):
+    from annotune.adapters import find_adapter
+
+    import os
+    import time
+
+    for age, where in ((100, "runs/demo/2/train"), (0, "runs/demo/1/train")):
+        shutil.copytree(causal_adapter, in_tmp / where / causal_adapter.name)
+        stamp = time.time() - age
+        os.utime(in_tmp / where / causal_adapter.name / "annotune.json", (stamp, stamp))
+    found = find_adapter(causal_adapter.name)
+    assert found.resolve() == (in_tmp / "runs/demo/1/train" / causal_adapter.name).resolve()
+    printed = capsys.readouterr().out
+    assert "using the newest" in printed and "demo/2/train" in printed
