@@ -180,3 +180,25 @@ def test_a_text_longer_than_the_context_is_cut_flagged_and_labelled(in_tmp, tiny
 
     assert cut == [False, True] and len(encode_prompt(ann.tokenizer, prompts[1])) <= 200 - ann.max_label_tokens() - 1
     assert prompts[1].count("word") > 10  # labelled from its beginning, not emptied
+
+
+def test_evaluation_refuses_non_finite_scores_and_bad_values(in_tmp, tiny_llama_dir, capsys):
+    """Case 6 (evaluation side) and case 7 (evaluate.py --max_samples -1)."""
+    import torch
+
+    from annotune.annotator import load_annotator
+    from annotune.cli import UserError
+    from annotune.task import load_task
+    from conftest import run_script
+
+    ann = load_annotator(base_model=tiny_llama_dir, spec=load_task("politosphere", "pol_unpol_oth"),
+                         prompt={"template": "alpaca", "with_definitions": False})
+    with torch.no_grad():
+        next(ann.model.parameters()).fill_(float("nan"))
+    with pytest.raises(UserError, match="NaN or inf label scores"):
+        ann.predict([{"id": "1", "text": "guns"}], "score")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_script("evaluate", ["--base_only", "--model_name", tiny_llama_dir, "--max_samples", -1])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "--max_samples -1" in err and len(err.splitlines()) == 1
