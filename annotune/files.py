@@ -23,7 +23,7 @@ from pathlib import Path
 from .cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "textdir")
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "textdir", "lines")
 csv.field_size_limit(2**31 - 1)  # a pasted article in one cell is a row, not an error
 
 
@@ -56,7 +56,7 @@ def infer_format(path: str) -> str:
 
 
 # -------------------------------------------------------------------- reading tables
-def _open_text(path: str, encoding: str):
+def open_text(path: str, encoding: str):
     """A text handle on a file, or on archive.zip!member (read whole: members are small)."""
     encoding = "utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding
     if "!" in path:
@@ -76,16 +76,20 @@ def _open_text(path: str, encoding: str):
 
 
 def iter_rows(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8"):
-    """Rows (dicts of column -> value, values as read) of a CSV/TSV/JSONL/JSON file, streamed, or
-    of a folder of <label>/*.txt files. CSV/TSV values are strings; blank lines are no rows."""
+    """Rows (dicts of column -> value, values as read) of a CSV/TSV/JSONL/JSON file, streamed, of a
+    folder of <label>/*.txt files, or of a plain text file (`lines`: one 'text' per line). CSV/TSV
+    values are strings; blank lines are no rows, except in `lines`."""
     fmt = fmt or infer_format(path)
     if fmt == "textdir":
         yield from _read_textdir(path, encoding)
         return
+    if fmt == "lines":
+        yield from ({"text": line} for line in read_lines(path, encoding))
+        return
     if fmt not in TABLE_FORMATS:
         raise UserError(f"{path}: format must be one of {TABLE_FORMATS}, got {fmt!r}")
     try:
-        with _open_text(path, encoding) as handle:
+        with open_text(path, encoding) as handle:
             if fmt in ("csv", "tsv"):
                 yield from _csv_rows(handle, path, "," if fmt == "csv" else "\t", columns)
             else:
@@ -147,6 +151,24 @@ def _read_textdir(path: str, encoding: str):
                    "body": body.strip(), "text": text}
     if not found:
         raise UserError(f"data folder {path} holds no <label>/*.txt files")
+
+
+def read_lines(path: str, encoding: str = "utf-8") -> list:
+    """Every line of a text file as it is (no quote processing; a blank line is an empty row), the
+    count checked against the file's newlines."""
+    try:
+        with open_text(path, encoding) as handle:
+            text = handle.read()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not {encoding.upper()} (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    expected = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    if len(lines) != expected:
+        raise UserError(f"{path}: read {len(lines)} lines, the file has {expected}")
+    return lines
 
 
 def read_table(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8") -> list:

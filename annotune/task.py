@@ -2,45 +2,9 @@
 definitions, prompt text, data sources and label merges. This module reads and validates them;
 turning a source row into an example lives in examples.py, label matching and merges in labels.py.
 
-A spec (see tasks/*.yaml for real ones):
-
-    name: politosphere
-    type: classification            # or: generation
-    description: one line
-    data:
-      splits:                        # source splits (train, validation/dev/val/valid, test, all)
-                                     # per file: path, format, columns, encoding, rename (old -> new name)
-        all: {path: "{data_dir}/politosphere/daccord_yifei_v2_leo.json", format: jsonl}
-      hub: {path: some/dataset, name: null, splits: {train: train}}   # used when files are missing
-      id_column: id                  # default: the row number within its source split
-      text: "{body_cleaned}"         # a template over the columns
-      text_cleanup: [html_unescape]  # optional: html_unescape, strip_quotes, squash_whitespace
-      label_column: User label       # classification: raw label values
-      label_map: {0: biased}         # optional raw value -> label name (else: names, case-insensitive)
-      bins: [{below: 0.25, label: no}, ...]   # optional: numeric raw values binned, stated in the spec
-      skip_values: [""]              # raw values dropped with a count (e.g. unannotated rows)
-      target_column: summary         # generation: the reference text (a list is joined)
-      list_column: true              # generation: the target column holds JSON lists as text
-      list_join: ", "                # generation: how list-valued targets are joined
-      empty_target: none             # generation: the target for an empty list / empty text
-      reference_columns: [summary1, summary2]   # generation: extra references for metrics
-    labels:                          # classification only; order is the label numbering
-      - {name: Support Gun Polarized, definition: ...}
-    prompt:
-      system: You are ...
-      instruction: "Classify the sentence into one of: {label_list}."
-      input: "Sentence: {text}"
-      seq2seq_prefix: "summarize: "  # optional, encoder-decoder models
-    merges:
-      pol_unpol_oth:
-        labels:
-          - {name: polarized, definition: ..., from: [Support Gun Polarized, Anti Gun Polarized]}
-        prompt: {system: ...}        # optional overrides for the merged task
-    balance_per_label: null          # default per-label count for preprocess.py
-
-Path placeholders: {data_dir} is $ANNOTUNE_DATA_DIR, or ../shared/data beside the repository;
-{package:NAME} is the folder of an installed package, found without importing it. A file path may
-name a member of a zip archive as archive.zip!member.
+Every key, its default and meaning, and a worked example per data layout: docs/tasks.md (the
+schema itself is annotune/schema.py; an unknown key anywhere is refused with the closest valid
+one). Reading the rows of each layout lives in sources.py.
 """
 from __future__ import annotations
 
@@ -53,11 +17,11 @@ from pathlib import Path
 from .cli import UserError
 from .files import REPO_ROOT, TABLE_FORMATS, infer_format
 from .labels import Label, build_merge, find_label, norm_label
+from .schema import SCHEMA, check_keys
 
 TASKS_DIR = REPO_ROOT / "tasks"
 TASK_TYPES = ("classification", "generation")
 CLEANUPS = ("html_unescape", "strip_quotes", "squash_whitespace")
-TOP_KEYS = {"name", "type", "description", "data", "labels", "prompt", "merges", "balance_per_label"}
 DEFAULT_SYSTEM = "You are a careful annotator of text."
 DEFAULT_INSTRUCTION = "Classify the text into one of the following categories: {label_list}."
 
@@ -81,20 +45,18 @@ class TaskSpec:
     def from_dict(cls, raw: dict, source: str) -> "TaskSpec":
         if not isinstance(raw, dict):
             raise UserError(f"task spec {source}: expected a mapping at the top level")
-        unknown = sorted(set(raw) - TOP_KEYS)
-        if unknown:
-            raise UserError(f"task spec {source}: unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
-        for key in ("name", "type", "data", "prompt"):
-            if key not in raw:
-                raise UserError(f"task spec {source}: missing required key '{key}'")
         labels = []
-        for item in raw.get("labels") or []:
+        for item in raw.get("labels") or []:  # first: a comma in an unquoted definition reads as a key
             if isinstance(item, str):
                 item = {"name": item}
             if not isinstance(item, dict) or "name" not in item or set(item) - {"name", "definition"}:
                 raise UserError(f"task spec {source}: each label is {{name, definition}}, got {item!r} "
                                 "(quote a definition that holds a comma inside {...})")
             labels.append(Label(str(item["name"]), str(item.get("definition", "") or "")))
+        check_keys(raw, SCHEMA, "", source)  # an unknown key anywhere: one line, with the closest valid key
+        for key in ("name", "type", "data", "prompt"):
+            if key not in raw:
+                raise UserError(f"task spec {source}: missing required key '{key}'")
         spec = cls(name=str(raw["name"]), type=str(raw["type"]), source=source,
                    description=str(raw.get("description", "") or ""), data=dict(raw["data"] or {}),
                    labels=labels, prompt=dict(raw["prompt"] or {}), merges=dict(raw.get("merges") or {}),
@@ -272,6 +234,21 @@ def adhoc_spec(name: str, source: str, data: dict, labels: list | None, task_typ
     else:
         raw["prompt"].update(instruction=instruction or "Write the answer for the text.", input="Text: {text}\nAnswer:")
     return TaskSpec.from_dict(raw, source=source)
+
+
+def starter_yaml(spec: TaskSpec) -> str:
+    """A task YAML to edit, from an ad-hoc spec (preprocess.py --write_task): the labels found in
+    the data, placeholder definitions, the default prompt; schema in docs/tasks.md."""
+    import yaml
+
+    raw = spec.to_dict()
+    raw["description"] = f"TODO: what the texts are, what the labels mean, where the data comes from ({spec.source})."
+    raw["labels"] = [{"name": l.name, "definition": f"TODO: one sentence defining '{l.name}'."} for l in spec.labels]
+    raw.pop("balance_per_label", None)
+    header = ("# A starter task spec written by preprocess.py --write_task: edit the TODOs (the definitions go into\n"
+              "# the prompt), then: python train.py --task <this file>. Every key: docs/tasks.md. Paths are read\n"
+              "# relative to the folder you run the scripts from.\n")
+    return header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=100)
 
 
 def sorted_labels(values) -> list:

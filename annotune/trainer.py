@@ -161,6 +161,7 @@ def shared_prefix_ids(kind, feats, mode):
 def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int) -> None:
     """Print one rendered example with the loss span marked, trainable parameters, dropped examples
     (data: train.py's TrainingData)."""
+    from .examples import data_report
     from .prompts import mark_loss_span
 
     spec, kind, prompter, stats, example = data.spec, data.kind, data.prompter, data.stats, data.splits["train"][0]
@@ -170,6 +171,8 @@ def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int)
     print(f"task {spec.name} ({kind}), model {model_name}, template {prompter.template}, "
           f"{len(data.feats)} training examples, {len(data.eval_rows)} validation examples")
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    for line in data_report(data.data_info):
+        print(f"note: {line}")
     if stats["dropped_too_long"]:
         print(f"dropped {stats['dropped_too_long']} examples longer than --max_seq_length {max_seq_length}")
     if stats["truncated"]:
@@ -241,7 +244,8 @@ def read_task_data(args, tokenizer, config, default_task: str) -> TrainingData:
         # A head reads the text, not the prompt: a folder rendered with a chat template still trains one.
         template = "auto" if kind == "classifier" else prompt["template"]
         prompter = Prompter(spec, template, prompt["with_definitions"], tokenizer, kind == "seq2seq")
-        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec", "max_words")}
+        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec", "max_words",
+                                             "dropped_rows", "duplicate_texts_across_given_splits")}
         return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
     if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
         if "/" not in name:

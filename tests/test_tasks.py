@@ -4,7 +4,8 @@ from collections import Counter
 import pytest
 
 from annotune.cli import UserError
-from annotune.examples import build_examples, load_source_rows, split_examples
+from annotune.examples import build_examples, split_examples
+from annotune.sources import load_source_rows
 from annotune.task import available_tasks, load_task
 
 
