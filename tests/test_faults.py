@@ -13,15 +13,51 @@ from conftest import REPO
 
 
 def train_cli(cwd, argv, crash=None):
-    """train.py in its own process; crash = 'point@n' (killed there) or 'sigint:point@n' (Ctrl-C there)."""
+    """train.py in its own process (a real os._exit at the crash point); crash = 'point@n' (killed
+    there) or 'sigint:point@n' (Ctrl-C there). Returns (exit status, stdout, stderr)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for name in ("ANNOTUNE_CRASH_AT", "ANNOTUNE_SIGINT_AT"):
         env.pop(name, None)
     if crash:
         name, _, point = crash.rpartition(":")
         env["ANNOTUNE_SIGINT_AT" if name == "sigint" else "ANNOTUNE_CRASH_AT"] = point
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, argv)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, argv)], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=900)
+    return out.returncode, out.stdout, out.stderr
+
+
+def train_here(cwd, argv, crash=None, monkeypatch=None):
+    """The same in this process (no interpreter start-up: seconds instead of tens of seconds); a kill
+    is faults.SimulatedKill, reported as status 137 (the staging folder a real kill leaves behind is
+    the subprocess case's job)."""
+    import contextlib
+    import io
+
+    from annotune import faults
+    from conftest import run_script
+
+    faults.reset()
+    faults.IN_PROCESS = True
+    saved = {k: os.environ.pop(k, None) for k in ("ANNOTUNE_CRASH_AT", "ANNOTUNE_SIGINT_AT")}
+    if crash:
+        name, _, point = crash.rpartition(":")
+        os.environ["ANNOTUNE_SIGINT_AT" if name == "sigint" else "ANNOTUNE_CRASH_AT"] = point
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = run_script("train", argv)
+            except faults.SimulatedKill:
+                code = 137
+    finally:
+        os.chdir(here)
+        faults.IN_PROCESS = False
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+    return code, out.getvalue(), err.getvalue()
 
 
 def adapter_files(run):
@@ -45,12 +81,11 @@ def reference(tmp_path_factory, tiny_llama_dir):
     steps = epochs[:8] + ["--stop_condition", "steps", "--steps", 2, "--quiet", "--max_eval_samples", 6,
                           "--max_train_samples", 32]
     for name, argv in (("epochs", epochs), ("steps", steps)):
-        out = train_cli(folder, argv + ["--output_dir", f"ref-{name}"])
-        assert out.returncode == 0, out.stderr[-2000:]
+        code, _, err = train_here(folder, argv + ["--output_dir", f"ref-{name}"])
+        assert code == 0, err[-2000:]
     return folder, {"epochs": epochs, "steps": steps}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("schedule,crash", [
     ("epochs", "train.step@6"),         # mid-epoch 2, last checkpoint at the end of epoch 1
     ("epochs", "train.evaluate@2"),     # during the final epoch's validation (case 3)
@@ -65,22 +100,36 @@ def reference(tmp_path_factory, tiny_llama_dir):
 def test_killed_and_resumed_run_ends_like_the_uninterrupted_one(reference, schedule, crash):
     folder, argv = reference
     run = folder / f"{schedule}-{crash.replace('@', '-').replace(':', '-')}"
-    out = train_cli(folder, argv[schedule] + ["--output_dir", run.name], crash=crash)
-    assert out.returncode == (130 if crash.startswith("sigint") else 137), out.stderr[-2000:]
+    code, out, err = train_here(folder, argv[schedule] + ["--output_dir", run.name], crash=crash)
+    assert code == (130 if crash.startswith("sigint") else 137), err[-2000:]
     if crash.startswith("sigint"):
-        assert "with a checkpoint" in out.stdout and list((run / "checkpoints").glob("checkpoint-*"))
-    out = train_cli(folder, argv[schedule] + ["--output_dir", run.name, "--resume_from_checkpoint"])
-    assert out.returncode == 0, out.stderr[-2000:]
-    ref = folder / f"ref-{schedule}"
+        assert "with a checkpoint" in out and list((run / "checkpoints").glob("checkpoint-*"))
+    code, out, err = train_here(folder, argv[schedule] + ["--output_dir", run.name, "--resume_from_checkpoint"])
+    assert code == 0, err[-2000:]
+    assert_same_run(run, folder / f"ref-{schedule}")
+    if crash.endswith("finish@1"):  # resuming a finished run trains nothing more (case 4: one step past --steps)
+        code, out, _ = train_here(folder, argv[schedule] + ["--output_dir", run.name, "--resume_from_checkpoint"])
+        assert code == 0 and "nothing to resume" in out
+        assert adapter_files(run) == adapter_files(folder / f"ref-{schedule}")
+
+
+def assert_same_run(run, ref):
     assert adapter_files(run) == adapter_files(ref)
     assert evals(run) == evals(ref)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging folder left
     steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines() if '"step"' in l]
     assert steps == [json.loads(l)["step"] for l in (ref / "log.jsonl").read_text().splitlines() if '"step"' in l]
-    if crash.endswith("finish@1"):  # resuming a finished run trains nothing more (case 4: one step past --steps)
-        out = train_cli(folder, argv[schedule] + ["--output_dir", run.name, "--resume_from_checkpoint"])
-        assert out.returncode == 0 and "nothing to resume" in out.stdout
-        assert adapter_files(run) == adapter_files(ref)
+
+
+@pytest.mark.slow
+def test_a_real_kill_while_saving_leaves_a_staging_folder_that_resume_clears(reference):
+    folder, argv = reference
+    code, _, err = train_cli(folder, argv["epochs"] + ["--output_dir", "killed"], crash="train.save@2")
+    assert code == 137, err[-2000:]
+    assert [p for p in (folder / "killed").iterdir() if p.name.startswith(".")]  # as kill -9 leaves it
+    code, _, err = train_cli(folder, argv["epochs"] + ["--output_dir", "killed", "--resume_from_checkpoint"])
+    assert code == 0, err[-2000:]
+    assert_same_run(folder / "killed", folder / "ref-epochs")
 
 
 def test_resume_with_other_arguments_is_refused_and_changes_nothing(reference):
@@ -91,12 +140,12 @@ def test_resume_with_other_arguments_is_refused_and_changes_nothing(reference):
         for flag, value in zip(other[::2], other[1::2]):
             if flag in changed:
                 changed[changed.index(flag) + 1] = value
-        out = train_cli(folder, changed + ["--output_dir", "ref-epochs", "--resume_from_checkpoint"])
-        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
-        assert "other arguments" in out.stderr and other[0] in out.stderr
+        code, _, err = train_here(folder, changed + ["--output_dir", "ref-epochs", "--resume_from_checkpoint"])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err[-2000:]
+        assert "other arguments" in err and other[0] in err
     assert (folder / "ref-epochs" / "manifest.json").read_bytes() == before
-    out = train_cli(folder, argv["epochs"] + ["--output_dir", "ref-epochs", "--resume_from_checkpoint", "--quiet"])
-    assert out.returncode == 0 and "nothing to resume" in out.stdout
+    code, out, _ = train_here(folder, argv["epochs"] + ["--output_dir", "ref-epochs", "--resume_from_checkpoint", "--quiet"])
+    assert code == 0 and "nothing to resume" in out
 
 
 @pytest.mark.parametrize("flags,message", [
