@@ -273,15 +273,8 @@ def cap_samples(splits: dict, max_samples, seed: int) -> dict:
 
 
 def parse_caps(text) -> dict:
-    if text is None or text == "":
-        return {}
-    try:
-        numbers = [int(x) for x in str(text).split(",")]
-    except ValueError:
-        raise UserError(f"--max_samples takes N or N_train,N_val,N_test, got {text!r}") from None
-    if len(numbers) not in (1, 3) or min(numbers) < 0:
-        raise UserError(f"--max_samples takes N or N_train,N_val,N_test of counts >= 0, got {text!r}")
-    return dict(zip(SPLITS, numbers * 3 if len(numbers) == 1 else numbers))
+    """--max_samples: N for every split, or N_train,N_val,N_test (0 = all)."""
+    return parse_split_numbers(text, "--max_samples", every_split=True, least=0)
 
 
 def split_summary(splits: dict) -> dict:
@@ -335,14 +328,21 @@ def pick_split(rows_by_split: dict, split: str, max_samples: int | None = None, 
 
 
 def parse_counts(text) -> dict:
-    """'1000' -> train only; '2000,500,500' -> train, validation, test."""
+    """--balance_per_label: '1000' -> train only; '2000,500,500' -> train, validation, test."""
+    return parse_split_numbers(text, "--balance_per_label", every_split=False, least=1)
+
+
+def parse_split_numbers(text, flag: str, every_split: bool, least: int) -> dict:
+    """'N' or 'N,N,N' as {split: N}; one N applies to every split or to train only."""
+    if text is None or text == "":
+        return {}
     try:
         numbers = [int(x) for x in str(text).split(",")]
     except ValueError:
-        raise UserError(f"--balance_per_label takes N or N,N,N, got {text!r}") from None
-    if len(numbers) not in (1, 3) or min(numbers) < 1:
-        raise UserError(f"--balance_per_label takes N or N,N,N of positive counts, got {text!r}")
-    return dict(zip(SPLITS, numbers))
+        raise UserError(f"{flag} takes N or N_train,N_val,N_test, got {text!r}") from None
+    if len(numbers) not in (1, 3) or min(numbers) < least:
+        raise UserError(f"{flag} takes N or N_train,N_val,N_test of counts >= {least}, got {text!r}")
+    return dict(zip(SPLITS, numbers * 3 if every_split and len(numbers) == 1 else numbers))
 
 
 def prepare_splits(spec: TaskSpec, prompter, val_ratio: float | None = None, test_ratio: float | None = None,

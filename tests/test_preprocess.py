@@ -86,7 +86,7 @@ prompt: {{system: "You judge stance.", instruction: "Answer {{label_list}}.", in
     (["--data_path", "{csv}", "--text_column", "nope", "--label_column", "stance"], "no column 'nope'"),
     (["--task", "nope"], "unknown task"),
     (["--task", "politosphere", "--merge", "nope"], "unknown merge"),
-    (["--task", "sst2", "--balance_per_label", "1,2"], "N,N,N"),
+    (["--task", "sst2", "--balance_per_label", "1,2"], "N_train,N_val,N_test"),
     (["--data_path", "{latin1}", "--text_column", "post", "--label_column", "stance"], "not UTF-8"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, message):
