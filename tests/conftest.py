@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real models or several processes (seconds to a minute each)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one); run there with pytest -m cuda")
 
 
 @pytest.fixture(scope="session")
