@@ -45,7 +45,7 @@ FILE_KEYS = {
     "encoding": Key("text", "utf-8", "the file's text encoding (e.g. latin-1)"),
     "rename": Key("mapping", "none", "old column name -> new column name, applied as the file is read"),
     "labels_path": Key("path", "none", "a file with one label per line, aligned with this file's rows "
-                                       "(read as lines; the counts must match); the column is 'label'"),
+                                       "(read as lines; the counts must match); it fills data.label_column"),
     "label_ids": Key("path", "none", "with labels_path: a mapping file, one label per line ('0 negative', "
                                      "'0<TAB>negative', or just 'negative' for id = line number)"),
     "labels_join": Key("mapping", "none", "labels kept in another file, joined to these rows by id",

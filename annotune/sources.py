@@ -41,7 +41,7 @@ def read_split(file_spec: dict, id_column: str | None, label_column: str) -> lis
     if renames:
         rows = [{renames.get(k, k): v for k, v in row.items()} for row in rows]
     if file_spec.get("labels_path"):
-        rows = with_aligned_labels(rows, path, file_spec, encoding)
+        rows = with_aligned_labels(rows, path, file_spec, encoding, label_column)
     elif file_spec.get("label_ids"):
         raise UserError(f"{path}: label_ids maps the ids of a labels_path file; give labels_path too")
     if file_spec.get("labels_join"):
@@ -49,7 +49,7 @@ def read_split(file_spec: dict, id_column: str | None, label_column: str) -> lis
     return rows
 
 
-def with_aligned_labels(rows: list, path: str, file_spec: dict, encoding: str) -> list:
+def with_aligned_labels(rows: list, path: str, file_spec: dict, encoding: str, label_column: str) -> list:
     labels_path = resolve_path(file_spec["labels_path"])
     labels = [line.strip() for line in read_lines(labels_path, encoding)]
     if len(labels) != len(rows):
@@ -62,7 +62,7 @@ def with_aligned_labels(rows: list, path: str, file_spec: dict, encoding: str) -
             raise UserError(f"{labels_path}: label id {unknown[0]!r} is not in {file_spec['label_ids']} "
                             f"(ids there: {', '.join(list(names)[:10])})")
         labels = [names[l] for l in labels]
-    return [dict(row, label=label) for row, label in zip(rows, labels)]
+    return [dict(row, **{label_column: label}) for row, label in zip(rows, labels)]
 
 
 def read_label_ids(path: str, encoding: str = "utf-8") -> dict:
