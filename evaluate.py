@@ -279,9 +279,9 @@ def annotate(args, adapters, base):
 
 def annotation_fingerprint(args, adapters, annotator, rule, input_sha256: str) -> dict:
     """Everything that changes a label: a resumed annotation must match it exactly."""
-    from annotune.adapters import weights_sha256
+    from annotune.models import weights_sha256
 
-    return {"model": f"adapter sha256 {weights_sha256(adapters[0])}" if adapters else f"base {annotator.name}",
+    return {"model": f"adapter sha256 {weights_sha256(Path(adapters[0]))}" if adapters else f"base {annotator.name}",
             "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
             "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
             "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,

@@ -105,16 +105,3 @@ def natural_order(paths) -> list:
 def adapters_in(run_dir: Path) -> list:
     """The adapter folders of a run, in epoch order."""
     return natural_order(p for p in Path(run_dir).iterdir() if (p / ADAPTER_INFO).exists())
-
-
-def weights_sha256(folder) -> str:
-    """SHA-256 over an adapter's weight files (names and bytes): what its predictions depend on."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -77,7 +77,8 @@ def base_identity(name: str) -> dict:
 
 
 def weights_sha256(folder: Path) -> str:
-    """SHA-256 of a model folder's weight files, cached beside them (hashing 500 MB takes seconds)."""
+    """SHA-256 of a model or adapter folder's weight files, cached by path, size and modification
+    time (hashing 500 MB takes seconds)."""
     import hashlib
 
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))

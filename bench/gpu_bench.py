@@ -155,8 +155,6 @@ def reset_memory():
 
 
 def train_ours(args, folder, tokenizer, spec, rows) -> dict:
-    import torch
-
     from annotune.models import add_lora, load_model
     from annotune.trainer import AnnotuneTrainer, LossOptions, build_features
 
@@ -169,7 +167,7 @@ def train_ours(args, folder, tokenizer, spec, rows) -> dict:
     trainer.train()
     out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r16 all-linear", shared_prefix=len(trainer.prefix))
     del trainer, model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    reset_memory()
     return out
 
 
