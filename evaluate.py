@@ -155,7 +155,9 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     from annotune.models import resolve_model_path
     from annotune.report import safe_name, write_model_results
 
-    bert = None if args.bertscore_model == "none" else resolve_model_path(args.bertscore_model)
+    # BERTScore is for summaries only: a classification run needs no BERTScore model installed
+    bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
+        args.bertscore_model)
     results = []
     splits = ["train", "validation"] if args.table else [args.split]
     results = baselines(args, spec, adapters, rows_by_split, splits)

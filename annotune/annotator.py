@@ -24,7 +24,7 @@ from .cli import UserError
 from .decision import probs_matrix
 from .labels import INVALID, parse_label
 from .metrics import classification_metrics, generation_metrics
-from .prompts import Prompter, encode_completion, encode_prompt
+from .prompts import Prompter, encode_label_after, encode_prompt
 
 
 MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longer texts are cut and flagged
@@ -50,7 +50,7 @@ class Annotator:
         if key not in self._completion_cache:
             eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
             self._completion_cache[key] = [
-                encode_completion(self.tokenizer, prompt, self.prompter.completion(label), prompt_ids) + eos
+                encode_label_after(self.tokenizer, prompt, self.prompter.completion(label), prompt_ids) + eos
                 for label in self.spec.label_names]
         return self._completion_cache[key]
 

@@ -106,56 +106,118 @@ def _cache(kv, batch, config, expand: bool):
     return DynamicCache(ddp_cache_data=data, config=config)
 
 
+PACKED_ATTENTION = ("eager", "sdpa")  # implementations that take a custom 4D mask
+
+
 @torch.no_grad()
 def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, length_norm: bool = False,
-                      use_prefix: bool = True, progress=None):
+                      use_prefix: bool = True, progress=None, packed: bool | None = None):
     """Log-likelihood of each completion after each prompt: a tensor [n_prompts, n_completions].
 
     prompt_ids: token ids per prompt. completion_ids: per prompt, a list of token-id lists (the
     labels as tokenised after that prompt, EOS included where wanted).
-    Two levels of reuse: the prompts' common prefix runs once for the whole call; each batch's own
-    prompt tokens run once on top of it; then every label runs on top of that cache (a few tokens
-    each), so the cost is about one prompt forward per example, not one per (example, label).
+    The prompts' common prefix runs once for the whole call. Packed (the default where the attention
+    takes a 4D mask): each batch is ONE forward of [own prompt tokens, label 1, label 2, ...] per
+    row, where a mask lets each label see the prompt and itself only and its positions restart
+    after the prompt, so scoring every label costs about one prompt forward. Otherwise each batch's
+    prompt runs once and every label runs on top of its cache (one small forward per label).
     """
     decoder, _, config = decoder_and_head(model)
-    device = next(model.parameters()).device
+    if packed is None:
+        packed = getattr(config, "_attn_implementation", "eager") in PACKED_ATTENTION
     n_prompts, n_labels = len(prompt_ids), len(completion_ids[0])
     plen = common_prefix_length(prompt_ids) if use_prefix and n_prompts > 1 else 0
     prefix_kv = run_prefix(model, prompt_ids[0][:plen]) if plen else None
     order = sorted(range(n_prompts), key=lambda i: len(prompt_ids[i]))  # similar lengths: less padding
     scores = torch.zeros(n_prompts, n_labels, dtype=torch.float64)
+    score_batch = _score_batch_packed if packed else _score_batch_stepwise
     for start in range(0, n_prompts, batch_size):
         idx = order[start:start + batch_size]
-        batch = len(idx)
-        own_ids, own_mask = pad_batch([list(prompt_ids[i][plen:]) for i in idx], 0, "right")
-        own_ids, own_mask = own_ids.to(device), own_mask.to(device)
-        own_len = own_mask.sum(-1)
-        past_mask = torch.ones(batch, plen, dtype=torch.long, device=device)
-        kwargs = {"cache": _cache(prefix_kv, batch, config, expand=True)} if prefix_kv else {}
-        out = decoder(input_ids=own_ids, attention_mask=torch.cat([past_mask, own_mask], 1),
-                      position_ids=plen + torch.arange(own_ids.shape[1], device=device).expand(batch, -1),
-                      use_cache=True, **kwargs)
-        last_hidden = out.last_hidden_state[torch.arange(batch, device=device), own_len - 1]
-        own_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        context_mask = torch.cat([past_mask, own_mask], 1)
-        for j in range(n_labels):
-            comp_ids, comp_mask = pad_batch([list(completion_ids[i][j]) for i in idx], 0, "right")
-            comp_ids, comp_mask = comp_ids.to(device), comp_mask.to(device)
-            # Padding holes sit between each prompt's end and its label: the mask skips them and the
-            # label's positions continue from the prompt's true length.
-            positions = (plen + own_len).unsqueeze(1) + torch.arange(comp_ids.shape[1], device=device)
-            hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([context_mask, comp_mask], 1),
-                             position_ids=positions, cache=_cache(own_kv, batch, config, expand=False),
-                             use_cache=True).last_hidden_state
-            # Token t of the label is predicted from the position before it.
-            predictors = torch.cat([last_hidden.unsqueeze(1), hidden[:, :-1]], 1)
-            logp = torch.log_softmax(logits_from_hidden(model, predictors[comp_mask.bool()]), -1)
-            token_lp = logp.gather(-1, comp_ids[comp_mask.bool()].unsqueeze(-1)).squeeze(-1).double()
-            rows = torch.arange(batch, device=device).unsqueeze(1).expand_as(comp_ids)[comp_mask.bool()]
-            sums = torch.zeros(batch, dtype=torch.float64, device=device).index_add_(0, rows, token_lp)
-            if length_norm:
-                sums = sums / comp_mask.sum(-1)
-            scores[idx, j] = sums.cpu()
+        own = [list(prompt_ids[i][plen:]) for i in idx]
+        sums, counts = score_batch(model, own, [completion_ids[i] for i in idx], plen, prefix_kv)
+        scores[idx] = (sums / counts if length_norm else sums).cpu()
         if progress is not None:
-            progress.update(batch * n_labels)
+            progress.update(len(idx) * n_labels)
     return scores
+
+
+def _label_logprobs(model, hidden, targets, groups, n_groups):
+    """Summed log-probabilities per group of the target tokens predicted from the hidden states."""
+    logp = torch.log_softmax(logits_from_hidden(model, hidden), -1)
+    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+    return torch.zeros(n_groups, dtype=torch.float64, device=hidden.device).index_add_(0, groups, token_lp)
+
+
+def _score_batch_packed(model, own, comps, plen, prefix_kv):
+    """[batch, n_labels] summed log-probs (and token counts) from one forward (see score_completions)."""
+    decoder, _, config = decoder_and_head(model)
+    device, dtype = next(model.parameters()).device, model.get_input_embeddings().weight.dtype
+    batch, n_labels = len(own), len(comps[0])
+    rows = [o + [t for c in cs for t in c] for o, cs in zip(own, comps)]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    positions = torch.zeros(batch, width, dtype=torch.long)
+    group = torch.full((batch, width), -2, dtype=torch.long)  # -1: prompt, j: label j, -2: padding
+    pick_rows, pick_pos, targets, groups = [], [], [], []
+    for r, (o, cs) in enumerate(zip(own, comps)):
+        ids[r, :len(rows[r])] = torch.as_tensor(rows[r])
+        positions[r, :len(o)] = torch.arange(len(o))
+        group[r, :len(o)] = -1
+        at = len(o)
+        for j, c in enumerate(cs):
+            positions[r, at:at + len(c)] = len(o) + torch.arange(len(c))
+            group[r, at:at + len(c)] = j
+            # token t of the label is predicted from the position before it: the prompt's last
+            # token for t = 0, else the label's own previous token
+            pick_pos += [len(o) - 1] + list(range(at, at + len(c) - 1))
+            pick_rows += [r] * len(c)
+            targets += c
+            groups += [r * n_labels + j] * len(c)
+            at += len(c)
+    q, k = group.unsqueeze(2), group.unsqueeze(1)
+    allowed = torch.ones(width, width, dtype=torch.bool).tril() & ((k == -1) | (k == q)) & (k != -2)
+    allowed |= torch.eye(width, dtype=torch.bool) & (q == -2)  # padding sees itself: no empty rows
+    allowed = torch.cat([torch.ones(batch, width, plen, dtype=torch.bool), allowed], 2)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    kwargs = {"cache": _cache(prefix_kv, batch, config, expand=True), "use_cache": True} if prefix_kv else {
+        "use_cache": False}
+    hidden = decoder(input_ids=ids.to(device), attention_mask=mask.unsqueeze(1).to(device),
+                     position_ids=(plen + positions).to(device), **kwargs).last_hidden_state
+    pick = hidden[torch.as_tensor(pick_rows, device=device), torch.as_tensor(pick_pos, device=device)]
+    groups = torch.as_tensor(groups, device=device)
+    sums = _label_logprobs(model, pick, torch.as_tensor(targets, device=device), groups, batch * n_labels)
+    counts = torch.zeros(batch * n_labels, dtype=torch.float64, device=device).index_add_(
+        0, groups, torch.ones(len(targets), dtype=torch.float64, device=device))
+    return sums.view(batch, n_labels), counts.view(batch, n_labels)
+
+
+def _score_batch_stepwise(model, own, comps, plen, prefix_kv):
+    """[batch, n_labels] summed log-probs (and token counts): the prompt once, then each label on its cache."""
+    decoder, _, config = decoder_and_head(model)
+    device = next(model.parameters()).device
+    batch, n_labels = len(own), len(comps[0])
+    own_ids, own_mask = (t.to(device) for t in pad_batch(own, 0, "right"))
+    own_len = own_mask.sum(-1)
+    context_mask = torch.cat([torch.ones(batch, plen, dtype=torch.long, device=device), own_mask], 1)
+    kwargs = {"cache": _cache(prefix_kv, batch, config, expand=True)} if prefix_kv else {}
+    out = decoder(input_ids=own_ids, attention_mask=context_mask,
+                  position_ids=plen + torch.arange(own_ids.shape[1], device=device).expand(batch, -1),
+                  use_cache=True, **kwargs)
+    last_hidden = out.last_hidden_state[torch.arange(batch, device=device), own_len - 1]
+    own_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+    sums = torch.zeros(batch, n_labels, dtype=torch.float64, device=device)
+    counts = torch.zeros(batch, n_labels, dtype=torch.float64, device=device)
+    for j in range(n_labels):
+        comp_ids, comp_mask = (t.to(device) for t in pad_batch([list(c[j]) for c in comps], 0, "right"))
+        # Padding holes sit between each prompt's end and its label: the mask skips them and the
+        # label's positions continue from the prompt's true length.
+        positions = (plen + own_len).unsqueeze(1) + torch.arange(comp_ids.shape[1], device=device)
+        hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([context_mask, comp_mask], 1),
+                         position_ids=positions, cache=_cache(own_kv, batch, config, expand=False),
+                         use_cache=True).last_hidden_state
+        predictors = torch.cat([last_hidden.unsqueeze(1), hidden[:, :-1]], 1)
+        keep = comp_mask.bool()
+        rows = torch.arange(batch, device=device).unsqueeze(1).expand_as(comp_ids)[keep]
+        sums[:, j] = _label_logprobs(model, predictors[keep], comp_ids[keep], rows, batch)
+        counts[:, j] = comp_mask.sum(-1)
+    return sums, counts

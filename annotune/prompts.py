@@ -113,6 +113,20 @@ def encode_completion(tokenizer, prompt: str, completion: str, prompt_ids: list 
     return tokenizer(completion, add_special_tokens=False)["input_ids"]
 
 
+def encode_label_after(tokenizer, prompt: str, completion: str, prompt_ids: list, tail_chars: int = 64) -> list:
+    """encode_completion on the prompt's last `tail_chars` characters: the label's tokens depend on
+    the text just before them only. Labelling tokenises every label after every prompt, and doing it
+    on whole prompts made score mode tokenizer-bound on a GPU. The tail's last tokens are checked
+    against the prompt's; where they differ (a word longer than the tail), the whole prompt is used."""
+    if len(prompt) > tail_chars:
+        tail = prompt[-tail_chars:]
+        tail_ids = encode_prompt(tokenizer, tail)
+        k = min(4, len(tail_ids) - 1, len(prompt_ids))
+        if k > 0 and tail_ids[-k:] == prompt_ids[-k:]:
+            return encode_completion(tokenizer, tail, completion, tail_ids)
+    return encode_completion(tokenizer, prompt, completion, prompt_ids)
+
+
 def encode_example(tokenizer, prompt: str, completion: str, add_eos: bool = True) -> dict:
     """input_ids and labels for causal-LM training: the loss is on the completion (and EOS) only,
     by construction: prompt positions are -100 because they are the prompt, not because a marker

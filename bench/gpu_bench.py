@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     p.add_argument("--batch_size", type=int, default=16, help="examples per step and per labelling batch (default: 16)")
     p.add_argument("--label_examples", type=int, default=64, help="prompts labelled per method (default: 64)")
+    p.add_argument("--tokenizer", default="smollm2-135m",
+                   help="tokenizer (alias or folder) of the random model (default: %(default)s)")
     p.add_argument("--work", default="runs/bench/gpu", help="scratch folder for the random model (default: %(default)s)")
     return p.parse_args(argv)
 
@@ -79,6 +81,7 @@ def random_model_folder(args, tokenizer) -> Path:
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     del model
+    reset_memory()
     return folder
 
 
@@ -143,6 +146,23 @@ def peak_memory_gib():
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
+def allocated_gib():
+    import torch
+
+    return round(torch.cuda.memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def memory_after_load() -> dict:
+    """GPU memory held by the loaded model, the peak while loading, then peak stats restarted so the
+    arm's peak_gpu_gib is that of training alone."""
+    import torch
+
+    out = {"model_loaded_gib": allocated_gib(), "load_peak_gib": peak_memory_gib()}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
 def reset_memory():
     import gc
 
@@ -159,13 +179,15 @@ def train_ours(args, folder, tokenizer, spec, rows) -> dict:
     from annotune.trainer import AnnotuneTrainer, LossOptions, build_features
 
     model = add_lora(load_model(str(folder), "causal", quantization()), "causal", 16, 32, 0.05, "all-linear")
+    memory = memory_after_load()
     feats, _ = build_features("causal", tokenizer, rows, spec.label_names, 512)
     clock = StepClock(args.warmup)
     trainer = AnnotuneTrainer(model, ours_training_args(args), feats, tokenizer, LossOptions(kind="causal"),
                               [clock.callback])
     clock.counter = trainer.totals  # useful_tokens / processed_tokens, counted by compute_loss
     trainer.train()
-    out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r16 all-linear", shared_prefix=len(trainer.prefix))
+    out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r16 all-linear", shared_prefix=len(trainer.prefix),
+               activation_checkpointing=False, **memory)
     del trainer, model
     reset_memory()
     return out
@@ -185,6 +207,7 @@ def train_seed(args, folder, tokenizer, spec, rows) -> dict:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    memory = memory_after_load()
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     config = training_args(args, "seed", SFTConfig, max_length=512, completion_only_loss=True, packing=False)
     peft = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -204,7 +227,8 @@ def train_seed(args, folder, tokenizer, spec, rows) -> dict:
     trainer.data_collator = counting
     trainer.add_callback(clock.callback)
     trainer.train()
-    out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r64 q_proj,v_proj")
+    out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r64 q_proj,v_proj",
+               activation_checkpointing=bool(config.gradient_checkpointing), **memory)
     del trainer, model
     return out
 
@@ -235,9 +259,10 @@ def training_args(args, name, cls, **extra):
 
 def label_speed(args, folder, tokenizer, spec, rows) -> dict:
     """Examples/s: score mode, greedy generation of the answer's length, and of 80 tokens."""
+    from annotune import lm
     from annotune.annotator import Annotator
     from annotune.models import load_model
-    from annotune.prompts import Prompter
+    from annotune.prompts import Prompter, encode_prompt
 
     model = load_model(str(folder), "causal", quantization()).eval()
     prompter = Prompter(spec, "llama2-chat", True, tokenizer)
@@ -254,8 +279,19 @@ def label_speed(args, folder, tokenizer, spec, rows) -> dict:
         return len(prompts) / (time.perf_counter() - start)
 
     annotator.score(prompts[: args.batch_size], args.batch_size)  # warm-up
-    out = {"examples": len(prompts), "answer_tokens": answer,
+    start = time.perf_counter()
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    completions = [annotator.label_completions(p, ids) for p, ids in zip(prompts, prompt_ids)]
+    tokenize_s = time.perf_counter() - start
+    out = {"examples": len(prompts), "answer_tokens": answer, "labels": len(spec.label_names),
            "score_examples_per_s": timed(lambda: annotator.score(prompts, args.batch_size)),
+           "tokenize_seconds": round(tokenize_s, 3),
+           "score_pretokenized_examples_per_s": timed(lambda: lm.score_completions(
+               model, prompt_ids, completions, args.batch_size)),
+           "score_pretokenized_batch64_examples_per_s": timed(lambda: lm.score_completions(
+               model, prompt_ids, completions, 64)),
+           "score_one_forward_per_label_examples_per_s": timed(lambda: lm.score_completions(
+               model, prompt_ids, completions, args.batch_size, packed=False)),
            "generate_answer_examples_per_s": timed(lambda: annotator.generate(
                prompts, answer, args.batch_size, min_new_tokens=answer)),
            "generate_80_examples_per_s": timed(lambda: annotator.generate(
@@ -276,11 +312,12 @@ def main(argv=None):
     out = Path(args.out)
     result = {"command": " ".join(sys.argv), "tiny": args.tiny, "device": device_info(), "quantization": quantization()}
     atomic_write_json(out, result)
-    tokenizer = load_tokenizer("smollm2-135m", for_generation=False)
+    tokenizer = load_tokenizer(args.tokenizer, for_generation=False)
     spec, rows = examples(tokenizer)
     start = time.time()
     folder = random_model_folder(args, tokenizer)
     result["model"] = {"folder": str(folder), "seconds_to_build": round(time.time() - start, 1),
+                       "gib_left_on_gpu_after_build": allocated_gib(),
                        "config": json.loads((folder / "config.json").read_text())}
     for name, run in (("ours", train_ours), ("seed", train_seed)):
         reset_memory()

@@ -104,6 +104,6 @@ def test_train_resume_and_evaluate_end_to_end_in_4bit(in_tmp, tiny_llama_dir):
     info = json.loads((in_tmp / "full" / name / "annotune.json").read_text())
     assert info["quantization"] == "4bit"
     assert run_script("evaluate", ["--adapters_name", in_tmp / "full" / name, "--base_only", "--output_dir", "ev",
-                                   "--quiet", "--bootstrap", 50]) == 0
+                                   "--quiet", "--bootstrap", 50, "--max_samples", 8]) == 0
     metrics = json.loads((in_tmp / "ev" / name / "validation" / "metrics.json").read_text())
     assert metrics["n"] == 8 and metrics["invalid"] == 0

@@ -78,9 +78,10 @@ def slow_scores(model, prompts, completions, length_norm=False):
     return out
 
 
+@pytest.mark.parametrize("packed", [True, False])  # one forward per batch (4D mask), or one per label
 @pytest.mark.parametrize("length_norm", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, length_norm, batch_size):
+def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, length_norm, batch_size, packed):
     lora_model.eval()
     prompter = Prompter(load_task("politosphere"), "llama2-chat")
     texts = ["guns", "we must ban this horrible weapon of war, and all of them", "ok then", "an oath"]
@@ -89,8 +90,9 @@ def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, lengt
     names = ["Support Gun Polarized", "Support Gun non-Polarized", "Neutral", "Not Sure", "Not Relevant"]
     completions = [[encode_completion(smol_tok, prompter.prompt(t), prompter.completion(n)) + [smol_tok.eos_token_id]
                     for n in names] for t in texts]
-    fast = lm.score_completions(lora_model, prompts, completions, batch_size=batch_size, length_norm=length_norm)
+    fast = lm.score_completions(lora_model, prompts, completions, batch_size=batch_size, length_norm=length_norm,
+                                packed=packed)
     assert torch.allclose(fast, slow_scores(lora_model, prompts, completions, length_norm), atol=1e-4)
     # One prompt: no shared prefix to reuse, same answer.
-    single = lm.score_completions(lora_model, prompts[:1], completions[:1], length_norm=length_norm)
+    single = lm.score_completions(lora_model, prompts[:1], completions[:1], length_norm=length_norm, packed=packed)
     assert torch.allclose(single, fast[:1], atol=1e-4)

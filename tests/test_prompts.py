@@ -3,7 +3,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from annotune.models import resolve_model_path
-from annotune.prompts import Prompter, encode_completion, encode_example, encode_prompt, quoted_list
+from annotune.prompts import (Prompter, encode_completion, encode_example, encode_label_after, encode_prompt,
+                              quoted_list)
 from annotune.task import load_task
 
 
@@ -72,6 +73,32 @@ def test_one_bos_and_the_leading_space_trap():
     prompt = "[INST] classify [/INST]"
     joint = encode_prompt(tok, prompt + " positive")
     assert encode_completion(tok, prompt, " positive") == joint[len(encode_prompt(tok, prompt)):]
+
+
+TEXTS = ["guns", "we must ban this horrible weapon of war.", "see https://example.com/a/very/long/path/without/any/"
+         "spaces/at/all/in/it/which/goes/on/and/on", "ends with an emoji 🙂", "trailing spaces   ", "ends [/INST]",
+         "x" * 150, "line\nbreaks\n\n"]
+
+
+@pytest.mark.parametrize("template", ["chat", "llama2-chat", "alpaca"])
+def test_labels_tokenised_after_the_prompts_tail_equal_the_whole_prompts_tokens(smol_tok, template):
+    # Score mode tokenises every label after the prompt's last 64 characters (fast); it must give
+    # exactly the tokens that training puts after the whole prompt, for every shipped task.
+    for name in ("politosphere", "sbic_offensive", "sbic_biased", "sst2", "imdb", "ag_news", "bbc_news",
+                 "drug_reviews"):
+        spec = load_task(name)
+        prompter = Prompter(spec, template, True, smol_tok)
+        for text in TEXTS:
+            prompt = prompter.prompt(text)
+            ids = encode_prompt(smol_tok, prompt)
+            for label in spec.label_names:
+                completion = prompter.completion(label)
+                assert encode_label_after(smol_tok, prompt, completion, ids) == \
+                    encode_completion(smol_tok, prompt, completion, ids), (name, template, text, label)
+    # A bare prompt whose last word is longer than the tail: the check falls back to the whole prompt.
+    prompt = "a " + "ab" * 60
+    ids = encode_prompt(smol_tok, prompt)
+    assert encode_label_after(smol_tok, prompt, "cd", ids) == encode_completion(smol_tok, prompt, "cd", ids)
 
 
 def test_pad_token_differs_from_eos(smol_tok):

