@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 DEFAULT_TASK = "drug_reviews"
 DEFAULT_MODEL = "smollm2-135m"
 EPOCH_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "invalid", "rouge1", "rouge2", "rougeL",
-                 "exact_match", "ci95", "mode", "decision_rule", "selection_score")  # what log.jsonl and annotune.json keep of a validation pass
+                 "exact_match", "ci95", "mode", "decision_rule", "selection_score", "collapsed")  # what log.jsonl and annotune.json keep of a validation pass
 
 
 def parse_args(argv=None):
@@ -193,8 +193,11 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
         model.train()
         if data.spec.type == "classification":  # the decision rule saved with this epoch's adapter
             labels = data.spec.label_names
-            rule = fit_rule(probs_matrix(records, labels), [r["gold"] for r in records], labels, args.decision_objective)
-            metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule))
+            probs = probs_matrix(records, labels)
+            rule = fit_rule(probs, [r["gold"] for r in records], labels, args.decision_objective)
+            given = rule.apply(probs)[1] if rule.fitted else [r["prediction"] for r in records]
+            metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule),
+                           collapsed=len(labels) > 1 and len(set(given)) == 1)
         return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
 
     base, quantization = base_identity(args.model_name), resolved_quantization(args.quantization)
@@ -234,6 +237,9 @@ def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> 
     if callback.best and len(callback.history) > 1:
         print(f"best validation epoch {callback.best['epoch']} of {len(callback.history)} "
               f"({callback.best['metric']} {callback.best['value']:.3f})")
+    if callback.best and callback.best.get("collapsed"):
+        print("warning: the adapter kept gives every validation row the same label (majority collapse); "
+              "try --balance weights or oversample, more epochs or rows")
     for path in result["adapters"]:
         print(f"saved adapter {path}")
     print(f"run folder {out_dir} (manifest.json, log.jsonl, learning_curve.png)")

@@ -614,13 +614,18 @@ class EvaluateAndSave(TrainerCallback):
         return self.plan.select or self.plan.metric
 
     def _track(self, epoch, step, metrics) -> bool:
-        """Record an epoch's evaluation; True when it is the best so far (ties keep the earlier)."""
+        """Record an epoch's evaluation; True when it is the best so far (ties keep the earlier).
+        An epoch that gives every validation row the same label ('collapsed') ranks below every
+        epoch that does not: on imbalanced data, always answering the majority scores a macro-F1
+        near 0.5 for free, above an epoch that is learning the minority."""
         self.history.append({"epoch": epoch, "step": step, **{k: v for k, v in metrics.items() if k not in ("type", "at")}})
         value = metrics.get(self._select)
         if not _finite(value):
             return False
-        if not self.best or value > self.best["value"]:
-            self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self._select}, 0
+        rank = (not metrics.get("collapsed", False), value)
+        if not self.best or rank > (not self.best["collapsed"], self.best["value"]):
+            self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self._select,
+                                          "collapsed": bool(metrics.get("collapsed", False))}, 0
             return True
         self.bad_epochs += 1
         return False
@@ -635,4 +640,5 @@ class EvaluateAndSave(TrainerCallback):
         name = self.plan.metric
         ci = metrics.get("ci95", {}).get(name)
         self.report(f"epoch {epoch}: validation {name} {metrics[name]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-                    + (f", accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""))
+                    + (f", accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else "")
+                    + (" (collapsed: one label for every row)" if metrics.get("collapsed") else ""))

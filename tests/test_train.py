@@ -41,6 +41,10 @@ def test_politosphere_three_epochs_three_adapters_and_steps_mode(in_tmp, tiny_ll
     assert [r["epoch"] for r in read_log(run) if r["type"] == "eval"] == [1, 2, 3]
     printed = capsys.readouterr().out
     assert ">>>" in printed and "trainable parameters" in printed
+    # Each epoch says whether it gave every validation row one label; a collapsed keeper is warned of.
+    evals = [r for r in read_log(run) if r["type"] == "eval"]
+    assert all(isinstance(r["collapsed"], bool) for r in evals)
+    assert ("majority collapse" in printed) == manifest["result"]["best"]["collapsed"]
     # The same with --stop_condition steps --steps 3: three optimizer steps, one adapter.
     assert run_script("train", argv[:8] + ["--stop_condition", "steps", "--steps", 3, "--quiet",
                                            "--output_dir", in_tmp / "steps"]) == 0
