@@ -151,7 +151,7 @@ def _label_logprobs(model, hidden, targets, groups, n_groups):
 def _score_batch_packed(model, own, comps, plen, prefix_kv):
     """[batch, n_labels] summed log-probs (and token counts) from one forward (see score_completions)."""
     decoder, _, config = decoder_and_head(model)
-    device, dtype = next(model.parameters()).device, model.get_input_embeddings().weight.dtype
+    device = next(model.parameters()).device
     batch, n_labels = len(own), len(comps[0])
     rows = [o + [t for c in cs for t in c] for o, cs in zip(own, comps)]
     width = max(len(r) for r in rows)
@@ -178,7 +178,10 @@ def _score_batch_packed(model, own, comps, plen, prefix_kv):
     allowed = torch.ones(width, width, dtype=torch.bool).tril() & ((k == -1) | (k == q)) & (k != -2)
     allowed |= torch.eye(width, dtype=torch.bool) & (q == -2)  # padding sees itself: no empty rows
     allowed = torch.cat([torch.ones(batch, width, plen, dtype=torch.bool), allowed], 2)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    # SDPA takes the boolean mask as it is; eager attention adds the mask to its scores (in fp32 it
+    # promotes any score dtype, and eager's softmax runs in fp32 anyway)
+    mask = allowed if getattr(config, "_attn_implementation", "eager") == "sdpa" else torch.zeros(
+        allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
     kwargs = {"cache": _cache(prefix_kv, batch, config, expand=True), "use_cache": True} if prefix_kv else {
         "use_cache": False}
     hidden = decoder(input_ids=ids.to(device), attention_mask=mask.unsqueeze(1).to(device),

@@ -78,10 +78,14 @@ def slow_scores(model, prompts, completions, length_norm=False):
     return out
 
 
-@pytest.mark.parametrize("packed", [True, False])  # one forward per batch (4D mask), or one per label
+# packed: one forward per batch with a 4D mask (boolean for SDPA, additive for eager attention);
+# stepwise: one forward per label on the prompt's cache
+@pytest.mark.parametrize("path", ["packed-sdpa", "packed-eager", "stepwise"])
 @pytest.mark.parametrize("length_norm", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, length_norm, batch_size, packed):
+def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, length_norm, batch_size, path):
+    packed = path.startswith("packed")
+    lora_model.set_attn_implementation("eager" if path == "packed-eager" else "sdpa")
     lora_model.eval()
     prompter = Prompter(load_task("politosphere"), "llama2-chat")
     texts = ["guns", "we must ban this horrible weapon of war, and all of them", "ok then", "an oath"]
@@ -96,3 +100,5 @@ def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, lengt
     # One prompt: no shared prefix to reuse, same answer.
     single = lm.score_completions(lora_model, prompts[:1], completions[:1], length_norm=length_norm, packed=packed)
     assert torch.allclose(single, fast[:1], atol=1e-4)
+    assert lm.decoder_and_head(lora_model)[2]._attn_implementation == ("eager" if path == "packed-eager" else "sdpa")
+    lora_model.set_attn_implementation("sdpa")  # the module's other tests get the default back
