@@ -150,7 +150,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
 
     from annotune.adapters import read_adapter_info
     from annotune.agreement import human_agreement
-    from annotune.annotator import evaluate_rows, load_annotator
+    from annotune.annotator import evaluate_rows, load_annotator, unfold_lora
     from annotune.examples import pick_split
     from annotune.models import resolve_model_path
     from annotune.report import safe_name, write_model_results
@@ -183,6 +183,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
                 annotator, args.annotations, args.annotation_id_column, args.annotation_label_column,
                 [r["id"] for r in rows_by_split.get("train", [])], args.mode, args.batch_size)
         if adapter is not None:
+            unfold_lora(annotator.model)
             annotator.model.unload()  # detach the adapter; the base model serves the next one
     for r in results:
         write_model_results(staging / safe_name(r["name"]) / r["split"], r["metrics"], r["records"],

@@ -249,3 +249,27 @@ def test_adapters_are_evaluated_in_epoch_order_not_glob_order():
 
     glob_order = [Path("runs/x/m-t-epoch10"), Path("runs/x/m-t-epoch20"), Path("runs/x/m-t-epoch5")]
     assert [p.name for p in natural_order(glob_order)] == ["m-t-epoch5", "m-t-epoch10", "m-t-epoch20"]
+
+
+def test_lora_folded_for_scoring_gives_the_same_scores_and_unfolds_to_the_base(pol_run):
+    # evaluate.py folds each adapter into the shared base while scoring (faster), then unfolds it
+    # before the next adapter: the scores must not change, nor the base the next adapter gets.
+    import torch
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from annotune.adapters import read_adapter_info
+    from annotune.annotator import BaseModels, load_annotator, unfold_lora
+
+    info = read_adapter_info(pol_run[-1])
+    base = BaseModels("none").get(info["base_model"], "causal", info["labels"])
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    annotator = load_annotator(adapter=str(pol_run[-1]), model=PeftModel.from_pretrained(base, str(pol_run[-1])))
+    assert all(m.merged for m in annotator.model.modules() if isinstance(m, BaseTunerLayer))
+    prompts = [annotator.prompter.prompt(t) for t in ["guns are fine", "ban them all now", "what a day"]]
+    folded = annotator.score(prompts)
+    unfold_lora(annotator.model)
+    assert not any(m.merged for m in annotator.model.modules() if isinstance(m, BaseTunerLayer))
+    assert torch.allclose(folded, annotator.score(prompts), atol=1e-5)
+    annotator.model.unload()
+    assert all(torch.allclose(v, original[k], atol=1e-6) for k, v in base.state_dict().items())
