@@ -8,9 +8,13 @@
   gathered there and only those go through the output layer (a 49k-vocabulary head over a whole
   300-token sequence otherwise costs more than the LoRA layers).
 - Label scoring: every label string is scored as a continuation of the prompt (sum of token
-  log-probabilities, optionally per token), in batched forward passes over (example, label) pairs.
+  log-probabilities, optionally per token): one packed forward per batch of examples, every label
+  branching off its example's prompt (checked once per model against one forward per label).
 """
 from __future__ import annotations
+
+import sys
+import weakref
 
 import torch
 
@@ -123,11 +127,11 @@ def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, l
     prompt runs once and every label runs on top of its cache (one small forward per label).
     """
     decoder, _, config = decoder_and_head(model)
-    if packed is None:
-        packed = getattr(config, "_attn_implementation", "eager") in PACKED_ATTENTION
     n_prompts, n_labels = len(prompt_ids), len(completion_ids[0])
     plen = common_prefix_length(prompt_ids) if use_prefix and n_prompts > 1 else 0
     prefix_kv = run_prefix(model, prompt_ids[0][:plen]) if plen else None
+    if packed is None:
+        packed = _packed_agrees(model, config, prompt_ids[0][plen:], completion_ids[0], plen, prefix_kv)
     order = sorted(range(n_prompts), key=lambda i: len(prompt_ids[i]))  # similar lengths: less padding
     scores = torch.zeros(n_prompts, n_labels, dtype=torch.float64)
     score_batch = _score_batch_packed if packed else _score_batch_stepwise
@@ -139,6 +143,30 @@ def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, l
         if progress is not None:
             progress.update(len(idx) * n_labels)
     return scores
+
+
+_PACKED_CHECKED = weakref.WeakKeyDictionary()  # model -> whether its packed scores matched
+
+
+def _packed_agrees(model, config, own, comps, plen, prefix_kv) -> bool:
+    """Whether this model may use the packed forward: its attention must take a 4D mask, and once
+    per model the packed scores of one example are checked against the one-forward-per-label path
+    (an architecture that rebuilds its own mask, e.g. from ALiBi, would silently score wrong)."""
+    if getattr(config, "_attn_implementation", "eager") not in PACKED_ATTENTION:
+        return False
+    if model not in _PACKED_CHECKED:
+        packed, _ = _score_batch_packed(model, [list(own)], [comps], plen, prefix_kv)
+        stepwise, _ = _score_batch_stepwise(model, [list(own)], [comps], plen, prefix_kv)
+        low_precision = next(model.parameters()).dtype in (torch.float16, torch.bfloat16) or getattr(
+            model, "is_quantized", False)
+        tolerance = 0.25 if low_precision else 1e-3  # log-probability summed over a label's tokens
+        ok = bool(torch.allclose(packed, stepwise, atol=tolerance, rtol=0.02))
+        if not ok:
+            print(f"note: label scores from one packed forward differ from per-label forwards on this model "
+                  f"(largest difference {(packed - stepwise).abs().max().item():.3g}); scoring one label at a "
+                  "time", file=sys.stderr)
+        _PACKED_CHECKED[model] = ok
+    return _PACKED_CHECKED[model]
 
 
 def _label_logprobs(model, hidden, targets, groups, n_groups):

@@ -102,3 +102,23 @@ def test_label_scores_match_per_label_forward_passes(lora_model, smol_tok, lengt
     assert torch.allclose(single, fast[:1], atol=1e-4)
     assert lm.decoder_and_head(lora_model)[2]._attn_implementation == ("eager" if path == "packed-eager" else "sdpa")
     lora_model.set_attn_implementation("sdpa")  # the module's other tests get the default back
+
+
+def test_packed_scoring_is_checked_once_per_model_and_falls_back_when_it_disagrees(tiny_llama_dir, smol_tok,
+                                                                                    monkeypatch, capsys):
+    # An architecture that ignored the 4D mask would score every label wrong without a word: the
+    # first call on a model compares one example both ways and keeps the slow path if they differ.
+    prompter = Prompter(load_task("politosphere"), "llama2-chat")
+    texts = ["guns", "an oath to the constitution"]
+    prompts = [encode_prompt(smol_tok, prompter.prompt(t)) for t in texts]
+    completions = [[encode_completion(smol_tok, prompter.prompt(t), prompter.completion(n)) + [smol_tok.eos_token_id]
+                    for n in ["Neutral", "Not Sure"]] for t in texts]
+    good = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    reference = slow_scores(good, prompts, completions)
+    assert torch.allclose(lm.score_completions(good, prompts, completions), reference, atol=1e-4)
+    assert lm._PACKED_CHECKED[good] is True and "differ" not in capsys.readouterr().err
+    real = lm._score_batch_packed
+    monkeypatch.setattr(lm, "_score_batch_packed", lambda *a: tuple(t + 1.0 for t in real(*a)))  # a broken mask
+    broken = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    assert torch.allclose(lm.score_completions(broken, prompts, completions), reference, atol=1e-4)
+    assert lm._PACKED_CHECKED[broken] is False and "scoring one label at a time" in capsys.readouterr().err
