@@ -623,7 +623,7 @@ class EvaluateAndSave(TrainerCallback):
         if not _finite(value):
             return False
         rank = (not metrics.get("collapsed", False), value)
-        if not self.best or rank > (not self.best["collapsed"], self.best["value"]):
+        if not self.best or rank > (not self.best.get("collapsed", False), self.best["value"]):
             self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self._select,
                                           "collapsed": bool(metrics.get("collapsed", False))}, 0
             return True
