@@ -156,7 +156,7 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     kept = result["best"].get("epoch") or max(per_epoch)
     row = dict(per_epoch[kept], wall_s=round(t_train + t_eval / len(adapters), 1), train_s=round(t_train, 1),
                eval_s=round(t_eval / len(adapters), 1), epoch_kept=kept, train_args=" ".join(map(str, train_argv)),
-               history=[{k: h.get(k) for k in ("epoch", "macro_f1", "balanced_accuracy", "selection_score")}
+               history=[{k: h.get(k) for k in ("epoch", "macro_f1", "balanced_accuracy", "selection_score", "collapsed")}
                         for h in result["history"]])
     if len(per_epoch) > 1:
         row["per_epoch"] = {str(e): {k: m[k] for k in ("macro_f1", "balanced_accuracy", "argmax")}
