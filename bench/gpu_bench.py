@@ -8,9 +8,10 @@ speed), 4-bit NF4 with bf16 compute, on the rendered Politosphere-with-definitio
    linear layers, length-grouped batches, shared prefix, logits only where the loss is) against the
    seed-style TRL SFTTrainer (LoRA r64 on q/v, random order, completion-only loss), batch 16, max
    length 512, the same examples; `--steps` timed optimizer steps after `--warmup`;
-2. labelling, examples/s: score mode (every label scored) against greedy generation of the tuned
-   answer's length (1-2 tokens, then EOS) and of all 80 new tokens (a random model never stops at
-   EOS, so both bounds are timed), same prompts, batch 16.
+2. labelling, examples/s: score mode (every label scored; end to end, pre-tokenised, and one
+   forward per label) against greedy generation of the tuned answer's length (the labels' mean
+   token count plus EOS: 5 for Politosphere's 7 labels) and of all 80 new tokens (a random model
+   never stops at EOS, so both bounds are timed), same prompts, batch 16.
 
 Useful tokens = real tokens of the examples (no padding); processed = what the forwards ran (a
 shared prefix counts once per batch). The JSON is written after each stage, so a cut-off run still
