@@ -48,14 +48,23 @@ def run_prefix(model, prefix_ids):
     return [(layer.keys, layer.values) for layer in out.cache.layers]
 
 
-def hidden_states(model, input_ids, attention_mask, prefix_kv=None):
-    """Last hidden states of a (right- or left-padded) batch, optionally on top of a shared prefix."""
+def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool = False):
+    """Last hidden states of a (right- or left-padded) batch, optionally on top of a shared prefix:
+    through a key/value cache expanded along the batch, or with `split` the prefix attended to
+    without a copy per example (annotune.prefix_attention; training on models it supports)."""
     from transformers import DynamicCache
 
     decoder, _, config = decoder_and_head(model)
     batch = input_ids.shape[0]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     kwargs = {}
+    if prefix_kv and split:
+        from . import prefix_attention
+
+        with prefix_attention.switched_on(config):
+            out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                          position_ids=positions + prefix_kv[0][0].shape[-2], prefix_kv=prefix_kv)
+        return out.last_hidden_state
     if prefix_kv:
         plen = prefix_kv[0][0].shape[-2]
         kwargs["cache"] = DynamicCache(
@@ -79,9 +88,10 @@ def logits_from_hidden(model, hidden):
     return logits.float()
 
 
-def completion_loss(model, input_ids, attention_mask, labels, prefix_kv=None, reduction: str = "mean"):
+def completion_loss(model, input_ids, attention_mask, labels, prefix_kv=None, reduction: str = "mean",
+                    split: bool = False):
     """Cross-entropy of the completion tokens only: logits are computed where labels[t+1] != -100."""
-    hidden = hidden_states(model, input_ids, attention_mask, prefix_kv)
+    hidden = hidden_states(model, input_ids, attention_mask, prefix_kv, split)
     targets = labels[:, 1:]
     where = targets != -100
     logits = logits_from_hidden(model, hidden[:, :-1][where])

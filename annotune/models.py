@@ -289,6 +289,9 @@ def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_module
     task_type = {"causal": "CAUSAL_LM", "classifier": "SEQ_CLS", "seq2seq": "SEQ_2_SEQ_LM"}[kind]
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as err:
         raise UserError(f"LoRA: {str(err).splitlines()[0][:200]}") from None
+    from .lora_dropout import cheap_lora_dropout
+
+    return cheap_lora_dropout(model)

@@ -26,10 +26,11 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from . import prefix_attention
 from .cli import UserError
 from .faults import crash_point
 from .files import append_jsonl, read_jsonl
-from .lm import common_prefix_length, completion_loss, pad_batch, run_prefix
+from .lm import common_prefix_length, completion_loss, hidden_states, pad_batch, run_prefix
 from .prompts import encode_example, encode_prompt
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
@@ -276,11 +277,12 @@ class LossModule(torch.nn.Module):
         weighted = bool(self.weights.numel()) and answer_label is not None
         if self.kind == "causal":
             plen = len(self.prefix_ids)
-            prefix_kv = run_prefix(self.model, self.prefix_ids) if plen else None
             ids, mask, labels = input_ids[:, plen:], attention_mask[:, plen:], labels[:, plen:]
+            split = bool(plen) and self._split_prefix(ids, mask)
+            prefix_kv = run_prefix(self.model, self.prefix_ids) if plen else None
             if not weighted:
-                return completion_loss(self.model, ids, mask, labels, prefix_kv)
-            per_token = completion_loss(self.model, ids, mask, labels, prefix_kv, reduction="none")
+                return completion_loss(self.model, ids, mask, labels, prefix_kv, split=split)
+            per_token = completion_loss(self.model, ids, mask, labels, prefix_kv, reduction="none", split=split)
             return self._weighted(per_token, labels[:, 1:] != -100, answer_label)
         if self.kind == "classifier":
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
@@ -292,6 +294,18 @@ class LossModule(torch.nn.Module):
         where = labels != -100
         per_token = torch.nn.functional.cross_entropy(out.logits.float()[where], labels[where], reduction="none")
         return self._weighted(per_token, where, answer_label)
+
+    def _split_prefix(self, ids, mask) -> bool:
+        """Whether the prefix is attended to without per-example copies (checked once per model)."""
+        config = self.model.config
+        if not prefix_attention.supported(self.model, config):
+            return False
+
+        def run_both():
+            kv = run_prefix(self.model, self.prefix_ids)
+            return tuple(hidden_states(self.model, ids[:2], mask[:2], kv, split=split)[mask[:2].bool()]
+                         for split in (True, False))
+        return prefix_attention.agrees(self.model, run_both)
 
     def _weighted(self, per_token, where, answer_label):
         """Each answer's token losses weighted by its label's weight (--balance weights)."""

@@ -4,7 +4,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from annotune import lm
+from annotune import lm, prefix_attention
 from annotune.prompts import Prompter, encode_completion, encode_prompt
 from annotune.task import load_task
 
@@ -38,8 +38,13 @@ def grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok):
+@pytest.mark.parametrize("split,attention", [(False, "sdpa"), (True, "sdpa"), (True, "eager")])
+def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok, split, attention, monkeypatch):
+    """The prefix through an expanded cache, or split (annotune.prefix_attention: no per-example copy,
+    one softmax over prefix and own keys), equals the plain padded batch, with grouped-query heads."""
     ids, mask, labels = batch_of(smol_tok)
+    lora_model.config._attn_implementation = attention
+    calls = spy_on_split(monkeypatch)
     lora_model.train()
     lora_model.zero_grad()
     plain = lm.completion_loss(lora_model, ids, mask, labels)
@@ -49,14 +54,78 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok):
     plen = lm.common_prefix_length([row[row != smol_tok.pad_token_id].tolist() for row in ids])
     assert plen > 100  # the system prompt with the seven definitions
     prefix_kv = lm.run_prefix(lora_model, ids[0, :plen].tolist())
-    shared = lm.completion_loss(lora_model, ids[:, plen:], mask[:, plen:], labels[:, plen:], prefix_kv)
+    shared = lm.completion_loss(lora_model, ids[:, plen:], mask[:, plen:], labels[:, plen:], prefix_kv, split=split)
     shared.backward()
     g_shared = grads(lora_model)
     lora_model.zero_grad()
+    assert lora_model.config._attn_implementation == attention  # switched back after the split forward
+    assert len(calls) == (2 if split else 0)  # the split path ran in both layers, or not at all
+    lora_model.config._attn_implementation = "sdpa"
     assert shared.item() == pytest.approx(plain.item(), abs=1e-5)
     assert all(g.abs().sum() > 0 for g in g_plain.values())
     for name in g_plain:
         assert torch.allclose(g_plain[name], g_shared[name], atol=1e-5), name
+
+
+def spy_on_split(monkeypatch):
+    from transformers import AttentionInterface
+
+    prefix_attention._register()
+    calls, real = [], prefix_attention._attention
+    monkeypatch.setitem(AttentionInterface._global_mapping, prefix_attention.NAME,
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_split_prefix_handles_left_padding_and_a_row_of_one_token(lora_model):
+    """Own tokens left-padded (a query row that sees no own key, only the prefix) and a one-token row."""
+    torch.manual_seed(1)
+    kv = lm.run_prefix(lora_model, list(range(20, 60)))
+    ids = torch.randint(20, 200, (3, 6))
+    mask = torch.tensor([[1] * 6, [0, 0, 0, 1, 1, 1], [0] * 5 + [1]])
+    with torch.no_grad():
+        split = lm.hidden_states(lora_model, ids, mask, kv, split=True)
+        cache = lm.hidden_states(lora_model, ids, mask, kv)
+    assert torch.isfinite(split).all()
+    assert torch.allclose(split[mask.bool()], cache[mask.bool()], atol=1e-5)
+
+
+def test_a_model_the_split_path_does_not_serve_trains_through_the_cache(lora_model, smol_tok, monkeypatch, capsys):
+    """Checked once per model: an attention that ignores the split (here: a broken one) falls back,
+    with a note, and the loss is the cache path's."""
+    from annotune.trainer import LossModule
+
+    ids, mask, labels = batch_of(smol_tok)
+    plen = lm.common_prefix_length([row[row != smol_tok.pad_token_id].tolist() for row in ids])
+    from transformers import AttentionInterface
+
+    prefix_attention._register()
+    prefix_attention._CHECKED.pop(lora_model, None)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, prefix_attention.NAME,
+                        lambda module, q, *a, **k: (torch.zeros_like(q).transpose(1, 2), None))
+    loss_module = LossModule(lora_model, "causal", ids[0, :plen].tolist())
+    lora_model.eval()
+    with torch.no_grad():
+        loss = loss_module(ids, mask, labels)
+        reference = lm.completion_loss(lora_model, ids, mask, labels)
+    assert "does not take the split shared-prefix path" in capsys.readouterr().out
+    assert prefix_attention._CHECKED[lora_model] is False
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
+    prefix_attention._CHECKED.pop(lora_model)  # the fixture's model is shared: let later tests check afresh
+
+
+def test_the_split_path_is_kept_off_where_it_cannot_be_exact(lora_model):
+    config = lora_model.config
+    assert prefix_attention.supported(lora_model, config)
+    for name, value in [("attn_logit_softcapping", 50.0), ("sliding_window", 4096), ("attention_dropout", 0.1)]:
+        old = getattr(config, name, None)
+        setattr(config, name, value)
+        assert not prefix_attention.supported(lora_model, config), name
+        setattr(config, name, old)
+    config._attn_implementation = "flash_attention_2"
+    assert not prefix_attention.supported(lora_model, config)
+    config._attn_implementation = "sdpa"
 
 
 def test_loss_is_computed_only_on_completion_tokens(lora_model, smol_tok):

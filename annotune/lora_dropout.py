@@ -1,0 +1,68 @@
+"""LoRA's input dropout, cheap where random numbers are dear.
+
+PEFT puts an nn.Dropout on each adapted layer's input; on a CPU its bernoulli_ draws one random number
+per element and cost 19% of a training step (docs/benchmarks.md). LoraInputDropout keeps the
+regulariser and changes two things:
+- the mask comes from 16-bit lanes of 64-bit draws (four elements per draw): p is rounded to a
+  multiple of 1/65536 (0.05 -> 0.050003);
+- layers that read the same input tensor (q, k and v; gate and up) share one dropped-out input, as
+  LoRA on a fused qkv or gate_up projection does: each layer still sees its input with a fraction p
+  dropped, but the masks of q, k and v are no longer independent of each other.
+Outside training it is the identity, as nn.Dropout is. On a GPU the mask is drawn as floats.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+LANES = 65536  # the mask's resolution: 16 bits
+
+
+def cheap_lora_dropout(model):
+    """Swap PEFT's LoRA dropout modules for LoraInputDropout (one memo shared by the whole model)."""
+    memo = {}
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, layer in dropouts.items():
+                if type(layer) is torch.nn.Dropout and layer.p > 0:
+                    dropouts[name] = LoraInputDropout(layer.p, memo)
+    return model
+
+
+def keep_mask(x, p: float):
+    """Boolean mask shaped like x, True with probability 1 - round(p * 65536) / 65536."""
+    threshold = round(p * LANES)
+    if x.device.type != "cpu":
+        return torch.rand(x.shape, device=x.device) >= threshold / LANES
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # the full 64-bit range
+    return bits.view(torch.int16)[:n].view(x.shape) >= threshold - LANES // 2
+
+
+class LoraInputDropout(torch.nn.Module):
+    def __init__(self, p: float, memo: dict):
+        super().__init__()
+        self.p, self.memo = p, memo
+        self.scale = 1.0 / (1.0 - round(p * LANES) / LANES)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        memo = self.memo
+        seen, out = memo.get("input", _dead)(), memo.get("output", _dead)()
+        if seen is x and out is not None and memo["version"] == x._version:
+            return out  # the layer before read this same tensor: share its dropped-out copy
+        # A float mask with the scale in it: its backward is one multiply (torch.where's is ~4x slower).
+        out = x * keep_mask(x, self.p).to(x.dtype).mul_(self.scale)
+        # Weak references: the memo keeps no finished step's tensors alive.
+        memo.update(input=weakref.ref(x), output=weakref.ref(out), version=x._version)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared by layers that read the same input"
+
+
+def _dead():
+    return None

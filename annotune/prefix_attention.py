@@ -1,0 +1,149 @@
+"""Training attention over a shared prefix without a copy of the prefix per example.
+
+The cache path (lm.hidden_states with a key/value cache expanded along the batch) concatenates the
+prefix's keys and values to every example's own in every layer: B copies in the forward, and in the
+backward B key/value gradient buffers that are filled, copied and summed (about 11% of a CPU step).
+Here each layer runs two flash-attention calls: all the batch's queries as one block against the
+single prefix (so the prefix's key/value gradient comes out as one reduction), and each example's
+queries against its own tokens (causal, padded); the two are merged by their log-sum-exp, as
+split-KV ("cascade") attention does at inference. The backward calls each part's flash backward with
+the merged output and log-sum-exp, which is exactly the joint softmax's gradient restricted to that
+part's keys. Equal to the cache path (tested: loss and gradients, SDPA and eager models, grouped
+query heads, left padding). It uses PyTorch's CPU flash-attention operators, so it runs on CPUs.
+
+It runs as a transformers attention implementation, switched on only for the forward that passes
+`prefix_kv` (so the packed label scoring and generation keep the model's own implementation), and
+only for models it can serve exactly: decoder attention through transformers' attention interface,
+no logit soft-capping, no sliding window, no attention dropout. `agrees` checks one batch against
+the cache path once per model, so an architecture that ignores it falls back instead of training on
+something else.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import torch
+
+NAME = "annotune_split_prefix"
+DEVICES = ("cpu",)  # its operators are the CPU flash-attention kernels; CUDA keeps the cache path
+_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, prefix_kv=None, **kwargs):
+    """query [B, H, T, D]; key, value [B, Hkv, T, D] (own tokens, rotated at their positions after the
+    prefix); prefix_kv[layer] = ([1, Hkv, P, D], [1, Hkv, P, D]). Returns ([B, T, H, D], None)."""
+    pk, pv = prefix_kv[module.layer_idx]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = _SplitAttention.apply(query, key, value, pk, pv, _additive(attention_mask, query), scale)
+    return out.transpose(1, 2), None
+
+
+def _additive(mask, query):
+    """The own-token mask as an additive float [B or 1, 1, T, T], or None for plain causal."""
+    if mask is None:
+        return None
+    length = query.shape[-2]
+    mask = mask[..., -length:]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
+    return mask.to(query.dtype)
+
+
+def _flash(q, k, v, mask, scale, causal):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask,
+                                                                       scale=scale)
+
+
+def _as_rows(x):
+    """[B, H, T, ...] -> [1, H, B*T, ...]: the whole batch's queries as one row block per head."""
+    return x.transpose(0, 1).reshape(1, x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
+
+
+def _from_rows(x, batch):
+    """Inverse of _as_rows."""
+    return x.reshape(x.shape[1], batch, x.shape[2] // batch, *x.shape[3:]).transpose(0, 1)
+
+
+class _SplitAttention(torch.autograd.Function):
+    """Softmax over [prefix keys, own keys] as two flash-attention calls merged by their log-sum-exp.
+    The backward calls each part's flash backward with the merged output and log-sum-exp, which is
+    the exact gradient of the joint softmax restricted to that part's keys (split-KV attention)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pk, pv, mask, scale):
+        batch = q.shape[0]
+        q_rows = _as_rows(q)
+        out_p, lse_p = _flash(q_rows, pk, pv, None, scale, causal=False)  # every query sees the whole prefix
+        out_p, lse_p = _from_rows(out_p, batch), _from_rows(lse_p, batch)
+        out_o, lse_o = _flash(q, k, v, mask, scale, causal=mask is None)
+        lse = torch.logaddexp(lse_p, lse_o)  # an own part masked out entirely has lse -inf: weight 0
+        w_p, w_o = torch.exp(lse_p - lse).unsqueeze(-1), torch.exp(lse_o - lse).unsqueeze(-1)
+        out = w_p * out_p + w_o * torch.nan_to_num(out_o)
+        ctx.save_for_backward(q, k, v, pk, pv, mask, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, pk, pv, mask, out, lse = ctx.saved_tensors
+        flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        grad = grad.contiguous()
+        dq, dk, dv = flash_backward(grad, q, k, v, out, lse, 0.0, mask is None, attn_mask=mask, scale=ctx.scale)
+        dq_p, dpk, dpv = flash_backward(_as_rows(grad), _as_rows(q), pk, pv, _as_rows(out), _as_rows(lse),
+                                        0.0, False, scale=ctx.scale)
+        return dq + _from_rows(dq_p, q.shape[0]), dk, dv, dpk, dpv, None, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, _attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+
+
+def supported(model, config) -> bool:
+    """Whether the split path can serve this model exactly (then `agrees` confirms it once)."""
+    device = next(model.parameters()).device.type
+    if device not in DEVICES or config._attn_implementation not in ("sdpa", "eager"):
+        return False
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "attention_dropout", 0.0):
+        return False
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return not sliding and "sliding_attention" not in (getattr(config, "layer_types", None) or ())
+
+
+@contextlib.contextmanager
+def switched_on(config):
+    """The model's attention runs `_attention` inside this block (mask built as for SDPA)."""
+    _register()
+    original = config._attn_implementation
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = original
+
+
+def agrees(model, run_both) -> bool:
+    """Once per model: `run_both()` returns (split, cache) hidden states of one batch in eval mode
+    (no dropout); a difference means the architecture does not take the split path exactly."""
+    if model in _CHECKED:
+        return _CHECKED[model]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            split, cache = run_both()
+        ok = bool(torch.allclose(split, cache, rtol=1e-3, atol=1e-4 * float(cache.abs().max()) + 1e-5))
+    except (TypeError, KeyError, RuntimeError):
+        ok = False
+    finally:
+        model.train(was_training)
+    if not ok:
+        print("note: this model's attention does not take the split shared-prefix path exactly; "
+              "training uses the key/value cache path (same result, slower)")
+    _CHECKED[model] = ok
+    return ok
