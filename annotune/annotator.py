@@ -222,7 +222,7 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
 
 
 ARGMAX_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "cohen_kappa", "invalid", "ece",
-               "ci95", "per_class")
+               "ci95", "per_class", "ranking_auc")
 
 
 def apply_rule(records, argmax_metrics, rule, n_boot, seed) -> dict:

@@ -121,7 +121,20 @@ def classification_metrics(gold, pred, labels, probs=None, n_boot: int = 1000, s
         index = {l: i for i, l in enumerate(labels)}
         out["calibration"] = expected_calibration_error(probs, [index[g] for g in gold])
         out["ece"] = out["calibration"]["ece"]
+        out["ranking_auc"] = ranking_auc(probs, [index[g] for g in gold])
     return out
+
+
+def ranking_auc(probs, gold_index) -> float:
+    """Mean one-vs-rest ROC AUC of each label's probability, over labels with gold rows in and out:
+    whether the model ranks the rows at all, whatever its decision rule (0.5 = no signal). It tells a
+    collapsed model that ranks well (a decision-rule problem) from one that has nothing to rank."""
+    from sklearn.metrics import roc_auc_score
+
+    probs, gold_index = np.asarray(probs, dtype=float), np.asarray(gold_index)
+    aucs = [roc_auc_score(gold_index == k, probs[:, k]) for k in range(probs.shape[1])
+            if 0 < (gold_index == k).sum() < len(gold_index)]
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 # -------------------------------------------------------------------- generation

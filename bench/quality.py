@@ -111,7 +111,7 @@ def metrics_of(path: Path) -> dict:
     applied where evaluate.py applies it) and the argmax labels."""
     m = json.loads(path.read_text())
     raw = m.get("argmax", m)
-    keep = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95")
+    keep = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95", "ranking_auc")
     row = {k: m[k] for k in keep if k in m}
     row["argmax"] = {k: raw[k] for k in keep if k in raw}
     row["rule"] = (m.get("decision_rule") or {}).get("note")
@@ -132,7 +132,8 @@ def baseline_rows(data: Path) -> dict:
     for entry, key in zip(entries, ("majority", "tfidf")):
         m = entry["metrics"]
         out[key] = {"n": m["n"], "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-                    "macro_f1": m["macro_f1"], "ci95": m["ci95"], "how": m["baseline"], "wall_s": round(wall, 1),
+                    "macro_f1": m["macro_f1"], "ci95": m["ci95"], "ranking_auc": m.get("ranking_auc"),
+                    "how": m["baseline"], "wall_s": round(wall, 1),
                     "train_rows": m["train_rows"], "labels": spec.label_names}
     return out
 
@@ -236,10 +237,12 @@ def report(results: dict, args) -> str:
             by_data.setdefault(record["data"], {}).update({k + tag: v for k, v in record["rows"].items()})
     parts = []
     for key, rows in by_data.items():
-        lines = [f"### {key}", "", "| row | n | macro-F1 [95% CI] | balanced acc. [95% CI] | wall s |", "|---|---|---|---|---|"]
+        lines = [f"### {key}", "", "| row | n | macro-F1 [95% CI] | balanced acc. [95% CI] | ranking AUC | wall s |",
+                 "|---|---|---|---|---|---|"]
         for label, row in table_rows(rows):
+            auc = f"{row['ranking_auc']:.3f}" if row.get("ranking_auc") is not None else "-"
             lines.append(f"| {label} | {row.get('n', '-')} | {cell(row, 'macro_f1')} | {cell(row, 'balanced_accuracy')} "
-                         f"| {row.get('wall_s', '-')} |")
+                         f"| {auc} | {row.get('wall_s', '-')} |")
         lines += ["", verdict(rows)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -282,6 +285,10 @@ def verdict(rows: dict) -> str:
         name = max(tuned, key=own.get)
         bal, floor = rows[name]["balanced_accuracy"], 1 / k + 0.10
         words.append(f"{name} balanced acc. {bal:.3f} {'>' if bal > floor else '<='} 1/K + 0.10 = {floor:.3f}")
+        auc = rows[name].get("ranking_auc")
+        if bal <= floor and auc is not None:  # a rule problem, or nothing to rank?
+            words.append(f"its ranking AUC {auc:.3f}: " + ("it ranks the rows; the decision rule fails to use it"
+                                                         if auc >= 0.6 else "little signal to rank (0.5 = none)"))
     return "; ".join(words) + "."
 
 

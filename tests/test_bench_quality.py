@@ -33,3 +33,16 @@ def test_report_shows_each_setting_and_judges_the_best_against_tfidf():
     assert "balanced acc. 0.520 > 1/K + 0.10 = 0.433" in every
     one = q.report(results, SimpleNamespace(tag="e3-none"))
     assert "e3-weights" not in one and "best own (tuned) 0.400 < TF-IDF" in one
+
+
+def test_a_collapsed_tuned_model_is_told_apart_by_its_ranking_auc():
+    q = quality_module()
+    for auc, words in [(0.81, "it ranks the rows; the decision rule fails to use it"),
+                       (0.52, "little signal to rank (0.5 = none)")]:
+        results = {"records": [
+            record("", "baselines", {"majority": scored(0.2, 1 / 3), "tfidf": scored(0.45, 0.46, ranking_auc=0.7)}),
+            record("", "tuned", {"tuned": scored(0.2, 1 / 3, ranking_auc=auc, argmax=scored(0.2, 1 / 3))}),
+        ]}
+        text = q.report(results, SimpleNamespace(tag=""))
+        assert f"| {auc:.3f} |" in text and "| 0.700 |" in text  # the column, for the tuned and TF-IDF rows
+        assert "balanced acc. 0.333 <= 1/K + 0.10" in text and f"its ranking AUC {auc:.3f}: {words}" in text

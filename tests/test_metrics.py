@@ -4,7 +4,8 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score
 
 from annotune.labels import INVALID, parse_label
-from annotune.metrics import classification_metrics, expected_calibration_error, generation_metrics
+from annotune.decision import DecisionRule
+from annotune.metrics import classification_metrics, expected_calibration_error, generation_metrics, ranking_auc
 
 LABELS = ["neg", "neu", "pos"]
 
@@ -40,6 +41,23 @@ def test_expected_calibration_error():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     # top-1 confidence 0.9 with accuracy 1/2 and 0.6 with accuracy 1/2: ECE = 0.5*0.4 + 0.5*0.1
     assert expected_calibration_error(probs, [0, 1, 0, 1])["ece"] == pytest.approx(0.25)
+
+
+def test_ranking_auc_tells_signal_from_none_whatever_the_decision_rule():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 400)
+    informative = np.clip(0.05 + 0.1 * gold + rng.normal(0, 0.03, 400), 0.001, 0.999)  # always "label 0" by argmax
+    probs = np.stack([1 - informative, informative], axis=1)
+    assert ranking_auc(probs, gold) > 0.95
+    assert ranking_auc(probs[:, ::-1], gold) < 0.05
+    noise = rng.uniform(size=400)
+    assert abs(ranking_auc(np.stack([1 - noise, noise], 1), gold) - 0.5) < 0.07
+    shifted, _ = DecisionRule(["a", "b"], offsets=[0.0, 3.0]).apply(probs)  # a threshold moves, the ranking stays
+    assert ranking_auc(shifted, gold) == pytest.approx(ranking_auc(probs, gold))
+    names = ["a", "b"]
+    m = classification_metrics([names[g] for g in gold], ["a"] * 400, names, probs=probs)
+    assert m["balanced_accuracy"] == 0.5 and m["ranking_auc"] > 0.95  # collapsed, yet it ranks
+    assert np.isnan(ranking_auc(probs[:5], np.zeros(5, int)))  # one label only: nothing to rank
 
 
 def test_rouge_takes_the_best_reference_and_exact_match():
