@@ -22,7 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--model_name", default="smollm2-135m", help="base model (default: smollm2-135m)")
     p.add_argument("--train_samples", type=int, default=0,
                    help="training examples, a seeded sample of the 480 (default: 0 = all)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs at most, the best on validation kept (default: 3)")
     p.add_argument("--test_samples", type=int, default=0,
                    help="test rows scored for each model, a seeded sample of the 379 (default: 0 = all)")
     p.add_argument("--max_seq_length", type=int, default=320,

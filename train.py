@@ -93,7 +93,8 @@ def add_data_and_model_flags(p):
 
 def add_training_flags(p):
     g = p.add_argument_group("training")
-    g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=1, help="epochs at most; the best one is kept (default: 1)")
+    g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=3,
+                   help="epochs at most; the best one on validation is kept (default: 3, from bench/choose_defaults.sh)")
     g.add_argument("--stop_condition", choices=["epochs", "steps"], default="epochs",
                    help="stop after --epoch epochs or --steps optimizer steps (default: epochs)")
     g.add_argument("--steps", type=int, default=0, help="optimizer steps with --stop_condition steps")
@@ -111,9 +112,10 @@ def add_training_flags(p):
     g.add_argument("--class_weights", default="none",
                    help="per-label loss weights: auto (inverse frequency), none, or w1,w2,...; in causal and seq2seq "
                         "mode they weight each answer's tokens (default: none)")
-    g.add_argument("--balance", choices=["none", "oversample", "weights"], default="none",
+    g.add_argument("--balance", choices=["auto", "none", "oversample", "weights"], default="auto",
                    help="imbalanced labels: oversample minority labels each epoch, or weight each answer's loss by "
-                        "inverse label frequency (= --class_weights auto) (default: none)")
+                        "inverse label frequency (= --class_weights auto); auto = oversample for classification "
+                        "tasks in causal or seq2seq mode, none otherwise (default: auto)")
     g.add_argument("--shared_prefix", choices=["auto", "on", "off"], default="auto",
                    help="run the prompts' common prefix once per batch (default: auto, when >= 16 tokens)")
     g.add_argument("--seed", type=int, default=42, help="seed of model init, data order and splits (default: 42)")
@@ -239,7 +241,9 @@ def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> 
               f"({callback.best['metric']} {callback.best['value']:.3f})")
     if callback.best and callback.best.get("collapsed"):
         print("warning: the adapter kept gives every validation row the same label (majority collapse); "
-              "try --balance weights or oversample, more epochs or rows")
+              f"try --balance {'weights' if manifest['args'].get('balance') == 'oversample' else 'oversample'}, "
+              "more epochs or rows; a "
+              "ranking AUC near 0.5 in evaluate.py's metrics.json means the model has nothing to rank")
     for path in result["adapters"]:
         print(f"saved adapter {path}")
     print(f"run folder {out_dir} (manifest.json, log.jsonl, learning_curve.png)")
@@ -259,6 +263,8 @@ def main(argv=None):
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
     data = load_training_data(args, tokenizer, load_config(args.model_name), DEFAULT_TASK)
+    if args.balance == "auto":  # resolved before the run folder: a resume compares the value used
+        args.balance = "oversample" if data.spec.type == "classification" and data.kind != "classifier" else "none"
     if (args.balance != "none" or args.class_weights != "none") and data.spec.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")
     run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"

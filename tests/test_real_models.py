@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_smollm2_instruction_tuning_and_scoring(in_tmp):
     assert run_script("train", ["--max_train_samples", 16, "--max_eval_samples", 6, "--max_seq_length", 256,
-                                "--quiet", "--output_dir", "run"]) == 0  # the embedded default task and model
+                                "--epoch", 1, "--quiet", "--output_dir", "run"]) == 0  # the embedded default task and model
     adapter = in_tmp / "run" / "smollm2-135m-drug_reviews-epoch1"
     info = json.loads((adapter / "annotune.json").read_text())
     assert info["base_model"] == "smollm2-135m" and info["prompt"]["template"] == "chat"

@@ -180,9 +180,11 @@ def test_answer_weights_weight_each_answers_tokens(tiny_llama_dir, smol_tok):
 
 
 def test_balance_oversample_trains_on_balanced_epochs_and_weights_run(in_tmp, tiny_llama_dir):
+    """Oversampling is the default for classification in causal mode (--balance auto)."""
     argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
-            "alpaca", "--quiet", "--eval_strategy", "no", "--record_examples"]
-    assert run_script("train", argv + ["--balance", "oversample", "--output_dir", "o"]) == 0
+            "alpaca", "--quiet", "--eval_strategy", "no", "--record_examples", "--epoch", 1]
+    assert run_script("train", argv + ["--output_dir", "o"]) == 0
+    assert json.loads((in_tmp / "o" / "manifest.json").read_text())["args"]["balance"] == "oversample"
     labels = {r["id"]: r["label"] for r in load_from_disk(str(in_tmp / "o" / "dataset"))["train"]}
     counts = Counter(labels[i] for i in json.loads((in_tmp / "o" / "examples_seen.rank0.json").read_text()))
     assert max(counts.values()) - min(counts.values()) <= 8  # equal up to the one short batch dropped
@@ -220,7 +222,7 @@ def test_two_process_data_parallel(in_tmp, tiny_llama_dir):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            str(REPO / "train.py"), "--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca",
-           "--epoch", 1, "--train_batch_size", 4, "--quiet", "--record_examples", "--output_dir", "ddp",
+           "--epoch", 1, "--balance", "none", "--train_batch_size", 4, "--quiet", "--record_examples", "--output_dir", "ddp",
            "--max_eval_samples", 5]
     out = subprocess.run([str(c) for c in cmd], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -237,7 +239,7 @@ def test_two_process_data_parallel(in_tmp, tiny_llama_dir):
     (["--dataset_name", "no_such_thing"], "neither a dataset folder"),
     (["--task", "politosphere", "--merge", "nope"], "unknown merge"),
     (["--task", "politosphere", "--max_seq_length", 10], "no training example fits"),
-    (["--task", "politosphere", "--save_epochs", "5"], "only 1 epochs"),
+    (["--task", "politosphere", "--epoch", "1", "--save_epochs", "5"], "only 1 epochs"),
     (["--task", "dialogsum", "--mode", "classifier"], "generation task"),
     (["--task", "dialogsum", "--balance", "weights"], "need a classification task"),
 ])
@@ -272,7 +274,7 @@ def test_gold_label_outside_the_label_set(in_tmp, tiny_llama_dir, capsys):
 
 def test_eval_every_n_steps_early_stopping_and_keep_best(in_tmp, tiny_llama_dir):
     argv = ["--task", "politosphere", "--merge", "supp_anti_oth", "--model_name", tiny_llama_dir, "--template",
-            "alpaca", "--quiet", "--max_eval_samples", 6, "--learning_rate", "1e-9"]
+            "alpaca", "--quiet", "--max_eval_samples", 6, "--learning_rate", "1e-9", "--balance", "none"]
     assert run_script("train", argv + ["--epoch", 1, "--eval_strategy", "steps", "--eval_steps", 4,
                                        "--output_dir", "s"]) == 0
     evals = [r for r in read_log(in_tmp / "s") if r["type"] == "eval"]
