@@ -49,8 +49,9 @@ def main(argv=None):
     if code:
         return code
     print(f"\n[2/3] fine-tune {args.model_name} with LoRA, {args.epochs} epoch(s)")
+    sample = ["--max_train_samples", str(args.train_samples)] if args.train_samples else []  # 0 = all
     code = run_cli(train.main, ["--dataset_name", str(out / "dataset"), "--model_name", args.model_name,
-                                "--epoch", str(args.epochs), "--max_train_samples", str(args.train_samples),
+                                "--epoch", str(args.epochs), *sample,
                                 "--max_seq_length", str(args.max_seq_length), "--max_eval_samples", "60",
                                 "--output_dir", str(out / "train")])
     if code:
@@ -63,7 +64,7 @@ def main(argv=None):
         return code
     minutes = (time.time() - start) / 60
     sampled = [f"{n} {what}" for n, what in ((args.train_samples, "training examples"), (args.test_samples, "test rows")) if n]
-    print(f"demo finished in {minutes:.1f} min ({args.epochs} epoch; reviews over {args.max_seq_length} tokens left out "
+    print(f"demo finished in {minutes:.1f} min (up to {args.epochs} epochs; reviews over {args.max_seq_length} tokens left out "
           f"of training{'; subsampled: ' + ', '.join(sampled) if sampled else ''}); everything is in {out}/")
     return 0
 
