@@ -7,7 +7,8 @@ Seed-style = the Politosphere settings on current libraries: TRL SFTTrainer, bat
 LoRA r=64 alpha=16 on q_proj,v_proj, max_length 512, loss on the completion only, random batch
 order, logits for every position. Ours = `train.py` defaults (LoRA r=16 on all linear layers,
 batch 8, length-grouped batches, logits only where the loss is, the shared prompt prefix run once
-per batch). Both train the same examples (same rendered prompts) for the same epochs on
+per batch; `--balance none`, so no label is oversampled). Both train the same examples (same
+rendered prompts) for the same epochs on
 SmolLM2-135M in fp32 on the CPU, each in its own process (so peak RSS is its own).
 
 Useful tokens/s = tokens of real input (each example's full prompt + answer, no padding) trained
@@ -50,8 +51,9 @@ def worker_ours(args):
     import train
     from annotune.cli import run_cli
 
+    # --balance none: both arms train on the same examples (oversampling, the default, repeats some).
     code = run_cli(train.main, ["--dataset_name", args.dataset, "--epoch", str(args.epochs), "--eval_strategy", "no",
-                                "--quiet", "--output_dir", args.run_dir, "--max_seq_length", "512"])
+                                "--balance", "none", "--quiet", "--output_dir", args.run_dir, "--max_seq_length", "512"])
     assert code == 0
     result = json.loads((Path(args.run_dir) / "manifest.json").read_text())["result"]
     return {"train_seconds": result["train_seconds"], "useful_tokens": result["useful_tokens"],
