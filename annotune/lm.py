@@ -51,7 +51,8 @@ def run_prefix(model, prefix_ids):
 def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool = False):
     """Last hidden states of a (right- or left-padded) batch, optionally on top of a shared prefix:
     through a key/value cache expanded along the batch, or with `split` the prefix attended to
-    without a copy per example (annotune.prefix_attention; training on models it supports)."""
+    without a copy per example and the own tokens run without their padding
+    (annotune.prefix_attention; training on models it supports)."""
     from transformers import DynamicCache
 
     decoder, _, config = decoder_and_head(model)
@@ -59,12 +60,7 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     kwargs = {}
     if prefix_kv and split:
-        from . import prefix_attention
-
-        with prefix_attention.switched_on(config):
-            out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                          position_ids=positions + prefix_kv[0][0].shape[-2], prefix_kv=prefix_kv)
-        return out.last_hidden_state
+        return _split_hidden_states(decoder, config, input_ids, attention_mask, positions, prefix_kv)
     if prefix_kv:
         plen = prefix_kv[0][0].shape[-2]
         kwargs["cache"] = DynamicCache(
@@ -77,6 +73,20 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
         kwargs["use_cache"] = False
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs)
     return out.last_hidden_state
+
+
+def _split_hidden_states(decoder, config, input_ids, attention_mask, positions, prefix_kv):
+    """The split path on the batch's own tokens packed into one row, padding dropped (a padded
+    token's compute is wasted: half of a Politosphere batch's), then scattered back to [B, T, d]
+    with zeros where the padding was."""
+    from . import prefix_attention
+
+    keep = attention_mask.bool()
+    with prefix_attention.switched_on(config):
+        out = decoder(input_ids=input_ids[keep][None], position_ids=positions[keep][None] + prefix_kv[0][0].shape[-2],
+                      use_cache=False, prefix_kv=prefix_kv, segments=tuple(keep.sum(-1).tolist()))
+    packed = out.last_hidden_state[0]
+    return packed.new_zeros(*input_ids.shape, packed.shape[-1]).index_put((keep,), packed)
 
 
 def logits_from_hidden(model, hidden):

@@ -30,69 +30,62 @@ DEVICES = ("cpu",)  # its operators are the CPU flash-attention kernels; CUDA ke
 _CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, prefix_kv=None, **kwargs):
-    """query [B, H, T, D]; key, value [B, Hkv, T, D] (own tokens, rotated at their positions after the
-    prefix); prefix_kv[layer] = ([1, Hkv, P, D], [1, Hkv, P, D]). Returns ([B, T, H, D], None)."""
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, prefix_kv=None,
+               segments=None, **kwargs):
+    """query [1, H, N, D]; key, value [1, Hkv, N, D]: the batch's own tokens packed into one row
+    (`segments` = each example's length, in order), rotated at their positions after the prefix;
+    prefix_kv[layer] = ([1, Hkv, P, D], [1, Hkv, P, D]). The mask transformers built is not used:
+    each example is causal within its own segment. Returns ([1, N, H, D], None)."""
     pk, pv = prefix_kv[module.layer_idx]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = _SplitAttention.apply(query, key, value, pk, pv, _additive(attention_mask, query), scale)
+    out = _SplitAttention.apply(query, key, value, pk, pv, tuple(segments), scale)
     return out.transpose(1, 2), None
 
 
-def _additive(mask, query):
-    """The own-token mask as an additive float [B or 1, 1, T, T], or None for plain causal."""
-    if mask is None:
-        return None
-    length = query.shape[-2]
-    mask = mask[..., -length:]
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
-    return mask.to(query.dtype)
+def _flash(q, k, v, scale, causal):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
 
 
-def _flash(q, k, v, mask, scale, causal):
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask,
-                                                                       scale=scale)
-
-
-def _as_rows(x):
-    """[B, H, T, ...] -> [1, H, B*T, ...]: the whole batch's queries as one row block per head."""
-    return x.transpose(0, 1).reshape(1, x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
-
-
-def _from_rows(x, batch):
-    """Inverse of _as_rows."""
-    return x.reshape(x.shape[1], batch, x.shape[2] // batch, *x.shape[3:]).transpose(0, 1)
+def _spans(segments):
+    start = 0
+    for length in segments:
+        if length:
+            yield slice(start, start + length)
+        start += length
 
 
 class _SplitAttention(torch.autograd.Function):
-    """Softmax over [prefix keys, own keys] as two flash-attention calls merged by their log-sum-exp.
-    The backward calls each part's flash backward with the merged output and log-sum-exp, which is
-    the exact gradient of the joint softmax restricted to that part's keys (split-KV attention)."""
+    """Softmax over [prefix keys, own keys] as flash-attention calls merged by their log-sum-exp:
+    every query against the prefix in one call, each example's queries against its own keys
+    (causal) in one call per example. The backward calls each part's flash backward with the merged
+    output and log-sum-exp, which is the exact gradient of the joint softmax restricted to that
+    part's keys (split-KV attention)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, pk, pv, mask, scale):
-        batch = q.shape[0]
-        q_rows = _as_rows(q)
-        out_p, lse_p = _flash(q_rows, pk, pv, None, scale, causal=False)  # every query sees the whole prefix
-        out_p, lse_p = _from_rows(out_p, batch), _from_rows(lse_p, batch)
-        out_o, lse_o = _flash(q, k, v, mask, scale, causal=mask is None)
-        lse = torch.logaddexp(lse_p, lse_o)  # an own part masked out entirely has lse -inf: weight 0
-        w_p, w_o = torch.exp(lse_p - lse).unsqueeze(-1), torch.exp(lse_o - lse).unsqueeze(-1)
-        out = w_p * out_p + w_o * torch.nan_to_num(out_o)
-        ctx.save_for_backward(q, k, v, pk, pv, mask, out, lse)
-        ctx.scale = scale
+    def forward(ctx, q, k, v, pk, pv, segments, scale):
+        out_p, lse_p = _flash(q, pk, pv, scale, causal=False)  # every query sees the whole prefix
+        out_o, lse_o = torch.empty_like(out_p), torch.empty_like(lse_p)
+        for span in _spans(segments):
+            out_o[:, :, span], lse_o[:, :, span] = _flash(q[:, :, span], k[:, :, span], v[:, :, span], scale, True)
+        lse = torch.logaddexp(lse_p, lse_o)
+        out = torch.exp(lse_p - lse).unsqueeze(-1) * out_p + torch.exp(lse_o - lse).unsqueeze(-1) * out_o
+        ctx.save_for_backward(q, k, v, pk, pv, out, lse)
+        ctx.segments, ctx.scale = segments, scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, pk, pv, mask, out, lse = ctx.saved_tensors
+        q, k, v, pk, pv, out, lse = ctx.saved_tensors
         flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
         grad = grad.contiguous()
-        dq, dk, dv = flash_backward(grad, q, k, v, out, lse, 0.0, mask is None, attn_mask=mask, scale=ctx.scale)
-        dq_p, dpk, dpv = flash_backward(_as_rows(grad), _as_rows(q), pk, pv, _as_rows(out), _as_rows(lse),
-                                        0.0, False, scale=ctx.scale)
-        return dq + _from_rows(dq_p, q.shape[0]), dk, dv, dpk, dpv, None, None
+        dq, dpk, dpv = flash_backward(grad, q, pk, pv, out, lse, 0.0, False, scale=ctx.scale)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        for span in _spans(ctx.segments):
+            part = (grad, q, k, v, out, lse)
+            dq_o, dk[:, :, span], dv[:, :, span] = flash_backward(*(t[:, :, span] for t in part), 0.0, True,
+                                                                  scale=ctx.scale)
+            dq[:, :, span] += dq_o
+        return dq, dk, dv, dpk, dpv, None, None
 
 
 def _register() -> None:

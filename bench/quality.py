@@ -82,14 +82,26 @@ def data_key(args, name) -> str:
 
 
 def run(script, argv, log: Path) -> float:
-    """One of the project's scripts in its own process; its wall time in seconds."""
-    start = time.time()
+    """One of the project's scripts in its own process; its wall time in seconds. Its CPU seconds
+    (user + system) are added to CPU_S: unlike wall time, they do not grow while the run is paused."""
+    start, cpu = time.time(), children_cpu_s()
     with open(log, "a") as handle:
         code = subprocess.run([sys.executable, script] + [str(a) for a in argv], cwd=REPO, stdout=handle,
                               stderr=subprocess.STDOUT).returncode
     if code:
         raise SystemExit(f"{script} {' '.join(map(str, argv))} failed (exit {code}); see {log}")
+    CPU_S[0] += children_cpu_s() - cpu
     return time.time() - start
+
+
+CPU_S = [0.0]  # CPU seconds of the scripts run for the current record
+
+
+def children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def build_data(args, name, folder: Path) -> Path:
@@ -222,8 +234,12 @@ def main(argv=None):
                 if record_key in done:
                     continue
                 print(f"{key}: {recipe} {tag}".rstrip(), flush=True)
+                CPU_S[0] = 0.0
+                record_rows = rows()
                 save_record(out, {"key": record_key, "data": key, "task": name, "recipe": recipe, "tag": tag,
-                                  "rows": rows(), "machine": platform.node(), "finished": time.strftime("%Y-%m-%d %H:%M")})
+                                  "rows": record_rows, "machine": platform.node(),
+                                  "cpu_s": round(CPU_S[0], 1) if recipe != "baselines" else None,
+                                  "finished": time.strftime("%Y-%m-%d %H:%M")})
     print(report(load_results(out), args))
     return 0
 

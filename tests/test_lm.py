@@ -41,7 +41,8 @@ def grads(model):
 @pytest.mark.parametrize("split,attention", [(False, "sdpa"), (True, "sdpa"), (True, "eager")])
 def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok, split, attention, monkeypatch):
     """The prefix through an expanded cache, or split (annotune.prefix_attention: no per-example copy,
-    one softmax over prefix and own keys), equals the plain padded batch, with grouped-query heads."""
+    one softmax over prefix and own keys, own tokens packed without padding), equals the plain padded
+    batch, with grouped-query heads."""
     ids, mask, labels = batch_of(smol_tok)
     lora_model.config._attn_implementation = attention
     calls = spy_on_split(monkeypatch)
@@ -60,6 +61,8 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok, s
     lora_model.zero_grad()
     assert lora_model.config._attn_implementation == attention  # switched back after the split forward
     assert len(calls) == (2 if split else 0)  # the split path ran in both layers, or not at all
+    if split:  # one row of exactly the own tokens: the padding was not run
+        assert all(n == int(mask[:, plen:].sum()) for n in calls) and int(mask.sum()) < mask.numel()
     lora_model.config._attn_implementation = "sdpa"
     assert shared.item() == pytest.approx(plain.item(), abs=1e-5)
     assert all(g.abs().sum() > 0 for g in g_plain.values())
@@ -73,7 +76,7 @@ def spy_on_split(monkeypatch):
     prefix_attention._register()
     calls, real = [], prefix_attention._attention
     monkeypatch.setitem(AttentionInterface._global_mapping, prefix_attention.NAME,
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+                        lambda module, q, *a, **k: calls.append(q.shape[0] * q.shape[2]) or real(module, q, *a, **k))
     return calls
 
 
