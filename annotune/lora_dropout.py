@@ -31,14 +31,17 @@ def cheap_lora_dropout(model):
     return model
 
 
-def keep_mask(x, p: float):
-    """Boolean mask shaped like x, True with probability 1 - round(p * 65536) / 65536."""
+def keep_mask(x, p: float, out=None):
+    """Mask shaped like x, true with probability 1 - round(p * 65536) / 65536: boolean, or written
+    as 0/1 into `out` (a float tensor shaped like x; one pass instead of a compare and a conversion)."""
     threshold = round(p * LANES)
     if x.device.type != "cpu":
-        return torch.rand(x.shape, device=x.device) >= threshold / LANES
+        return torch.ge(torch.rand(x.shape, device=x.device), threshold / LANES, out=out)
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # the full 64-bit range
-    return bits.view(torch.int16)[:n].view(x.shape) >= threshold - LANES // 2
+    # An int16 threshold tensor: a Python number would make the compare cast each element.
+    return torch.ge(bits.view(torch.int16)[:n].view(x.shape), torch.tensor(threshold - LANES // 2, dtype=torch.int16),
+                    out=out)
 
 
 class LoraInputDropout(torch.nn.Module):
@@ -55,7 +58,7 @@ class LoraInputDropout(torch.nn.Module):
         if seen is x and out is not None and memo["version"] == x._version:
             return out  # the layer before read this same tensor: share its dropped-out copy
         # A float mask with the scale in it: its backward is one multiply (torch.where's is ~4x slower).
-        out = x * keep_mask(x, self.p).to(x.dtype).mul_(self.scale)
+        out = x * keep_mask(x, self.p, out=torch.empty_like(x)).mul_(self.scale)
         # Weak references: the memo keeps no finished step's tensors alive.
         memo.update(input=weakref.ref(x), output=weakref.ref(out), version=x._version)
         return out

@@ -293,5 +293,6 @@ def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_module
     except ValueError as err:
         raise UserError(f"LoRA: {str(err).splitlines()[0][:200]}") from None
     from .lora_dropout import cheap_lora_dropout
+    from .lora_update import fuse_lora_update
 
-    return cheap_lora_dropout(model)
+    return fuse_lora_update(cheap_lora_dropout(model))

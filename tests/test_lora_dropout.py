@@ -17,6 +17,10 @@ def test_the_mask_drops_the_asked_fraction_in_every_lane():
     for lane in range(4):  # the four 16-bit lanes of one 64-bit draw are each unbiased
         assert dropped.flatten()[lane::4].mean().item() == pytest.approx(0.05, abs=0.003)
     assert not lora_dropout.keep_mask(x, 0.0).logical_not().any()
+    torch.manual_seed(3)
+    as_float = lora_dropout.keep_mask(x, 0.05, out=torch.empty_like(x))  # the same draw, written as 0/1
+    torch.manual_seed(3)
+    assert as_float.dtype == x.dtype and torch.equal(as_float, lora_dropout.keep_mask(x, 0.05).float())
 
 
 def test_outputs_are_scaled_inverted_dropout_and_gradients_flow_only_where_kept():
@@ -51,7 +55,7 @@ def test_add_lora_swaps_every_dropout_and_one_forward_draws_once_per_distinct_in
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     draws = []
     real = lora_dropout.keep_mask
-    monkeypatch.setattr(lora_dropout, "keep_mask", lambda x, p: draws.append(x.shape) or real(x, p))
+    monkeypatch.setattr(lora_dropout, "keep_mask", lambda x, p, **k: draws.append(x.shape) or real(x, p, **k))
     model.train()
     model(input_ids=torch.randint(0, 100, (2, 9)))
     assert len(draws) == 2 * 4  # per layer: q/k/v share, o, gate/up share, down
