@@ -51,6 +51,24 @@ def matmul_peak(size=2048, repeats=8):
     return best / 1e9
 
 
+def profile_table(profiler, top=20, ops=("aten::mm", "aten::mul", "aten::copy_"), shapes=8) -> str:
+    """The top operators by self time (share of the total, calls), then the costliest input shapes of
+    a few of them: where the step goes, and which tensors the memory-bound passes run over."""
+    averages = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in averages)
+    lines = [f"profiled self time {total / 1e6:.1f} s in {sum(e.count for e in averages)} operator calls", "",
+             "| operator | self s | share | calls |", "|---|---|---|---|"]
+    for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:top]:
+        lines.append(f"| {e.key[:60]} | {e.self_cpu_time_total / 1e6:.2f} | {100 * e.self_cpu_time_total / total:.1f}% "
+                     f"| {e.count} |")
+    by_shape = profiler.key_averages(group_by_input_shape=True)
+    for name in ops:
+        lines += ["", f"{name} by input shapes:"]
+        for e in sorted((e for e in by_shape if e.key == name), key=lambda e: -e.self_cpu_time_total)[:shapes]:
+            lines.append(f"  {e.self_cpu_time_total / 1e6:6.2f} s {e.count:6d} calls  {e.input_shapes}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     import tempfile
@@ -94,8 +112,7 @@ def main(argv=None):
     print(f"| {args.task} | {' '.join(args.train_args) or '-'} | {result['steps']} | {result['processed_tokens']} | "
           f"{result['train_seconds']:.1f} | {achieved:.1f} | {peak:.1f} | {100 * achieved / peak:.0f}% |")
     if args.profile:
-        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-        print(profiler.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=12))
+        print(profile_table(profiler))
     atomic_write_json(REPO / args.out, table)
     return 0
 

@@ -1,0 +1,120 @@
+"""Training step variants in one process: the loss module's forward and backward on the same four
+Politosphere batches, each variant in turn, repeated, so the machine's drift between runs (25% here)
+falls on every variant alike.
+
+    .venv/bin/python bench/step_variants.py                 # 6 repeats (about 5 minutes on 2 cores)
+    .venv/bin/python bench/step_variants.py --repeats 3
+
+Variants of LoRA's layer forward and dropout mask (issue 14):
+- peft, old mask: PEFT's forward (base(x) + B(A(drop(x))) * scaling); the mask compared with a
+  Python-number threshold, converted to float and scaled (three passes);
+- fused, old mask: annotune.lora_update's in-place addmm; the old mask;
+- fused, new mask: what train.py runs (annotune.lora_dropout's one-pass float mask).
+Prints the median and the minimum seconds of each variant over the repeats (four batches of 8 a
+step, the 309-token shared prefix run once per batch, as train.py does).
+"""
+import argparse
+import statistics
+import sys
+import time
+import types
+import weakref
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=6, help="rounds over all variants (default: 6)")
+    return p.parse_args(argv)
+
+
+def old_mask_forward(self, x):
+    """annotune.lora_dropout.LoraInputDropout.forward before the one-pass mask."""
+    import torch
+
+    from annotune.lora_dropout import LANES, _dead
+
+    if not self.training:
+        return x
+    memo = self.memo
+    seen, out = memo.get("input", _dead)(), memo.get("output", _dead)()
+    if seen is x and out is not None and memo["version"] == x._version:
+        return out
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= round(self.p * LANES) - LANES // 2
+    out = x * keep.to(x.dtype).mul_(self.scale)
+    memo.update(input=weakref.ref(x), output=weakref.ref(out), version=x._version)
+    return out
+
+
+def batches_and_loss():
+    import preprocess
+    from datasets import load_from_disk
+
+    from annotune import lm
+    from annotune.cli import run_cli
+    from annotune.models import add_lora, load_model, load_tokenizer
+    from annotune.trainer import LossModule
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="annotune-steps-")) / "data"
+    assert run_cli(preprocess.main, ["--task", "politosphere", "--output_dir", str(folder), "--num_preview", "0"]) == 0
+    tok = load_tokenizer("smollm2-135m", for_generation=False)
+    rows, labels = [], []
+    for ex in load_from_disk(str(folder))["train"].select(range(32)):
+        prompt = tok(ex["prompt"], add_special_tokens=False)["input_ids"]
+        completion = tok(ex["completion"], add_special_tokens=False)["input_ids"]
+        rows.append(prompt + completion)
+        labels.append([-100] * len(prompt) + completion)
+    plen = lm.common_prefix_length(rows)
+    batches = [lm.pad_batch(rows[i:i + 8], tok.pad_token_id, "right", labels[i:i + 8]) for i in range(0, 32, 8)]
+    model = add_lora(load_model("smollm2-135m", "causal", quantization="none"), "causal", 16, 32, 0.05)
+    model.train()
+    return model, LossModule(model, "causal", rows[0][:plen]), batches
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    from annotune import lora_dropout
+
+    torch.manual_seed(0)
+    model, loss_module, batches = batches_and_loss()
+    fused = {m: m.forward for m in model.modules() if type(m) is Linear}
+    new_mask = lora_dropout.LoraInputDropout.forward
+
+    def use(layer_forward, mask):
+        for module, forward in fused.items():
+            module.forward = forward if layer_forward == "fused" else types.MethodType(Linear.forward, module)
+        lora_dropout.LoraInputDropout.forward = new_mask if mask == "new" else old_mask_forward
+
+    def step():
+        for ids, mask, labels in batches:
+            loss_module(ids, mask, labels).backward()
+
+    variants = [("peft", "old"), ("fused", "old"), ("fused", "new")]
+    times = {v: [] for v in variants}
+    step()  # warm-up, and the once-per-model split-prefix check
+    for _ in range(args.repeats):
+        for variant in variants:
+            use(*variant)
+            model.zero_grad()
+            start = time.perf_counter()
+            step()
+            times[variant].append(time.perf_counter() - start)
+    use("fused", "new")
+    print("| LoRA forward | dropout mask | median s | min s | all s |\n|---|---|---|---|---|")
+    for (forward, mask), seconds in times.items():
+        print(f"| {forward} | {mask} | {statistics.median(seconds):.2f} | {min(seconds):.2f} | "
+              f"{', '.join(f'{s:.2f}' for s in seconds)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
