@@ -250,15 +250,16 @@ def report(results: dict, args) -> str:
     for record in results["records"]:
         if args.tag == "all" or record["tag"] in ("", args.tag):  # all: every tag, each its own line
             tag = f":{record['tag']}" if record["tag"] and args.tag == "all" else ""
-            by_data.setdefault(record["data"], {}).update({k + tag: v for k, v in record["rows"].items()})
+            by_data.setdefault(record["data"], {}).update(
+                {k + tag: dict(v, cpu_s=record.get("cpu_s")) for k, v in record["rows"].items()})
     parts = []
     for key, rows in by_data.items():
-        lines = [f"### {key}", "", "| row | n | macro-F1 [95% CI] | balanced acc. [95% CI] | ranking AUC | wall s |",
-                 "|---|---|---|---|---|---|"]
+        lines = [f"### {key}", "", "| row | n | macro-F1 [95% CI] | balanced acc. [95% CI] | ranking AUC | wall s "
+                 "| CPU s |", "|---|---|---|---|---|---|---|"]
         for label, row in table_rows(rows):
             auc = f"{row['ranking_auc']:.3f}" if row.get("ranking_auc") is not None else "-"
             lines.append(f"| {label} | {row.get('n', '-')} | {cell(row, 'macro_f1')} | {cell(row, 'balanced_accuracy')} "
-                         f"| {auc} | {row.get('wall_s', '-')} |")
+                         f"| {auc} | {row.get('wall_s', '-')} | {row.get('cpu_s') or '-'} |")
         lines += ["", verdict(rows)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -272,7 +273,7 @@ def table_rows(rows: dict):
             row, tag = rows[key], key.partition(":")[2]
             name = names[kind] + (f" ({tag})" if tag else "")
             if kind in ("base", "tuned"):
-                yield f"{name}, argmax", dict(row["argmax"], wall_s=row.get("wall_s"))
+                yield f"{name}, argmax", dict(row["argmax"], wall_s=row.get("wall_s"), cpu_s=row.get("cpu_s"))
                 yield f"{name}, decision rule", row
             else:
                 yield name, row

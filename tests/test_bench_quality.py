@@ -41,8 +41,10 @@ def test_a_collapsed_tuned_model_is_told_apart_by_its_ranking_auc():
                        (0.52, "little signal to rank (0.5 = none)")]:
         results = {"records": [
             record("", "baselines", {"majority": scored(0.2, 1 / 3), "tfidf": scored(0.45, 0.46, ranking_auc=0.7)}),
-            record("", "tuned", {"tuned": scored(0.2, 1 / 3, ranking_auc=auc, argmax=scored(0.2, 1 / 3))}),
+            dict(record("", "tuned", {"tuned": scored(0.2, 1 / 3, ranking_auc=auc, argmax=scored(0.2, 1 / 3))}),
+                 cpu_s=812.5),  # CPU seconds of the record's scripts: not inflated by a paused run
         ]}
         text = q.report(results, SimpleNamespace(tag=""))
         assert f"| {auc:.3f} |" in text and "| 0.700 |" in text  # the column, for the tuned and TF-IDF rows
+        assert "| ranking AUC | wall s | CPU s |" in text and text.count("| 812.5 |") == 2  # argmax and rule rows
         assert "balanced acc. 0.333 <= 1/K + 0.10" in text and f"its ranking AUC {auc:.3f}: {words}" in text
