@@ -39,7 +39,7 @@ def keep_mask(x, p: float, out=None):
         return torch.ge(torch.rand(x.shape, device=x.device), threshold / LANES, out=out)
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # the full 64-bit range
-    # An int16 threshold tensor: a Python number would make the compare cast each element.
+    # With `out` the compare writes the floats itself: no bool mask and conversion pass.
     return torch.ge(bits.view(torch.int16)[:n].view(x.shape), torch.tensor(threshold - LANES // 2, dtype=torch.int16),
                     out=out)
 
