@@ -3,9 +3,10 @@
 The cache path (lm.hidden_states with a key/value cache expanded along the batch) concatenates the
 prefix's keys and values to every example's own in every layer: B copies in the forward, and in the
 backward B key/value gradient buffers that are filled, copied and summed (about 11% of a CPU step).
-Here each layer runs two flash-attention calls: all the batch's queries as one block against the
-single prefix (so the prefix's key/value gradient comes out as one reduction), and each example's
-queries against its own tokens (causal, padded); the two are merged by their log-sum-exp, as
+Here the batch's own tokens come packed into one row without padding (lm.hidden_states), and each
+layer runs flash-attention calls: all the queries as one block against the single prefix (so the
+prefix's key/value gradient comes out as one reduction), and each example's queries against its own
+tokens (causal, one call per example); the parts are merged by their log-sum-exp, as
 split-KV ("cascade") attention does at inference. The backward calls each part's flash backward with
 the merged output and log-sum-exp, which is exactly the joint softmax's gradient restricted to that
 part's keys. Equal to the cache path (tested: loss and gradients, SDPA and eager models, grouped
