@@ -77,8 +77,8 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
 
 def _split_hidden_states(decoder, config, input_ids, attention_mask, positions, prefix_kv):
     """The split path on the batch's own tokens packed into one row, padding dropped (a padded
-    token's compute is wasted: half of a Politosphere batch's), then scattered back to [B, T, d]
-    with zeros where the padding was."""
+    token's compute is wasted; length-grouped batches keep it small, uneven lengths do not), then
+    scattered back to [B, T, d] with zeros where the padding was."""
     from . import prefix_attention
 
     keep = attention_mask.bool()
