@@ -89,7 +89,7 @@ meta = json.load(open(f"{{folder}}/annotune.json"))
 tok = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForCausalLM.from_pretrained(folder).eval()
 rule = meta["decision_rule"] or {{}}
-offsets = rule.get("offsets") if rule.get("fitted_on") and (rule.get("heldout_gain") or 0) > 0 else None
+offsets = rule["offsets"] if {applied} else None  # {why}
 
 @torch.no_grad()
 def label(text):
@@ -115,9 +115,13 @@ order; without them, the plain argmax)."""
 
 
 def readme(args, adapter, meta: dict, trained_4bit: bool) -> str:
+    from annotune.decision import DecisionRule
+
     rule = meta.get("decision_rule") or {}
-    applied = rule.get("fitted_on") and (rule.get("heldout_gain") or 0) > 0
-    how = (HEAD_HOW if meta["kind"] == "classifier" else CAUSAL_HOW).format(folder=args.output_dir)
+    applied = DecisionRule.from_dict(meta.get("decision_rule"), meta["labels"]).fitted
+    why = "its held-out check passed" if applied else "no rule, or its held-out check failed: argmax"
+    how = (HEAD_HOW if meta["kind"] == "classifier" else CAUSAL_HOW).format(folder=args.output_dir, applied=applied,
+                                                                            why=why)
     return README.format(
         name=adapter.name, task=meta["task"], labels=", ".join(meta["labels"]),
         base=(meta.get("base") or {}).get("hub_id") or (meta.get("base") or {}).get("name"), adapter=adapter,

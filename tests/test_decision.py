@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from annotune.baseline import TfidfBaseline, majority_label
-from annotune.decision import DecisionRule, fit_rule
+from annotune.decision import MIN_GAIN, DecisionRule, expected_score, fit_rule
 from annotune.metrics import balanced_accuracy, macro_f1
 
 LABELS = ["neither", "offensive", "hate"]
@@ -80,3 +80,13 @@ def test_tfidf_baseline_learns_words_and_reports_probabilities_in_label_order():
 def test_majority_label_breaks_ties_in_sorted_order():
     assert majority_label([{"label": "b"}, {"label": "a"}, {"label": "b"}]) == "b"
     assert majority_label([{"label": "b"}, {"label": "a"}]) == "a"
+
+
+def test_a_held_out_gain_below_min_gain_is_not_applied():
+    probs, gold = skewed_probs(300, seed=4)
+    small = DecisionRule(LABELS, [0.0, 1.0, 2.0], 1.0, "macro_f1", 120, heldout_gain=MIN_GAIN / 2)
+    enough = DecisionRule(LABELS, [0.0, 1.0, 2.0], 1.0, "macro_f1", 120, heldout_gain=MIN_GAIN)
+    assert not small.fitted and enough.fitted
+    # What a rule that is not applied scores: argmax, in training's epoch choice as in evaluation.
+    assert expected_score({"macro_f1": 0.5}, small) == 0.5 and expected_score({"macro_f1": 0.5}, enough) == 0.5 + MIN_GAIN
+    assert enough.apply(probs)[1] != [LABELS[i] for i in probs.argmax(1)]

@@ -7,6 +7,7 @@ import pytest
 from datasets import load_from_disk
 
 from conftest import run_script
+from annotune.decision import DecisionRule
 from test_train import write_colour_task
 
 
@@ -45,7 +46,7 @@ def test_baselines_train_on_the_adapters_rows_and_rules_come_from_validation(tmp
     assert "| baseline: majority | test |" in table and "| baseline: tf-idf + logreg | test |" in table
     tuned = read(out, adapter.name)
     assert tuned["decision_rule"] == info["decision_rule"]  # the adapter's own rule, not refit on test
-    applied = info["decision_rule"]["heldout_gain"] > 0  # a rule that fails its held-out check is not applied
+    applied = DecisionRule.from_dict(info["decision_rule"], info["labels"]).fitted  # held-out check passed
     assert (f"| {adapter.name} (fitted rule) | test |" in table) == applied == ("argmax" in tuned)
     assert (f"| {adapter.name} | test |" in table) != applied
     # On the validation split a rule is never applied (it was fit there).
