@@ -48,3 +48,44 @@ def test_a_collapsed_tuned_model_is_told_apart_by_its_ranking_auc():
         assert f"| {auc:.3f} |" in text and "| 0.700 |" in text  # the column, for the tuned and TF-IDF rows
         assert "| ranking AUC | wall s | CPU s |" in text and text.count("| 812.5 |") == 2  # argmax and rule rows
         assert "balanced acc. 0.333 <= 1/K + 0.10" in text and f"its ranking AUC {auc:.3f}: {words}" in text
+
+
+def rule_change_module():
+    spec = importlib.util.spec_from_file_location("bench_rule_change", REPO / "bench" / "rule_change.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rule(gain, labels=("a", "b", "c")):
+    return {"labels": list(labels), "offsets": [0.0, 0.5, 0.0], "temperature": 1.0, "objective": "macro_f1",
+            "fitted_on": 120, "heldout_gain": gain, "note": f"held-out gain {gain:+.3f}: applied"}
+
+
+def test_a_stricter_rule_test_redoes_the_epoch_choice_from_the_history():
+    rc = rule_change_module()
+    # ag_news as recorded: epoch 3 won only by a +0.012 rule that MIN_GAIN (0.02) no longer applies.
+    history = [{"epoch": 2, "macro_f1": 0.868, "balanced_accuracy": 0.87, "decision_rule": rule(-0.015)},
+               {"epoch": 3, "macro_f1": 0.861, "balanced_accuracy": 0.86, "decision_rule": rule(0.012)}]
+    assert rc.kept_epoch(history, 3) == 2
+    history[1]["decision_rule"] = rule(0.05)  # a rule that still passes keeps its gain
+    assert rc.kept_epoch(history, 3) == 3
+    # An epoch whose dropped rule leaves argmax labels that may all be one label: cannot tell.
+    history[1].update(decision_rule=rule(0.01), balanced_accuracy=1 / 3)
+    assert rc.kept_epoch(history, 3) is None
+
+
+def test_a_base_row_whose_rule_no_longer_passes_becomes_its_argmax_row(tmp_path):
+    import json
+
+    rc = rule_change_module()
+    argmax = {"n": 10, "accuracy": 0.6, "balanced_accuracy": 0.55, "macro_f1": 0.5, "ci95": {}, "ranking_auc": 0.7,
+              "per_class": {"a": {"f1": 0.5}}}
+    found = tmp_path / "base-eval" / "base_x" / "test"
+    found.mkdir(parents=True)
+    (found / "metrics.json").write_text(json.dumps({"decision_rule": rule(0.008), "argmax": argmax}))
+    row = dict(scored(0.6, 0.6), rule="held-out gain +0.008: applied")
+    new, what = rc.rescored({"rows": {"base": row}}, tmp_path)
+    assert new["macro_f1"] == 0.5 and new["balanced_accuracy"] == 0.55 and "not applied" in new["rule"]
+    (found / "metrics.json").write_text(json.dumps({"decision_rule": rule(0.2), "argmax": argmax}))
+    assert rc.rescored({"rows": {"base": row}}, tmp_path) == (row, "unchanged")
