@@ -20,7 +20,8 @@ defaults (or --train_args), raw and with its decision rule; a MiniLM-L6 classifi
 class weights. Every row is scored on the same test rows: macro-F1 and balanced accuracy with 95%
 bootstrap CIs (evaluate.py's own metrics.json), and the wall time of its training + evaluation.
 Results accumulate in --out (one record per task, data budget, recipe and tag); a rerun skips the
-records it has, so an interrupted run continues where it stopped.
+records it has, and resumes a stopped train.py run from its last checkpoint (every 20 steps), so an
+interrupted run continues where it stopped.
 """
 import argparse
 import json
@@ -47,6 +48,7 @@ TASKS = {
     "politosphere": ("politosphere", "pol_unpol_oth", 0.3),
 }
 RECIPES = ("baselines", "base", "tuned", "head")
+SAVE_EVERY = 20  # train.py checkpoints every this many steps, so a stopped tuned run loses little
 HEAD_ARGS = "--model_name minilm-l6 --class_weights auto --epoch 3 --max_seq_length 512"
 
 
@@ -157,10 +159,13 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     from annotune.adapters import adapters_in, read_adapter_info
 
     run_dir, eval_dir = folder / name, folder / f"{name}-eval"
-    for path in (run_dir, eval_dir):
+    resumed = (run_dir / "manifest.json").exists()  # train.py was stopped (or finished): continue its run
+    for path in ([] if resumed else [run_dir]) + [eval_dir]:
         remove(path)
-    t_train = run("train.py", ["--dataset_name", data, "--max_eval_samples", 0, "--quiet", "--output_dir", run_dir]
-                  + train_argv, folder / "log.txt")
+    # Paths relative to the repository, so that a run resumes from another checkout with the same arguments.
+    t_train = run("train.py", ["--dataset_name", relative(data), "--max_eval_samples", 0, "--quiet", "--output_dir",
+                               relative(run_dir), "--save_every_steps", SAVE_EVERY] + train_argv
+                  + (["--resume_from_checkpoint"] if resumed else []), folder / "log.txt")
     adapters = adapters_in(run_dir)
     t_eval = run("evaluate.py", ["--adapters_name", *adapters, "--split", "test", "--baseline", "none", "--quiet",
                                  "--output_dir", eval_dir], folder / "log.txt")
@@ -169,12 +174,17 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     kept = result["best"].get("epoch") or max(per_epoch)
     row = dict(per_epoch[kept], wall_s=round(t_train + t_eval / len(adapters), 1), train_s=round(t_train, 1),
                eval_s=round(t_eval / len(adapters), 1), epoch_kept=kept, train_args=" ".join(map(str, train_argv)),
+               resumed=resumed,  # wall and CPU seconds then count only the part after the stop
                history=[{k: h.get(k) for k in ("epoch", "macro_f1", "balanced_accuracy", "selection_score", "collapsed")}
                         for h in result["history"]])
     if len(per_epoch) > 1:
         row["per_epoch"] = {str(e): {k: m[k] for k in ("macro_f1", "balanced_accuracy", "argmax")}
                             for e, m in sorted(per_epoch.items())}
     return row
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def base_row(data: Path, folder: Path) -> dict:
@@ -258,8 +268,9 @@ def report(results: dict, args) -> str:
                  "| CPU s |", "|---|---|---|---|---|---|---|"]
         for label, row in table_rows(rows):
             auc = f"{row['ranking_auc']:.3f}" if row.get("ranking_auc") is not None else "-"
+            wall = f"{row.get('wall_s', '-')}{' (resumed)' if row.get('resumed') else ''}"
             lines.append(f"| {label} | {row.get('n', '-')} | {cell(row, 'macro_f1')} | {cell(row, 'balanced_accuracy')} "
-                         f"| {auc} | {row.get('wall_s', '-')} | {row.get('cpu_s') or '-'} |")
+                         f"| {auc} | {wall} | {row.get('cpu_s') or '-'} |")
         lines += ["", verdict(rows)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -273,7 +284,8 @@ def table_rows(rows: dict):
             row, tag = rows[key], key.partition(":")[2]
             name = names[kind] + (f" ({tag})" if tag else "")
             if kind in ("base", "tuned"):
-                yield f"{name}, argmax", dict(row["argmax"], wall_s=row.get("wall_s"), cpu_s=row.get("cpu_s"))
+                yield f"{name}, argmax", dict(row["argmax"], wall_s=row.get("wall_s"), cpu_s=row.get("cpu_s"),
+                                              resumed=row.get("resumed"))
                 yield f"{name}, decision rule", row
             else:
                 yield name, row

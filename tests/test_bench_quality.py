@@ -89,3 +89,36 @@ def test_a_base_row_whose_rule_no_longer_passes_becomes_its_argmax_row(tmp_path)
     assert new["macro_f1"] == 0.5 and new["balanced_accuracy"] == 0.55 and "not applied" in new["rule"]
     (found / "metrics.json").write_text(json.dumps({"decision_rule": rule(0.2), "argmax": argmax}))
     assert rc.rescored({"rows": {"base": row}}, tmp_path) == (row, "unchanged")
+
+
+def test_a_stopped_tuned_run_is_resumed_with_paths_relative_to_the_repository(monkeypatch):
+    q = quality_module()
+    folder = REPO / "runs" / "test-bench-quality" / "toy"
+    run_dir = folder / "tuned-x"
+    calls = []
+
+    def stopped(script, argv, log):
+        calls.append((script, [str(a) for a in argv]))
+        raise SystemExit("stopped")  # train.py stopped (exit 130)
+
+    def train(files):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (run_dir / name).write_text("{}")
+        try:
+            q.train_and_score(SimpleNamespace(), folder / "data", folder, "tuned-x", ["--epoch", "3"])
+        except SystemExit:
+            pass
+        script, argv = calls[-1]
+        assert script == "train.py" and argv[argv.index("--dataset_name") + 1] == "runs/test-bench-quality/toy/data"
+        assert argv[argv.index("--epoch") + 1] == "3"
+        return argv
+
+    monkeypatch.setattr(q, "run", stopped)
+    try:
+        argv = train(["stale.txt"])  # no manifest: the run never started; it starts afresh
+        assert "--resume_from_checkpoint" not in argv and not run_dir.exists()
+        argv = train(["manifest.json", "checkpoint.json"])  # what a stopped run leaves
+        assert "--resume_from_checkpoint" in argv and (run_dir / "checkpoint.json").exists()
+    finally:
+        q.remove(REPO / "runs" / "test-bench-quality")
