@@ -159,7 +159,10 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     from annotune.adapters import adapters_in, read_adapter_info
 
     run_dir, eval_dir = folder / name, folder / f"{name}-eval"
-    resumed = (run_dir / "manifest.json").exists()  # train.py was stopped (or finished): continue its run
+    # train.py was stopped mid-run: continue it. A finished run without a record is trained afresh (its
+    # record was dropped, e.g. by bench/rule_change.py, because train.py would now keep another epoch).
+    manifest = run_dir / "manifest.json"
+    resumed = manifest.exists() and not json.loads(manifest.read_text()).get("result")
     for path in ([] if resumed else [run_dir]) + [eval_dir]:
         remove(path)
     # Paths relative to the repository, so that a run resumes from another checkout with the same arguments.

@@ -120,5 +120,8 @@ def test_a_stopped_tuned_run_is_resumed_with_paths_relative_to_the_repository(mo
         assert "--resume_from_checkpoint" not in argv and not run_dir.exists()
         argv = train(["manifest.json", "checkpoint.json"])  # what a stopped run leaves
         assert "--resume_from_checkpoint" in argv and (run_dir / "checkpoint.json").exists()
+        (run_dir / "manifest.json").write_text('{"result": {"steps": 9}}')  # finished, its record dropped
+        argv = train([])
+        assert "--resume_from_checkpoint" not in argv and not run_dir.exists()  # trained afresh
     finally:
         q.remove(REPO / "runs" / "test-bench-quality")
