@@ -220,14 +220,15 @@ def save_record(path: Path, record: dict) -> None:
 
 def recipes_for(args, name, data: Path, folder: Path):
     """(recipe, tag, function giving its rows) for the requested recipes."""
-    if "baselines" in args.recipes:
+    recipes = args.recipes.split(",")  # a list: "base" is not in ["baselines"], though it is in "baselines"
+    if "baselines" in recipes:
         yield "baselines", "", lambda: baseline_rows(data)
-    if "base" in args.recipes:
+    if "base" in recipes:
         yield "base", "", lambda: {"base": base_row(data, folder)}
-    if "tuned" in args.recipes:
+    if "tuned" in recipes:
         yield "tuned", args.tag, lambda: {"tuned": train_and_score(args, data, folder, f"tuned-{args.tag}",
                                                                    shlex.split(args.train_args))}
-    if "head" in args.recipes:
+    if "head" in recipes:
         yield "head", args.tag if args.head_args != HEAD_ARGS else "", lambda: {
             "head": train_and_score(args, data, folder, "head", shlex.split(args.head_args))}
 

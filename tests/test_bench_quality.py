@@ -125,3 +125,9 @@ def test_a_stopped_tuned_run_is_resumed_with_paths_relative_to_the_repository(mo
         assert "--resume_from_checkpoint" not in argv and not run_dir.exists()  # trained afresh
     finally:
         q.remove(REPO / "runs" / "test-bench-quality")
+
+
+def test_only_the_requested_recipes_run():
+    q = quality_module()
+    args = SimpleNamespace(recipes="baselines,tuned", tag="x", train_args="", head_args=q.HEAD_ARGS)
+    assert [r for r, _, _ in q.recipes_for(args, "toy", REPO, REPO)] == ["baselines", "tuned"]
