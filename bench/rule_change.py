@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rule_change.py                       # every base and tuned record in the results
     .venv/bin/python bench/rule_change.py --tasks sst2,ag_news --dry_run
+    .venv/bin/python bench/rule_change.py --would_have    # what the old test (any gain) would have given
 
 A rule's acceptance test (annotune.decision: MIN_GAIN) is applied when labels are given, not when it
 is fit, so a stricter test changes which rows get their rule without changing any probability.
@@ -28,6 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="bench/results/quality.json", help="results file (default: bench/results/quality.json)")
     p.add_argument("--runs", default="runs/bench/quality", help="bench/quality.py's working folder (default: runs/bench/quality)")
     p.add_argument("--dry_run", action="store_true", help="only say what would change")
+    p.add_argument("--would_have", action="store_true",
+                   help="only print, for tuned records whose rule gained (0, MIN_GAIN) held out and so is not applied, "
+                        "the test macro-F1 with and without it (from the predictions on disk)")
     return p.parse_args(argv)
 
 
@@ -78,11 +82,41 @@ def rescored(record: dict, folder: Path):
     return new, f"rule dropped: macro-F1 {row['macro_f1']:.3f} -> {new['macro_f1']:.3f}"
 
 
+def would_have(record: dict, folder: Path):
+    """(argmax, with the rule) test macro-F1 of a tuned record whose rule the MIN_GAIN test turned
+    away (0 < held-out gain < MIN_GAIN); None for any other record."""
+    from annotune.decision import DecisionRule
+    from annotune.files import read_jsonl
+    from annotune.metrics import macro_f1
+
+    (kind, row), = record["rows"].items()
+    adapters = list((folder / f"tuned-{record['tag']}").glob(f"*-epoch{row.get('epoch_kept')}/annotune.json"))
+    if kind != "tuned" or len(adapters) != 1:
+        return None
+    info = json.loads(adapters[0].read_text())
+    rule = DecisionRule.from_dict(info.get("decision_rule"), info["labels"])
+    if rule.fitted or not rule.heldout_gain or rule.heldout_gain <= 0:
+        return None
+    found = list((folder / f"tuned-{record['tag']}-eval").glob(f"{adapters[0].parent.name}/test/predictions.jsonl"))
+    preds = list(read_jsonl(found[0]))
+    gold = [p["gold"] for p in preds]
+    argmax = [p.get("argmax_prediction", p["prediction"]) for p in preds]  # evaluated under the old test: ruled
+    return (rule.heldout_gain, macro_f1(gold, argmax, info["labels"]),
+            macro_f1(gold, [p["prediction"] for p in rule.relabel(preds)], info["labels"]))
+
+
 def main(argv=None):
     from annotune.files import atomic_write_json
 
     args = parse_args(argv)
     out = REPO / args.out
+    if args.would_have:
+        for record in load_results(out)["records"]:
+            found = record["recipe"] == "tuned" and would_have(record, REPO / args.runs / record["data"])
+            if found:
+                print(f"{record['key']}: held-out gain {found[0]:+.3f}; test macro-F1 argmax {found[1]:.3f}, "
+                      f"with the rule {found[2]:.3f}")
+        return 0
     results, tasks = load_results(out), args.tasks.split(",")
     kept = []
     for record in results["records"]:

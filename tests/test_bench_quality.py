@@ -2,6 +2,8 @@
 import importlib.util
 from types import SimpleNamespace
 
+import pytest
+
 from conftest import REPO
 
 
@@ -131,3 +133,22 @@ def test_only_the_requested_recipes_run():
     q = quality_module()
     args = SimpleNamespace(recipes="baselines,tuned", tag="x", train_args="", head_args=q.HEAD_ARGS)
     assert [r for r, _, _ in q.recipes_for(args, "toy", REPO, REPO)] == ["baselines", "tuned"]
+
+
+def test_would_have_scores_a_turned_away_rule_on_the_test_predictions(tmp_path):
+    import json
+
+    rc = rule_change_module()
+    adapter = tmp_path / "tuned-x" / "m-epoch3"
+    adapter.mkdir(parents=True)
+    two = ["a", "b"]
+    (adapter / "annotune.json").write_text(json.dumps({"labels": two, "decision_rule": dict(rule(0.01, two), offsets=[0.0, 3.0])}))
+    preds = [{"gold": g, "prediction": "a", "probs": {"a": 0.8, "b": 0.2}} for g in ("a", "b", "b", "b")]
+    found = tmp_path / "tuned-x-eval" / "m-epoch3" / "test"
+    found.mkdir(parents=True)
+    (found / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    record = {"tag": "x", "rows": {"tuned": {"epoch_kept": 3}}}
+    gain, argmax, ruled = rc.would_have(record, tmp_path)
+    assert gain == 0.01 and argmax == pytest.approx(0.2) and ruled == pytest.approx(3 / 7)  # all "a", then all "b"
+    (adapter / "annotune.json").write_text(json.dumps({"labels": two, "decision_rule": rule(0.05, two)}))
+    assert rc.would_have(record, tmp_path) is None  # a rule that passes is applied: nothing to compare
