@@ -152,3 +152,11 @@ def test_would_have_scores_a_turned_away_rule_on_the_test_predictions(tmp_path):
     assert gain == 0.01 and argmax == pytest.approx(0.2) and ruled == pytest.approx(3 / 7)  # all "a", then all "b"
     (adapter / "annotune.json").write_text(json.dumps({"labels": two, "decision_rule": rule(0.05, two)}))
     assert rc.would_have(record, tmp_path) is None  # a rule that passes is applied: nothing to compare
+
+
+def test_a_best_own_row_that_only_ties_the_majority_guess_is_called_so():
+    q = quality_module()
+    rows = {"majority": scored(0.475, 1 / 3), "tfidf": scored(0.475, 1 / 3), "head": scored(0.475, 1 / 3)}
+    assert "the majority guess's score, not a pass" in q.verdict(rows)
+    rows["head"] = scored(0.5, 0.4)
+    assert "not a pass" not in q.verdict(rows)
