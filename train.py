@@ -25,6 +25,7 @@ checkpoints/ (for --resume_from_checkpoint).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,8 +94,9 @@ def add_data_and_model_flags(p):
 
 def add_training_flags(p):
     g = p.add_argument_group("training")
-    g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=3,
-                   help="epochs at most; the best one on validation is kept (default: 3, from bench/choose_defaults.sh)")
+    g.add_argument("--epoch", "--epochs", dest="epochs", type=int, default=None,
+                   help="epochs at most; the best one on validation is kept (default: 3, from bench/choose_defaults.sh; "
+                        "more on small data, so that training takes at least 150 optimizer steps, at most 50 epochs)")
     g.add_argument("--stop_condition", choices=["epochs", "steps"], default="epochs",
                    help="stop after --epoch epochs or --steps optimizer steps (default: epochs)")
     g.add_argument("--steps", type=int, default=0, help="optimizer steps with --stop_condition steps")
@@ -154,6 +156,23 @@ def build_model(args, data: TrainingData, tokenizer):
     if data.kind == "classifier" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return add_lora(model, data.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
+
+
+def resolve_defaults(args, data: TrainingData) -> None:
+    """The defaults that depend on the data, resolved before the run folder is opened, so that a
+    resume compares the values used: --balance auto, and --epoch's default (3, more on small data)."""
+    from annotune.trainer import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
+
+    if args.balance == "auto":
+        args.balance = "oversample" if data.spec.type == "classification" and data.kind != "classifier" else "none"
+    if args.epochs is None and args.stop_condition == "steps":
+        args.epochs = DEFAULT_EPOCHS  # unused: --steps ends the run
+    elif args.epochs is None:
+        per_step = args.train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
+        args.epochs = default_epochs(data.feats, args.balance, per_step)
+        if args.epochs > DEFAULT_EPOCHS:
+            print(f"{len(data.feats)} training examples: up to {args.epochs} epochs, so that training takes at least "
+                  f"{MIN_STEPS} optimizer steps (--epoch sets it)")
 
 
 def save_plan(args, data: TrainingData):
@@ -263,8 +282,7 @@ def main(argv=None):
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
     data = load_training_data(args, tokenizer, load_config(args.model_name), DEFAULT_TASK)
-    if args.balance == "auto":  # resolved before the run folder: a resume compares the value used
-        args.balance = "oversample" if data.spec.type == "classification" and data.kind != "classifier" else "none"
+    resolve_defaults(args, data)
     if (args.balance != "none" or args.class_weights != "none") and data.spec.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")
     run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"

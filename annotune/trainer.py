@@ -34,6 +34,7 @@ from .lm import common_prefix_length, completion_loss, hidden_states, pad_batch,
 from .prompts import encode_example, encode_prompt
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
+DEFAULT_EPOCHS, MIN_STEPS, MAX_DEFAULT_EPOCHS = 3, 150, 50  # train.py's --epoch default (see default_epochs)
 TRAINABLE_FILE = "trainable.safetensors"
 
 
@@ -103,8 +104,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             self.by_label = {}
             for i, label in enumerate(oversample_labels):
                 self.by_label.setdefault(label, []).append(i)
-        largest = max(len(v) for v in self.by_label.values()) if self.by_label else 0
-        self.epoch_size = largest * len(self.by_label) if self.by_label else len(self.lengths)
+        self.epoch_size = epoch_size(len(self.lengths), oversample_labels)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -191,6 +191,27 @@ def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int)
 
 
 # -------------------------------------------------------------------- what train.py trains on
+def epoch_size(n: int, oversample_labels=None) -> int:
+    """Examples per epoch: n, or with oversampling every label repeated up to the largest one's count."""
+    if oversample_labels is None:
+        return n
+    counts = {}
+    for label in oversample_labels:
+        counts[label] = counts.get(label, 0) + 1
+    return max(counts.values()) * len(counts)
+
+
+def default_epochs(feats, balance: str, examples_per_step: int) -> int:
+    """--epoch's default: DEFAULT_EPOCHS, raised on small data so that training takes at least
+    MIN_STEPS optimizer steps (at most MAX_DEFAULT_EPOCHS epochs). The defaults were chosen where 3
+    epochs are 90-270 steps (bench/choose_defaults.sh, bench/quality.py); on Politosphere's 56
+    training rows they were 36 steps and the model learned nothing (test ranking AUC 0.52), while
+    its recipe's 10-20 epochs of 90 rows (60-120 steps) reach validation macro-F1 0.48."""
+    labels = [f["label"] for f in feats] if balance == "oversample" else None
+    steps = max(1, math.ceil(epoch_size(len(feats), labels) / examples_per_step))
+    return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps)))
+
+
 @dataclass
 class TrainingData:
     """What train.py trains and validates on, with how it was read (data_info goes to the manifest)."""

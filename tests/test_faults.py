@@ -167,7 +167,7 @@ def test_refused_runs_leave_nothing_that_blocks_the_rerun(in_tmp, tiny_llama_dir
     from conftest import run_script
 
     common = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--quiet",
-              "--max_train_samples", 16, "--eval_strategy", "no"]
+              "--max_train_samples", 16, "--eval_strategy", "no", "--epoch", 3]
     (in_tmp / "afile").write_text("x")
     assert run_script("train", common + ["--output_dir", "afile"]) == 2
     assert "is a file" in capsys.readouterr().err

@@ -55,6 +55,6 @@ def test_smollm2_in_4bit_on_cpu(in_tmp):
 def test_minilm_classification_head_on_imdb(in_tmp):
     assert run_script("train", ["--task", "imdb", "--model_name", "minilm-l6", "--max_train_samples", 64,
                                 "--max_eval_samples", 16, "--max_seq_length", 256, "--quiet", "--output_dir", "h",
-                                "--learning_rate", "1e-3"]) == 0
+                                "--learning_rate", "1e-3", "--epoch", 3]) == 0
     manifest = json.loads((in_tmp / "h" / "manifest.json").read_text())
     assert manifest["kind"] == "classifier" and manifest["result"]["history"][0]["n"] == 16

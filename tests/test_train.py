@@ -158,6 +158,36 @@ def test_oversampling_balances_every_epoch_with_fresh_repeats():
     assert epochs[0] != epochs[1]
 
 
+def test_default_epochs_give_small_data_enough_optimizer_steps():
+    """--epoch's default is 3, raised on small data to reach MIN_STEPS optimizer steps (at most 50 epochs),
+    counting the epoch as the sampler does (oversampled epochs are longer)."""
+    from annotune.trainer import LengthGroupedBatches, default_epochs
+
+    labels = [0] * 9 + [1] * 3 + [2] * 1
+    feats = [{"label": label} for label in labels]
+    assert len(LengthGroupedBatches([10] * 13, 4, seed=0, oversample_labels=labels)) == 7
+    assert default_epochs(feats, "oversample", 4) == 22  # 7 steps an epoch: ceil(150 / 7)
+    assert default_epochs(feats, "none", 4) == 38  # 4 steps an epoch
+    assert default_epochs(feats, "weights", 13) == 50  # one step an epoch: capped
+    assert default_epochs([{"label": i % 2} for i in range(480)], "oversample", 8) == 3  # 60 steps an epoch
+
+
+def test_train_without_epoch_resolves_the_default_before_the_manifest(in_tmp, tiny_llama_dir, capsys):
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--quiet",
+            "--stop_after_steps", 1]
+    assert run_script("train", argv + ["--output_dir", "auto"]) == 0
+    manifest = json.loads((in_tmp / "auto" / "manifest.json").read_text())
+    labels = Counter(r["label"] for r in load_from_disk(str(in_tmp / "auto" / "dataset"))["train"])
+    steps = -(-max(labels.values()) * len(labels) // 8)  # an oversampled epoch, in batches of 8
+    assert len(labels) == 3 and 1 < 150 / steps <= manifest["args"]["epochs"] < 150 / steps + 1
+    assert f"up to {manifest['args']['epochs']} epochs, so that training takes at least 150" in capsys.readouterr().out
+    argv[-1] = 2  # the same default resolves again on resume, so the run's arguments still match
+    assert run_script("train", argv + ["--output_dir", "auto", "--resume_from_checkpoint"]) == 0
+    assert [r["step"] for r in read_log(in_tmp / "auto") if r["type"] == "step"] == [1, 2]
+    assert run_script("train", argv + ["--output_dir", "given", "--epoch", 2]) == 0
+    assert json.loads((in_tmp / "given" / "manifest.json").read_text())["args"]["epochs"] == 2
+
+
 def test_answer_weights_weight_each_answers_tokens(tiny_llama_dir, smol_tok):
     from transformers import AutoModelForCausalLM
 
