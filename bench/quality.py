@@ -120,16 +120,22 @@ def build_data(args, name, folder: Path) -> Path:
     return data
 
 
+def scores_of(m: dict, per_class: bool = True) -> dict:
+    """The scores a row keeps of one set of labels in evaluate.py's metrics.json (the labels as given,
+    or its "argmax" entry)."""
+    row = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95", "ranking_auc") if k in m}
+    if per_class:
+        row["per_class_f1"] = {k: round(v["f1"], 4) for k, v in m.get("per_class", {}).items()}
+    return row
+
+
 def metrics_of(path: Path) -> dict:
     """A row of the table from evaluate.py's metrics.json: what the user gets (decision rule
     applied where evaluate.py applies it) and the argmax labels."""
     m = json.loads(path.read_text())
-    raw = m.get("argmax", m)
-    keep = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95", "ranking_auc")
-    row = {k: m[k] for k in keep if k in m}
-    row["argmax"] = {k: raw[k] for k in keep if k in raw}
+    row = scores_of(m)
+    row["argmax"] = scores_of(m.get("argmax", m), per_class=False)
     row["rule"] = (m.get("decision_rule") or {}).get("note")
-    row["per_class_f1"] = {k: round(v["f1"], 4) for k, v in m.get("per_class", {}).items()}
     return row
 
 

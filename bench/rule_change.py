@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import REPO, TASKS, load_results  # noqa: E402  (bench/quality.py)
+from quality import REPO, TASKS, load_results, scores_of  # noqa: E402  (bench/quality.py)
 
 
 def parse_args(argv=None):
@@ -74,10 +74,7 @@ def rescored(record: dict, folder: Path):
     metrics = json.loads(found[0].read_text())
     if "argmax" not in metrics or rule_applies(metrics):  # no rule was applied, or it still is
         return row, "unchanged"
-    argmax = metrics["argmax"]
-    new = dict(row, **{key: argmax[key] for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "ci95",
-                                                    "ranking_auc") if key in argmax})
-    new["per_class_f1"] = {label: round(v["f1"], 4) for label, v in argmax["per_class"].items()}
+    new = dict(row, **scores_of(metrics["argmax"]))
     new["rule"] = f"{row['rule']} -> held-out gain below annotune.decision.MIN_GAIN: not applied (argmax is used)"
     return new, f"rule dropped: macro-F1 {row['macro_f1']:.3f} -> {new['macro_f1']:.3f}"
 
