@@ -160,3 +160,33 @@ def test_a_best_own_row_that_only_ties_the_majority_guess_is_called_so():
     assert "the majority guess's score, not a pass" in q.verdict(rows)
     rows["head"] = scored(0.5, 0.4)
     assert "not a pass" not in q.verdict(rows)
+
+
+def test_merge_after_prediction_scores_the_fine_labels_through_the_named_merge(tmp_path, capsys):
+    """drug_reviews' neutral_vs_rest: a positive review predicted negative is right once merged, and
+    each merged label's probability is the sum of its finer labels'."""
+    import json
+
+    from annotune.cli import run_cli
+
+    rows = [("positive", "negative", {"negative": 0.6, "neutral": 0.1, "positive": 0.3}),
+            ("neutral", "neutral", {"negative": 0.2, "neutral": 0.5, "positive": 0.3}),
+            ("negative", "neutral", {"negative": 0.3, "neutral": 0.4, "positive": 0.3}),
+            ("positive", "positive", {"negative": 0.0, "neutral": 0.2, "positive": 0.8})]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "gold": g, "prediction": p, "probs": pr}) + "\n"
+                            for i, (g, p, pr) in enumerate(rows)))
+    spec = importlib.util.spec_from_file_location("bench_merge_after", REPO / "bench" / "merge_after.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from annotune.task import load_task
+
+    m = module.merged_metrics([json.loads(l) for l in path.read_text().splitlines()],
+                              load_task("drug_reviews").merged("neutral_vs_rest"))
+    assert m["labels"] == ["neutral", "not neutral"] and m["accuracy"] == 0.75  # only the third row is wrong
+    assert m["per_class"]["neutral"]["recall"] == 1.0 and m["per_class"]["not neutral"]["recall"] == pytest.approx(2 / 3)
+    assert m["ranking_auc"] == 1.0  # neutral's probability 0.5 ranks above 0.1, 0.4 and 0.2
+    run = lambda argv: run_cli(module.main, [str(a) for a in argv])  # noqa: E731
+    assert run(["--task", "drug_reviews", "--merge", "neutral_vs_rest", "--predictions", path]) == 0
+    assert "| drug_reviews -> neutral_vs_rest | 4 | 0.733" in capsys.readouterr().out
+    assert run(["--task", "drug_reviews", "--merge", "neutral_vs_rest", "--predictions", tmp_path / "none.jsonl"]) == 2
