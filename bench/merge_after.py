@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import cell  # noqa: E402  (bench/quality.py, which also puts the repository on the path)
+
 from annotune.cli import UserError, parser, run_cli  # noqa: E402
 
 
@@ -59,13 +61,11 @@ def main(argv=None):
     if unknown:
         raise UserError(f"{path}: gold labels {unknown} are not labels of task {args.task} before the merge")
     m = merged_metrics(records, spec)
-    ci = m["ci95"]
     print("| merged after prediction | n | macro-F1 [95% CI] | balanced acc. [95% CI] | ranking AUC | per-label F1 |")
     print("|---|---|---|---|---|---|")
     per_label = ", ".join(f"{label} {v['f1']:.3f}" for label, v in m["per_class"].items())
-    print(f"| {args.task} -> {args.merge} | {m['n']} | {m['macro_f1']:.3f} [{ci['macro_f1'][0]:.3f}, "
-          f"{ci['macro_f1'][1]:.3f}] | {m['balanced_accuracy']:.3f} [{ci['balanced_accuracy'][0]:.3f}, "
-          f"{ci['balanced_accuracy'][1]:.3f}] | {m.get('ranking_auc', float('nan')):.3f} | {per_label} |")
+    print(f"| {args.task} -> {args.merge} | {m['n']} | {cell(m, 'macro_f1')} | {cell(m, 'balanced_accuracy')} | "
+          f"{cell(m, 'ranking_auc')} | {per_label} |")
     return 0
 
 

@@ -7,11 +7,16 @@ import pytest
 from conftest import REPO
 
 
-def quality_module():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+def bench_module(name):
+    """bench/<name>.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def quality_module():
+    return bench_module("quality")
 
 
 def scored(f1, bal, **extra):
@@ -53,10 +58,7 @@ def test_a_collapsed_tuned_model_is_told_apart_by_its_ranking_auc():
 
 
 def rule_change_module():
-    spec = importlib.util.spec_from_file_location("bench_rule_change", REPO / "bench" / "rule_change.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("rule_change")
 
 
 def rule(gain, labels=("a", "b", "c")):
@@ -176,9 +178,7 @@ def test_merge_after_prediction_scores_the_fine_labels_through_the_named_merge(t
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps({"id": str(i), "gold": g, "prediction": p, "probs": pr}) + "\n"
                             for i, (g, p, pr) in enumerate(rows)))
-    spec = importlib.util.spec_from_file_location("bench_merge_after", REPO / "bench" / "merge_after.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bench_module("merge_after")
     from annotune.task import load_task
 
     m = module.merged_metrics([json.loads(l) for l in path.read_text().splitlines()],
