@@ -6,6 +6,7 @@ annotators; or label a new file.
     python evaluate.py --base_only --task sbic_offensive --split test --max_samples 300
     python evaluate.py --adapters_name A B C --table                  # the per-epoch table (train and val)
     python evaluate.py --adapters_name A --mode generate              # the seeds' way, invalid outputs counted
+    python evaluate.py --adapters_name A --merge neutral_vs_rest      # A of drug_reviews' 3 labels, merged after
     python evaluate.py --adapters_name A --annotations ../shared/data/politosphere/annotated_data_leo.json \\
         ../shared/data/politosphere/annotated_data_yifei_v2.json     # kappa model-vs-human, human-vs-human
     python evaluate.py --adapters_name A --predict_file posts.csv --text_column body --output labeled.csv
@@ -35,7 +36,9 @@ def parse_args(argv=None):
     g.add_argument("--model_name", "--base_model_name", dest="model_name",
                    help=f"base model without adapters (default: the adapters' base, else {DEFAULT_MODEL})")
     g.add_argument("--task", help=f"task for a base-only run (default: {DEFAULT_TASK})")
-    g.add_argument("--merge", help="label merge for a base-only run")
+    g.add_argument("--merge", help="a named label merge of the task: a base-only run's labels; with adapters of the "
+                                   "finer labels, their predictions merged (a merged label's probability is the sum "
+                                   "of its finer labels')")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py for a base-only run")
     g.add_argument("--template", default="auto", help="prompt template for a base-only run (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="base-only run: no label definitions")
@@ -89,6 +92,23 @@ def parse_args(argv=None):
     return args
 
 
+def merge_after_prediction(args, adapters):
+    """The named merge the adapters' predictions go through: theirs (train.py --merge_at prediction),
+    or --merge for adapters of the finer labels; None for none."""
+    from annotune.adapters import read_adapter_info
+
+    merges = set()
+    for adapter in adapters:
+        info = read_adapter_info(adapter)
+        if args.merge and info.get("merge"):
+            raise UserError(f"adapter {adapter} was trained on merge {info['merge']}: --merge applies to adapters "
+                            "of the finer labels")
+        if args.merge and info.get("merge_after") not in (None, args.merge):
+            raise UserError(f"adapter {adapter} gives merge {info['merge_after']}, not --merge {args.merge}")
+        merges.add(info.get("merge_after") or args.merge)
+    return merges.pop() if len(merges) == 1 else None  # several: evaluation_data names the mix
+
+
 def base_annotator(args, adapters, bases):
     """The untuned base model as an annotator (with --base_only), on the adapters' task and prompt."""
     from annotune.adapters import adapter_spec, read_adapter_info
@@ -103,9 +123,11 @@ def base_annotator(args, adapters, bases):
             raise UserError(f"adapter {adapter} was trained on {trained_on}, not on --model_name {args.model_name}")
     if not args.base_only:
         return None
-    if adapters:
+    merge_after = None
+    if adapters:  # the base as the adapters are prompted, giving the labels they give
         info = read_adapter_info(adapters[0])
         spec, name, prompt = adapter_spec(adapters[0]), args.model_name or info["base_model"], info["prompt"]
+        merge_after = merge_after_prediction(args, adapters)
     elif args.dataset_name:
         _, manifest, spec = load_dataset_folder(args.dataset_name)
         name, prompt = args.model_name or DEFAULT_MODEL, manifest["prompt"]
@@ -114,26 +136,39 @@ def base_annotator(args, adapters, bases):
         name = args.model_name or DEFAULT_MODEL
         prompt = {"template": args.template, "with_definitions": not args.without_definitions}
     model = bases.get(name, resolve_kind(load_config(name), "auto", spec.type), spec.label_names)
-    return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model)
+    return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model, merge_after=merge_after)
 
 
 def evaluation_data(args, adapters, base):
-    """(spec, {split: rows}, info): the adapters' own dataset, or the base run's task."""
+    """(spec, {split: rows}, info): the adapters' own dataset, or the base run's task; with labels
+    merged where the adapters' predictions are (--merge on adapters of the finer labels)."""
+    spec, rows, info = dataset_of(args, adapters, base)
+    merge = merge_after_prediction(args, adapters)
+    if merge and spec.merge != merge:
+        spec = spec.merged(merge)
+        rows = {split: [dict(r, fine_label=r["label"], label=spec.merge_map[r["label"]]) for r in split_rows]
+                for split, split_rows in rows.items()}
+    return spec, rows, info
+
+
+def dataset_of(args, adapters, base):
+    """(spec, {split: rows}, info) as stored: the adapters' dataset folder (or their recorded ids),
+    --dataset_name, or the base-only run's task."""
     from annotune.adapters import adapter_spec, read_adapter_info
     from annotune.examples import load_dataset_folder, prepare_splits, rows_by_ids, split_summary
 
     folder = args.dataset_name
     if adapters:
         infos = [read_adapter_info(a) for a in adapters]
-        tasks = {(i["task"], tuple(i["labels"])) for i in infos}
+        tasks = {(i["task"], tuple(i["labels"]), i.get("merge_after") or args.merge) for i in infos}
         if len(tasks) > 1:
-            raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(tasks)}")
+            raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(map(str, tasks))}")
         folder = infos[0]["dataset"]
         if not Path(folder).is_dir():
             if not infos[0].get("split_ids"):
                 raise UserError(f"the dataset of adapter {adapters[0]} is gone ({folder})")
             print(f"note: {folder} is gone; the rows are rebuilt from the task's data by the adapter's recorded ids")
-            spec = adapter_spec(adapters[0])
+            spec = adapter_spec(adapters[0], reported=True)
             rows = rows_by_ids(spec, infos[0]["split_ids"], infos[0].get("max_words"))
             return spec, rows, {"dataset": f"task {spec.name}, recorded ids", "splits": split_summary(rows)}
     if folder:
@@ -166,7 +201,8 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
         if adapter is not None:
             info = read_adapter_info(adapter)
             base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
-            annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)))
+            annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)),
+                                       merge_after=args.merge)
         for split in splits:
             rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
             metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
@@ -256,7 +292,8 @@ def annotate(args, adapters, base):
     if output.exists() and not args.overwrite:
         raise UserError(f"{output} already exists; pass --overwrite or choose another --output")
     input_sha256 = check_input(args.predict_file, args.text_column)
-    annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization)
+    annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization,
+                                       merge_after=merge_after_prediction(args, adapters))
     state = PartialState(cpu=device_name() == "cpu")
     rule = decision_rule(args, annotator, {}, "predict")  # the adapter's own rule; argmax for a base model
     store = PartStore(output, annotation_fingerprint(args, adapters, annotator, rule, input_sha256))

@@ -17,7 +17,7 @@ unless --overwrite is given.
 """
 import sys
 
-from annotune.cli import parser, quiet_libraries, run_cli
+from annotune.cli import UserError, parser, quiet_libraries, run_cli
 
 
 def parse_args(argv=None):
@@ -142,6 +142,10 @@ def main(argv=None):
 
     adapter = find_adapter(args.adapters_name)
     info = read_adapter_info(adapter)
+    if info.get("merge_after"):  # the recipe in README.md scores and labels with the adapter's own labels
+        raise UserError(f"{adapter} gives its labels merged after prediction (--merge_at prediction, merge "
+                        f"{info['merge_after']}); export.py does not write that step yet: label with evaluate.py "
+                        "--predict_file")
     out = Path(args.output_dir)
     ensure_new_path(out, args.overwrite, what="export folder")
     trained_4bit = info.get("quantization") in ("4bit", "8bit")

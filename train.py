@@ -2,6 +2,7 @@
 
     python train.py                                           # tiny run: drug_reviews, smollm2-135m
     python train.py --task politosphere --merge pol_unpol_oth --epoch 3 --save_epochs 1,2,3
+    python train.py --task drug_reviews --merge neutral_vs_rest --merge_at prediction   # learn 3 labels, give 2
     python train.py --task politosphere --stop_condition steps --steps 3
     python train.py --dataset_name data/sbic_offensive-chat --epoch 2     # a folder from preprocess.py
     python train.py --task imdb --model_name minilm-l6 --mode classifier --class_weights auto
@@ -72,6 +73,10 @@ def add_data_and_model_flags(p):
     g = p.add_argument_group("data")
     g.add_argument("--task", help=f"task spec name or YAML path (default: {DEFAULT_TASK} unless --dataset_name)")
     g.add_argument("--merge", help="a named label merge of the task (e.g. pol_unpol_oth)")
+    g.add_argument("--merge_at", choices=["training", "prediction"], default="training",
+                   help="with --merge: train on the merged labels, or on the task's finer labels and merge after "
+                        "prediction (a merged label's probability is the sum of its finer labels'); validation, the "
+                        "decision rule and the epoch kept use the merge either way (default: training)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py, a task name, or a hub dataset id")
     g.add_argument("--template", default="auto", help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")
@@ -197,7 +202,7 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     """EvaluateAndSave with the real evaluation (annotator.evaluate_rows on the validation rows) and
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
     from annotune.adapters import save_adapter
-    from annotune.annotator import Annotator, evaluate_rows
+    from annotune.annotator import Annotator, evaluate_rows, merged_after
     from annotune.decision import expected_score, fit_rule, probs_matrix
     from annotune.faults import crash_point
     from annotune.files import remove_dir
@@ -207,13 +212,14 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     def evaluate_now():
         if not data.eval_rows:
             return {}
-        annotator = Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name)
+        annotator = merged_after(Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name),
+                                 data.merge_after and data.merge_after.merge)
         crash_point("train.evaluate")
         metrics, records = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
                                          max_new_tokens=128)
         model.train()
         if data.spec.type == "classification":  # the decision rule saved with this epoch's adapter
-            labels = data.spec.label_names
+            labels = annotator.spec.label_names
             probs = probs_matrix(records, labels)
             rule = fit_rule(probs, [r["gold"] for r in records], labels, args.decision_objective)
             given = rule.apply(probs)[1] if rule.fitted else [r["prediction"] for r in records]
@@ -227,7 +233,8 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     def save(suffix, epoch, step, metrics):
         spec_dict, merge = data.spec.saved_form()
         info = {"base_model": args.model_name, "base": base, "kind": data.kind, "task": data.spec.name,
-                "merge": merge, "labels": data.spec.label_names, "prompt": data.prompter.describe(),
+                "merge": merge, "merge_after": data.merge_after and data.merge_after.merge,
+                "labels": data.spec.label_names, "prompt": data.prompter.describe(),
                 "task_spec": spec_dict, "epoch": epoch, "step": step, "validation_metrics": metrics,
                 "decision_rule": metrics.get("decision_rule"), "train_ids": [f["id"] for f in data.feats],
                 "split_ids": split_ids, "max_words": data.data_info.get("max_words"), "quantization": quantization,
@@ -285,7 +292,7 @@ def main(argv=None):
     resolve_defaults(args, data)
     if (args.balance != "none" or args.class_weights != "none") and data.spec.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")
-    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.spec.name}"
+    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.reported.name}{'-at_prediction' * bool(data.merge_after)}"
     plan = save_plan(args, data)
     targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))
     is_main = targs.process_index == 0
@@ -327,8 +334,8 @@ def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
     from annotune.files import run_manifest
     from annotune.resume import resumed_manifest
 
-    manifest = run_manifest(args, task=data.spec.name, merge=data.spec.merge, kind=data.kind,
-                            labels=data.spec.label_names, prompt=data.prompter.describe(), device=str(targs.device),
+    manifest = run_manifest(args, task=data.reported.name, merge=data.reported.merge, kind=data.kind,
+                            labels=data.reported.label_names, prompt=data.prompter.describe(), device=str(targs.device),
                             num_processes=targs.world_size, quantization=args.quantization, features=data.stats,
                             train_examples=len(data.feats), eval_examples=[r["id"] for r in data.eval_rows],
                             data=data.data_info)

@@ -67,12 +67,14 @@ def read_adapter_info(folder) -> dict:
     return info
 
 
-def adapter_spec(folder):
-    """The task spec (merged as trained) an adapter was trained on."""
+def adapter_spec(folder, reported: bool = False):
+    """The task spec (merged as trained) an adapter was trained on; reported=True: the labels it
+    gives, which are a merge of those for an adapter trained with train.py --merge_at prediction."""
     from .task import spec_from_saved
 
     info = read_adapter_info(folder)
-    return spec_from_saved(info["task_spec"], info.get("merge"), str(Path(folder) / ADAPTER_INFO))
+    spec = spec_from_saved(info["task_spec"], info.get("merge"), str(Path(folder) / ADAPTER_INFO))
+    return spec.merged(info["merge_after"]) if reported and info.get("merge_after") else spec
 
 
 def find_adapter(name: str, report=print) -> Path:

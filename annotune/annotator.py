@@ -22,7 +22,7 @@ import torch
 from .adapters import adapter_spec, read_adapter_info
 from .cli import UserError
 from .decision import probs_matrix
-from .labels import INVALID, parse_label
+from .labels import INVALID, merged_prediction, parse_label
 from .metrics import classification_metrics, generation_metrics
 from .prompts import Prompter, encode_label_after, encode_prompt
 
@@ -180,6 +180,28 @@ class Annotator:
         return prompts, cut
 
 
+class MergedAnnotator:
+    """An annotator of a task's finer labels that reports a named merge of them (train.py --merge_at
+    prediction): the model is prompted with the finer labels and scores them, and each prediction is
+    merged (labels.merged_prediction). Everything else is the inner annotator's."""
+
+    def __init__(self, inner: Annotator, spec):
+        self.inner, self.spec = inner, spec  # spec: the merged TaskSpec; spec.unmerged is the inner one's
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, rows, *args, **kwargs):
+        # A row's own prompt (a dataset folder's) was rendered with the merged labels: render the finer ones.
+        preds = self.inner.predict([{"text": row["text"]} for row in rows], *args, **kwargs)
+        return [merged_prediction(p, self.spec.label_names, self.spec.merge_map) for p in preds]
+
+
+def merged_after(annotator, merge: str | None):
+    """The annotator reporting the named merge of its task's labels; as it is without one."""
+    return MergedAnnotator(annotator, annotator.spec.merged(merge)) if merge else annotator
+
+
 def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
                   max_new_tokens: int | None = None, progress: bool = False, n_boot: int = 1000, seed: int = 0,
                   bertscore_model: str | None = None, bertscore_layers: int | None = None,
@@ -283,9 +305,10 @@ def unfold_lora(model):
 
 
 def load_annotator(adapter: str | None = None, base_model: str | None = None, spec=None, prompt: dict | None = None,
-                   quantization: str = "auto", model=None, tokenizer=None):
-    """An Annotator for an adapter folder (its recorded base model, task and prompt), or for a base
-    model with a task spec and prompt settings (the zero-shot baseline). `model` may be given
+                   quantization: str = "auto", model=None, tokenizer=None, merge_after: str | None = None):
+    """An Annotator for an adapter folder (its recorded base model, task, prompt and merge after
+    prediction), or for a base model with a task spec, prompt settings and optionally a merge of
+    the spec's labels applied after prediction (the zero-shot baseline). `model` may be given
     already loaded (a base model, or a base with the adapter attached)."""
     from .models import load_config, load_model, load_tokenizer, resolve_kind
 
@@ -295,6 +318,7 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
         if base_model and base_model != info["base_model"]:
             raise UserError(f"adapter {adapter} was trained on {info['base_model']}, not on {base_model}")
         base_model, spec, prompt = info["base_model"], adapter_spec(adapter), info["prompt"]
+        merge_after = info.get("merge_after") or merge_after
     kind = info.get("kind") or resolve_kind(load_config(base_model), "auto", spec.type)
     if tokenizer is None:
         tokenizer = load_tokenizer(adapter if adapter else base_model)
@@ -313,4 +337,5 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
                         is_seq2seq=kind == "seq2seq")
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
-    return Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info})
+    return merged_after(Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info}),
+                        merge_after)

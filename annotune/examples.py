@@ -152,6 +152,8 @@ def example_of(spec: TaskSpec, row: dict, ex_id: str, where: str) -> dict | None
     example = {"id": ex_id, "text": text_of(spec, row)}
     if spec.type == "classification":
         example["label"] = target
+        if spec.merge_map:  # the label before the merge: train.py --merge_at prediction learns it
+            example["fine_label"] = target_of(spec.unmerged, row, where)
     else:
         example["target"] = target
         refs = [str(row[c]).strip() for c in spec.data.get("reference_columns") or [] if str(row.get(c) or "").strip()]

@@ -68,6 +68,23 @@ def build_merge(labels, merge_name: str, groups, source: str) -> tuple:
     return new_labels, mapping
 
 
+def merged_prediction(pred: dict, labels: list, merge_map: dict) -> dict:
+    """A prediction over a task's finer labels as one over a merge of them (`labels`, with
+    merge_map: finer -> merged label): each merged label's probability is the sum of its finer
+    labels', and the prediction their argmax; without probabilities (generation) the predicted finer
+    label's merged label, an invalid answer staying invalid. The finer ones are kept beside them."""
+    out = dict(pred, fine_prediction=pred["prediction"])
+    if pred.get("probs"):
+        summed = dict.fromkeys(labels, 0.0)
+        for fine, p in pred["probs"].items():
+            summed[merge_map[fine]] += p
+        out.update(prediction=max(labels, key=summed.get), probs={l: round(p, 6) for l, p in summed.items()},
+                   fine_probs=pred["probs"])
+    else:
+        out["prediction"] = merge_map.get(pred["prediction"], pred["prediction"])
+    return out
+
+
 def parse_label(text: str, labels) -> str:
     """A generated answer as a label: exact, then normalised, then a unique prefix; else INVALID."""
     answer = text.strip()

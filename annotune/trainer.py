@@ -165,12 +165,15 @@ def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int)
     from .examples import data_report
     from .prompts import mark_loss_span
 
-    spec, kind, prompter, stats, example = data.spec, data.kind, data.prompter, data.stats, data.splits["train"][0]
+    spec, kind, prompter, stats, example = data.reported, data.kind, data.prompter, data.stats, data.train_rows[0]
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"task {spec.name} ({kind}), model {model_name}, template {prompter.template}, "
           f"{len(data.feats)} training examples, {len(data.eval_rows)} validation examples")
+    if data.merge_after:
+        print(f"learning the {len(data.spec.labels)} labels before the merge ({', '.join(data.spec.label_names)}); "
+              f"validation and the labels given are the merge's ({', '.join(spec.label_names)})")
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     for line in data_report(data.data_info):
         print(f"note: {line}")
@@ -224,6 +227,12 @@ class TrainingData:
     eval_rows: list = field(default_factory=list)
     feats: list = field(default_factory=list)  # tokenised training examples
     stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
+    merge_after: object = None  # --merge_at prediction: the merged spec reported (spec is then the finer one)
+
+    @property
+    def reported(self):
+        """The spec of the labels validation scores and the adapter gives."""
+        return self.merge_after or self.spec
 
 
 def load_training_data(args, tokenizer, config, default_task: str) -> TrainingData:
@@ -234,13 +243,18 @@ def load_training_data(args, tokenizer, config, default_task: str) -> TrainingDa
     data = read_task_data(args, tokenizer, config, default_task)
     if not data.splits.get("train"):
         raise UserError("the train split is empty")
+    if getattr(args, "merge_at", "training") == "prediction":
+        learn_finer_labels(data, tokenizer)
     data.train_rows = sample_rows(data.splits["train"], args.max_train_samples, args.seed)
     data.eval_rows = sample_rows(data.splits.get("validation") or [], args.max_eval_samples, args.seed)
+    if data.merge_after:  # the same rows, answered with their finer labels
+        data.train_rows = [dict(row, label=row["fine_label"], **data.prompter.render(dict(row, label=row["fine_label"])))
+                           for row in data.train_rows]
     if data.spec.type == "classification":
-        for row in data.train_rows + data.eval_rows:
-            if row["label"] not in data.spec.label_names:
-                raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set "
-                                f"{data.spec.label_names}")
+        for row, labels in [(r, data.spec.label_names) for r in data.train_rows] + \
+                [(r, data.reported.label_names) for r in data.eval_rows]:
+            if row["label"] not in labels:
+                raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set {labels}")
     data.feats, data.stats = build_features(data.kind, tokenizer, data.train_rows, data.spec.label_names,
                                             args.max_seq_length)
     if not data.feats:
@@ -248,6 +262,22 @@ def load_training_data(args, tokenizer, config, default_task: str) -> TrainingDa
     lengths = [len(f["input_ids"]) for f in data.feats]
     data.stats.update(longest=max(lengths), mean_length=sum(lengths) / len(lengths))
     return data
+
+
+def learn_finer_labels(data: TrainingData, tokenizer) -> None:
+    """--merge_at prediction: the model learns the task's labels before the merge (prompt, answers,
+    balance), on the same rows; validation, the decision rule and the epoch kept use the merge."""
+    from .prompts import Prompter
+
+    if not data.spec.merge_map:
+        raise UserError("--merge_at prediction needs a merge of the task's labels: give --merge NAME")
+    unknown = [r["id"] for rows in data.splits.values() for r in rows if "fine_label" not in r]
+    if unknown:
+        raise UserError(f"{data.data_info.get('dataset_folder')}: row {unknown[0]} has no label from before the merge "
+                        "(a folder of an older preprocess.py): build it again for --merge_at prediction")
+    data.merge_after, data.spec = data.spec, data.spec.unmerged
+    data.prompter = Prompter(data.spec, data.prompter.template, data.prompter.with_definitions, tokenizer,
+                             data.kind == "seq2seq")
 
 
 def read_task_data(args, tokenizer, config, default_task: str) -> TrainingData:

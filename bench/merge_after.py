@@ -31,19 +31,15 @@ def parse_args(argv=None):
 def merged_metrics(records: list, spec) -> dict:
     """classification_metrics of the records (gold, prediction, probs over the finer labels) under
     spec's merge (spec = the merged TaskSpec)."""
-    import numpy as np
-
+    from annotune.labels import merged_prediction
     from annotune.metrics import classification_metrics
 
     labels, to = spec.label_names, spec.merge_map
     gold = [to[r["gold"]] for r in records]
-    pred = [to.get(r["prediction"], r["prediction"]) for r in records]  # an invalid output stays invalid
+    pred = [to.get(r["prediction"], r["prediction"]) for r in records]  # the rule's label; invalid stays invalid
     probs = None
     if all(r.get("probs") for r in records):
-        probs = np.zeros((len(records), len(labels)))
-        for i, r in enumerate(records):
-            for fine, p in r["probs"].items():
-                probs[i, labels.index(to[fine])] += p
+        probs = [[merged_prediction(r, labels, to)["probs"][label] for label in labels] for r in records]
     return classification_metrics(gold, pred, labels, probs)
 
 

@@ -1,0 +1,141 @@
+"""A merge applied after prediction (train.py --merge_at prediction): the model learns the task's
+finer labels on the same rows, and validation, the decision rule, evaluate.py, its baselines and
+annotation all report the merged labels, each merged label's probability the sum of its finer ones'."""
+import contextlib
+import csv
+import io
+import json
+import os
+from collections import Counter
+
+import pytest
+from datasets import load_from_disk
+
+from annotune.labels import INVALID, merged_prediction
+from annotune.task import load_task
+from conftest import run_script
+
+FINE = load_task("politosphere").label_names  # 7 labels, merged into 3 by pol_unpol_oth
+
+
+def test_merged_probability_is_the_sum_of_the_finer_ones_and_decides():
+    spec = load_task("drug_reviews").merged("neutral_vs_rest")
+    # The finer argmax is "neutral", but "negative" + "positive" outweigh it: the merged answer is "not neutral".
+    pred = {"prediction": "neutral", "probs": {"negative": 0.35, "neutral": 0.4, "positive": 0.25}}
+    merged = merged_prediction(pred, spec.label_names, spec.merge_map)
+    assert merged["probs"] == {"neutral": 0.4, "not neutral": 0.6} and merged["prediction"] == "not neutral"
+    assert merged["fine_prediction"] == "neutral" and merged["fine_probs"] == pred["probs"]
+    # Generation has no probabilities: the finer label's merged one; an invalid answer stays invalid.
+    assert merged_prediction({"prediction": "positive", "raw": "positive"}, spec.label_names,
+                             spec.merge_map)["prediction"] == "not neutral"
+    assert merged_prediction({"prediction": INVALID, "raw": "?"}, spec.label_names, spec.merge_map)["prediction"] == INVALID
+
+
+@pytest.fixture(scope="module")
+def after_run(tmp_path_factory, tiny_llama_dir):
+    """Politosphere's 7 labels learnt, reported as pol_unpol_oth's 3; one epoch, oversampled."""
+    folder = tmp_path_factory.mktemp("after")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "prediction",
+                                        "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1, "--quiet",
+                                        "--max_eval_samples", 0, "--record_examples"]) == 0
+    finally:
+        os.chdir(cwd)
+    run = folder / "runs" / f"{os.path.basename(tiny_llama_dir)}-politosphere-pol_unpol_oth-at_prediction"
+    return run, next(p for p in run.iterdir() if p.name.endswith("epoch1")), printed.getvalue()
+
+
+def test_training_learns_the_finer_labels_of_the_same_rows(after_run):
+    run, adapter, printed = after_run
+    info = json.loads((adapter / "annotune.json").read_text())
+    assert info["labels"] == FINE and info["merge"] is None and info["merge_after"] == "pol_unpol_oth"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["labels"] == ["polarized", "unpolarized", "other"] and manifest["args"]["merge_at"] == "prediction"
+    # The rows are the merged task's (its split); each keeps its label from before the merge.
+    train = load_from_disk(str(run / "dataset"))["train"]
+    merge_map = load_task("politosphere").merged("pol_unpol_oth").merge_map
+    assert all(merge_map[r["fine_label"]] == r["label"] for r in train)
+    assert sorted(info["train_ids"]) == sorted(train["id"])
+    # Oversampling balanced the finer labels, so the answers trained on were the finer ones.
+    fine = {r["id"]: r["fine_label"] for r in train}
+    seen = Counter(fine[i] for i in json.loads((run / "examples_seen.rank0.json").read_text()))
+    assert set(seen) == set(FINE) and max(seen.values()) - min(seen.values()) <= 8
+    assert min(Counter(fine.values()).values()) < min(seen.values())
+    assert "learning the 7 labels before the merge" in printed
+    # Validation, and the decision rule fit on it, are over the merged labels.
+    rule = info["decision_rule"]
+    assert rule["labels"] == ["polarized", "unpolarized", "other"]
+    assert info["validation_metrics"]["n"] == 23
+
+
+def test_evaluation_baselines_and_annotation_report_the_merge(in_tmp, after_run):
+    run, adapter, _ = after_run
+    assert run_script("evaluate", ["--adapters_name", adapter, "--base_only", "--split", "train", "--max_samples", 30,
+                                   "--bootstrap", 20, "--output_dir", "ev", "--quiet"]) == 0
+    merge_map = load_task("politosphere").merged("pol_unpol_oth").merge_map
+    merged = ["polarized", "unpolarized", "other"]
+    names = [p.name for p in (in_tmp / "ev").iterdir() if p.is_dir()]
+    assert len(names) == 4  # majority, TF-IDF, the base, the adapter
+    for name in names:
+        m = json.loads((in_tmp / "ev" / name / "train" / "metrics.json").read_text())
+        assert list(m["per_class"]) == merged and m["n"] == 30
+    for name in (adapter.name, next(n for n in names if n.startswith("base_"))):
+        for p in map(json.loads, (in_tmp / "ev" / name / "train" / "predictions.jsonl").open()):
+            assert set(p["fine_probs"]) == set(FINE) and p["gold"] in merged
+            for label in merged:
+                assert p["probs"][label] == pytest.approx(
+                    sum(v for f, v in p["fine_probs"].items() if merge_map[f] == label), abs=1e-5)
+    with open(in_tmp / "posts.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["text"], ["guns should be banned"], ["the weather is nice"]])
+    assert run_script("evaluate", ["--adapters_name", adapter, "--predict_file", "posts.csv", "--quiet"]) == 0
+    rows = list(csv.DictReader(open(in_tmp / "posts.csv.labeled.csv")))
+    assert len(rows) == 2 and {r["prediction"] for r in rows} <= set(merged)
+    assert [c for c in rows[0] if c.startswith("prob_")] == [f"prob_{label}" for label in merged]
+
+
+def test_refusals(in_tmp, after_run, tiny_llama_dir, capsys):
+    _, adapter, _ = after_run
+    assert run_script("train", ["--task", "politosphere", "--merge_at", "prediction", "--model_name", tiny_llama_dir,
+                                "--epoch", 1, "--quiet"]) == 2
+    assert "needs a merge" in capsys.readouterr().err
+    # A dataset folder written before rows kept their finer label cannot train the finer labels.
+    folder = in_tmp / "old"
+    assert run_script("preprocess", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--output_dir", folder,
+                                     "--num_preview", 0]) == 0
+    dataset = load_from_disk(str(folder))
+    dataset.map(lambda r: r, remove_columns=["fine_label"]).save_to_disk(str(in_tmp / "older"))
+    (in_tmp / "older" / "manifest.json").write_text((folder / "manifest.json").read_text())
+    assert run_script("train", ["--dataset_name", in_tmp / "older", "--merge_at", "prediction", "--model_name",
+                                tiny_llama_dir, "--epoch", 1, "--quiet", "--output_dir", "o"]) == 2
+    assert "build it again" in capsys.readouterr().err and not (in_tmp / "o").exists()
+    assert run_script("export", ["--adapters_name", adapter, "--output_dir", "exported"]) == 2
+    assert "merged after prediction" in capsys.readouterr().err and not (in_tmp / "exported").exists()
+
+
+def test_an_adapter_of_the_finer_labels_evaluated_under_a_named_merge(in_tmp, after_run, tiny_llama_dir, capsys):
+    assert run_script("train", ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca",
+                                "--epoch", 1, "--quiet", "--eval_strategy", "no", "--output_dir", "fine"]) == 0
+    fine = next(p for p in (in_tmp / "fine").iterdir() if p.name.endswith("epoch1"))
+    assert run_script("evaluate", ["--adapters_name", fine, "--merge", "pol_unpol_oth", "--split", "train",
+                                   "--max_samples", 20, "--bootstrap", 20, "--output_dir", "ev", "--quiet"]) == 0
+    m = json.loads((in_tmp / "ev" / fine.name / "train" / "metrics.json").read_text())
+    assert list(m["per_class"]) == ["polarized", "unpolarized", "other"] and m["n"] == 20
+    first = json.loads((in_tmp / "ev" / fine.name / "train" / "predictions.jsonl").open().readline())
+    assert set(first["fine_probs"]) == set(FINE) and set(first["probs"]) == {"polarized", "unpolarized", "other"}
+    # The gold labels went through the same merge as the predictions.
+    merge_map = load_task("politosphere").merged("pol_unpol_oth").merge_map
+    gold = {r["id"]: r["label"] for r in load_from_disk(str(in_tmp / "fine" / "dataset"))["train"]}
+    assert first["gold"] == merge_map[gold[first["id"]]]
+    # An adapter of merged labels has no finer ones to merge; an adapter merged after prediction keeps its merge.
+    merged_run = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--epoch", 1,
+                  "--quiet", "--eval_strategy", "no", "--output_dir", "merged"]
+    assert run_script("train", merged_run) == 0
+    merged = next(p for p in (in_tmp / "merged").iterdir() if p.name.endswith("epoch1"))
+    for adapter, merge, message in [(merged, "pol_unpol_oth", "was trained on merge pol_unpol_oth"),
+                                    (after_run[1], "supp_anti_oth", "gives merge pol_unpol_oth")]:
+        assert run_script("evaluate", ["--adapters_name", adapter, "--merge", merge, "--output_dir", "bad"]) == 2
+        assert message in capsys.readouterr().err and not (in_tmp / "bad").exists()
