@@ -2,7 +2,7 @@
 
     python train.py                                           # tiny run: drug_reviews, smollm2-135m
     python train.py --task politosphere --merge pol_unpol_oth --epoch 3 --save_epochs 1,2,3
-    python train.py --task drug_reviews --merge neutral_vs_rest --merge_at prediction   # learn 3 labels, give 2
+    python train.py --task drug_reviews --merge neutral_vs_rest     # learns the 3 labels, gives the 2 merged ones
     python train.py --task politosphere --stop_condition steps --steps 3
     python train.py --dataset_name data/sbic_offensive-chat --epoch 2     # a folder from preprocess.py
     python train.py --task imdb --model_name minilm-l6 --mode classifier --class_weights auto
@@ -73,10 +73,12 @@ def add_data_and_model_flags(p):
     g = p.add_argument_group("data")
     g.add_argument("--task", help=f"task spec name or YAML path (default: {DEFAULT_TASK} unless --dataset_name)")
     g.add_argument("--merge", help="a named label merge of the task (e.g. pol_unpol_oth)")
-    g.add_argument("--merge_at", choices=["training", "prediction"], default="training",
-                   help="with --merge: train on the merged labels, or on the task's finer labels and merge after "
-                        "prediction (a merged label's probability is the sum of its finer labels'); validation, the "
-                        "decision rule and the epoch kept use the merge either way (default: training)")
+    g.add_argument("--merge_at", choices=["auto", "prediction", "training"], default="auto",
+                   help="with --merge: train on the task's finer labels and merge after prediction (a merged label's "
+                        "probability is the sum of its finer labels'), or train on the merged labels; validation, the "
+                        "decision rule and the epoch kept use the merge either way; auto = prediction in causal and "
+                        "seq2seq mode where the rows keep their finer labels (folders of this preprocess.py do), "
+                        "training for a classification head (default: auto)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py, a task name, or a hub dataset id")
     g.add_argument("--template", default="auto", help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")

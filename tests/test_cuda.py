@@ -87,7 +87,8 @@ def test_label_scores_on_cuda_match_the_slow_reference(tiny_llama_dir, smol_tok)
 
 def test_train_resume_and_evaluate_end_to_end_in_4bit(in_tmp, tiny_llama_dir):
     needs_bitsandbytes()
-    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+            "--model_name", tiny_llama_dir, "--template",
             "alpaca", "--epoch", 2, "--max_train_samples", 32, "--max_eval_samples", 8, "--quiet", "--lora_dropout", 0]
     assert run_script("train", argv + ["--output_dir", "full"]) == 0
     assert run_script("train", argv + ["--output_dir", "cut", "--stop_after_steps", 6]) == 0

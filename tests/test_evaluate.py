@@ -18,7 +18,8 @@ def pol_run(tmp_path_factory, tiny_llama_dir):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir,
+        assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+                                    "--model_name", tiny_llama_dir,
                                     "--template", "llama2-chat", "--epoch", 2, "--save_epochs", "1,2", "--quiet",
                                     "--learning_rate", "3e-3", "--eval_strategy", "no", "--output_dir", "run"]) == 0
     finally:

@@ -13,7 +13,8 @@ from conftest import run_script
 @pytest.fixture(scope="module")
 def causal_adapter(tmp_path_factory, tiny_llama_dir):
     folder = tmp_path_factory.mktemp("export")
-    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+            "--model_name", tiny_llama_dir, "--template",
             "alpaca", "--epoch", 1, "--learning_rate", "3e-3", "--lora_dropout", 0, "--max_eval_samples", 8,
             "--quiet", "--output_dir", folder / "run"]
     assert run_script("train", argv) == 0

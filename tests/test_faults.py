@@ -75,10 +75,11 @@ def evals(run):
 def reference(tmp_path_factory, tiny_llama_dir):
     """The uninterrupted runs every resumed run is compared with."""
     folder = tmp_path_factory.mktemp("faults")
-    epochs = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+    epochs = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+              "--model_name", tiny_llama_dir, "--template",
               "alpaca", "--epoch", 2, "--max_eval_samples", 6, "--quiet", "--learning_rate", "3e-3", "--save_epochs", "all",
               "--max_train_samples", 32]  # 4 steps an epoch
-    steps = epochs[:8] + ["--stop_condition", "steps", "--steps", 2, "--quiet", "--max_eval_samples", 6,
+    steps = epochs[:10] + ["--stop_condition", "steps", "--steps", 2, "--quiet", "--max_eval_samples", 6,
                           "--max_train_samples", 32]
     for name, argv in (("epochs", epochs), ("steps", steps)):
         code, _, err = train_here(folder, argv + ["--output_dir", f"ref-{name}"])

@@ -33,14 +33,15 @@ def test_merged_probability_is_the_sum_of_the_finer_ones_and_decides():
 
 @pytest.fixture(scope="module")
 def after_run(tmp_path_factory, tiny_llama_dir):
-    """Politosphere's 7 labels learnt, reported as pol_unpol_oth's 3; one epoch, oversampled."""
+    """Politosphere's 7 labels learnt, reported as pol_unpol_oth's 3 (the default for a merge); one
+    epoch, oversampled."""
     folder = tmp_path_factory.mktemp("after")
     cwd = os.getcwd()
     os.chdir(folder)
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "prediction",
+            assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth",  # --merge_at auto
                                         "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1, "--quiet",
                                         "--max_eval_samples", 0, "--record_examples"]) == 0
     finally:
@@ -109,9 +110,14 @@ def test_refusals(in_tmp, after_run, tiny_llama_dir, capsys):
     dataset = load_from_disk(str(folder))
     dataset.map(lambda r: r, remove_columns=["fine_label"]).save_to_disk(str(in_tmp / "older"))
     (in_tmp / "older" / "manifest.json").write_text((folder / "manifest.json").read_text())
-    assert run_script("train", ["--dataset_name", in_tmp / "older", "--merge_at", "prediction", "--model_name",
-                                tiny_llama_dir, "--epoch", 1, "--quiet", "--output_dir", "o"]) == 2
+    older = ["--dataset_name", in_tmp / "older", "--model_name", tiny_llama_dir, "--epoch", 1, "--quiet",
+             "--eval_strategy", "no", "--output_dir", "o"]
+    assert run_script("train", older + ["--merge_at", "prediction"]) == 2
     assert "build it again" in capsys.readouterr().err and not (in_tmp / "o").exists()
+    # By default such a folder trains on its merged labels, and says so.
+    assert run_script("train", older) == 0
+    assert "keeps no labels from before the merge" in capsys.readouterr().out
+    assert json.loads((in_tmp / "o" / "manifest.json").read_text())["args"]["merge_at"] == "training"
     assert run_script("export", ["--adapters_name", adapter, "--output_dir", "exported"]) == 2
     assert "merged after prediction" in capsys.readouterr().err and not (in_tmp / "exported").exists()
 
@@ -131,8 +137,8 @@ def test_an_adapter_of_the_finer_labels_evaluated_under_a_named_merge(in_tmp, af
     gold = {r["id"]: r["label"] for r in load_from_disk(str(in_tmp / "fine" / "dataset"))["train"]}
     assert first["gold"] == merge_map[gold[first["id"]]]
     # An adapter of merged labels has no finer ones to merge; an adapter merged after prediction keeps its merge.
-    merged_run = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--epoch", 1,
-                  "--quiet", "--eval_strategy", "no", "--output_dir", "merged"]
+    merged_run = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--model_name",
+                  tiny_llama_dir, "--epoch", 1, "--quiet", "--eval_strategy", "no", "--output_dir", "merged"]
     assert run_script("train", merged_run) == 0
     merged = next(p for p in (in_tmp / "merged").iterdir() if p.name.endswith("epoch1"))
     for adapter, merge, message in [(merged, "pol_unpol_oth", "was trained on merge pol_unpol_oth"),

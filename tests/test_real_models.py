@@ -45,7 +45,8 @@ def test_smollm2_instruction_tuning_and_scoring(in_tmp):
 
 
 def test_smollm2_in_4bit_on_cpu(in_tmp):
-    assert run_script("train", ["--task", "politosphere", "--merge", "supp_anti_oth", "--quantization", "4bit",
+    assert run_script("train", ["--task", "politosphere", "--merge", "supp_anti_oth", "--merge_at", "training",
+                                "--quantization", "4bit",
                                 "--stop_condition", "steps", "--steps", 2, "--train_batch_size", 2,
                                 "--eval_strategy", "no", "--quiet", "--output_dir", "q"]) == 0
     manifest = json.loads((in_tmp / "q" / "manifest.json").read_text())

@@ -25,7 +25,8 @@ def read_log(run):
 
 
 def test_politosphere_three_epochs_three_adapters_and_steps_mode(in_tmp, tiny_llama_dir, capsys):
-    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+            "--model_name", tiny_llama_dir, "--template",
             "llama2-chat", "--epoch", 3, "--save_epochs", "1,2,3", "--quiet", "--max_eval_samples", 10]
     assert run_script("train", argv) == 0
     run = in_tmp / "runs" / f"{os.path.basename(tiny_llama_dir)}-politosphere-pol_unpol_oth"
@@ -46,7 +47,7 @@ def test_politosphere_three_epochs_three_adapters_and_steps_mode(in_tmp, tiny_ll
     assert all(isinstance(r["collapsed"], bool) for r in evals)
     assert ("majority collapse" in printed) == manifest["result"]["best"]["collapsed"]
     # The same with --stop_condition steps --steps 3: three optimizer steps, one adapter.
-    assert run_script("train", argv[:8] + ["--stop_condition", "steps", "--steps", 3, "--quiet",
+    assert run_script("train", argv[:10] + ["--stop_condition", "steps", "--steps", 3, "--quiet",
                                            "--output_dir", in_tmp / "steps"]) == 0
     steps = [r for r in read_log(in_tmp / "steps") if r["type"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3]
@@ -173,7 +174,8 @@ def test_default_epochs_give_small_data_enough_optimizer_steps():
 
 
 def test_train_without_epoch_resolves_the_default_before_the_manifest(in_tmp, tiny_llama_dir, capsys):
-    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--quiet",
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+            "--model_name", tiny_llama_dir, "--quiet",
             "--stop_after_steps", 1]
     assert run_script("train", argv + ["--output_dir", "auto"]) == 0
     manifest = json.loads((in_tmp / "auto" / "manifest.json").read_text())
@@ -211,7 +213,8 @@ def test_answer_weights_weight_each_answers_tokens(tiny_llama_dir, smol_tok):
 
 def test_balance_oversample_trains_on_balanced_epochs_and_weights_run(in_tmp, tiny_llama_dir):
     """Oversampling is the default for classification in causal mode (--balance auto)."""
-    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--template",
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+            "--model_name", tiny_llama_dir, "--template",
             "alpaca", "--quiet", "--eval_strategy", "no", "--record_examples", "--epoch", 1]
     assert run_script("train", argv + ["--output_dir", "o"]) == 0
     assert json.loads((in_tmp / "o" / "manifest.json").read_text())["args"]["balance"] == "oversample"
