@@ -17,7 +17,7 @@ unless --overwrite is given.
 """
 import sys
 
-from annotune.cli import UserError, parser, quiet_libraries, run_cli
+from annotune.cli import parser, quiet_libraries, run_cli
 
 
 def parse_args(argv=None):
@@ -47,14 +47,18 @@ def merged_model(adapter, info: dict, dtype: str):
 
 def usage_info(adapter, info: dict, tokenizer) -> dict:
     """annotune.json of the export: what a user of the merged model needs to label as annotune does:
-    the prompt template, the token ids of each label's answer (EOS included, as scored), the rule."""
+    the prompt template, the token ids of each scored answer (EOS included), the merge of the scored
+    labels into the labels given (train.py --merge_at prediction), the rule."""
     from annotune.adapters import adapter_spec
     from annotune.annotator import Annotator
     from annotune.prompts import Prompter, encode_prompt
 
-    out = {"exported_from": str(adapter), "kind": info.get("kind", "causal"), "task": info["task"],
-           "merge": info.get("merge"), "labels": info["labels"], "base": info.get("base"),
-           "decision_rule": info.get("decision_rule"), "validation_metrics": info.get("validation_metrics")}
+    given = adapter_spec(adapter, reported=True)
+    out = {"exported_from": str(adapter), "kind": info.get("kind", "causal"), "task": given.name,
+           "merge": info.get("merge") or info.get("merge_after"), "labels": given.label_names,
+           "scored_labels": info["labels"], "merge_map": given.merge_map if info.get("merge_after") else None,
+           "base": info.get("base"), "decision_rule": info.get("decision_rule"),
+           "validation_metrics": info.get("validation_metrics")}
     if out["kind"] != "classifier":
         spec, prompt = adapter_spec(adapter), info["prompt"]
         prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, out["kind"] == "seq2seq")
@@ -96,12 +100,15 @@ def label(text):
     prompt = meta["prompt_template"].replace("{{text}}", text)
     prompt_ids = tok(prompt, add_special_tokens=meta["add_special_tokens"])["input_ids"]
     scores = []
-    for i, name in enumerate(meta["labels"]):
+    for name in meta["scored_labels"]:  # the answers the model learnt
         answer = meta["answer_token_ids"][name]
         logits = model(torch.tensor([prompt_ids + answer])).logits[0].log_softmax(-1)
-        score = sum(logits[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer))
-        scores.append(score + (offsets[i] if offsets else 0.0))
-    return meta["labels"][max(range(len(scores)), key=scores.__getitem__)]
+        scores.append(sum(logits[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
+    logp = torch.tensor(scores).log_softmax(0)
+    merge = meta["merge_map"] or {{name: name for name in meta["labels"]}}  # scored label -> label given
+    given = [torch.logsumexp(logp[[i for i, f in enumerate(meta["scored_labels"]) if merge[f] == name]], 0).item()
+             + (offsets[k] if offsets else 0.0) for k, name in enumerate(meta["labels"])]
+    return meta["labels"][max(range(len(given)), key=given.__getitem__)]
 ```
 
 An engine that generates (vLLM, TGI, llama.cpp) can send `prompt_template` with the text in place of
@@ -111,7 +118,8 @@ as above."""
 
 HEAD_HOW = """A classification head: `AutoModelForSequenceClassification.from_pretrained("{folder}")`; the label of
 a text is `config.id2label[argmax(softmax(logits) then log + offsets)]` (offsets below, in label
-order; without them, the plain argmax)."""
+order; without them, the plain argmax). Where annotune.json has a `merge_map`, the softmax is over
+its `scored_labels` (`config.id2label`), summed into the `labels` given before the log and offsets."""
 
 
 def readme(args, adapter, meta: dict, trained_4bit: bool) -> str:
@@ -142,10 +150,6 @@ def main(argv=None):
 
     adapter = find_adapter(args.adapters_name)
     info = read_adapter_info(adapter)
-    if info.get("merge_after"):  # the recipe in README.md scores and labels with the adapter's own labels
-        raise UserError(f"{adapter} gives its labels merged after prediction (--merge_at prediction, merge "
-                        f"{info['merge_after']}); export.py does not write that step yet: label with evaluate.py "
-                        "--predict_file")
     out = Path(args.output_dir)
     ensure_new_path(out, args.overwrite, what="export folder")
     trained_4bit = info.get("quantization") in ("4bit", "8bit")

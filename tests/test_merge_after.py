@@ -118,8 +118,6 @@ def test_refusals(in_tmp, after_run, tiny_llama_dir, capsys):
     assert run_script("train", older) == 0
     assert "keeps no labels from before the merge" in capsys.readouterr().out
     assert json.loads((in_tmp / "o" / "manifest.json").read_text())["args"]["merge_at"] == "training"
-    assert run_script("export", ["--adapters_name", adapter, "--output_dir", "exported"]) == 2
-    assert "merged after prediction" in capsys.readouterr().err and not (in_tmp / "exported").exists()
 
 
 def test_an_adapter_of_the_finer_labels_evaluated_under_a_named_merge(in_tmp, after_run, tiny_llama_dir, capsys):
@@ -145,3 +143,23 @@ def test_an_adapter_of_the_finer_labels_evaluated_under_a_named_merge(in_tmp, af
                                     (after_run[1], "supp_anti_oth", "gives merge pol_unpol_oth")]:
         assert run_script("evaluate", ["--adapters_name", adapter, "--merge", merge, "--output_dir", "bad"]) == 2
         assert message in capsys.readouterr().err and not (in_tmp / "bad").exists()
+
+
+def test_the_exported_models_recipe_gives_the_merged_labels_annotune_gives(in_tmp, after_run):
+    from annotune.annotator import load_annotator
+    from annotune.decision import DecisionRule
+
+    _, adapter, _ = after_run
+    assert run_script("export", ["--adapters_name", adapter, "--output_dir", "exported"]) == 0
+    meta = json.loads((in_tmp / "exported" / "annotune.json").read_text())
+    assert meta["labels"] == ["polarized", "unpolarized", "other"] and meta["scored_labels"] == FINE
+    assert set(meta["answer_token_ids"]) == set(FINE) and meta["merge"] == "pol_unpol_oth"
+    # The README's own code, run as a user would, against evaluate.py's labels.
+    readme = (in_tmp / "exported" / "README.md").read_text()
+    recipe = {}
+    exec(readme.split("```python\n")[1].split("```")[0], recipe)
+    texts = ["ban all guns now", "I own three rifles and vote", "what a nice day", "they will never take them"]
+    preds = load_annotator(adapter=str(adapter)).predict([{"text": t} for t in texts], "score")
+    rule = DecisionRule.from_dict(meta["decision_rule"], meta["labels"])
+    expected = rule.relabel(preds) if rule.fitted else preds
+    assert [recipe["label"](t) for t in texts] == [p["prediction"] for p in expected]
