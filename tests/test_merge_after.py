@@ -163,3 +163,17 @@ def test_the_exported_models_recipe_gives_the_merged_labels_annotune_gives(in_tm
     rule = DecisionRule.from_dict(meta["decision_rule"], meta["labels"])
     expected = rule.relabel(preds) if rule.fitted else preds
     assert [recipe["label"](t) for t in texts] == [p["prediction"] for p in expected]
+
+
+def test_a_run_learning_the_finer_labels_resumes_only_as_itself(in_tmp, tiny_llama_dir, capsys):
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--model_name", tiny_llama_dir, "--epoch", 1,
+            "--quiet", "--eval_strategy", "no", "--output_dir", "run", "--save_every_steps", 2]
+    assert run_script("train", argv + ["--stop_after_steps", 2]) == 0
+    # Training on the merged labels is another run: refused, and nothing of this one is touched.
+    assert run_script("train", argv + ["--merge_at", "training", "--resume_from_checkpoint"]) == 2
+    assert "--merge_at training (the run used prediction)" in capsys.readouterr().err
+    assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
+    steps = [json.loads(l)["step"] for l in (in_tmp / "run" / "log.jsonl").open() if '"step"' in l]
+    assert steps[:2] == [1, 2] and len(steps) == len(set(steps)) > 2  # went on from step 3
+    adapter = next(p for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch1"))
+    assert json.loads((adapter / "annotune.json").read_text())["merge_after"] == "pol_unpol_oth"
