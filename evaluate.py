@@ -188,7 +188,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     from annotune.annotator import evaluate_rows, load_annotator, unfold_lora
     from annotune.examples import pick_split
     from annotune.models import resolve_model_path
-    from annotune.report import safe_name, write_model_results
+    from annotune.report import add_baseline_differences, safe_name, write_model_results
 
     # BERTScore is for summaries only: a classification run needs no BERTScore model installed
     bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
@@ -221,6 +221,8 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
         if adapter is not None:
             unfold_lora(annotator.model)
             annotator.model.unload()  # detach the adapter; the base model serves the next one
+    if spec.type == "classification":
+        add_baseline_differences(results, spec.label_names, args.bootstrap, args.seed)
     for r in results:
         write_model_results(staging / safe_name(r["name"]) / r["split"], r["metrics"], r["records"],
                             f"{r['name']} on {r['split']}")

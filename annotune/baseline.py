@@ -84,6 +84,9 @@ def majority_label(train_rows) -> str:
     return sorted(counts, key=lambda l: (-counts[l], l))[0]
 
 
+MAJORITY_NAME, TFIDF_NAME = "baseline: majority", "baseline: tf-idf + logreg"  # their rows in evaluate.py's tables
+
+
 def baseline_results(rows_by_split: dict, train_ids, split: str, rows: list, labels, n_boot: int = 1000,
                      seed: int = 0) -> list:
     """Result entries (as evaluate.py makes for models) for the majority class and TF-IDF + LogReg,
@@ -104,8 +107,8 @@ def baseline_results(rows_by_split: dict, train_ids, split: str, rows: list, lab
     probs = tfidf.probs(rows)
     entries = []
     for name, preds, p, how in (
-            ("baseline: majority", [majority] * len(rows), None, f"always '{majority}'"),
-            ("baseline: tf-idf + logreg", [labels[i] for i in probs.argmax(1)], probs,
+            (MAJORITY_NAME, [majority] * len(rows), None, f"always '{majority}'"),
+            (TFIDF_NAME, [labels[i] for i in probs.argmax(1)], probs,
              f"C={tfidf.c} chosen by {tfidf.chosen_by}")):
         metrics = classification_metrics(gold, preds, labels, p, n_boot, seed)
         metrics.update(mode="baseline", baseline=how, train_rows=len(train), train_ids=sorted(r["id"] for r in train))

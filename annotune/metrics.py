@@ -60,6 +60,23 @@ def bootstrap_ci(gold, pred, fn, n_boot: int = 1000, seed: int = 0, alpha: float
     return [float(lo), float(hi)]
 
 
+def paired_difference(gold, pred_a, pred_b, fn, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """fn(gold, pred_a) - fn(gold, pred_b) on the same rows, with a percentile bootstrap interval that
+    resamples the rows once for both: the interval of the difference itself, which two separate
+    intervals overstate (their noise from which rows were drawn is shared)."""
+    gold, a, b = (np.asarray(x, dtype=object) for x in (gold, pred_a, pred_b))
+    diff = float(fn(gold, a) - fn(gold, b))
+    if len(gold) < 2 or not n_boot:
+        return {"diff": diff, "ci95": [float("nan"), float("nan")]}
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(gold), len(gold))
+        stats.append(fn(gold[idx], a[idx]) - fn(gold[idx], b[idx]))
+    lo, hi = np.nanpercentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"diff": diff, "ci95": [float(lo), float(hi)]}
+
+
 def expected_calibration_error(probs, gold_index, n_bins: int = 10) -> dict:
     """ECE of the top-label confidence, and the per-bin table for a reliability plot."""
     probs = np.asarray(probs, dtype=float)

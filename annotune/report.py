@@ -128,6 +128,43 @@ def comparison_table(results: list, task_type: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> None:
+    """Each model's macro-F1 and balanced accuracy minus TF-IDF's on the same rows, with a paired
+    bootstrap 95% CI, into its metrics as vs_tfidf. Not on the train split: TF-IDF was fit there."""
+    from .baseline import TFIDF_NAME
+    from .metrics import balanced_accuracy, macro_f1, paired_difference
+
+    tfidf = {r["split"]: r for r in results if r["name"] == TFIDF_NAME}
+    for r in results:
+        ref = tfidf.get(r["split"])
+        if ref is None or r.get("row_label") or r["split"] == "train" or \
+                [x["id"] for x in r["records"]] != [x["id"] for x in ref["records"]]:
+            continue
+        gold = [x["gold"] for x in r["records"]]
+        given, theirs = [x["prediction"] for x in r["records"]], [x["prediction"] for x in ref["records"]]
+        r["metrics"]["vs_tfidf"] = {
+            name: paired_difference(gold, given, theirs, lambda g, p, fn=fn: fn(g, p, labels), n_boot, seed)
+            for name, fn in (("macro_f1", macro_f1), ("balanced_accuracy", balanced_accuracy))}
+
+
+def baseline_difference_table(results: list) -> str:
+    """The vs_tfidf differences as markdown; better or worse only where the CI leaves out 0."""
+    rows = [r for r in results if r["metrics"].get("vs_tfidf")]
+    if not rows:
+        return ""
+
+    def cell(d):
+        lo, hi = d["ci95"]
+        word = "better" if lo > 0 else ("worse" if hi < 0 else "no difference shown")
+        return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({word})"
+
+    lines = ["Against TF-IDF on the same rows (difference, paired bootstrap 95% CI):", "",
+             "| model | split | macro-F1 - TF-IDF | balanced acc. - TF-IDF |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['split']} | {cell(r['metrics']['vs_tfidf']['macro_f1'])} | "
+              f"{cell(r['metrics']['vs_tfidf']['balanced_accuracy'])} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def epoch_table(rows: list) -> str:
     """The Politosphere write-up's per-epoch table."""
     lines = ["| # Epoch | Accuracy on Train. | F1-score on Train. | Accuracy on Val. | F1-score on Val. |",
@@ -181,6 +218,8 @@ def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: di
 
     parts = [f"# {spec.name}: {', '.join(sorted({r['split'] for r in results}))} split\n",
              comparison_table(results, spec.type)]
+    if baseline_difference_table(results):
+        parts.append("\n" + baseline_difference_table(results))
     if args.table:
         by_model = {}
         for r in results:

@@ -82,3 +82,21 @@ def test_rouge_takes_the_best_reference_and_exact_match():
 def test_parse_label(text, expected):
     labels = ["negative", "positive", "Support Gun Polarized", "Support Gun non-Polarized"]
     assert parse_label(text, labels) == expected
+
+
+def test_paired_difference_is_the_difference_on_the_same_rows_with_its_own_interval():
+    from annotune.metrics import balanced_accuracy, paired_difference
+
+    rng = np.random.default_rng(0)
+    gold = list(rng.choice(["a", "b"], 300))
+    better = [g if rng.random() < 0.9 else ("b" if g == "a" else "a") for g in gold]
+    worse = [g if rng.random() < 0.6 else ("b" if g == "a" else "a") for g in gold]
+    fn = lambda g, p: balanced_accuracy(g, p, ["a", "b"])  # noqa: E731
+    d = paired_difference(gold, better, worse, fn, n_boot=300, seed=1)
+    assert d["diff"] == pytest.approx(fn(gold, better) - fn(gold, worse))
+    assert 0 < d["ci95"][0] < d["diff"] < d["ci95"][1]
+    # A model against itself: exactly no difference, at every resample.
+    assert paired_difference(gold, better, better, fn, n_boot=50) == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    # Reversed, the difference is negative and so is all of its interval.
+    reversed_ = paired_difference(gold, worse, better, fn, n_boot=300, seed=1)
+    assert reversed_["diff"] == pytest.approx(-d["diff"]) and reversed_["ci95"][1] < 0
