@@ -78,7 +78,7 @@ def add_data_and_model_flags(p):
                         "probability is the sum of its finer labels'), or train on the merged labels; validation, the "
                         "decision rule and the epoch kept use the merge either way; auto = prediction in causal and "
                         "seq2seq mode where the rows keep their finer labels (folders of this preprocess.py do), "
-                        "training for a classification head (default: auto)")
+                        "training for a classification head, where it measured no gain (default: auto)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py, a task name, or a hub dataset id")
     g.add_argument("--template", default="auto", help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")

@@ -269,11 +269,13 @@ def merge_at(asked: str, data: TrainingData) -> str:
     """--merge_at auto: instruction tuning learns a merge's finer labels where the rows keep them.
     Measured on both merged tasks of bench/quality.py (docs/results.md): drug_reviews' neutral vs
     the rest, test macro-F1 0.526 -> 0.601 and balanced accuracy 0.523 -> 0.616; Politosphere's
-    pol/unpol/oth 0.393 -> 0.426 (balanced accuracy 0.474 -> 0.463, on 34 rows)."""
+    pol/unpol/oth 0.393 -> 0.426 (balanced accuracy 0.474 -> 0.463, on 34 rows). A MiniLM head
+    gained nothing it could rank (drug_neutral 0.475 -> 0.522 with ranking AUC 0.49; Politosphere
+    one label either way), so a head trains on the merged labels."""
     if asked != "auto":
         return asked
     if not data.spec.merge_map or data.kind == "classifier":
-        return "training"  # nothing is merged (the same either way), or a head (not measured)
+        return "training"  # nothing is merged (the same either way), or a head (no gain measured)
     if any("fine_label" not in r for rows in data.splits.values() for r in rows):
         print(f"note: {data.data_info.get('dataset_folder')} keeps no labels from before the merge (an older "
               "preprocess.py): training on the merged labels; build it again to learn the finer ones")
