@@ -216,10 +216,9 @@ def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: di
     publish it as out_dir."""
     from .agreement import agreement_markdown
 
+    differences = baseline_difference_table(results)
     parts = [f"# {spec.name}: {', '.join(sorted({r['split'] for r in results}))} split\n",
-             comparison_table(results, spec.type)]
-    if baseline_difference_table(results):
-        parts.append("\n" + baseline_difference_table(results))
+             comparison_table(results, spec.type)] + (["\n" + differences] if differences else [])
     if args.table:
         by_model = {}
         for r in results:

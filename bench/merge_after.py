@@ -39,7 +39,7 @@ def merged_metrics(records: list, spec) -> dict:
     pred = [to.get(r["prediction"], r["prediction"]) for r in records]  # the rule's label; invalid stays invalid
     probs = None
     if all(r.get("probs") for r in records):
-        probs = [[merged_prediction(r, labels, to)["probs"][label] for label in labels] for r in records]
+        probs = [[m["probs"][label] for label in labels] for m in (merged_prediction(r, labels, to) for r in records)]
     return classification_metrics(gold, pred, labels, probs)
 
 
