@@ -42,6 +42,18 @@ def test_report_shows_each_setting_and_judges_the_best_against_tfidf():
     assert "e3-weights" not in one and "best own (tuned) 0.400 < TF-IDF" in one
 
 
+def test_the_verdict_gives_the_paired_difference_where_it_was_recorded():
+    q = quality_module()
+    tuned = scored(0.50, 0.52, argmax=scored(0.47, 0.50),
+                   vs_tfidf={"macro_f1": {"diff": 0.05, "ci95": [-0.02, 0.11]}})
+    rows = {"tfidf": scored(0.45, 0.46), "tuned": tuned}
+    assert "0.500 >= TF-IDF (paired difference +0.050 [-0.020, +0.110]: no difference shown)" in q.verdict(rows)
+    tuned["vs_tfidf"]["macro_f1"]["ci95"] = [0.01, 0.11]
+    assert "+0.050 [+0.010, +0.110]: better)" in q.verdict(rows)
+    del tuned["vs_tfidf"]  # records made before evaluate.py reported it: the verdict as it was
+    assert q.verdict(rows).startswith("TF-IDF macro-F1 0.450; best own (tuned) 0.500 >= TF-IDF;")
+
+
 def test_a_collapsed_tuned_model_is_told_apart_by_its_ranking_auc():
     q = quality_module()
     for auc, words in [(0.81, "it ranks the rows; the decision rule fails to use it"),
