@@ -129,39 +129,47 @@ def comparison_table(results: list, task_type: str) -> str:
 
 
 def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> None:
-    """Each model's macro-F1 and balanced accuracy minus TF-IDF's on the same rows, with a paired
-    bootstrap 95% CI, into its metrics as vs_tfidf. Not on the train split: TF-IDF was fit there."""
+    """Each model's macro-F1 and balanced accuracy minus TF-IDF's (vs_tfidf) and, for an adapter,
+    minus the untuned base's (vs_base) on the same rows, with paired bootstrap 95% CIs, into its
+    metrics. Not on the train split: TF-IDF was fit there, the adapter trained there."""
     from .baseline import TFIDF_NAME
     from .metrics import balanced_accuracy, macro_f1, paired_difference
 
-    tfidf = {r["split"]: r for r in results if r["name"] == TFIDF_NAME}
-    for r in results:
-        ref = tfidf.get(r["split"])
-        if ref is None or r.get("row_label") or r["split"] == "train" or \
-                [x["id"] for x in r["records"]] != [x["id"] for x in ref["records"]]:
-            continue
+    def differences(r, ref):
         gold = [x["gold"] for x in r["records"]]
         given, theirs = [x["prediction"] for x in r["records"]], [x["prediction"] for x in ref["records"]]
-        r["metrics"]["vs_tfidf"] = {
-            name: paired_difference(gold, given, theirs, lambda g, p, fn=fn: fn(g, p, labels), n_boot, seed)
-            for name, fn in (("macro_f1", macro_f1), ("balanced_accuracy", balanced_accuracy))}
+        return {name: paired_difference(gold, given, theirs, lambda g, p, fn=fn: fn(g, p, labels), n_boot, seed)
+                for name, fn in (("macro_f1", macro_f1), ("balanced_accuracy", balanced_accuracy))}
+
+    for r in results:
+        if r.get("row_label") or r["split"] == "train":
+            continue
+        for key, is_ref in (("vs_tfidf", lambda x: x["name"] == TFIDF_NAME),
+                            ("vs_base", lambda x: r["adapter"] and x["name"].startswith("base:"))):
+            ref = next((x for x in results if x["split"] == r["split"] and is_ref(x)), None)
+            if ref is not None and [x["id"] for x in r["records"]] == [x["id"] for x in ref["records"]]:
+                r["metrics"][key] = differences(r, ref)
 
 
 def baseline_difference_table(results: list) -> str:
-    """The vs_tfidf differences as markdown; better or worse only where the CI leaves out 0."""
-    rows = [r for r in results if r["metrics"].get("vs_tfidf")]
+    """The vs_tfidf and vs_base differences as markdown; better or worse only where the CI leaves out 0."""
+    rows = [r for r in results if r["metrics"].get("vs_tfidf") or r["metrics"].get("vs_base")]
     if not rows:
         return ""
 
-    def cell(d):
+    def cell(m, key, metric):
+        if not m.get(key):
+            return "-"
+        d = m[key][metric]
         lo, hi = d["ci95"]
         word = "better" if lo > 0 else ("worse" if hi < 0 else "no difference shown")
         return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({word})"
 
-    lines = ["Against TF-IDF on the same rows (difference, paired bootstrap 95% CI):", "",
-             "| model | split | macro-F1 - TF-IDF | balanced acc. - TF-IDF |", "|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['split']} | {cell(r['metrics']['vs_tfidf']['macro_f1'])} | "
-              f"{cell(r['metrics']['vs_tfidf']['balanced_accuracy'])} |" for r in rows]
+    lines = ["Against TF-IDF and the untuned base on the same rows (difference, paired bootstrap 95% CI):", "",
+             "| model | split | macro-F1 - TF-IDF | balanced acc. - TF-IDF | macro-F1 - base | balanced acc. - base |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], key, metric) for key in
+              ("vs_tfidf", "vs_base") for metric in ("macro_f1", "balanced_accuracy")) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -49,9 +49,13 @@ def test_baselines_train_on_the_adapters_rows_and_rules_come_from_validation(tmp
     for metric in ("macro_f1", "balanced_accuracy"):
         d = tuned["vs_tfidf"][metric]
         assert d["diff"] == pytest.approx(tuned[metric] - tfidf[metric]) and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
-    assert "Against TF-IDF on the same rows" in table
+    assert "Against TF-IDF and the untuned base on the same rows" in table
     assert f"| {adapter.name} | test | {tuned['vs_tfidf']['macro_f1']['diff']:+.3f}" in table
     assert "vs_tfidf" not in tfidf and "vs_tfidf" in read(out, "base_tiny-llama0")
+    # The adapter against the untuned base on the same rows too; the base has no base to be against.
+    base = read(out, "base_tiny-llama0")
+    assert tuned["vs_base"]["macro_f1"]["diff"] == pytest.approx(tuned["macro_f1"] - base["macro_f1"])
+    assert "vs_base" not in base
     assert tuned["decision_rule"] == info["decision_rule"]  # the adapter's own rule, not refit on test
     applied = DecisionRule.from_dict(info["decision_rule"], info["labels"]).fitted  # held-out check passed
     assert (f"| {adapter.name} (fitted rule) | test |" in table) == applied == ("argmax" in tuned)
