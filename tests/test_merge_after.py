@@ -177,3 +177,24 @@ def test_a_run_learning_the_finer_labels_resumes_only_as_itself(in_tmp, tiny_lla
     assert steps[:2] == [1, 2] and len(steps) == len(set(steps)) > 2  # went on from step 3
     adapter = next(p for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch1"))
     assert json.loads((adapter / "annotune.json").read_text())["merge_after"] == "pol_unpol_oth"
+
+
+def test_agreement_with_humans_is_on_the_merged_labels(in_tmp, after_run):
+    import math
+
+    from sklearn.metrics import cohen_kappa_score
+
+    from annotune.agreement import load_annotations
+    from conftest import DATA
+
+    _, adapter, _ = after_run
+    files = [DATA / "politosphere" / "annotated_data_leo.json", DATA / "politosphere" / "annotated_data_yifei_v2.json"]
+    assert run_script("evaluate", ["--adapters_name", adapter, "--annotations", *files, "--output_dir", "agr",
+                                   "--quiet", "--bootstrap", 20]) == 0
+    table = json.loads((in_tmp / "agr" / adapter.name / "agreement.json").read_text())
+    pairs = {(p["a"], p["b"]): p["kappa"] for p in table["pairs"]}
+    humans, _ = load_annotations(files, load_task("politosphere", "pol_unpol_oth"))
+    expected = cohen_kappa_score([humans["annotated_data_leo"][i] for i in table["ids"]],
+                                 [humans["annotated_data_yifei_v2"][i] for i in table["ids"]])
+    assert table["n"] == 150 - 90 and pairs[("annotated_data_leo", "annotated_data_yifei_v2")] == pytest.approx(expected)
+    assert not math.isnan(pairs[(adapter.name, "annotated_data_leo")])
