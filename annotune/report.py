@@ -151,6 +151,12 @@ def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> N
                 r["metrics"][key] = differences(r, ref)
 
 
+def difference_word(ci95) -> str:
+    """A paired difference's reading: better or worse only where its interval leaves out 0."""
+    lo, hi = ci95
+    return "better" if lo > 0 else ("worse" if hi < 0 else "no difference shown")
+
+
 def baseline_difference_table(results: list) -> str:
     """The vs_tfidf and vs_base differences as markdown; better or worse only where the CI leaves out 0."""
     rows = [r for r in results if r["metrics"].get("vs_tfidf") or r["metrics"].get("vs_base")]
@@ -162,8 +168,7 @@ def baseline_difference_table(results: list) -> str:
             return "-"
         d = m[key][metric]
         lo, hi = d["ci95"]
-        word = "better" if lo > 0 else ("worse" if hi < 0 else "no difference shown")
-        return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({word})"
+        return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({difference_word(d['ci95'])})"
 
     lines = ["Against TF-IDF and the untuned base on the same rows (difference, paired bootstrap 95% CI):", "",
              "| model | split | macro-F1 - TF-IDF | balanced acc. - TF-IDF | macro-F1 - base | balanced acc. - base |",

@@ -327,9 +327,10 @@ def verdict(rows: dict) -> str:
         words.append(f"best own ({best}) {own[best]:.3f} {mark} TF-IDF")
         paired = (rows[best].get("vs_tfidf") or {}).get("macro_f1")
         if paired:  # the sharper test: the difference on the same rows, with its own interval
+            from annotune.report import difference_word
+
             lo, hi = paired["ci95"]
-            words[-1] += (f" (paired difference {paired['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]: "
-                          + ("better" if lo > 0 else "worse" if hi < 0 else "no difference shown") + ")")
+            words[-1] += f" (paired difference {paired['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]: {difference_word((lo, hi))})"
         if abs(rows[best]["balanced_accuracy"] - 1 / k) < 1e-9:  # what answering one label for every row scores
             words[-1] += " (its balanced accuracy is 1/K: the majority guess's score, not a pass)"
     tuned = [name for name in own if name.split(":")[0] == "tuned"]
