@@ -127,6 +127,10 @@ def add_training_flags(p):
                         "tasks in causal or seq2seq mode, none otherwise (default: auto)")
     g.add_argument("--shared_prefix", choices=["auto", "on", "off"], default="auto",
                    help="run the prompts' common prefix once per batch (default: auto, when >= 16 tokens)")
+    g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto",
+                   help="CPU training under bf16 autocast: matmuls in bf16, weights, optimizer and loss in fp32; "
+                        "auto = on where the CPU has bf16 instructions (AVX512-BF16, AMX), 4x its fp32 matmuls "
+                        "there; CUDA trains in bf16 anyway (default: auto)")
     g.add_argument("--seed", type=int, default=42, help="seed of model init, data order and splits (default: 42)")
 
 
@@ -309,8 +313,11 @@ def main(argv=None):
     callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
     options = LossOptions(kind=data.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
                           n_labels=len(data.spec.label_names), record_examples=args.record_examples,
-                          balance=args.balance)
+                          balance=args.balance, cpu_bf16=args.cpu_bf16)
     trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
+    if trainer.autocast and is_main:
+        print("note: training runs under bf16 autocast (this CPU's bf16 matmuls; weights, optimizer and loss in fp32; "
+              "--cpu_bf16 off for fp32)")
     callback.attach(trainer)
     if is_main:  # every check has passed: only now is the run folder written
         start_folder(args, folder, manifest, data, model, tokenizer)

@@ -91,7 +91,13 @@ def _split_hidden_states(decoder, config, input_ids, attention_mask, positions, 
 
 def logits_from_hidden(model, hidden):
     _, head, config = decoder_and_head(model)
-    logits = head(hidden)
+    weight = getattr(head, "weight", None)
+    if torch.is_autocast_enabled(hidden.device.type) and weight is not None:
+        # The loss's logits in fp32 under bf16 autocast: it runs at the loss positions only, so it is cheap
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = head(hidden.to(weight.dtype))
+    else:
+        logits = head(hidden)
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

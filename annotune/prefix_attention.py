@@ -39,6 +39,9 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     each example is causal within its own segment. Returns ([1, N, H, D], None)."""
     pk, pv = prefix_kv[module.layer_idx]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if torch.is_autocast_enabled(query.device.type):  # as SDPA under autocast: all in its dtype
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value, pk, pv = (t.to(dtype) for t in (query, key, value, pk, pv))
     out = _SplitAttention.apply(query, key, value, pk, pv, tuple(segments), scale)
     return out.transpose(1, 2), None
 
@@ -70,6 +73,7 @@ class _SplitAttention(torch.autograd.Function):
             out_o[:, :, span], lse_o[:, :, span] = _flash(q[:, :, span], k[:, :, span], v[:, :, span], scale, True)
         lse = torch.logaddexp(lse_p, lse_o)
         out = torch.exp(lse_p - lse).unsqueeze(-1) * out_p + torch.exp(lse_o - lse).unsqueeze(-1) * out_o
+        out = out.to(q.dtype)  # the weights are fp32 log-sum-exps; the output keeps the inputs' dtype
         ctx.save_for_backward(q, k, v, pk, pv, out, lse)
         ctx.segments, ctx.scale = segments, scale
         return out
@@ -78,7 +82,7 @@ class _SplitAttention(torch.autograd.Function):
     def backward(ctx, grad):
         q, k, v, pk, pv, out, lse = ctx.saved_tensors
         flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        grad = grad.contiguous()
+        grad = grad.to(q.dtype).contiguous()
         dq, dpk, dpv = flash_backward(grad, q, pk, pv, out, lse, 0.0, False, scale=ctx.scale)
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
         for span in _spans(ctx.segments):
@@ -128,8 +132,8 @@ def agrees(model, run_both) -> bool:
         return _CHECKED[model]
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
+    try:  # in the weights' own precision: bf16 rounding is not a difference of paths
+        with torch.no_grad(), torch.autocast(next(model.parameters()).device.type, enabled=False):
             split, cache = run_both()
         ok = bool(torch.allclose(split, cache, rtol=1e-3, atol=1e-4 * float(cache.abs().max()) + 1e-5))
     except (TypeError, KeyError, RuntimeError):

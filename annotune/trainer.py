@@ -31,6 +31,7 @@ from .cli import UserError
 from .faults import crash_point
 from .files import append_jsonl, read_jsonl
 from .lm import common_prefix_length, completion_loss, hidden_states, pad_batch, run_prefix
+from .models import training_autocast
 from .prompts import encode_example, encode_prompt
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
@@ -335,15 +336,20 @@ class LossModule(torch.nn.Module):
     """The model plus how its loss is computed. This is what the Trainer (and so DDP) wraps: the
     shared-prefix loss makes two forward passes, and both must run inside one DDP forward."""
 
-    def __init__(self, model, kind, prefix_ids=None, weights=None):
+    def __init__(self, model, kind, prefix_ids=None, weights=None, autocast: bool = False):
         super().__init__()
-        self.model, self.kind = model, kind
+        self.model, self.kind, self.autocast = model, kind, autocast
         self.prefix_ids = list(prefix_ids or [])
         self.register_buffer("weights", weights if weights is not None else torch.empty(0), persistent=False)
         # The Trainer must not move a bitsandbytes model (it is placed at load time).
         self.quantization_method = getattr(model, "quantization_method", None)
 
     def forward(self, input_ids, attention_mask, labels, answer_label=None):
+        # bf16 autocast (--cpu_bf16): matmuls in bf16; the fp32 weights get fp32 gradients
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return self._loss(input_ids, attention_mask, labels, answer_label)
+
+    def _loss(self, input_ids, attention_mask, labels, answer_label):
         weighted = bool(self.weights.numel()) and answer_label is not None
         if self.kind == "causal":
             plen = len(self.prefix_ids)
@@ -391,6 +397,7 @@ class LossOptions:
     n_labels: int = 0
     record_examples: bool = False  # tests: keep the ids each process trained on
     balance: str = "none"  # none, oversample (minority labels repeated each epoch), weights (inverse frequency)
+    cpu_bf16: str = "off"  # auto, on, off: bf16 autocast on the CPU (models.training_autocast)
 
 
 class AnnotuneTrainer(Trainer):
@@ -411,7 +418,9 @@ class AnnotuneTrainer(Trainer):
         self.totals = {"train_seconds": 0.0, "useful_tokens": 0, "processed_tokens": 0}
         self.window = {"loss": 0.0, "batches": 0, "tokens": 0}
         self.examples_seen = []
-        super().__init__(model=LossModule(model, options.kind, self.prefix, weights), args=args, train_dataset=feats,
+        self.autocast = training_autocast(options.cpu_bf16, model)
+        super().__init__(model=LossModule(model, options.kind, self.prefix, weights, self.autocast), args=args,
+                         train_dataset=feats,
                          data_collator=lambda batch: collate(options.kind, batch, tokenizer.pad_token_id),
                          callbacks=list(callbacks))
         self.loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by the accumulation steps
@@ -515,6 +524,7 @@ def run_result(trainer, callback, out_dir: Path, wall_seconds: float) -> dict:
     speed = [r["tokens_per_s"] for r in rows if r["type"] == "step" and r.get("tokens_per_s")]
     speed = speed[1:] or speed  # the first step pays for warm-up
     return {"steps": trainer.state.global_step, "shared_prefix_tokens": len(trainer.prefix),
+            "bf16_autocast": trainer.autocast,
             "tokens_per_s_mean": sum(speed) / len(speed) if speed else None,
             "train_seconds": round(totals["train_seconds"], 2), "useful_tokens": totals["useful_tokens"],
             "processed_tokens": totals["processed_tokens"],

@@ -1,0 +1,103 @@
+"""Training under bf16 autocast on the CPU (train.py --cpu_bf16): when it is chosen, and that every
+speed path of the training step (the split prefix attention, the key/value cache path, LoRA's update
+inside the GEMM) runs under it, close to the fp32 step and to each other."""
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import Linear
+from transformers import AutoModelForCausalLM
+
+from annotune import lm, models, prefix_attention
+from annotune.cli import UserError
+from annotune.lora_update import fuse_lora_update
+from annotune.trainer import LossModule
+from test_lm import batch_of, grads, spy_on_split
+
+
+def fused_lora_model(folder):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # non-zero, so every LoRA matrix gets a gradient
+    return fuse_lora_update(model)
+
+
+def test_autocast_is_chosen_for_fp32_cpu_weights_on_a_cpu_with_bf16_instructions(tiny_llama_dir, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    for native in (True, False):
+        monkeypatch.setattr(models, "native_bf16_cpu", lambda: native)
+        assert models.training_autocast("auto", model) is native
+        assert models.training_autocast("on", model) is True
+        assert models.training_autocast("off", model) is False
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    model.to(torch.bfloat16)  # weights already in bf16 (as on CUDA): nothing to autocast
+    assert models.training_autocast("auto", model) is False
+    with pytest.raises(UserError, match="--cpu_bf16 on needs unquantized fp32 weights"):
+        models.training_autocast("on", model)
+
+
+def test_native_bf16_reads_the_cpu_capability(monkeypatch):
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx512_bf16": False, "amx_bf16": True})
+    assert models.native_bf16_cpu() is True
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx512_bf16": False, "avx2": True})
+    assert models.native_bf16_cpu() is False
+    monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
+    assert models.native_bf16_cpu() is False  # a torch without the query: fp32
+
+
+def cosine(a, b):
+    a, b = (torch.cat([g.flatten() for g in d.values()]) for d in (a, b))
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def test_every_training_path_under_autocast_is_close_to_fp32_and_to_the_others(tiny_llama_dir, smol_tok,
+                                                                               monkeypatch, capsys):
+    model = fused_lora_model(tiny_llama_dir)
+    model.train()
+    ids, mask, labels = batch_of(smol_tok)
+    plen = lm.common_prefix_length([row[row != smol_tok.pad_token_id].tolist() for row in ids])
+    monkeypatch.setattr(Linear, "forward", lambda *a, **k: pytest.fail("PEFT's forward ran on a plain adapter"))
+    calls = spy_on_split(monkeypatch)
+
+    def step(autocast, split=None):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if split is None:
+                loss = lm.completion_loss(model, ids, mask, labels)
+            else:
+                kv = lm.run_prefix(model, ids[0, :plen].tolist())
+                loss = lm.completion_loss(model, ids[:, plen:], mask[:, plen:], labels[:, plen:], kv, split=split)
+        loss.backward()
+        return loss.item(), grads(model)
+
+    fp32_loss, fp32 = step(False)
+    runs = {name: step(True, split) for name, split in [("plain", None), ("cache", False), ("split", True)]}
+    assert len(calls) == 2  # the split path ran (in both layers) under autocast
+    for name, (loss, g) in runs.items():
+        assert loss == pytest.approx(fp32_loss, rel=0.02), name
+        assert cosine(g, fp32) > 0.995, name
+        for other, (loss_o, g_o) in runs.items():
+            assert loss == pytest.approx(loss_o, rel=0.02) and cosine(g, g_o) > 0.995, (name, other)
+    # The loss module keeps the once-per-model check in fp32, so autocast does not trip it into the fallback.
+    prefix_attention._CHECKED.pop(model, None)
+    calls.clear()
+    module = LossModule(model, "causal", ids[0, :plen].tolist(), autocast=True)
+    model.zero_grad()
+    loss = module(ids, mask, labels)
+    loss.backward()
+    assert prefix_attention._CHECKED[model] is True and "does not take" not in capsys.readouterr().out
+    assert calls[2:] == [int(mask[:, plen:].sum())] * 2  # after the check's two rows: the split training forward
+    assert loss.item() == pytest.approx(runs["split"][0], rel=1e-3) and loss.item() != fp32_loss  # in bf16
+    assert cosine(grads(model), runs["split"][1]) > 0.9999
+
+
+def test_the_loss_logits_stay_fp32_under_autocast(tiny_llama_dir):
+    model = fused_lora_model(tiny_llama_dir)
+    hidden = torch.randn(5, model.config.hidden_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lm.logits_from_hidden(model, hidden)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, lm.logits_from_hidden(model, hidden))
