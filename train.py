@@ -288,7 +288,7 @@ def main(argv=None):
 
     from annotune.files import atomic_write_json
     from annotune.models import load_config, load_tokenizer
-    from annotune.resume import checkpoint_step, open_run_folder
+    from annotune.resume import check_same_precision, checkpoint_step, open_run_folder
     from annotune.trainer import AnnotuneTrainer, LossOptions, load_training_data, stop_on_ctrl_c, trainer_arguments
 
     started = time.time()
@@ -315,6 +315,9 @@ def main(argv=None):
                           n_labels=len(data.spec.label_names), record_examples=args.record_examples,
                           balance=args.balance, cpu_bf16=args.cpu_bf16)
     trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
+    if folder.resuming:
+        check_same_precision(folder.manifest, trainer.autocast)
+    manifest.setdefault("bf16_autocast", trainer.autocast)  # a resumed run's stays its first
     if trainer.autocast and is_main:
         print("note: training runs under bf16 autocast (this CPU's bf16 matmuls; weights, optimizer and loss in fp32; "
               "--cpu_bf16 off for fp32)")

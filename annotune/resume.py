@@ -13,7 +13,10 @@ from .files import remove_dir
 
 # Flags that may differ on resume: where and how output is shown, not what is trained.
 FREE_ON_RESUME = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "quiet", "report_to",
-                  "eval_batch_size", "save_every_steps", "stop_after_steps", "record_examples"}
+                  "eval_batch_size", "save_every_steps", "stop_after_steps", "record_examples",
+                  "cpu_bf16"}  # its resolved value is what must match: check_same_precision
+# Flags added after runs were made: a manifest without one was trained as this value says.
+ADDED_LATER = {"merge_at": "training"}
 
 
 @dataclass
@@ -72,12 +75,23 @@ def resumed_folder(args, out: Path, checkpoints: Path) -> RunFolder:
 
 
 def check_same_arguments(now: dict, before: dict) -> None:
+    before = {**ADDED_LATER, **before}
     differ = [k for k in sorted(set(now) | set(before)) if k not in FREE_ON_RESUME and now.get(k) != before.get(k)]
     if differ:
         shown = "; ".join(f"--{k} {now.get(k)} (the run used {before.get(k)})" for k in differ[:3])
         raise UserError(f"--resume_from_checkpoint with other arguments: {shown}"
                         f"{' and more' if len(differ) > 3 else ''}; resume with the run's own arguments "
                         "(manifest.json) or start a new --output_dir")
+
+
+def check_same_precision(first: dict, autocast: bool) -> None:
+    """A resumed run goes on in the precision it trained in (manifest.json's bf16_autocast; runs from
+    before --cpu_bf16 trained in fp32), whatever --cpu_bf16 auto makes of this machine."""
+    used = bool(first.get("bf16_autocast", False))
+    if used != autocast:
+        raise UserError(f"--resume_from_checkpoint: the run trained {'under bf16 autocast' if used else 'in fp32'} "
+                        f"and would go on {'under bf16 autocast' if autocast else 'in fp32'}: pass --cpu_bf16 "
+                        f"{'on' if used else 'off'}")
 
 
 def checkpoint_step(checkpoint) -> int:

@@ -11,7 +11,9 @@ FLOPs of a LoRA step ~= 4 x N x T: forward 2 x N x T, backward through the activ
 the decoder's linear layers (embeddings are a lookup; the output layer only runs where the loss is
 and is left out) and T = the tokens the forwards actually ran (the shared prefix once per batch).
 Attention score FLOPs are left out too, so the ratio is a slight underestimate.
-Peak = the best of fp32 torch.matmul on 2048x2048 matrices, on the same threads.
+Peak = the best torch.matmul on 2048x2048 matrices, on the same threads, in the dtype the step's matmuls
+ran in: bf16 where train.py trained under bf16 autocast (--cpu_bf16), else fp32; the fp32 peak is
+printed too, for runs in the two precisions to be compared.
 Prints a table and writes bench/results/flops.json; --profile adds torch.profiler's top operators,
 by name and by input shape (the profiler's overhead then lowers the ratio).
 """
@@ -38,10 +40,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def matmul_peak(size=2048, repeats=8):
+def matmul_peak(size=2048, repeats=8, dtype=None):
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.matmul(a, b)
     best = 0.0
     for _ in range(repeats):
@@ -82,7 +84,7 @@ def main(argv=None):
     from annotune.files import atomic_write_json
     from annotune.models import load_config
 
-    peak_before = matmul_peak()
+    peaks_before = {dtype: matmul_peak(dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
     run_dir = Path(tempfile.mkdtemp(prefix="annotune-flops-"))
     profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
                 if args.profile else contextlib.nullcontext())
@@ -94,8 +96,9 @@ def main(argv=None):
     assert code == 0
     manifest = json.loads((run_dir / "run" / "manifest.json").read_text())
     result = manifest["result"]
-    peak_after = matmul_peak()
-    # Parameter count only: the architecture on the meta device, no weights loaded a second time.
+    dtype = torch.bfloat16 if result.get("bf16_autocast") else torch.float32
+    peak_before, peak_after = peaks_before[dtype], matmul_peak(dtype=dtype)
+    fp32_peak = max(peaks_before[torch.float32], peak_after if dtype == torch.float32 else 0.0)    # Parameter count only: the architecture on the meta device, no weights loaded a second time.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(load_config(manifest["args"]["model_name"]))
     n_linear = sum(m.weight.numel() for name, m in model.model.named_modules() if isinstance(m, torch.nn.Linear))
@@ -105,12 +108,16 @@ def main(argv=None):
     table = {"task": args.task, "train_args": args.train_args, "steps": result["steps"], "linear_params": n_linear,
              "processed_tokens": result["processed_tokens"], "train_seconds": result["train_seconds"],
              "achieved_gflops": achieved, "matmul_peak_gflops": peak, "matmul_peak_before": peak_before,
-             "matmul_peak_after": peak_after, "ratio": achieved / peak, "threads": torch.get_num_threads(),
+             "matmul_peak_after": peak_after, "ratio": achieved / peak, "matmul_dtype": str(dtype)[6:],
+             "fp32_matmul_peak_gflops": fp32_peak, "ratio_to_fp32_peak": achieved / fp32_peak,
+             "threads": torch.get_num_threads(),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv)}
-    print("| task | extra flags | steps | tokens run | seconds | achieved GFLOP/s | matmul peak GFLOP/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| task | extra flags | steps | tokens run | seconds | achieved GFLOP/s | matmuls in | matmul peak GFLOP/s "
+          "| ratio | fp32 peak GFLOP/s | ratio to fp32 peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.task} | {' '.join(args.train_args) or '-'} | {result['steps']} | {result['processed_tokens']} | "
-          f"{result['train_seconds']:.1f} | {achieved:.1f} | {peak:.1f} | {100 * achieved / peak:.0f}% |")
+          f"{result['train_seconds']:.1f} | {achieved:.1f} | {table['matmul_dtype']} | {peak:.1f} | "
+          f"{100 * achieved / peak:.0f}% | {fp32_peak:.1f} | {100 * achieved / fp32_peak:.0f}% |")
     if args.profile:
         print(profile_table(profiler))
     atomic_write_json(REPO / args.out, table)

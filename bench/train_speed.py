@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_speed.py                      # both tasks (about 15 minutes, 2 cores)
     .venv/bin/python bench/train_speed.py --tasks sst2 --sst2_samples 200
+    .venv/bin/python bench/train_speed.py --tasks politosphere --arms seed --seed_bf16   # TRL under bf16 autocast
 
 Seed-style = the Politosphere settings on current libraries: TRL SFTTrainer, batch 16, lr 2e-4,
 LoRA r=64 alpha=16 on q_proj,v_proj, max_length 512, loss on the completion only, random batch
@@ -9,12 +10,14 @@ order, logits for every position. Ours = `train.py` defaults (LoRA r=16 on all l
 batch 8, length-grouped batches, logits only where the loss is, the shared prompt prefix run once
 per batch; `--balance none`, so no label is oversampled). Both train the same examples (same
 rendered prompts) for the same epochs on
-SmolLM2-135M in fp32 on the CPU, each in its own process (so peak RSS is its own).
+SmolLM2-135M with fp32 weights on the CPU, each in its own process (so peak RSS is its own). Ours
+trains under bf16 autocast where the CPU has bf16 instructions (train.py --cpu_bf16 auto); the
+seed-style arm runs fp32, as the seeds' scripts do on a CPU, or TRL's bf16=True autocast with --seed_bf16.
 
 Useful tokens/s = tokens of real input (each example's full prompt + answer, no padding) trained
 on, divided by the seconds of optimisation (model loading and evaluation excluded).
 Validation macro-F1 = evaluate.py score mode on the same validation rows, for both adapters.
-Prints a table and writes bench/results/train_speed.json.
+Prints a table and writes bench/results/train_speed.json (train_speed_seed_bf16.json with --seed_bf16).
 """
 import argparse
 import json
@@ -33,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="politosphere,sst2", help="comma-separated: politosphere, sst2")
     p.add_argument("--epochs", type=int, default=1, help="epochs for both arms (default: 1)")
     p.add_argument("--sst2_samples", type=int, default=240, help="SST-2 rows per split (default: 240)")
+    p.add_argument("--arms", default="seed,ours", help="comma-separated: seed, ours (default: both)")
+    p.add_argument("--seed_bf16", action="store_true",
+                   help="the seed-style arm with TRL's bf16=True (autocast on the CPU) (default: fp32)")
     p.add_argument("--out", default="bench/results", help="results folder (default: bench/results)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -84,7 +90,8 @@ def worker_seed(args):
     config = SFTConfig(output_dir=args.run_dir, per_device_train_batch_size=16, learning_rate=2e-4,
                        num_train_epochs=args.epochs, max_length=512, completion_only_loss=True, packing=False,
                        report_to="none", save_strategy="no", logging_steps=1000,
-                       seed=42, disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0)
+                       seed=42, disable_tqdm=True, use_cpu=True, bf16=args.seed_bf16, fp16=False,
+                       dataloader_num_workers=0)
     peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
                              task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
@@ -105,9 +112,9 @@ def worker_seed(args):
     return {"train_seconds": seconds, "useful_tokens": useful, "processed_tokens": useful, "adapter": str(adapter)}
 
 
-def run_worker(kind, dataset, run_dir, epochs):
+def run_worker(kind, dataset, run_dir, epochs, seed_bf16=False):
     cmd = [sys.executable, __file__, "--worker", kind, "--dataset", str(dataset), "--run_dir", str(run_dir),
-           "--epochs", str(epochs)]
+           "--epochs", str(epochs)] + ["--seed_bf16"] * seed_bf16
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
@@ -153,10 +160,11 @@ def main(argv=None):
     for task in args.tasks.split(","):
         data = work / f"{task}-data"
         prepare(task, data, args.sst2_samples)
-        for arm in ("seed", "ours"):
-            res = run_worker(arm, data, work / f"{task}-{arm}", args.epochs)
+        for arm in args.arms.split(","):
+            res = run_worker(arm, data, work / f"{task}-{arm}", args.epochs, args.seed_bf16)
             f1, ci, n = macro_f1(res["adapter"], work / f"{task}-{arm}-eval")
-            res.update(task=task, arm=arm, useful_tokens_per_s=res["useful_tokens"] / res["train_seconds"],
+            res.update(task=task, arm=arm, seed_bf16=args.seed_bf16,
+                       useful_tokens_per_s=res["useful_tokens"] / res["train_seconds"],
                        macro_f1=f1, macro_f1_ci95=ci, validation_n=n, epochs=args.epochs)
             rows.append(res)
             print(f"{task:<13} {arm:<5} {res['useful_tokens_per_s']:8.1f} useful tok/s  "
@@ -167,12 +175,12 @@ def main(argv=None):
         print(f"| {r['task']} | {r['arm']} | {r['useful_tokens']} | {r['train_seconds']:.0f} | "
               f"{r['useful_tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['macro_f1']:.3f} "
               f"[{r['macro_f1_ci95'][0]:.3f}, {r['macro_f1_ci95'][1]:.3f}] |")
-    for task in args.tasks.split(","):
+    for task in args.tasks.split(",") if {"seed", "ours"} <= set(args.arms.split(",")) else ():
         seed, ours = (next(r for r in rows if r["task"] == task and r["arm"] == a) for a in ("seed", "ours"))
         print(f"{task}: ours / seed-style useful tokens/s = {ours['useful_tokens_per_s'] / seed['useful_tokens_per_s']:.2f}x")
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows,
               "command": " ".join(sys.argv)}
-    atomic_write_json(out / "train_speed.json", result)
+    atomic_write_json(out / f"train_speed{'_seed_bf16' * args.seed_bf16}.json", result)
     return 0
 
 

@@ -1,6 +1,8 @@
 """Training under bf16 autocast on the CPU (train.py --cpu_bf16): when it is chosen, and that every
 speed path of the training step (the split prefix attention, the key/value cache path, LoRA's update
 inside the GEMM) runs under it, close to the fp32 step and to each other."""
+import json
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -101,3 +103,43 @@ def test_the_loss_logits_stay_fp32_under_autocast(tiny_llama_dir):
         logits = lm.logits_from_hidden(model, hidden)
     assert logits.dtype == torch.float32
     assert torch.equal(logits, lm.logits_from_hidden(model, hidden))
+
+
+def test_a_run_resumes_in_the_precision_it_trained_in(in_tmp, tiny_llama_dir, monkeypatch, capsys):
+    from conftest import run_script
+
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)  # --cpu_bf16 auto = on, on any CPU
+    argv = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1, "--quiet",
+            "--max_train_samples", 24, "--eval_strategy", "no", "--output_dir", "run", "--save_every_steps", 1]
+    assert run_script("train", argv + ["--stop_after_steps", 1]) == 0
+    manifest = json.loads((in_tmp / "run" / "manifest.json").read_text())
+    assert manifest["bf16_autocast"] is True and "bf16 autocast" in capsys.readouterr().out
+    # fp32 would mix precisions in one run: refused, the run untouched.
+    assert run_script("train", argv + ["--cpu_bf16", "off", "--resume_from_checkpoint"]) == 2
+    assert "the run trained under bf16 autocast and would go on in fp32: pass --cpu_bf16 on" in capsys.readouterr().err
+    assert json.loads((in_tmp / "run" / "manifest.json").read_text()) == manifest
+    assert run_script("train", argv + ["--cpu_bf16", "on", "--resume_from_checkpoint"]) == 0  # same precision
+    finished = json.loads((in_tmp / "run" / "manifest.json").read_text())
+    assert finished["result"]["bf16_autocast"] is True and finished["resumed"][0]["from_step"] == 1
+
+
+def test_a_run_from_before_the_flags_resumes_as_it_trained(in_tmp, tiny_llama_dir, monkeypatch, capsys):
+    """A manifest without --merge_at and --cpu_bf16 (older annotune): trained on the merged labels, in fp32."""
+    from conftest import run_script
+
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--cpu_bf16", "off",
+            "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1, "--quiet", "--max_train_samples", 24,
+            "--eval_strategy", "no", "--output_dir", "run", "--save_every_steps", 1]
+    assert run_script("train", argv + ["--stop_after_steps", 1]) == 0
+    path = in_tmp / "run" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["args"]["merge_at"], manifest["args"]["cpu_bf16"], manifest["bf16_autocast"]
+    path.write_text(json.dumps(manifest))
+    defaults = argv[:4] + argv[8:]  # --merge_at auto and --cpu_bf16 auto
+    assert run_script("train", defaults + ["--resume_from_checkpoint"]) == 2
+    assert "(the run used training)" in capsys.readouterr().err
+    assert run_script("train", argv[:6] + argv[8:] + ["--resume_from_checkpoint"]) == 2
+    assert "the run trained in fp32 and would go on under bf16 autocast: pass --cpu_bf16 off" in capsys.readouterr().err
+    assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
+    assert json.loads(path.read_text())["result"]["bf16_autocast"] is False
