@@ -6,6 +6,7 @@ annotators; or label a new file.
     python evaluate.py --base_only --task sbic_offensive --split test --max_samples 300
     python evaluate.py --adapters_name A B C --table                  # the per-epoch table (train and val)
     python evaluate.py --adapters_name A --mode generate              # the seeds' way, invalid outputs counted
+    python evaluate.py --adapters_name A B --split test              # B against A on the same rows, paired CIs
     python evaluate.py --adapters_name A --merge neutral_vs_rest      # A of drug_reviews' 3 labels, merged after
     python evaluate.py --adapters_name A --annotations ../shared/data/politosphere/annotated_data_leo.json \\
         ../shared/data/politosphere/annotated_data_yifei_v2.json     # kappa model-vs-human, human-vs-human
@@ -15,7 +16,9 @@ An adapter brings its base model, task, label merge, prompt template and dataset
 be paired wrongly by a flag. Classification uses --mode score (every label scored as a continuation:
 no invalid outputs, a probability per label) unless --mode generate. Results go to a new folder
 (--output_dir, default runs/eval/<task>-<time>): per model metrics.json, predictions.jsonl,
-confusion_matrix.csv/.png, reliability.png; comparison.md for all models of the call.
+confusion_matrix.csv/.png, reliability.png; comparison.md for all models of the call, with each
+model's difference to TF-IDF, an adapter's to the untuned base and every later adapter's to the
+first one, on the same rows (paired bootstrap CIs; vs_tfidf, vs_base, vs_first_adapter in metrics.json).
 """
 import argparse
 import sys
@@ -183,7 +186,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     go into the staging folder that write_comparison publishes."""
     from peft import PeftModel
 
-    from annotune.adapters import read_adapter_info
+    from annotune.adapters import distinct_names, read_adapter_info
     from annotune.agreement import human_agreement
     from annotune.annotator import evaluate_rows, load_annotator, unfold_lora
     from annotune.examples import pick_split
@@ -196,8 +199,10 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     results = []
     splits = ["train", "validation"] if args.table else [args.split]
     results = baselines(args, spec, adapters, rows_by_split, splits)
+    names = distinct_names(adapters)  # results of two adapters with one name must not share a folder
     for adapter in ([None] if base else []) + list(adapters):
         annotator = base
+        name = base.name if adapter is None else names[Path(adapter)]
         if adapter is not None:
             info = read_adapter_info(adapter)
             base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
@@ -210,9 +215,9 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
                                              seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
                                              sampling=sampling(args), rule=decision_rule(args, annotator, rows_by_split, split))
             if metrics.get("truncated"):
-                print(f"note: {metrics['truncated']} {split} texts were cut to fit {annotator.name}'s context "
+                print(f"note: {metrics['truncated']} {split} texts were cut to fit {name}'s context "
                       f"(flagged 'truncated' in predictions.jsonl)")
-            results.append({"name": annotator.name, "split": split, "metrics": metrics, "records": records,
+            results.append({"name": name, "split": split, "metrics": metrics, "records": records,
                             "epoch": annotator.info.get("epoch"), "adapter": str(adapter) if adapter else None})
         if args.annotations:
             results[-1]["agreement"] = human_agreement(
@@ -340,7 +345,13 @@ def main(argv=None):
     from annotune.labels import check_label_list
     from annotune.report import write_comparison
 
-    adapters = natural_order(find_adapter(name) for name in args.adapters_name)
+    found = {}
+    for name in args.adapters_name:  # one adapter given twice (by name and by path) is evaluated once
+        path = find_adapter(name)
+        found.setdefault(path.resolve(), path)
+    # The first given stays first (the reference of vs_first_adapter); the rest in natural order (a glob's epoch10 last).
+    given = list(found.values())
+    adapters = given[:1] + [a for a in natural_order(given) if a not in given[:1]]
     bases = BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
     base = base_annotator(args, adapters, bases)  # None unless --base_only
     if args.predict_file:

@@ -96,6 +96,19 @@ def find_adapter(name: str, report=print) -> Path:
     return matches[0]
 
 
+def distinct_names(paths) -> dict:
+    """Each adapter folder's name in reports: its own name, or, where two share it (two runs that
+    both kept their epoch 3), as many parent folders as tell them apart ("tuned-a/NAME")."""
+    parts = {Path(p): Path(p).resolve().parts for p in paths}
+    names = {}
+    for path, own in parts.items():
+        depth = 1
+        while depth < len(own) and any(o[-depth:] == own[-depth:] for q, o in parts.items() if q != path):
+            depth += 1
+        names[path] = "/".join(own[-depth:])
+    return names
+
+
 def natural_order(paths) -> list:
     """Paths with their numbers compared as numbers: a shell glob's ...-epoch10 before ...-epoch5 is undone."""
     def key(path):

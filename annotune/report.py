@@ -129,9 +129,10 @@ def comparison_table(results: list, task_type: str) -> str:
 
 
 def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> None:
-    """Each model's macro-F1 and balanced accuracy minus TF-IDF's (vs_tfidf) and, for an adapter,
-    minus the untuned base's (vs_base) on the same rows, with paired bootstrap 95% CIs, into its
-    metrics. Not on the train split: TF-IDF was fit there, the adapter trained there."""
+    """Each model's macro-F1 and balanced accuracy minus TF-IDF's (vs_tfidf), for an adapter minus
+    the untuned base's (vs_base), and for every adapter after the first minus the first's
+    (vs_first_adapter: two trainings compared), on the same rows, with paired bootstrap 95% CIs, into
+    its metrics. Not on the train split: TF-IDF was fit there, the adapter trained there."""
     from .baseline import TFIDF_NAME
     from .metrics import balanced_accuracy, macro_f1, paired_difference
 
@@ -145,10 +146,11 @@ def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> N
         if r.get("row_label") or r["split"] == "train":
             continue
         for key, is_ref in (("vs_tfidf", lambda x: x["name"] == TFIDF_NAME),
-                            ("vs_base", lambda x: r["adapter"] and x["name"].startswith("base:"))):
+                            ("vs_base", lambda x: r["adapter"] and x["name"].startswith("base:")),
+                            ("vs_first_adapter", lambda x: r["adapter"] and x["adapter"])):
             ref = next((x for x in results if x["split"] == r["split"] and is_ref(x)), None)
-            if ref is not None and [x["id"] for x in r["records"]] == [x["id"] for x in ref["records"]]:
-                r["metrics"][key] = differences(r, ref)
+            if ref is not None and ref is not r and [x["id"] for x in r["records"]] == [x["id"] for x in ref["records"]]:
+                r["metrics"][key] = dict(differences(r, ref), reference=ref["name"])
 
 
 def difference_word(ci95) -> str:
@@ -158,8 +160,9 @@ def difference_word(ci95) -> str:
 
 
 def baseline_difference_table(results: list) -> str:
-    """The vs_tfidf and vs_base differences as markdown; better or worse only where the CI leaves out 0."""
-    rows = [r for r in results if r["metrics"].get("vs_tfidf") or r["metrics"].get("vs_base")]
+    """The vs_tfidf, vs_base and vs_first_adapter differences as markdown; better or worse only where
+    the CI leaves out 0."""
+    rows = [r for r in results if any(r["metrics"].get(k) for k in ("vs_tfidf", "vs_base", "vs_first_adapter"))]
     if not rows:
         return ""
 
@@ -175,6 +178,13 @@ def baseline_difference_table(results: list) -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], key, metric) for key in
               ("vs_tfidf", "vs_base") for metric in ("macro_f1", "balanced_accuracy")) + " |" for r in rows]
+    later = [r for r in results if r["metrics"].get("vs_first_adapter")]
+    if later:
+        lines += ["", f"Against the first adapter, {later[0]['metrics']['vs_first_adapter']['reference']}, "
+                  "on the same rows (difference, paired bootstrap 95% CI):", "",
+                  "| model | split | macro-F1 - first | balanced acc. - first |", "|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], "vs_first_adapter", metric)
+                  for metric in ("macro_f1", "balanced_accuracy")) + " |" for r in later]
     return "\n".join(lines) + "\n"
 
 

@@ -93,3 +93,32 @@ def test_the_gold_labels_of_the_reported_split_never_move_the_rule(tmp_path, col
     assert first["decision_rule"]["fitted_on"] == 48
     assert first["decision_rule"] == second["decision_rule"]
     assert first["accuracy"] != second["accuracy"]  # the gold labels did change
+
+
+def test_two_trainings_are_compared_on_the_same_rows(tmp_path, colour_run, tiny_llama_dir):
+    """Every adapter after the first gets its paired difference to the first (e.g. fp32 against bf16
+    training, or two seeds); the first gets none. Two adapters of one name (both runs kept epoch 1)
+    are told apart by their run folders, not written over each other."""
+    folder, first = colour_run
+    assert run_script("train", ["--dataset_name", folder / "ds", "--model_name", tiny_llama_dir, "--epoch", 1,
+                                "--max_train_samples", 100, "--learning_rate", "3e-3", "--quiet", "--seed", 7,
+                                "--output_dir", tmp_path / "other"]) == 0
+    second = tmp_path / "other" / first.name
+    assert second.is_dir()
+    # Given first, the other run is the reference, though its path sorts after this one's.
+    out = evaluate(tmp_path / "ev", "--adapters_name", second, first, second, "--split", "test", "--decision", "argmax")
+    assert str(tmp_path / "other") > str(first.parent)
+    names = [f"other/{first.name}", f"run/{first.name}"]
+    a, b = (read(out, name.replace("/", "_")) for name in names)
+    assert "vs_first_adapter" not in a
+    # two trainings, two results (other seeds: other probabilities)
+    assert (out / names[0].replace("/", "_") / "test" / "predictions.jsonl").read_text() != \
+        (out / names[1].replace("/", "_") / "test" / "predictions.jsonl").read_text()
+    for metric in ("macro_f1", "balanced_accuracy"):
+        d = b["vs_first_adapter"][metric]
+        assert d["diff"] == pytest.approx(b[metric] - a[metric]) and d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+    assert b["vs_first_adapter"]["reference"] == names[0]
+    table = (out / "comparison.md").read_text()
+    assert f"Against the first adapter, {names[0]}, on the same rows" in table
+    assert f"| {names[1]} | test | {b['vs_first_adapter']['macro_f1']['diff']:+.3f}" in table
+    assert len([d for d in out.iterdir() if d.is_dir()]) == 4  # two adapters (the first given once), two baselines
