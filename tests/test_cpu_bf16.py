@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear
 from transformers import AutoModelForCausalLM
 
@@ -14,17 +13,11 @@ from annotune.cli import UserError
 from annotune.lora_update import fuse_lora_update
 from annotune.trainer import LossModule
 from test_lm import batch_of, grads, spy_on_split
+from test_lora_update import lora_model
 
 
 def fused_lora_model(folder):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)  # non-zero, so every LoRA matrix gets a gradient
-    return fuse_lora_update(model)
+    return fuse_lora_update(lora_model(folder))
 
 
 def test_autocast_is_chosen_for_fp32_cpu_weights_on_a_cpu_with_bf16_instructions(tiny_llama_dir, monkeypatch):
