@@ -262,8 +262,8 @@ def training_autocast(mode: str, model) -> bool:
     weights on the CPU; auto = where the CPU has native bf16 instructions."""
     import torch
 
-    weights = {p.dtype for p in model.parameters()} | {p.device.type for p in model.parameters()}
-    plain_cpu = weights == {torch.float32, "cpu"} and not getattr(model, "is_quantized", False)
+    dtypes, devices = {p.dtype for p in model.parameters()}, {p.device.type for p in model.parameters()}
+    plain_cpu = dtypes == {torch.float32} and devices == {"cpu"} and not getattr(model, "is_quantized", False)
     if mode == "on" and not plain_cpu:
         raise UserError("--cpu_bf16 on needs unquantized fp32 weights on the CPU (CUDA trains in bf16 already)")
     return mode == "on" or (mode == "auto" and plain_cpu and native_bf16_cpu())
