@@ -227,7 +227,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
             unfold_lora(annotator.model)
             annotator.model.unload()  # detach the adapter; the base model serves the next one
     if spec.type == "classification":
-        add_baseline_differences(results, spec.label_names, args.bootstrap, args.seed, first_adapter=not args.table)
+        add_baseline_differences(results, spec.label_names, args.bootstrap, args.seed)
     for r in results:
         write_model_results(staging / safe_name(r["name"]) / r["split"], r["metrics"], r["records"],
                             f"{r['name']} on {r['split']}")

@@ -64,8 +64,9 @@ def test_epoch_table_from_one_runs_adapters(in_tmp, pol_run, capsys):
     rows = [l.split(" | ")[0] for l in out.splitlines() if l.startswith(("| 0 (base) ", "| 1 ", "| 2 "))]
     assert rows == ["| 0 (base)", "| 1", "| 2"]  # the untuned base reads as epoch 0, then epochs in order
     assert metrics(in_tmp / "tab", pol_run[0].name, "train")["n"] == 90
-    later = metrics(in_tmp / "tab", pol_run[1].name, "validation")
-    assert "vs_base" in later and "vs_first_adapter" not in later  # a learning curve: no bootstrap against epoch 1
+    later = metrics(in_tmp / "tab", pol_run[1].name, "validation")  # each later epoch against epoch 1, same rows
+    assert later["vs_first_adapter"]["reference"] == pol_run[0].name and "vs_base" in later
+    assert "vs_first_adapter" not in metrics(in_tmp / "tab", pol_run[1].name, "train")  # it trained there
 
 
 def test_kappa_model_vs_humans_beside_human_vs_human(in_tmp, pol_run):
