@@ -27,6 +27,29 @@ def test_classification_metrics_match_sklearn():
     assert sum(map(sum, m["confusion_matrix"])) == 200
 
 
+def test_the_bootstrapped_metrics_equal_scikit_learns_on_odd_samples():
+    """accuracy, macro_f1 and balanced_accuracy are counted with numpy (they run thousands of times
+    in a bootstrap): equal to scikit-learn's on samples with invalid outputs, a label never given,
+    a label never in gold, one row."""
+    from warnings import catch_warnings, simplefilter
+
+    from annotune.metrics import accuracy, balanced_accuracy, macro_f1
+
+    rng = np.random.default_rng(1)
+    for trial in range(300):
+        n = int(rng.integers(1, 40))
+        gold = list(rng.choice(LABELS[: 1 + trial % 3], n))
+        pred = list(rng.choice(LABELS + [INVALID], n))
+        present = [l for l in LABELS if l in set(gold) | set(pred)]
+        with catch_warnings():
+            simplefilter("ignore")
+            assert balanced_accuracy(gold, pred, LABELS) == pytest.approx(balanced_accuracy_score(gold, pred), abs=1e-12)
+        assert macro_f1(gold, pred, LABELS) == pytest.approx(
+            f1_score(gold, pred, labels=present, average="macro", zero_division=0), abs=1e-12)
+        assert accuracy(gold, pred) == pytest.approx(accuracy_score(gold, pred), abs=1e-12)
+    assert np.isnan(macro_f1([], [], LABELS)) and np.isnan(balanced_accuracy([], [], LABELS))
+
+
 def test_invalid_outputs_count_as_wrong_and_never_become_a_label():
     gold = ["neg", "pos", "pos", "neu"]
     pred = ["neg", "pos", "banana", "neu"]
