@@ -1,15 +1,15 @@
 """Metrics: one implementation, used by train.py (in-training evaluation) and evaluate.py.
 
 Classification: accuracy, balanced accuracy, macro/weighted F1, per-class precision/recall/F1,
-Cohen's kappa, the confusion matrix, seeded bootstrap 95% CIs (accuracy, balanced accuracy, macro-F1), from
-scikit-learn (the three bootstrapped ones counted with numpy, equal to it, since they run thousands of times), expected
-calibration error from per-label probabilities. A prediction outside the label set ("invalid", from
+Cohen's kappa, the confusion matrix and seeded bootstrap 95% CIs (accuracy, balanced accuracy,
+macro-F1), from scikit-learn, except the three bootstrapped ones: counted with numpy (equal to it),
+since a bootstrap calls them thousands of times. Expected calibration error from per-label
+probabilities. A prediction outside the label set ("invalid", from
 generate mode) counts as wrong and never enters the label list given to scikit-learn.
 Generation: ROUGE-1/2/L/Lsum with stemming (rouge-score, best over references), exact match,
 BERTScore F1 with a local model. ROUGE and BERTScore are never averaged into one number.
 """
 from __future__ import annotations
-
 
 import numpy as np
 

@@ -98,7 +98,8 @@ def main(argv=None):
     result = manifest["result"]
     dtype = torch.bfloat16 if result.get("bf16_autocast") else torch.float32
     peak_before, peak_after = peaks_before[dtype], matmul_peak(dtype=dtype)
-    fp32_peak = max(peaks_before[torch.float32], peak_after if dtype == torch.float32 else 0.0)    # Parameter count only: the architecture on the meta device, no weights loaded a second time.
+    fp32_peak = max(peaks_before[torch.float32], peak_after if dtype == torch.float32 else 0.0)
+    # Parameter count only: the architecture on the meta device, no weights loaded a second time.
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(load_config(manifest["args"]["model_name"]))
     n_linear = sum(m.weight.numel() for name, m in model.model.named_modules() if isinstance(m, torch.nn.Linear))
