@@ -22,8 +22,13 @@ from .cli import UserError
 from .faults import crash_point
 from .files import atomic_write_json, infer_format, iter_rows
 
-ROW = "row"
+ROW, PREDICTION, TRUNCATED, PROB = "row", "prediction", "truncated", "prob_"
 SETTINGS = "settings.json"
+
+
+def reserved_column(name: str) -> bool:
+    """A column name the labelled output uses for its own values (sample.py and estimate.py read them)."""
+    return name in (ROW, PREDICTION, TRUNCATED) or name.startswith(PROB)
 
 
 def iter_input(path: str, text_column: str, chunk_rows: int):
@@ -49,7 +54,8 @@ def check_input(path: str, text_column: str) -> str:
     SHA-256 of its bytes (part of the run's fingerprint)."""
     import codecs
 
-    for _ in iter_input(path, text_column, 1):
+    for chunk in iter_input(path, text_column, 1):
+        refuse_reserved(list(chunk[0][1]), path)
         break
     decoder, digest = codecs.getincrementaldecoder("utf-8")(), hashlib.sha256()
     with open(path, "rb") as handle:
@@ -63,10 +69,20 @@ def check_input(path: str, text_column: str) -> str:
     return digest.hexdigest()
 
 
-def output_columns(annotator, input_columns):
+def refuse_reserved(input_columns, path: str) -> None:
+    clash = [c for c in input_columns if reserved_column(str(c))]
+    if clash:
+        raise UserError(f"{path}: column {clash[0]!r} has a name the labelled output uses for its own values "
+                        f"({ROW}, {PREDICTION}, {PROB}<label>, {TRUNCATED}); rename it in the input")
+
+
+def output_columns(annotator, input_columns, path: str = "--predict_file"):
+    """row, the input's columns, prediction, prob_<label>..., truncated. An input column named like
+    one of ours is refused, never dropped or overwritten (a human label called `prediction`, say)."""
+    refuse_reserved(input_columns, path)
     labels = annotator.spec.label_names if annotator.spec.type == "classification" else []
-    extra = ["prediction"] + [f"prob_{label}" for label in labels] + ["truncated"]
-    return [ROW] + [c for c in input_columns if c not in extra and c != ROW] + extra
+    extra = [PREDICTION] + [f"{PROB}{label}" for label in labels] + [TRUNCATED]
+    return [ROW] + list(input_columns) + extra
 
 
 class PartStore:
@@ -174,7 +190,7 @@ def annotate_file(annotator, path: str, text_column: str, store: PartStore, batc
     for chunk_index, chunk in enumerate(iter_input(path, text_column, chunk_rows)):
         total += len(chunk)
         if columns is None:
-            columns = output_columns(annotator, list(chunk[0][1].keys()))
+            columns = output_columns(annotator, list(chunk[0][1].keys()), path)
         todo = [(n, row) for n, row in chunk if not store.done(n)] if chunk_index % world == rank else []
         if bar is not None:
             bar.update(len(chunk) * (world if chunk_index % world == rank else 0))
@@ -198,7 +214,7 @@ def annotate_file(annotator, path: str, text_column: str, store: PartStore, batc
 
 
 def record_of(number: int, row: dict, pred: dict) -> dict:
-    record = {ROW: number, **row, "prediction": pred["prediction"], "truncated": int(bool(pred.get("truncated")))}
+    record = {ROW: number, **row, PREDICTION: pred["prediction"], TRUNCATED: int(bool(pred.get("truncated")))}
     for label, value in (pred.get("probs") or {}).items():
-        record[f"prob_{label}"] = value
+        record[f"{PROB}{label}"] = value
     return record

@@ -177,12 +177,18 @@ def read_table(path: str, fmt: str | None = None, columns: list | None = None, e
 
 
 # -------------------------------------------------------------------- writing
-def ensure_new_path(path, overwrite: bool = False, what: str = "output") -> Path:
-    """Refuse to replace an existing file or non-empty folder unless overwrite is asked for."""
+def ensure_new_path(path, overwrite: bool = False, what: str = "output", inputs=(), can_overwrite: bool = True) -> Path:
+    """Refuse to replace an existing file or non-empty folder unless overwrite is asked for, and
+    never an input of the same call (os.path.samefile: links included), whatever the flags:
+    --overwrite replaces an earlier output, never the data it reads."""
     path = Path(path)
+    for source in inputs:
+        if source and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise UserError(f"{what} {path} is the input file {source}; write the output elsewhere")
     if path.exists() and not overwrite:
         if path.is_file() or any(path.iterdir()):
-            raise UserError(f"{what} {path} already exists; choose another path or pass --overwrite")
+            hint = " or pass --overwrite" if can_overwrite else ""
+            raise UserError(f"{what} {path} already exists; choose another path{hint}")
     return path
 
 

@@ -190,11 +190,16 @@ def test_annotation_resumed_with_any_chunk_size_labels_every_row_once_from_one_m
     ("bad_split", "split 'dev' is not in the dataset"),
     ("annotations_missing", "not found"),
     ("annotations_no_label", "lacks column"),
+    ("our_column_prediction", "column 'prediction' has a name the labelled output uses"),
+    ("our_column_prob", "column 'prob_polarized' has a name the labelled output uses"),
+    ("our_column_row", "column 'row' has a name the labelled output uses"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(in_tmp, pol_run, capsys, case, message):
     adapter = str(pol_run[-1])
     (in_tmp / "plain.csv").write_text("text\nhello\n")
     (in_tmp / "latin.csv").write_bytes("body\ncaf\xe9\n".encode("latin-1"))
+    for column in ("prediction", "prob_polarized", "row"):  # a human label named like our outputs
+        (in_tmp / f"{column}.csv").write_text(f"body,{column}\nhello,x\n")
     argv = {
         "missing_adapter": ["--adapters_name", "nowhere/adapter"],
         "other_base": ["--adapters_name", adapter, "--base_only", "--model_name", "smollm2-135m"],
@@ -204,6 +209,8 @@ def test_bad_input_exits_2_and_writes_nothing(in_tmp, pol_run, capsys, case, mes
         "bad_split": ["--adapters_name", adapter, "--split", "dev"],
         "annotations_missing": ["--adapters_name", adapter, "--annotations", "nobody.json"],
         "annotations_no_label": ["--adapters_name", adapter, "--annotations", "plain.csv"],
+        **{f"our_column_{c.split('_')[0]}": ["--adapters_name", adapter, "--predict_file", f"{c}.csv",
+                                             "--text_column", "body"] for c in ("prediction", "prob_polarized", "row")},
     }[case]
     assert run_script("evaluate", argv + ["--output_dir", "ev", "--output", "o.csv", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,0 +1,238 @@
+"""What a study reports about a corpus, each estimated three ways (annotune.inference): every
+label's share, its share in each group and the difference between groups, and the coefficients
+of a regression of one label on corpus columns. Built once per corpus (`Estimands`), then run on
+any human sample: estimate.py runs it once, bench/inference.py thousands of times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from . import inference as inf
+from .cli import UserError
+
+METHODS = ("naive", "classical", "ppi")
+
+
+@dataclass
+class Quantity:
+    kind: str          # share | difference | coefficient
+    label: str
+    group: str = ""    # share: the group ("" = the whole corpus); difference: "A - B"
+    term: str = ""     # coefficient: the covariate
+
+    @property
+    def name(self) -> str:
+        if self.kind == "coefficient":
+            return f"coef[{self.term}] of {self.label}"
+        where = f" in {self.group}" if self.kind == "share" and self.group else ""
+        return f"share of {self.label}{where}" if self.kind == "share" else f"share of {self.label}: {self.group}"
+
+
+def design_matrix(columns: dict) -> tuple:
+    """Covariates -> (X with an intercept, term names). A column whose every value is a number is
+    numeric; any other is categorical, one indicator per level but the most frequent (the reference)."""
+    parts, names = [np.ones((len(next(iter(columns.values()))), 1))], ["intercept"]
+    for name, values in columns.items():
+        values = np.asarray(values).astype(str)
+        try:
+            numeric = values.astype(float)
+            if not np.isfinite(numeric).all():
+                raise UserError(f"--on {name}: the column holds a non-finite number")
+            parts.append(numeric[:, None])
+            names.append(name)
+            continue
+        except ValueError:
+            pass
+        levels, counts = np.unique(values, return_counts=True)
+        reference = levels[np.argmax(counts)]
+        for level in levels:
+            if level != reference:
+                parts.append((values == level).astype(float)[:, None])
+                names.append(f"{name}={level} (vs {reference})")
+    return np.hstack(parts), names
+
+
+class Estimands:
+    """The quantities of one corpus: model outputs f on every row, the groups and the regression.
+    output: 'probs' (f = the label's probability) or 'labels' (f = 1 if the model gave it)."""
+
+    def __init__(self, corpus, output: str = "probs", by=None, regress=None, link: str = "logistic"):
+        if output == "probs" and corpus.probs is None:
+            output = "labels"  # a corpus labelled by generation has no probabilities
+        self.corpus, self.output, self.link = corpus, output, link
+        size, k = corpus.size, len(corpus.labels)
+        hard = np.eye(k)[corpus.prediction]
+        self.f = corpus.probs if output == "probs" else hard
+        self.hard = hard
+        self.domains = {"": np.ones((size, 1))}
+        self.groups = []
+        if by is not None:
+            values = np.asarray(by).astype(str)
+            self.groups = sorted(set(values), key=lambda g: (-np.sum(values == g), g))
+            for g in self.groups:
+                self.domains[g] = (values == g).astype(float)[:, None]
+        self.census = {(d, j): inf.compress(x, self.f[:, j]) for d, x in self.domains.items() for j in range(k)}
+        self.regression = None
+        if regress is not None:
+            label, columns = regress
+            x, terms = design_matrix(columns)
+            j = corpus.label_index(label, "--regress")
+            self.regression = (j, x, terms, inf.compress(x, self.f[:, j]))
+
+    def pairs(self):
+        if len(self.groups) <= 4:
+            return list(combinations(self.groups, 2))
+        return [(self.groups[0], g) for g in self.groups[1:]]  # many groups: each against the largest
+
+    def quantities(self) -> list:
+        out = []
+        for j, label in enumerate(self.corpus.labels):
+            out += [Quantity("share", label, g) for g in self.domains]
+            out += [Quantity("difference", label, f"{a} - {b}") for a, b in self.pairs()]
+        if self.regression:
+            j, _, terms, _ = self.regression
+            out += [Quantity("coefficient", self.corpus.labels[j], term=t) for t in terms]
+        return out
+
+    # ---------------------------------------------------------------- the three estimators
+    def run(self, sample, gold, methods=METHODS, alpha: float = 0.1) -> list:
+        """Per quantity and method: estimate, interval, se, lam, the influence for planning.
+        gold: the human label index of each sampled row (sample.rows order)."""
+        results = []
+        for j, label in enumerate(self.corpus.labels):
+            y = (gold == j).astype(float)
+            for method in methods:
+                ests = {g: self._one(method, x, j, sample, y, "identity", self.census[(g, j)])
+                        for g, x in self.domains.items()}
+                for g, est in ests.items():
+                    results.append(self._record(Quantity("share", label, g), method, est, alpha))
+                for a, b in self.pairs():
+                    value, var = (inf.naive_contrast(ests[a], ests[b]) if method == "naive"
+                                  else inf.contrast(ests[a], ests[b], sample))
+                    df = min(ests[a].df, ests[b].df)
+                    results.append(self._row(Quantity("difference", label, f"{a} - {b}"), method, value, var,
+                                             alpha, df, None, None))
+        if self.regression:
+            j, x, terms, census = self.regression
+            y = (gold == j).astype(float)
+            for method in methods:
+                est = self._one(method, x, j, sample, y, self.link, census)
+                for t, term in enumerate(terms):
+                    results.append(self._row(Quantity("coefficient", self.corpus.labels[j], term=term), method,
+                                             float(est.value[t]), float(est.cov[t, t]), alpha, est.df, est.lam,
+                                             est.influence[:, [t]] if len(est.influence) else None))
+        return results
+
+    def _one(self, method, x, j, sample, y, link, census):
+        if method == "naive":
+            return inf.naive(x, self.hard[:, j], link)
+        return inf.estimate(x, self.f[:, j], sample, y, link, method, census=census)
+
+    def _record(self, q, method, est, alpha):
+        return self._row(q, method, float(est.value[0]), float(est.cov[0, 0]), alpha, est.df, est.lam,
+                         est.influence if len(est.influence) else None)
+
+    @staticmethod
+    def _row(q, method, value, var, alpha, df, lam, influence):
+        low, high = inf.interval(value, var, alpha, df if method != "naive" else 0)
+        return {"quantity": q, "method": method, "estimate": value, "low": float(low), "high": float(high),
+                "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence}
+
+    def truth(self, gold_all: np.ndarray) -> dict:
+        """The census value of every quantity from gold labels on all rows (benchmarks only)."""
+        out = {}
+        for j, label in enumerate(self.corpus.labels):
+            y = (gold_all == j).astype(float)
+            shares = {g: float((y * x[:, 0]).sum() / x[:, 0].sum()) for g, x in self.domains.items()}
+            for g, v in shares.items():
+                out[Quantity("share", label, g).name] = v
+            for a, b in self.pairs():
+                out[Quantity("difference", label, f"{a} - {b}").name] = shares[a] - shares[b]
+        if self.regression:
+            j, x, terms, _ = self.regression
+            theta = inf.naive(x, (gold_all == j).astype(float), self.link).value
+            for t, term in enumerate(terms):
+                out[Quantity("coefficient", self.corpus.labels[j], term=term).name] = float(theta[t])
+        return out
+
+
+def effective_sizes(results: list, n: int, size: int) -> dict:
+    """Per quantity: the human labels alone that ppi's interval is worth."""
+    by = {}
+    for r in results:
+        by.setdefault(r["quantity"].name, {})[r["method"]] = r
+    return {name: inf.effective_n(m["classical"]["se"] ** 2, m["ppi"]["se"] ** 2, n, size)
+            for name, m in by.items() if "classical" in m and "ppi" in m}
+
+
+# ---------------------------------------------------------------- output files
+def write_estimates(out_dir, summary: dict, results: list, n_eff: dict, planned: dict | None) -> None:
+    """estimates.json, estimates.md and forest.png, staged and published together."""
+    from .files import atomic_write_json, atomic_write_text, publish_dir, staging_dir
+
+    rows = {}
+    for r in results:
+        entry = rows.setdefault(r["quantity"].name, {"quantity": r["quantity"].__dict__})
+        entry[r["method"]] = {k: r[k] for k in ("estimate", "low", "high", "se", "lam")}
+    for name, entry in rows.items():
+        entry["effective_n"] = n_eff.get(name)
+        if planned and name in planned:
+            entry["plan"] = planned[name]
+    staging = staging_dir(out_dir)
+    atomic_write_json(staging / "estimates.json", {**summary, "estimates": list(rows.values())})
+    atomic_write_text(staging / "estimates.md", _markdown(summary, rows))
+    _forest(staging / "forest.png", rows, summary["alpha"])
+    publish_dir(staging, out_dir)
+
+
+def _cell(m: dict) -> str:
+    return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+
+
+def _markdown(summary: dict, rows: dict) -> str:
+    level = round(100 * (1 - summary["alpha"]))
+    lines = [f"# Estimates: {summary['corpus']}", "",
+             f"{summary['labelled']} human labels ({summary['strategy']} design; {summary['unlabelled_dropped']} drawn "
+             f"rows unlabelled, left out) and the model's {summary['model_output']} on {summary['corpus_rows']} rows; "
+             f"{level}% intervals. naive: the model's labels as gold; classical: the human labels alone; ppi: "
+             "both (prediction-powered). effective n: human labels alone worth ppi's interval.", "",
+             "| quantity | naive | classical | ppi | lam | effective n |" + (" plan: n classical / ppi |" if summary[
+                 "plan_half_width"] else ""),
+             "|---|---|---|---|---|---|" + ("---|" if summary["plan_half_width"] else "")]
+    for name, e in rows.items():
+        lam, n_eff = e["ppi"]["lam"], e["effective_n"]
+        lam_text = "" if lam is None else f"{lam:.2f}"
+        n_text = "" if n_eff is None or not np.isfinite(n_eff) else f"{n_eff:.0f}"
+        line = f"| {name} | {_cell(e['naive'])} | {_cell(e['classical'])} | {_cell(e['ppi'])} | {lam_text} | {n_text} |"
+        if summary["plan_half_width"]:
+            plan = e.get("plan", {})
+            line += f" {plan.get('classical', '')} / {plan.get('ppi', '')} |"
+        lines.append(line)
+    if summary["plan_half_width"]:
+        lines += ["", f"plan: human labels (this design's strategy) for a half-width of {summary['plan_half_width']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _forest(path, rows: dict, alpha: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) * 3 + 1.2))
+    colours = {"naive": "tab:gray", "classical": "tab:blue", "ppi": "tab:red"}
+    for i, name in enumerate(names):
+        for k, method in enumerate(METHODS):
+            m, y = rows[name][method], -(3 * i + k)
+            ax.errorbar(m["estimate"], y, xerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
+                        fmt="o", color=colours[method], label=method if i == 0 else None, capsize=3)
+    ax.set_yticks([-(3 * i + 1) for i in range(len(names))], names)
+    ax.set_xlabel(f"estimate, {round(100 * (1 - alpha))}% interval")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,163 @@
+"""Estimate what a corpus says, with confidence intervals that stay valid although the model errs:
+the model's labels on every row plus the human labels of a sample drawn by sample.py.
+
+    python estimate.py --corpus labeled.csv --sheet labeled.sheet.csv --design labeled.design.json
+    python estimate.py --corpus labeled.csv --sheet s1.csv s2.csv --design labeled.design.add100.json \\
+        --by source --regress offensive --on source --alpha 0.05
+    python estimate.py --corpus labeled.csv --sheet labeled.sheet.csv --design labeled.design.json --plan 0.02
+
+For each quantity (every label's share; with --by, its share in each group and the differences
+between groups; with --regress, the coefficients of a logistic or linear regression of that label
+on corpus columns) three estimates with (1 - alpha) intervals, side by side:
+- naive: the model's labels as if they were gold (biased by its errors; the interval ignores them);
+- classical: the human sample alone;
+- ppi: prediction-powered (PPI++ with its weight lam tuned; inverse-probability weighted under an
+  active design), valid whatever the model's quality, narrower than classical when the model is good.
+The estimand is the value on this corpus, so the intervals carry the finite-population
+correction (annotune/inference.py). "effective n" is how many human labels alone (a simple random
+sample) would give ppi's interval. --plan H prints how many human labels reach a half-width of H
+with and without the model. Writes estimates.json, estimates.md and forest.png to --output_dir
+(default <corpus>.estimates/; never overwritten).
+
+Assumptions: the sample was drawn from this corpus by the design file's draw (the evaluation split
+of a training run is not such a sample); rows left unlabelled on the sheet are dropped, counted,
+and assumed missing at random.
+"""
+import sys
+
+import numpy as np
+
+from annotune.cli import UserError, check_ranges, parser, run_cli
+
+
+def parse_args(argv=None):
+    p = parser(__doc__)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--corpus", required=True, help="annotated corpus CSV (evaluate.py --predict_file's output)")
+    g.add_argument("--sheet", nargs="+", required=True, help="returned annotation sheet(s) from sample.py")
+    g.add_argument("--design", required=True, help="the design file of the draw (of the union, after a top-up)")
+    g.add_argument("--label_column", default="label", help="sheet column holding the human label (default: label)")
+    g = p.add_argument_group("quantities")
+    g.add_argument("--by", help="corpus column: each label's share per group and the differences between groups")
+    g.add_argument("--regress", help="a label: regress its indicator on --on columns")
+    g.add_argument("--on", nargs="+", help="corpus columns of the regression (numbers, or categories -> indicators)")
+    g.add_argument("--link", choices=["logistic", "linear"], default="logistic", help="regression (default: logistic)")
+    g = p.add_argument_group("method")
+    g.add_argument("--alpha", type=float, default=0.1, help="1 - confidence level (default: 0.1, 90%% intervals)")
+    g.add_argument("--model_output", choices=["probs", "labels"], default="probs",
+                   help="what ppi uses: the model's probabilities or its 0/1 labels (default: probs; see "
+                        "docs/results.md, 'From labels to findings')")
+    g.add_argument("--plan", type=float, metavar="HALF_WIDTH", help="human labels needed for this half-width")
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", help="results folder (default: <corpus>.estimates); never overwritten")
+    args = p.parse_args(argv)
+    check_ranges(p, args, {"alpha": (1e-6, 0.5, "in (0, 0.5]"), "plan": (1e-6, 1e6, "> 0")})
+    if bool(args.regress) != bool(args.on):
+        p.error("--regress LABEL and --on COLUMN [COLUMN ...] go together")
+    return args
+
+
+def read_sheets(paths, column: str, corpus, design) -> tuple:
+    """{corpus position: human label index} of the labelled rows, and the count left unlabelled."""
+    import pandas as pd
+
+    drawn = set(design["drawn"])
+    position = {int(i): k for k, i in enumerate(corpus.ids)}
+    labelled, blank, seen = {}, 0, set()
+    for path in paths:
+        try:
+            sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"--sheet {path} not found") from None
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise UserError(f"--sheet {path} is not a readable UTF-8 CSV: {str(err).splitlines()[0]}") from None
+        for need in ("row", column):
+            if need not in sheet.columns:
+                raise UserError(f"--sheet {path} has no {need!r} column (columns: {list(sheet.columns)})")
+        for number, (row, value) in enumerate(zip(sheet["row"], sheet[column]), start=2):
+            try:
+                row = int(row)
+            except ValueError:
+                raise UserError(f"--sheet {path} line {number}: row {row!r} is not a row number") from None
+            if row not in drawn:
+                raise UserError(f"--sheet {path} line {number}: row {row} was not drawn by --design "
+                                f"{design.get('corpus')}'s draw; estimates need the design's own rows")
+            if row in seen:
+                raise UserError(f"--sheet {path} line {number}: row {row} is labelled twice")
+            seen.add(row)
+            if not value.strip():
+                blank += 1
+                continue
+            labelled[position[row]] = corpus.label_index(value, f"--sheet {path} line {number}")
+    return labelled, blank + len(drawn - seen)
+
+
+def build_sample(design, corpus, labelled: dict):
+    """The labelled rows as a sample of the design; unlabelled rows as missing at random (SRS: the
+    stratum's labelled share; Poisson: pi scaled by the response rate)."""
+    from annotune.inference import Sample
+    from annotune.sampling import strata_of
+
+    rows = np.array(sorted(labelled), dtype=int)
+    if len(rows) < 2:
+        raise UserError(f"the sheets hold {len(rows)} labelled rows; at least 2 are needed")
+    pi_all = np.array(design["pi"], dtype=float)
+    if design["kind"] == "poisson":
+        rate = len(rows) / max(design["drawn_n"], 1)
+        return Sample(rows, pi_all[rows] * rate, "poisson", corpus.size)
+    strata, _ = strata_of(corpus, design["stratify_by"])
+    sizes, taken = np.bincount(strata), np.bincount(strata[rows], minlength=strata.max() + 1)
+    return Sample(rows, (taken / sizes)[strata[rows]], "srs", corpus.size, strata)
+
+
+def plans(results, sample, design, corpus, half: float, alpha: float) -> dict:
+    from annotune.inference import plan_n
+
+    shape = np.array(design["pi"]) / max(design["expected_n"], 1e-12)
+    out = {}
+    for r in results:
+        if r["method"] in ("classical", "ppi") and r["influence"] is not None:
+            n = plan_n(sample, r["influence"], half, alpha, shape)
+            out.setdefault(r["quantity"].name, {})[r["method"]] = int(np.ceil(min(n, corpus.size)))
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from pathlib import Path
+
+    from annotune.estimands import Estimands, effective_sizes
+    from annotune.files import ensure_new_path
+    from annotune.estimands import write_estimates
+    from annotune.sampling import read_corpus, read_design
+
+    corpus = read_corpus(args.corpus)
+    design = read_design(args.design, corpus)
+    out_dir = Path(args.output_dir or f"{Path(args.corpus).with_suffix('')}.estimates")
+    ensure_new_path(out_dir, what="--output_dir", inputs=(args.corpus, args.design, *args.sheet), can_overwrite=False)
+    by = corpus.column(args.by, "--by") if args.by else None
+    regress = (args.regress, {c: corpus.column(c, "--on") for c in args.on}) if args.regress else None
+    estimands = Estimands(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic")
+    labelled, missing = read_sheets(args.sheet, args.label_column, corpus, design)
+    if missing:
+        print(f"warning: {missing} drawn rows have no human label and are left out; the intervals assume they "
+              "are missing at random", file=sys.stderr)
+    sample = build_sample(design, corpus, labelled)
+    gold = np.array([labelled[i] for i in sample.rows])
+    results = estimands.run(sample, gold, alpha=args.alpha)
+    n_eff = effective_sizes(results, len(sample.rows), corpus.size)
+    planned = plans(results, sample, design, corpus, args.plan, args.alpha) if args.plan else None
+    summary = {"corpus": str(args.corpus), "corpus_sha256": corpus.sha256, "corpus_rows": corpus.size,
+               "design": str(args.design), "strategy": design["strategy"], "labelled": len(sample.rows),
+               "unlabelled_dropped": missing, "alpha": args.alpha, "model_output": estimands.output,
+               "link": args.link if regress else None, "plan_half_width": args.plan}
+    write_estimates(out_dir, summary, results, n_eff, planned)
+    print(f"{len(sample.rows)} human labels + the model's on {corpus.size} rows -> {out_dir}/estimates.md")
+    for r in results:
+        if r["method"] == "ppi" and r["quantity"].kind != "coefficient" and not r["quantity"].group:
+            name = r["quantity"].name
+            print(f"  {name}: {r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]  effective n {n_eff[name]:.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
