@@ -39,6 +39,9 @@ def parse_args(argv=None):
     g.add_argument("--label_column", default="label", help="sheet column holding the human label (default: label)")
     g = p.add_argument_group("quantities")
     g.add_argument("--by", help="corpus column: each label's share per group and the differences between groups")
+    g.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                   help="with --by: the difference A - B of each label's share (repeatable; default: every pair "
+                        "for up to 4 groups, else each group against the largest)")
     g.add_argument("--regress", help="a label: regress its indicator on --on columns")
     g.add_argument("--on", nargs="+", help="corpus columns of the regression (numbers, or categories -> indicators)")
     g.add_argument("--link", choices=["logistic", "linear"], default="logistic", help="regression (default: logistic)")
@@ -52,6 +55,8 @@ def parse_args(argv=None):
     g.add_argument("--output_dir", help="results folder (default: <corpus>.estimates); never overwritten")
     args = p.parse_args(argv)
     check_ranges(p, args, {"alpha": (1e-6, 0.5, "in (0, 0.5]"), "plan": (1e-6, 1e6, "> 0")})
+    if args.compare and not args.by:
+        p.error("--compare needs --by COLUMN")
     if bool(args.regress) != bool(args.on):
         p.error("--regress LABEL and --on COLUMN [COLUMN ...] go together")
     return args
@@ -137,7 +142,8 @@ def main(argv=None):
     ensure_new_path(out_dir, what="--output_dir", inputs=(args.corpus, args.design, *args.sheet), can_overwrite=False)
     by = corpus.column(args.by, "--by") if args.by else None
     regress = (args.regress, {c: corpus.column(c, "--on") for c in args.on}) if args.regress else None
-    estimands = Estimands(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic")
+    estimands = Estimands(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
+                          args.compare)
     labelled, missing = read_sheets(args.sheet, args.label_column, corpus, design)
     if missing:
         print(f"warning: {missing} drawn rows have no human label and are left out; the intervals assume they "

@@ -59,7 +59,7 @@ class Estimands:
     """The quantities of one corpus: model outputs f on every row, the groups and the regression.
     output: 'probs' (f = the label's probability) or 'labels' (f = 1 if the model gave it)."""
 
-    def __init__(self, corpus, output: str = "probs", by=None, regress=None, link: str = "logistic"):
+    def __init__(self, corpus, output: str = "probs", by=None, regress=None, link: str = "logistic", compare=None):
         if output == "probs" and corpus.probs is None:
             output = "labels"  # a corpus labelled by generation has no probabilities
         self.corpus, self.output, self.link = corpus, output, link
@@ -75,6 +75,11 @@ class Estimands:
             for g in self.groups:
                 self.domains[g] = (values == g).astype(float)[:, None]
         self.census = {(d, j): inf.compress(x, self.f[:, j]) for d, x in self.domains.items() for j in range(k)}
+        for pair in compare or []:
+            for g in pair:
+                if g not in self.domains or not g:
+                    raise UserError(f"--compare {g}: not a group of --by (groups: {', '.join(self.groups)})")
+        self.compare = [tuple(p) for p in compare] if compare else None
         self.regression = None
         if regress is not None:
             label, columns = regress
@@ -83,6 +88,8 @@ class Estimands:
             self.regression = (j, x, terms, inf.compress(x, self.f[:, j]))
 
     def pairs(self):
+        if self.compare:
+            return self.compare
         if len(self.groups) <= 4:
             return list(combinations(self.groups, 2))
         return [(self.groups[0], g) for g in self.groups[1:]]  # many groups: each against the largest
@@ -121,8 +128,9 @@ class Estimands:
             for method in methods:
                 est = self._one(method, x, j, sample, y, self.link, census)
                 for t, term in enumerate(terms):
+                    df = est.extra["term_df"][t] if "term_df" in est.extra else est.df
                     results.append(self._row(Quantity("coefficient", self.corpus.labels[j], term=term), method,
-                                             float(est.value[t]), float(est.cov[t, t]), alpha, est.df, est.lam,
+                                             float(est.value[t]), float(est.cov[t, t]), alpha, df, est.lam,
                                              est.influence[:, [t]] if len(est.influence) else None))
         return results
 
@@ -137,7 +145,8 @@ class Estimands:
 
     @staticmethod
     def _row(q, method, value, var, alpha, df, lam, influence):
-        low, high = inf.interval(value, var, alpha, df if method != "naive" else 0)
+        scale = "logit" if q.kind == "share" else "identity"
+        low, high = inf.interval(value, var, alpha, df if method != "naive" else 0, scale)
         return {"quantity": q, "method": method, "estimate": value, "low": float(low), "high": float(high),
                 "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence}
 

@@ -116,22 +116,37 @@ def _csv_rows(handle, path, delimiter, columns):
 
 
 def _json_rows(handle, path, fmt):
+    """Rows of a JSON list or JSON Lines file; each row must be an object (one line names the first
+    that is not: its line number, or its index in the list)."""
     if fmt == "json":
         text = handle.read()
         if text.lstrip().startswith(("[", "{")):
             try:
                 data = json.loads(text)
-                yield from (data if isinstance(data, list) else [data])
-                return
             except json.JSONDecodeError:
-                pass  # many ".json" files (Politosphere) are really JSON Lines
+                data = None  # many ".json" files (Politosphere) are really JSON Lines
+            if data is not None:
+                for i, row in enumerate(data if isinstance(data, list) else [data]):
+                    if not isinstance(row, dict):
+                        raise UserError(f"{path}: entry {i} of the JSON list is {_kind(row)}, not an object "
+                                        "({\"column\": value, ...})")
+                    yield row
+                return
         handle = io.StringIO(text)
     for number, line in enumerate(handle, 1):
         if line.strip():
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {number} is {_kind(row)}, not a JSON object ({{\"column\": value, ...}})")
+            yield row
+
+
+def _kind(value) -> str:
+    return {str: "a string", list: "a list", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def _read_textdir(path: str, encoding: str):

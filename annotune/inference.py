@@ -142,15 +142,31 @@ def estimate(x_all: np.ndarray, f_all: np.ndarray, sample: Sample, y: np.ndarray
     # A logistic loss stays convex only for lam in [0, 1]; a mean's loss is quadratic for any lam.
     clip = (0.0, 1.0) if link == "logistic" else None
     theta = _solve(census, xs, y, fs, ws, 1.0 if lam is None else lam, link)
-    if lam is None:
+    tuned = lam is None
+    if tuned:
         bread, a, b = _pieces(census, xs, y, fs, theta, link)
         lam = tuned_lam(sample, bread, a, b, clip)
         theta = _solve(census, xs, y, fs, ws, lam, link, theta)
     bread, a, b = _pieces(census, xs, y, fs, theta, link)
     influence = -(a - lam * b) @ bread
+    rows_used = int(np.any(xs != 0, axis=1).sum())
+    if tuned and rows_used > 2:  # lam was fit on these rows too: one more parameter, one less degree of freedom
+        influence = influence * np.sqrt((rows_used - 1) / (rows_used - 2))
     cov = design_cov(sample, influence)
-    active = np.any(xs != 0, axis=1).sum()
-    return Estimate(theta, cov, influence, lam, df=max(int(active) - xs.shape[1], 1))
+    return Estimate(theta, cov, influence, lam, df=max(int(np.any(xs != 0, axis=1).sum()) - xs.shape[1], 1),
+                    extra={"term_df": term_df(xs)})
+
+
+def term_df(xs: np.ndarray) -> list:
+    """Degrees of freedom per coefficient: an indicator's is its sampled rows less one (a group's
+    coefficient rests on that group's rows), any other column's the sample less the coefficients."""
+    n, k = xs.shape
+    out = []
+    for t in range(k):
+        column = xs[:, t]
+        indicator = np.isin(column, (0.0, 1.0)).all() and not (column == 1).all()
+        out.append(max(int((column != 0).sum()) - 1, 1) if indicator else max(n - k, 1))
+    return out
 
 
 def naive(x_all: np.ndarray, yhat_all: np.ndarray, link: str = "identity") -> Estimate:
@@ -165,10 +181,16 @@ def naive(x_all: np.ndarray, yhat_all: np.ndarray, link: str = "identity") -> Es
     return Estimate(theta, bread @ meat @ bread, np.zeros((0, len(theta))), 1.0)
 
 
-def interval(value: float, var: float, alpha: float, df: int = 0) -> tuple:
+def interval(value: float, var: float, alpha: float, df: int = 0, scale: str = "identity") -> tuple:
+    """value +- t_{df} (normal if df = 0) standard errors. scale 'logit' (for a share strictly inside
+    (0, 1)) builds it on the log-odds scale and maps it back, as survey software does for
+    proportions: the symmetric interval undercovers a small share estimated from few rows."""
     q = stats.t.ppf(1 - alpha / 2, df) if df else stats.norm.ppf(1 - alpha / 2)
-    half = q * np.sqrt(max(var, 0.0))
-    return value - half, value + half
+    se = np.sqrt(max(var, 0.0))
+    if scale == "logit" and 0 < value < 1 and se > 0:
+        centre, half = np.log(value / (1 - value)), q * se / (value * (1 - value))
+        return float(expit(centre - half)), float(expit(centre + half))
+    return value - q * se, value + q * se
 
 
 def contrast(est_a: Estimate, est_b: Estimate, sample: Sample, ia: int = 0, ib: int = 0) -> tuple:

@@ -17,6 +17,7 @@ class Key:
     meaning: str
     keys: dict | None = None  # a mapping holding these keys
     each: dict | None = None  # a mapping (any names) or a list whose entries hold these keys
+    scalar_items: bool = False  # list entries may also be plain text (labels: [positive, negative])
 
 
 PROMPT_KEYS = {
@@ -91,15 +92,41 @@ SCHEMA = {
     "type": Key("text", "required", "classification or generation"),
     "description": Key("text", "empty", "one paragraph: the data, its labels, where it comes from"),
     "data": Key("mapping", "required", "where the rows are and how a row becomes an example", keys=DATA_KEYS),
-    "labels": Key("list", "required (classification)", "the labels, in their numbering order", each=LABEL_KEYS),
+    "labels": Key("list", "required (classification)", "the labels, in their numbering order", each=LABEL_KEYS,
+                  scalar_items=True),
     "prompt": Key("mapping", "required", "the prompt's parts", keys=PROMPT_KEYS),
     "merges": Key("mapping", "none", "named label merges: merge name -> its labels", each=MERGE_KEYS),
     "balance_per_label": Key("number", "none", "default per-label row count for preprocess.py"),
 }
 
 
+SCALAR = (str, int, float)
+TYPES = {"text": (SCALAR, "text"), "path": ((str,), "a path (text)"), "template": ((str,), "text with {column} fields"),
+         "mapping": ((dict,), "a mapping (key: value)"), "list": ((list,), "a list"),
+         "list of text": ((list,), "a list of text"), "number": ((int, float), "a number"),
+         "boolean": ((bool,), "true or false")}
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "a mapping", list: "a list", str: "text"}.get(type(value), "a number" if isinstance(
+        value, (int, float)) else type(value).__name__)
+
+
+def check_type(value, key: Key, where: str, source: str) -> None:
+    """A value of the type the schema states (None = not set); one line naming the key and both types."""
+    allowed, wanted = TYPES[key.type]
+    bad = value is not None and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed))
+    if key.type == "list of text" and not bad and value is not None:
+        bad = any(not isinstance(v, SCALAR) or isinstance(v, bool) for v in value)
+    if bad:
+        raise UserError(f"task spec {source}: {where} must be {wanted}, got {_kind(value)} ({str(value)[:60]!r})")
+
+
 def check_keys(raw, keys: dict, place: str, source: str) -> None:
-    """Every key of `raw` (and below) is in the schema, else one line with the closest valid key."""
+    """Every key of `raw` (and below) is in the schema and of its type, else one line naming the key
+    (with the closest valid key for an unknown one) or the type it expects."""
     if not isinstance(raw, dict):
         return
     for name, value in raw.items():
@@ -108,14 +135,28 @@ def check_keys(raw, keys: dict, place: str, source: str) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(keys)})"
             raise UserError(f"task spec {source}: {place or 'top level'}: unknown key '{name}'{hint}")
         key, where = keys[name], f"{place}.{name}" if place else str(name)
+        check_type(value, key, where, source)
         if key.keys:
             check_keys(value, key.keys, where, source)
         if key.each and isinstance(value, dict):
             for child, item in value.items():
-                check_keys(item, key.each, f"{where}.{child}", source)
+                _check_entry(item, key, f"{where}.{child}", source)
         if key.each and isinstance(value, list):
             for i, item in enumerate(value):
-                check_keys(item, key.each, f"{where}[{i}]", source)
+                _check_entry(item, key, f"{where}[{i}]", source)
+
+
+def check_types(raw: dict, source: str) -> None:
+    """The top-level keys' types, before anything reads them (labels: 5 is one line, not a TypeError)."""
+    for name, value in raw.items():
+        if name in SCHEMA:
+            check_type(value, SCHEMA[name], name, source)
+
+
+def _check_entry(item, key: Key, where: str, source: str) -> None:
+    if not isinstance(item, dict) and not (key.scalar_items and isinstance(item, SCALAR)):
+        raise UserError(f"task spec {source}: {where} must be a mapping ({', '.join(key.each)}), got {_kind(item)}")
+    check_keys(item, key.each, where, source)
 
 
 def documented_paths(keys: dict = None, place: str = "") -> list:

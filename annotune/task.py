@@ -17,7 +17,7 @@ from pathlib import Path
 from .cli import UserError
 from .files import REPO_ROOT, TABLE_FORMATS, infer_format
 from .labels import Label, build_merge, find_label, norm_label
-from .schema import SCHEMA, check_keys
+from .schema import SCHEMA, check_keys, check_types
 
 TASKS_DIR = REPO_ROOT / "tasks"
 TASK_TYPES = ("classification", "generation")
@@ -45,6 +45,7 @@ class TaskSpec:
     def from_dict(cls, raw: dict, source: str) -> "TaskSpec":
         if not isinstance(raw, dict):
             raise UserError(f"task spec {source}: expected a mapping at the top level")
+        check_types(raw, source)
         labels = []
         for item in raw.get("labels") or []:  # first: a comma in an unquoted definition reads as a key
             if isinstance(item, str):
@@ -185,6 +186,9 @@ def template_fields(template: str, source: str) -> list:
 
 
 # -------------------------------------------------------------------- finding and loading specs
+MAX_SPEC_BYTES = 1 << 20
+
+
 def available_tasks() -> list:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
@@ -195,7 +199,14 @@ def _yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def compose_node(self, parent, index):
+            # An alias makes one node count many times: a few hundred bytes of nested aliases ("billion
+            # laughs") expand to gigabytes as soon as the spec is walked or written. Specs refuse them.
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise UserError(f"task spec {self.name}: line {mark.line + 1}: YAML aliases (*name) are not "
+                                "allowed in a task spec; write the value out")
+            return super().compose_node(parent, index)
 
     Loader.yaml_implicit_resolvers = {
         key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
@@ -215,8 +226,18 @@ def load_task(name_or_path: str, merge: str | None = None) -> TaskSpec:
     if not path.exists():
         raise UserError(f"unknown task {name_or_path!r}; shipped tasks: {', '.join(available_tasks())} "
                         "(or give the path of a task YAML file)")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise UserError(f"task spec {path}: {path.stat().st_size} bytes; a task spec is at most {MAX_SPEC_BYTES} "
+                        "(the rows belong in data files it names)")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        loader = _yaml_loader()(path.read_text(encoding="utf-8"))
+        loader.name = str(path)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError:
+        raise UserError(f"task spec {path} is not UTF-8") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"task spec {path}: not valid YAML ({first})") from None

@@ -159,7 +159,8 @@ def load(task: str):
     gold = np.array([corpus.label_index(v, f"{task} gold") for v in corpus.table["gold"]])
     by = corpus.table["group"].to_numpy() if "group" in corpus.table else None
     regress = ("offensive", {"group": by}) if task == "sbic_offensive" else None
-    return corpus, gold, {out: Estimands(corpus, out, by, regress) for out in ("probs", "labels")}
+    compare = [("reddit", "twitter")] if by is not None else None
+    return corpus, gold, {out: Estimands(corpus, out, by, regress, compare=compare) for out in ("probs", "labels")}
 
 
 def judged(task: str, n: int, size: int) -> bool:
