@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from annotune.cli import UserError, check_ranges, parser, quiet_libraries, run_cli
+from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
 
 DEFAULT_TASK = "drug_reviews"
 DEFAULT_MODEL = "smollm2-135m"
@@ -92,6 +92,13 @@ def parse_args(argv=None):
                            "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0")})
     if not args.adapters_name and not args.base_only:
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
+    if args.adapters_name and not args.base_only:
+        note_ignored(p, args, ("task", "dataset_name", "template", "without_definitions"),
+                     "an adapter brings its own task, data and prompt (they apply to --base_only)")
+    if not args.predict_file:
+        note_ignored(p, args, ("output", "chunk_rows", "overwrite", "text_column"), "they go with --predict_file")
+    if args.mode == "score":
+        note_ignored(p, args, ("max_new_tokens", "do_sample", "temperature"), "they go with --mode generate")
     return args
 
 
@@ -289,15 +296,17 @@ def annotate(args, adapters, base):
     from accelerate import PartialState
 
     from annotune.annotator import load_annotator
-    from annotune.corpus import PartStore, annotate_file, check_input
-    from annotune.files import remove_dir
+    from annotune.corpus import PartStore, check_input
+    from annotune.files import ensure_new_path
     from annotune.models import device_name
 
     if len(adapters) + (1 if base else 0) != 1:
         raise UserError("--predict_file labels with one model: one adapter, or --base_only")
     output = Path(args.output or f"{args.predict_file}.labeled.csv")
-    if output.exists() and not args.overwrite:
-        raise UserError(f"{output} already exists; pass --overwrite or choose another --output")
+    parts = output.with_name(f"{output.name}.parts")
+    inputs = (args.predict_file, *map(str, adapters))
+    ensure_new_path(output, args.overwrite, what="--output", inputs=inputs, kind="file")
+    ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
     input_sha256 = check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization,
                                        merge_after=merge_after_prediction(args, adapters))
@@ -305,9 +314,19 @@ def annotate(args, adapters, base):
     rule = decision_rule(args, annotator, {}, "predict")  # the adapter's own rule; argmax for a base model
     store = PartStore(output, annotation_fingerprint(args, adapters, annotator, rule, input_sha256))
     if state.is_main_process:
-        if args.overwrite:
-            remove_dir(store.folder)
-        store.open()
+        store.lock()  # one labeller per output; the processes of this launch share it
+    try:
+        return label_parts(args, state, store, annotator, rule, output)
+    finally:
+        store.unlock()
+
+
+def label_parts(args, state, store, annotator, rule, output) -> int:
+    from annotune.corpus import annotate_file
+    from annotune.files import remove_dir
+
+    if state.is_main_process and args.overwrite:
+        remove_dir(store.folder)
     state.wait_for_everyone()
     store.open()  # every process reads the finished ranges
     result = annotate_file(annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
@@ -341,7 +360,7 @@ def main(argv=None):
     from annotune.adapters import find_adapter, natural_order
     from annotune.agreement import load_annotations
     from annotune.annotator import BaseModels
-    from annotune.files import remove_dir, staging_dir
+    from annotune.files import ensure_new_path, remove_dir, staging_dir
     from annotune.labels import check_label_list
     from annotune.report import write_comparison
 
@@ -363,6 +382,7 @@ def main(argv=None):
     out_dir = Path(args.output_dir or Path("runs") / "eval" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} already holds results; choose another --output_dir")
+    ensure_new_path(out_dir, False, what="--output_dir", kind="dir")
     staging = staging_dir(out_dir)
     try:
         results = evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases)

@@ -151,7 +151,7 @@ def main(argv=None):
     adapter = find_adapter(args.adapters_name)
     info = read_adapter_info(adapter)
     out = Path(args.output_dir)
-    ensure_new_path(out, args.overwrite, what="export folder")
+    ensure_new_path(out, args.overwrite, what="export folder", inputs=(adapter, info.get("base_model")), kind="dir")
     trained_4bit = info.get("quantization") in ("4bit", "8bit")
     if trained_4bit:
         print(f"the adapter was trained on a {info['quantization']} base: merging into the unquantized weights")

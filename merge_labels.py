@@ -92,7 +92,7 @@ def main(argv=None):
     source = Path(args.input_file)
     fmt = infer_format(str(source))
     output = Path(args.output_file or source.with_name(f"{source.stem}_{merged.merge}{source.suffix}"))
-    ensure_new_path(output, args.overwrite, what="output file")
+    ensure_new_path(output, args.overwrite, what="output file", inputs=(source,), kind="file")
     rows = read_table(str(source), fmt)
     if not rows:
         raise UserError(f"{source} has no rows")

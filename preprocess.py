@@ -116,7 +116,8 @@ def main(argv=None):
     prompter = Prompter(spec, args.template, args.with_definitions, tokenizer, is_seq2seq)
     suffix = "" if args.with_definitions or spec.type != "classification" else "-nodefs"
     out_dir = Path(args.output_dir or f"data/{spec.name}-{prompter.template}{suffix}")
-    ensure_new_path(out_dir, args.overwrite, what="dataset folder")  # fail before the work
+    ensure_new_path(out_dir, args.overwrite, what="dataset folder", inputs=(args.data_path, args.task),
+                    kind="dir")  # fail before the work
 
     splits, info = prepare_splits(spec, prompter, args.val_ratio, args.test_ratio, args.seed,
                                   args.balance_per_label, args.max_samples, args.max_words, args.resplit)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from annotune.cli import UserError, check_ranges, parser, quiet_libraries, run_cli
+from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
 
 if TYPE_CHECKING:
     from annotune.trainer import TrainingData
@@ -66,6 +66,10 @@ def parse_args(argv=None):
         p.error("--eval_strategy steps needs --eval_steps N > 0")
     if args.task and args.dataset_name:
         p.error("give --task or --dataset_name, not both")
+    if args.stop_condition != "steps":
+        note_ignored(p, args, ("steps",), "it goes with --stop_condition steps")
+    if args.eval_strategy != "steps":
+        note_ignored(p, args, ("eval_steps",), "it goes with --eval_strategy steps")
     return args
 
 

@@ -34,7 +34,7 @@ def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
     try:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        name_hub_base(tmp, (info.get("base") or {}).get("hub_id"))
+        stable_config(tmp, (info.get("base") or {}).get("hub_id"))
         atomic_write_json(tmp / ADAPTER_INFO, info)
         crash_point("train.save")
         if folder.exists():
@@ -45,22 +45,76 @@ def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
     return folder
 
 
-def name_hub_base(folder: Path, hub_id: str | None) -> None:
+def stable_config(folder: Path, hub_id: str | None) -> None:
     """adapter_config.json names the base by its hub id (not a local cache path), so the standard
-    PEFT calls load the adapter on any machine that reaches the hub."""
+    PEFT calls load the adapter on any machine that reaches the hub; and its module lists are
+    sorted (PEFT writes them in set order), so the same training writes the same bytes."""
     config = Path(folder) / "adapter_config.json"
-    if hub_id and config.exists():
-        data = json.loads(config.read_text(encoding="utf-8"))
+    if not config.exists():
+        return
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if hub_id:
         data["base_model_name_or_path"] = hub_id
-        atomic_write_json(config, data)
+    for key in ("target_modules", "modules_to_save"):
+        if isinstance(data.get(key), list):
+            data[key] = sorted(data[key])
+    atomic_write_json(config, data)
+
+
+REQUIRED_INFO = ("base_model", "kind", "task_spec", "labels")
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from a file, or one line saying how the file is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what}: {path.name} is missing") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what}: {path.name} is not UTF-8 text (damaged)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what}: {path.name} is not valid JSON (line {err.lineno}: {err.msg}); the folder is "
+                        "damaged or was cut short") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: {path.name} holds {type(data).__name__}, not a JSON object; the folder is damaged")
+    return data
+
+
+def check_safetensors(path: Path, what: str) -> None:
+    """The file exists and is whole: its header parses and its tensors end where the file does."""
+    import struct
+
+    if not path.exists():
+        raise UserError(f"{what}: {path.name} is missing (the weights); the folder is damaged")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise ValueError
+            header = json.loads(handle.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise UserError(f"{what}: {path.name} is not a safetensors file (damaged)") from None
+    if 8 + length + end != size:
+        raise UserError(f"{what}: {path.name} is truncated or damaged ({size} bytes, its header says "
+                        f"{8 + length + end})")
 
 
 def read_adapter_info(folder) -> dict:
-    """annotune.json, with its relative paths (dataset, run_dir) resolved against the adapter folder."""
+    """annotune.json, with its relative paths (dataset, run_dir) resolved against the adapter folder,
+    after the folder is checked whole (annotune.json an object with its keys, adapter_config.json,
+    the weights file complete): a damaged adapter is one line naming the file, before any use."""
     path = Path(folder) / ADAPTER_INFO
     if not path.exists():
         raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
-    info = json.loads(path.read_text(encoding="utf-8"))
+    what = f"adapter {folder}"
+    info = read_json_object(path, what)
+    missing = [k for k in REQUIRED_INFO if k not in info]
+    if missing:
+        raise UserError(f"{what}: {ADAPTER_INFO} lacks {', '.join(missing)}; the folder is damaged")
+    read_json_object(Path(folder) / "adapter_config.json", what)
+    check_safetensors(Path(folder) / "adapter_model.safetensors", what)
     for key in PATH_KEYS:
         if info.get(key):
             info[key] = str((Path(folder) / info[key]).resolve())

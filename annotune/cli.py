@@ -36,6 +36,13 @@ def check_ranges(p: ArgumentParser, args, limits: dict) -> None:
             p.error(f"--{name} {value}: must be {text}")
 
 
+def note_ignored(p: ArgumentParser, args, flags, reason: str) -> None:
+    """One line on stderr for each flag given (not at its default) that this call does not use."""
+    given = [f for f in flags if getattr(args, f) != p.get_default(f)]
+    if given:
+        print(f"note: {', '.join('--' + f for f in given)} ignored: {reason}", file=sys.stderr)
+
+
 def run_cli(main, argv=None) -> int:
     """Call main(argv); turn a UserError into a one-line message and exit status 2."""
     try:
@@ -46,6 +53,15 @@ def run_cli(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk anywhere (a checkpoint, a plot): one line, rerun resumes
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        print(f"error: no space left on device{where}; free space and rerun the same command to resume",
+              file=sys.stderr)
+        return 2
     return 0 if result is None else int(result)
 
 

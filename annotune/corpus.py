@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .cli import UserError
 from .faults import crash_point
-from .files import atomic_write_json, infer_format, iter_rows
+from .files import atomic_write_json, disk_space, infer_format, iter_rows, publish_mode
 
 ROW, PREDICTION, TRUNCATED, PROB = "row", "prediction", "truncated", "prob_"
 SETTINGS = "settings.json"
@@ -87,12 +87,45 @@ def output_columns(annotator, input_columns, path: str = "--predict_file"):
 
 class PartStore:
     """The finished row ranges of one annotation run: <output>.parts/r<start>-<end>.csv (end
-    exclusive, no header), each written whole or not at all, and settings.json (the fingerprint)."""
+    exclusive, no header), each written whole or not at all, and settings.json (the fingerprint).
+    One labeller at a time: <output>.lock, created exclusively (O_EXCL) by the run's main process,
+    holds its pid and host; a second run on the same output is refused while the holder lives."""
 
     def __init__(self, output: Path, fingerprint: dict):
         self.folder = output.with_name(f"{output.name}.parts")
+        self.lock_path = output.with_name(f"{output.name}.lock")
         self.fingerprint = fingerprint
         self.ranges = []  # finished (start, end) row ranges, read by open()
+        self.locked = False
+
+    def lock(self) -> None:
+        """Take the output's lock, or refuse in one line naming its holder. A lock left by a dead
+        process on this host is stale and taken over; one from another host is reported."""
+        import socket
+        import time
+
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(self.lock_path)
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    print(f"removing a stale lock {self.lock_path} (pid {holder.get('pid')} is gone)")
+                    self.lock_path.unlink(missing_ok=True)
+                    continue
+                raise UserError(f"{self.lock_path.name[:-5]} is being labelled by pid {holder.get('pid')} on "
+                                f"{holder.get('host')} since {holder.get('since')} ({self.lock_path}); wait for it, "
+                                "or delete the lock file if that run is gone") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(me, handle)
+            self.locked = True
+            return
+
+    def unlock(self) -> None:
+        if self.locked:
+            self.lock_path.unlink(missing_ok=True)
+            self.locked = False
 
     def _scan(self):
         for path in self.folder.glob("r*-*.csv") if self.folder.is_dir() else ():
@@ -110,7 +143,12 @@ class PartStore:
                                 "differ); rerun with the same settings to resume, or pass --overwrite to start clean")
         elif self.ranges:
             raise UserError(f"{self.folder} holds parts but no {SETTINGS}; pass --overwrite to start clean")
-        else:
+
+    def start(self) -> None:
+        """Record the settings once the first part is about to be written (a run that labels
+        nothing leaves nothing behind to block the corrected rerun)."""
+        settings = self.folder / SETTINGS
+        if not settings.exists():
             atomic_write_json(settings, self.fingerprint)
 
     def done(self, number: int) -> bool:
@@ -124,11 +162,14 @@ class PartStore:
         start, end = rows[0][ROW], rows[-1][ROW] + 1
         path = self.folder / f"r{start:012d}-{end:012d}.csv"
         tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(_csv_text(rows, columns, header=False))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with disk_space(tmp, "a part of the labelled output"):
+            self.start()
+            with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                handle.write(_csv_text(rows, columns, header=False))
+                crash_point("annotate.write")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
         self.ranges = sorted(self.ranges + [(start, end)])
         crash_point("annotate.part")
 
@@ -141,17 +182,39 @@ class PartStore:
             expected = end
         if expected != total:
             raise UserError(f"{self.folder}: rows {expected}-{total - 1} are missing; run the same command again")
-        tmp = output.with_name(f".{output.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as out:
-            out.write(_csv_text([], columns, header=True))
-            for start, end in ranges:
-                with open(self.folder / f"r{start:012d}-{end:012d}.csv", encoding="utf-8", newline="") as part:
-                    shutil.copyfileobj(part, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, output)
+        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        with disk_space(tmp, str(output)):
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                out.write(_csv_text([], columns, header=True))
+                for start, end in ranges:
+                    with open(self.folder / f"r{start:012d}-{end:012d}.csv", encoding="utf-8", newline="") as part:
+                        shutil.copyfileobj(part, out)
+                out.flush()
+                os.fsync(out.fileno())
+            publish_mode(tmp)
+            os.replace(tmp, output)
         shutil.rmtree(self.folder, ignore_errors=True)
         return total
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}  # being written this instant, or torn: treat as held
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unreadable: never taken over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def runs_of(numbers: list) -> list:

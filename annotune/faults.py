@@ -5,7 +5,10 @@ sends the process a SIGINT there instead, as Ctrl-C would. Points: train.step (a
 step), train.evaluate (inside an epoch's validation pass), train.save (an adapter written to its
 staging folder, not yet published), train.after_save (an epoch's adapters published, its
 checkpoint not yet written), train.finish (the last checkpoint written, the run's summary not),
-annotate.part (a part of the output written)."""
+annotate.part (a part of the output written). ANNOTUNE_PAUSE_AT=<point>[@<n>]:<file> makes the
+process create <file> there and wait until it is removed (tests that order two processes).
+ANNOTUNE_ENOSPC_AT=<point>[@<n>] raises "no space left on device" there (annotate.write: inside
+a part's write)."""
 import os
 import signal
 
@@ -32,7 +35,28 @@ def _due(variable: str, name: str) -> bool:
     return _passes[variable, name] == int(nth or 1)
 
 
+def _due_value(wanted: str, name: str, variable: str) -> bool:
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return False
+    _passes[variable, name] = _passes.get((variable, name), 0) + 1
+    return _passes[variable, name] == int(nth or 1)
+
+
 def crash_point(name: str) -> None:
+    pause = os.environ.get("ANNOTUNE_PAUSE_AT", "")
+    if pause and ":" in pause:
+        point, _, marker = pause.partition(":")
+        if _due_value(point, name, "ANNOTUNE_PAUSE_AT"):
+            import time
+
+            open(marker, "w").close()
+            while os.path.exists(marker):
+                time.sleep(0.05)
+    if _due("ANNOTUNE_ENOSPC_AT", name):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if _due("ANNOTUNE_SIGINT_AT", name):
         os.kill(os.getpid(), signal.SIGINT)
     if _due("ANNOTUNE_CRASH_AT", name):

@@ -192,19 +192,61 @@ def read_table(path: str, fmt: str | None = None, columns: list | None = None, e
 
 
 # -------------------------------------------------------------------- writing
-def ensure_new_path(path, overwrite: bool = False, what: str = "output", inputs=(), can_overwrite: bool = True) -> Path:
-    """Refuse to replace an existing file or non-empty folder unless overwrite is asked for, and
-    never an input of the same call (os.path.samefile: links included), whatever the flags:
-    --overwrite replaces an earlier output, never the data it reads."""
+def ensure_new_path(path, overwrite: bool = False, what: str = "output", inputs=(), can_overwrite: bool = True,
+                    kind: str | None = None) -> Path:
+    """Refuse to replace an existing file or non-empty folder unless overwrite is asked for; and,
+    whatever the flags, refuse an output that is an input of the same call (os.path.samefile, links
+    included), a folder to be replaced (overwrite) that holds an input, or an output of the wrong
+    kind (kind 'file' or 'dir'): --overwrite replaces an earlier output, never the data it reads."""
     path = Path(path)
     for source in inputs:
-        if source and path.exists() and Path(source).exists() and os.path.samefile(path, source):
-            raise UserError(f"{what} {path} is the input file {source}; write the output elsewhere")
+        if not source or not Path(source).exists():
+            continue
+        if path.exists() and os.path.samefile(path, source):
+            raise UserError(f"{what} {path} is the input {source}; write the output elsewhere")
+        if overwrite and path.is_dir() and Path(source).resolve().is_relative_to(path.resolve()):
+            raise UserError(f"{what} {path} holds the input {source}; write the output elsewhere")
+    if path.exists() and kind == "file" and not path.is_file():
+        raise UserError(f"{what} {path} is a folder; give the path of a file")
+    if path.exists() and kind == "dir" and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; give the path of a folder")
     if path.exists() and not overwrite:
         if path.is_file() or any(path.iterdir()):
             hint = " or pass --overwrite" if can_overwrite else ""
             raise UserError(f"{what} {path} already exists; choose another path{hint}")
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path) -> None:
+    """The mode a plain open() would give (0666 / 0777 less the umask), not mkstemp's 0600: a
+    published output must be readable by whoever may read the folder (an inference server, say)."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
+class disk_space:
+    """Around a write: a full disk (or quota) becomes one line naming what was being written, and
+    the temporary file is removed; what was finished before stays, so rerunning resumes."""
+
+    def __init__(self, tmp, what: str):
+        self.tmp, self.what = Path(tmp), what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        import errno
+
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.tmp.unlink(missing_ok=True)
+            raise UserError(f"no space left on device while writing {self.what}; free space and rerun the same "
+                            "command to resume") from None
+        return False
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -213,8 +255,9 @@ def atomic_write_text(path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with disk_space(tmp, str(path)), os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -258,6 +301,7 @@ def publish_dir(tmp_dir, final_dir) -> Path:
             raise UserError(f"{final_dir} appeared while writing; the new result is left in {tmp_dir}")
         final_dir.rmdir()
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    publish_mode(tmp_dir)
     os.replace(tmp_dir, final_dir)
     return final_dir
 

@@ -44,9 +44,12 @@ class RunFolder:
 def open_run_folder(args, run_name: str, checkpoints: Path) -> RunFolder:
     """The run folder of train.py's flags, checked; nothing is written (RunFolder.create does that,
     once every other check has passed, so a refused run leaves nothing that blocks the rerun)."""
+    from .files import ensure_new_path
+
     out = Path(args.output_dir or Path("runs") / run_name)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} is a file, not a folder")
+    ensure_new_path(out, True, what="--output_dir", kind="dir")
+    if args.overwrite_output_dir and not args.resume_from_checkpoint:
+        ensure_new_path(out, True, what="--output_dir", inputs=(args.dataset_name, args.model_name, args.task))
     if args.resume_from_checkpoint:
         return resumed_folder(args, out, checkpoints)
     if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
@@ -71,7 +74,32 @@ def resumed_folder(args, out: Path, checkpoints: Path) -> RunFolder:
         checkpoint = args.resume_from_checkpoint
         if not (Path(checkpoint) / "trainer_state.json").exists():
             raise UserError(f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint")
+    if checkpoint:
+        check_checkpoint(Path(checkpoint))
     return RunFolder(out, checkpoint, resuming=True, manifest=manifest)
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Every file the resume will load, loaded once now as the Trainer will (torch's weights_only,
+    safetensors), so a foreign or damaged checkpoint is one line before anything is written."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix in (".pt", ".pth", ".bin"):
+                torch.load(path, map_location="cpu", weights_only=True)
+            elif path.suffix == ".safetensors":
+                load_file(str(path))
+        except pickle.UnpicklingError:
+            raise UserError(f"{path} is not part of a checkpoint this project wrote: it holds objects torch's safe "
+                            "loader (weights_only) refuses to run; resume from another checkpoint or start again") from None
+        except (SafetensorError, EOFError, RuntimeError):
+            raise UserError(f"{path} is damaged (it cannot be read whole); resume from another checkpoint or start "
+                            "again") from None
 
 
 def check_same_arguments(now: dict, before: dict) -> None:

@@ -72,10 +72,12 @@ def read_label_ids(path: str, encoding: str = "utf-8") -> dict:
         if not line.strip():
             continue
         match = re.match(r"^\s*(\S+)[\t ]+(.+?)\s*$", line)
-        if match and match.group(1).lstrip("-").isdigit():
-            out[match.group(1)] = match.group(2)
-        else:
-            out[str(number)] = line.strip()
+        key, name = (match.group(1), match.group(2)) if match and match.group(1).lstrip("-").isdigit() else (
+            str(number), line.strip())
+        if key in out:
+            raise UserError(f"{path}: line {number + 1} gives label id {key} again (it is {out[key]!r} already); "
+                            "each id once")
+        out[key] = name
     return out
 
 
@@ -85,11 +87,15 @@ def with_joined_labels(rows: list, path: str, join: dict, id_column: str | None,
         raise UserError(f"{path}: labels_join needs an id column (labels_join.id_column or data.id_column)")
     source = resolve_path(join["path"])
     column = join.get("label_column") or label_column
-    labels = {}
+    labels, first = {}, {}
     for number, row in enumerate(read_table(source, join.get("format"), None, join.get("encoding", "utf-8"))):
         if key not in row or column not in row:
             raise UserError(f"{source}: row {number} lacks column {key!r} or {column!r}")
-        labels[str(row[key])] = row[column]
+        row_id = str(row[key])
+        if row_id in labels:  # which label would win is arbitrary: refuse, as duplicate row ids are
+            raise UserError(f"{source}: rows {first[row_id]} and {number} both give a label for id {row_id!r}; "
+                            "each id once")
+        labels[row_id], first[row_id] = row[column], number
     own_key = id_column or key
     out = []
     for number, row in enumerate(rows):

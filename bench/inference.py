@@ -5,12 +5,13 @@
     .venv/bin/python bench/inference.py --tasks sst2 --reps 200
 
 --label trains a MiniLM-L6 classification head per task with train.py (LoRA, class weights,
-3 epochs, 256 tokens; SBIC on 2,000 agg.dev rows, IMDB on 1,200 train rows) and labels the
+3 epochs, 256 tokens; SBIC on 2,000 agg.dev rows, IMDB on 1,200 train rows, AG News 1 epoch on
+2,000 rows) and labels the
 corpus with evaluate.py --predict_file (its decision rule's calibrated probabilities). Each corpus
 holds no row the adapter trained or validated on: SBIC agg.tst (groups from dataSource: r/* and
 redditMicroagressions = reddit, t/* = twitter, Gab and Stormfront = other), SST-2 train_full
-minus the 1,000 training sentences, the IMDB test sample, AG News test.csv minus the training and
-validation rows, the Drug Reviews test split. The annotated corpora (ids, gold, prediction,
+minus the 1,000 training sentences, the IMDB test sample, AG News test.csv's test split (the rows
+preprocess.py holds out of its training and validation splits), the Drug Reviews test split. The annotated corpora (ids, gold, prediction,
 probabilities) go to bench/results/inference/<task>.csv.gz, so the simulation reruns without them.
 
 The simulation hides the gold labels and repeats --reps times per setting: draw n human labels
@@ -36,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 TASKS = ("sbic_offensive", "sst2", "imdb", "ag_news", "drug_reviews")
-TRAIN_EXTRA = {"sbic_offensive": ["--max_train_samples", "2000"], "imdb": ["--max_train_samples", "1200"]}
+TRAIN_EXTRA = {"sbic_offensive": ["--max_train_samples", "2000"], "imdb": ["--max_train_samples", "1200"],
+               "ag_news": ["--max_train_samples", "2000", "--epoch", "1"]}
 RESULTS = REPO / "bench" / "results"
 SIZES = (50, 100, 200, 400)
 ALPHA = 0.1

@@ -61,3 +61,19 @@ def run_script(name, argv):
 
     module = importlib.import_module(name)
     return run_cli(module.main, [str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def pol_run(tmp_path_factory, tiny_llama_dir):
+    """A 2-epoch Politosphere pol/unpol/oth run on the tiny model, adapters at epochs 1 and 2."""
+    folder = tmp_path_factory.mktemp("polrun")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert run_script("train", ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
+                                    "--model_name", tiny_llama_dir,
+                                    "--template", "llama2-chat", "--epoch", 2, "--save_epochs", "1,2", "--quiet",
+                                    "--learning_rate", "3e-3", "--eval_strategy", "no", "--output_dir", "run"]) == 0
+    finally:
+        os.chdir(cwd)
+    return sorted(p for p in (folder / "run").iterdir() if "epoch" in p.name)

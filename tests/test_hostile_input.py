@@ -1,0 +1,305 @@
+"""Hostile and broken input, class by class: each is refused with exit status 2 and one line on
+stderr that names the file and the fault, and leaves every input and earlier output byte-identical."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_script
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def refused(capsys, script, argv, message, folder):
+    before = snapshot(folder)
+    capsys.readouterr()
+    assert run_script(script, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert snapshot(folder) == before
+    return err
+
+
+def write_posts(path, n):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["post_id", "body"])
+        writer.writerows([[f"p{i}", f"post number {i} about guns"] for i in range(n)])
+    return path
+
+
+# ---------------------------------------------------------------- data lost or replaced
+def test_overwrite_never_replaces_the_input(in_tmp, capsys, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 5)
+    os.symlink(posts, in_tmp / "link.csv")
+    for output in ("posts.csv", "link.csv"):
+        refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body",
+                                     "--output", output, "--overwrite", "--quiet"], "is the input", in_tmp)
+    gold = in_tmp / "gold.json"
+    shutil.copy(REPO.parent / "shared" / "data" / "politosphere" / "daccord_yifei_v2_leo.json", gold)
+    refused(capsys, "merge_labels", ["--input_file", gold, "--merge", "pol_unpol_oth", "--output_file", gold,
+                                     "--overwrite"], "is the input", in_tmp)
+
+
+def test_outputs_of_the_wrong_kind_are_refused_even_with_overwrite(in_tmp, capsys, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 5)
+    (in_tmp / "folder").mkdir()
+    (in_tmp / "folder" / "keep.txt").write_text("mine")
+    refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body",
+                                 "--output", "folder", "--overwrite", "--quiet"], "is a folder", in_tmp)
+    (in_tmp / "file.txt").write_text("mine")
+    refused(capsys, "export", ["--adapters_name", pol_run[-1], "--output_dir", "file.txt", "--overwrite"],
+            "is a file", in_tmp)
+    refused(capsys, "export", ["--adapters_name", pol_run[-1], "--output_dir", pol_run[-1].parent, "--overwrite"],
+            "holds the input", pol_run[-1].parent)
+
+
+def spec_with(tmp, data_extra="", **top):
+    """A small valid task spec over a CSV, with top-level values replaced by YAML text and data
+    keys added."""
+    import yaml
+
+    (tmp / "rows.csv").write_text("id,text,label\n" + "".join(f"{i},text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    spec = {"name": "t", "type": "classification",
+            "data": {"splits": {"train": {"path": str(tmp / "rows.csv")}}, "text": "{text}", "label_column": "label",
+                     **yaml.safe_load(data_extra or "{}")},
+            "labels": ["a", "b"], "prompt": {"instruction": "Classify."}}
+    spec.update({key: yaml.safe_load(value) for key, value in top.items()})
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_join_file_that_gives_an_id_twice_is_refused(in_tmp, capsys):
+    (in_tmp / "texts.csv").write_text("id,text\n1,one\n2,two\n")
+    (in_tmp / "labels.csv").write_text("id,label\n1,a\n2,b\n1,b\n")
+    (in_tmp / "spec.yaml").write_text(
+        f"name: j\ntype: classification\ndata:\n  splits:\n    train: {{path: {in_tmp / 'texts.csv'}, labels_join: "
+        f"{{path: {in_tmp / 'labels.csv'}}}}}\n  id_column: id\n  text: '{{text}}'\n  label_column: label\n"
+        "labels: [a, b]\nprompt: {instruction: 'Classify.'}\n")
+    refused(capsys, "preprocess", ["--task", "spec.yaml", "--output_dir", "out"], "both give a label for id '1'", in_tmp)
+    (in_tmp / "ids.txt").write_text("0 a\n1 b\n0 b\n")
+    (in_tmp / "labels.txt").write_text("0\n1\n")
+    (in_tmp / "spec2.yaml").write_text(
+        f"name: j\ntype: classification\ndata:\n  splits:\n    train: {{path: {in_tmp / 'texts.csv'}, labels_path: "
+        f"{in_tmp / 'labels.txt'}, label_ids: {in_tmp / 'ids.txt'}}}\n  text: '{{text}}'\n  label_column: label\n"
+        "labels: [a, b]\nprompt: {instruction: 'Classify.'}\n")
+    refused(capsys, "preprocess", ["--task", "spec2.yaml", "--output_dir", "out"], "gives label id 0 again", in_tmp)
+
+
+# ---------------------------------------------------------------- one line, not a traceback
+@pytest.mark.parametrize("change,message", [
+    ({"data": "[1, 2]"}, "data must be a mapping"),
+    ({"labels": "5"}, "labels must be a list, got a number"),
+    ({"prompt": '"hello"'}, "prompt must be a mapping (key: value), got text"),
+    ({"name": "[a, b]"}, "name must be text, got a list"),
+    ({"balance_per_label": "many"}, "balance_per_label must be a number, got text"),
+    ({"data_extra": "label_map: [pos, neg]"}, "data.label_map must be a mapping"),
+    ({"data_extra": "keep_empty: 3"}, "data.keep_empty must be true or false"),
+    ({"data_extra": "text_cleanup: squash_whitespace"}, "data.text_cleanup must be a list"),
+    ({"data_extra": "bins: [1, 2]"}, "data.bins[0] must be a mapping"),
+])
+def test_task_values_of_the_wrong_type(in_tmp, capsys, change, message):
+    spec = spec_with(in_tmp, change.pop("data_extra", ""), **change)
+    refused(capsys, "preprocess", ["--task", spec, "--output_dir", "out"], message, in_tmp)
+
+
+def test_splits_of_the_wrong_type(in_tmp, capsys):
+    spec = spec_with(in_tmp, "splits: [a, b]")
+    refused(capsys, "preprocess", ["--task", spec, "--output_dir", "out"], "data.splits must be a mapping", in_tmp)
+
+
+def test_billion_laughs_is_refused_in_under_a_second(in_tmp, capsys):
+    from annotune.cli import UserError
+    from annotune.task import load_task
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    (in_tmp / "laughs.yaml").write_text("\n".join(lines) + "\n")
+    assert len((in_tmp / "laughs.yaml").read_bytes()) < 600
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="YAML aliases"):
+        load_task(str(in_tmp / "laughs.yaml"))
+    assert time.perf_counter() - started < 1.0
+    refused(capsys, "preprocess", ["--task", "laughs.yaml", "--output_dir", "out"], "line 2: YAML aliases", in_tmp)
+    (in_tmp / "big.yaml").write_text("name: big\n" + "# padding\n" * 120_000)
+    refused(capsys, "preprocess", ["--task", "big.yaml", "--output_dir", "out"], "a task spec is at most", in_tmp)
+
+
+@pytest.mark.parametrize("body,message", [
+    ('{"text": "a", "label": "x"}\n5\n', "line 2 is a number, not a JSON object"),
+    ('"just a string"\n', "line 1 is a string, not a JSON object"),
+    ('[{"text": "a", "label": "x"}, [1]]', "entry 1 of the JSON list is a list"),
+])
+def test_json_rows_that_are_not_objects(in_tmp, capsys, body, message):
+    path = in_tmp / ("rows.json" if body.startswith("[") else "rows.jsonl")
+    path.write_text(body)
+    refused(capsys, "preprocess", ["--data_path", path.name, "--text_column", "text", "--label_column", "label",
+                                   "--output_dir", "out"], message, in_tmp)
+
+
+def damaged_copies(adapter, tmp):
+    """(name, folder, expected message) of an adapter damaged in each way."""
+    cases = []
+    for name, damage, message in [
+        ("no_weights", lambda f: (f / "adapter_model.safetensors").unlink(), "adapter_model.safetensors is missing"),
+        ("cut_weights", lambda f: (f / "adapter_model.safetensors").write_bytes(
+            (f / "adapter_model.safetensors").read_bytes()[:-100]), "adapter_model.safetensors is truncated"),
+        ("garbage_weights", lambda f: (f / "adapter_model.safetensors").write_bytes(b"\x01" * 50),
+         "is not a safetensors file"),
+        ("cut_info", lambda f: (f / "annotune.json").write_text((f / "annotune.json").read_text()[:200]),
+         "annotune.json is not valid JSON"),
+        ("list_info", lambda f: (f / "annotune.json").write_text("[1, 2]"), "annotune.json holds list"),
+        ("no_config", lambda f: (f / "adapter_config.json").unlink(), "adapter_config.json is missing"),
+    ]:
+        folder = tmp / name
+        shutil.copytree(adapter, folder)
+        damage(folder)
+        cases.append((name, folder, message))
+    return cases
+
+
+def test_a_damaged_adapter_folder_is_named_in_every_script(in_tmp, capsys, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 3)
+    for name, folder, message in damaged_copies(pol_run[-1], in_tmp):
+        for script, argv in (("evaluate", ["--adapters_name", folder, "--output_dir", "ev", "--quiet"]),
+                             ("evaluate", ["--adapters_name", folder, "--predict_file", posts, "--text_column",
+                                           "body", "--output", "o.csv", "--quiet"]),
+                             ("export", ["--adapters_name", folder, "--output_dir", "exported"])):
+            err = refused(capsys, script, argv, message, in_tmp)
+            assert name in err  # the folder is named
+    assert not (in_tmp / "ev").exists() and not (in_tmp / "o.csv").exists() and not (in_tmp / "exported").exists()
+
+
+def test_a_checkpoint_torch_refuses_is_one_line(in_tmp, capsys, tiny_llama_dir):
+    import torch
+
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--model_name",
+            tiny_llama_dir, "--epoch", 1, "--quiet", "--eval_strategy", "no", "--output_dir", "run"]
+    assert run_script("train", argv + ["--stop_after_steps", 2, "--save_every_steps", 2]) == 0
+    checkpoint = next((in_tmp / "run" / "checkpoints").glob("checkpoint-*"))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    torch.save({"payload": Payload()}, checkpoint / "optimizer.pt")
+    err = refused(capsys, "train", argv + ["--resume_from_checkpoint"], "optimizer.pt is not part of a checkpoint this project wrote",
+                  in_tmp / "run")
+    assert "pickled code ran" not in err
+
+
+def test_disk_full_while_annotating_is_one_line_and_the_rerun_resumes(in_tmp, capsys, pol_run, monkeypatch):
+    posts = write_posts(in_tmp / "posts.csv", 12)
+    argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--output", "out.csv",
+            "--chunk_rows", 4, "--quiet"]
+    from annotune import faults
+
+    faults.reset()
+    monkeypatch.setenv("ANNOTUNE_ENOSPC_AT", "annotate.write@2")
+    capsys.readouterr()
+    assert run_script("evaluate", argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no space left on device while writing a part of the labelled output" in err
+    assert len(err.splitlines()) == 1
+    parts = in_tmp / "out.csv.parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["r000000000000-000000000004.csv", "settings.json"]
+    assert not (in_tmp / "out.csv.lock").exists()
+    monkeypatch.delenv("ANNOTUNE_ENOSPC_AT")
+    assert run_script("evaluate", argv) == 0
+    with open(in_tmp / "out.csv", newline="") as handle:
+        assert [int(r["row"]) for r in csv.DictReader(handle)] == list(range(12))
+
+
+def test_an_empty_corpus_leaves_nothing_that_blocks_the_rerun(in_tmp, capsys, pol_run):
+    (in_tmp / "posts.csv").write_text("post_id,body\n")
+    argv = ["--adapters_name", pol_run[-1], "--predict_file", "posts.csv", "--text_column", "body", "--output",
+            "out.csv", "--quiet"]
+    refused(capsys, "evaluate", argv, "has no rows", in_tmp)
+    assert not (in_tmp / "out.csv.parts").exists() and not (in_tmp / "out.csv.lock").exists()
+    write_posts(in_tmp / "posts.csv", 3)
+    assert run_script("evaluate", argv) == 0
+
+
+# ---------------------------------------------------------------- one labeller per output
+@pytest.mark.slow
+def test_a_second_labeller_on_the_same_output_is_refused_while_the_first_finishes(in_tmp, capsys, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 24)
+    argv = ["--adapters_name", str(pol_run[-1]), "--predict_file", str(posts), "--text_column", "body",
+            "--output", "out.csv", "--chunk_rows", "8", "--quiet"]
+    marker = in_tmp / "paused"
+    env = dict(os.environ, PYTHONPATH=str(REPO), ANNOTUNE_PAUSE_AT=f"annotate.part:{marker}", OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *argv], cwd=in_tmp, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():  # the first run has written its first part and waits
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.1)
+        holder = json.loads((in_tmp / "out.csv.lock").read_text())
+        assert holder["pid"] == first.pid
+        for extra in ([], ["--overwrite"]):
+            err = refused(capsys, "evaluate", argv + extra, f"out.csv is being labelled by pid {first.pid}", in_tmp)
+            assert "out.csv.lock" in err
+    finally:
+        marker.unlink(missing_ok=True)
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    with open(in_tmp / "out.csv", newline="") as handle:
+        assert [int(r["row"]) for r in csv.DictReader(handle)] == list(range(24))
+    assert not (in_tmp / "out.csv.lock").exists() and not (in_tmp / "out.csv.parts").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(in_tmp, capsys, pol_run):
+    import socket
+
+    posts = write_posts(in_tmp / "posts.csv", 4)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (in_tmp / "out.csv.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body",
+                                   "--output", "out.csv", "--quiet"]) == 0
+    assert "removing a stale lock" in capsys.readouterr().out
+    assert (in_tmp / "out.csv").exists() and not (in_tmp / "out.csv.lock").exists()
+    (in_tmp / "o2.csv.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "today"}))
+    refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body",
+                                 "--output", "o2.csv", "--quiet"], "is being labelled by pid 1 on elsewhere", in_tmp)
+
+
+# ---------------------------------------------------------------- smaller ones
+def test_published_outputs_take_the_users_umask(in_tmp):
+    from annotune.files import atomic_write_json, publish_dir, staging_dir
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(in_tmp / "a.json", {"x": 1})
+        staging = staging_dir(in_tmp / "pub")
+        atomic_write_json(staging / "b.json", {"y": 2})
+        publish_dir(staging, in_tmp / "pub")
+    finally:
+        os.umask(old)
+    assert (in_tmp / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (in_tmp / "pub").stat().st_mode & 0o777 == 0o755
+    assert (in_tmp / "pub" / "b.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_flags_that_do_not_apply_say_so(in_tmp, capsys, pol_run):
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--task", "sst2", "--max_new_tokens", 5,
+                                   "--output_dir", "ev", "--quiet", "--bootstrap", 10]) == 0
+    err = capsys.readouterr().err
+    assert "note: --task ignored: an adapter brings its own task" in err
+    assert "note: --max_new_tokens ignored: they go with --mode generate" in err
+
+
+def test_adapter_config_lists_its_modules_sorted(pol_run):
+    config = json.loads((pol_run[-1] / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(config["target_modules"])
