@@ -101,7 +101,7 @@ def build_sample(design, corpus, labelled: dict):
     """The labelled rows as a sample of the design; unlabelled rows as missing at random (SRS: the
     stratum's labelled share; Poisson: pi scaled by the response rate)."""
     from annotune.inference import Sample
-    from annotune.sampling import strata_of
+    from annotune.designs import strata_of
 
     rows = np.array(sorted(labelled), dtype=int)
     if len(rows) < 2:
@@ -131,10 +131,10 @@ def main(argv=None):
     args = parse_args(argv)
     from pathlib import Path
 
-    from annotune.estimands import Estimands, effective_sizes
+    from annotune.findings import Estimands, effective_sizes
     from annotune.files import ensure_new_path
-    from annotune.estimands import write_estimates
-    from annotune.sampling import read_corpus, read_design
+    from annotune.findings import write_estimates
+    from annotune.designs import read_corpus, read_design
 
     corpus = read_corpus(args.corpus)
     design = read_design(args.design, corpus)

@@ -40,8 +40,7 @@ def parse_args(argv=None):
                    help=f"base model without adapters (default: the adapters' base, else {DEFAULT_MODEL})")
     g.add_argument("--task", help=f"task for a base-only run (default: {DEFAULT_TASK})")
     g.add_argument("--merge", help="a named label merge of the task: a base-only run's labels; with adapters of the "
-                                   "finer labels, their predictions merged (a merged label's probability is the sum "
-                                   "of its finer labels')")
+                                   "finer labels, their predictions merged (a merged label's probability: the sum)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py for a base-only run")
     g.add_argument("--template", default="auto", help="prompt template for a base-only run (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="base-only run: no label definitions")
@@ -92,6 +91,12 @@ def parse_args(argv=None):
                            "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0")})
     if not args.adapters_name and not args.base_only:
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
+    note_unused(p, args)
+    return args
+
+
+def note_unused(p, args) -> None:
+    """A flag given that this call does not use is named, not silently dropped."""
     if args.adapters_name and not args.base_only:
         note_ignored(p, args, ("task", "dataset_name", "template", "without_definitions"),
                      "an adapter brings its own task, data and prompt (they apply to --base_only)")
@@ -99,7 +104,6 @@ def parse_args(argv=None):
         note_ignored(p, args, ("output", "chunk_rows", "overwrite", "text_column"), "they go with --predict_file")
     if args.mode == "score":
         note_ignored(p, args, ("max_new_tokens", "do_sample", "temperature"), "they go with --mode generate")
-    return args
 
 
 def merge_after_prediction(args, adapters):

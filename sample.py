@@ -9,7 +9,7 @@ corpus (evaluate.py --predict_file's output), written as a sheet for annotators 
 uniform draws n rows without replacement. active draws each row independently with a probability
 that grows with the model's uncertainty about --target (or about all labels), mixed with a uniform
 floor (--uniform_share), so the same number of human labels gives narrower intervals where the
-model is unsure (annotune/sampling.py has the formulas). The sheet (default <corpus>.sheet.csv) has
+model is unsure (annotune/designs.py has the formulas). The sheet (default <corpus>.sheet.csv) has
 the row id, the text and an empty `label` column to fill in, in random order; the model's label is
 left out unless --show_prediction (seeing it anchors annotators). The design file (default
 <corpus>.design.json) holds the strategy, the seed, every row's inclusion probability and the
@@ -76,7 +76,7 @@ def output_paths(args):
 
 def previous(args, corpus):
     """(already-drawn mask, earlier pi, earlier phases, earlier row ids) of a top-up, checked against the flags."""
-    from annotune.sampling import read_design
+    from annotune.designs import read_design
 
     if not args.add:
         return np.zeros(corpus.size, dtype=bool), None, [], [], 0
@@ -106,7 +106,7 @@ def write_sheet(path, corpus, rows, text_column, show_prediction):
 def main(argv=None):
     args = parse_args(argv)
     from annotune.files import atomic_write_json, ensure_new_path
-    from annotune.sampling import (check_strata, design_record, draw, inclusion_probabilities, read_corpus,
+    from annotune.designs import (check_strata, design_record, draw, inclusion_probabilities, read_corpus,
                                    strata_of)
 
     if args.strategy == "uniform":

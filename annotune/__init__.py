@@ -1,4 +1,5 @@
-"""annotune: the package under the scripts (preprocess.py, train.py, evaluate.py, merge_labels.py).
+"""annotune: the package under the scripts (preprocess.py, train.py, evaluate.py, merge_labels.py,
+export.py, sample.py, estimate.py).
 Each script holds its own steps top to bottom and imports these; each concept lives in one module:
 
 - cli.py        UserError -> one line and exit 2; one-line argparse errors; quiet libraries
@@ -23,7 +24,10 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - metrics.py    classification and generation metrics with bootstrap CIs
 - agreement.py  Cohen's kappa of the model beside human annotators
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
-- corpus.py     labelling an unlabelled file in resumable row-range parts
+- corpus.py     labelling an unlabelled file in resumable row-range parts, one labeller per output
+- designs.py    the annotated corpus as model outputs; drawing the rows humans label (uniform, active)
+- inference.py  the estimators: naive, classical and prediction-powered (PPI++), finite corpus, designs
+- findings.py   what a study reports (shares, groups, differences, regressions) by each estimator
 - hub.py        the Hugging Face hub: failing fast when unreachable, the local cache, pushing
 - faults.py     fault injection for the tests (kill or Ctrl-C at named points)
 """

@@ -10,8 +10,8 @@
 corpus with evaluate.py --predict_file (its decision rule's calibrated probabilities). Each corpus
 holds no row the adapter trained or validated on: SBIC agg.tst (groups from dataSource: r/* and
 redditMicroagressions = reddit, t/* = twitter, Gab and Stormfront = other), SST-2 train_full
-minus the 1,000 training sentences, the IMDB test sample, AG News test.csv's test split (the rows
-preprocess.py holds out of its training and validation splits), the Drug Reviews test split. The annotated corpora (ids, gold, prediction,
+minus the 1,000 training sentences, the two IMDB samples and AG News test.csv minus the rows the
+adapter trained or validated on (annotune.json's ids), the Drug Reviews test split. The annotated corpora (ids, gold, prediction,
 probabilities) go to bench/results/inference/<task>.csv.gz, so the simulation reruns without them.
 
 The simulation hides the gold labels and repeats --reps times per setting: draw n human labels
@@ -79,6 +79,19 @@ def corpus_rows(task: str, run: Path) -> list:
                     out.append({"id": f"train_full:{i}", "text": text,
                                 "gold": {"0": "negative", "1": "positive"}[row["label"]]})
         return out
+    if task in ("ag_news", "imdb"):  # every row of the task's files that the adapter did not train or validate on
+        from annotune.adapters import read_adapter_info
+        from annotune.examples import build_examples
+        from annotune.sources import load_source_rows
+        from annotune.task import load_task
+
+        info = read_adapter_info(sorted(p for p in run.iterdir() if (p / "annotune.json").exists())[0])
+        seen = set(info["train_ids"]) | set(info["split_ids"]["validation"])
+        examples = build_examples(load_task(task), load_source_rows(load_task(task)))[0]
+        rows = [{"id": e["id"], "text": e["text"], "gold": e["label"]} for split in examples.values() for e in split
+                if e["id"] not in seen]
+        assert len(rows) == sum(map(len, examples.values())) - len(seen), "ids of the run and the task differ"
+        return rows
     test = [{"id": r["id"], "text": r["text"], "gold": r["label"]} for r in rows_by_split["test"]]
     if task == "sbic_offensive":
         with open(REPO.parent / "shared/data/sbic/SBIC.v2.agg.tst.csv", encoding="utf-8") as handle:
@@ -128,7 +141,7 @@ class Draws:
     """Seeded human samples of one corpus under one design."""
 
     def __init__(self, corpus, strategy: str, rng):
-        from annotune.sampling import inclusion_probabilities
+        from annotune.designs import inclusion_probabilities
 
         self.corpus, self.strategy, self.rng = corpus, strategy, rng
         self.strata = np.zeros(corpus.size, dtype=int)
@@ -154,8 +167,8 @@ class Draws:
 
 
 def load(task: str):
-    from annotune.estimands import Estimands
-    from annotune.sampling import read_corpus
+    from annotune.findings import Estimands
+    from annotune.designs import read_corpus
 
     corpus = read_corpus(str(RESULTS / "inference" / f"{task}.csv.gz"))
     gold = np.array([corpus.label_index(v, f"{task} gold") for v in corpus.table["gold"]])

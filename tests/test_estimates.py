@@ -136,7 +136,7 @@ def refused(capsys, script, argv, message, folder):
     (["--n", 10, "--text_column", "body"], "--text_column body"),
     (["--add", 10, "--design", "c.design.json", "--strategy", "active"], "keeps the design's strategy"),
     (["--n", 10], "already exists"),
-    (["--n", 10, "--sheet", "c.csv", "--design", "other.json"], "is the input file c.csv"),
+    (["--n", 10, "--sheet", "c.csv", "--design", "other.json"], "is the input c.csv"),
 ])
 def test_sample_refusals(in_tmp, capsys, argv, message):
     write_corpus(in_tmp / "c.csv", size=300)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import DATA, REPO, run_script
 
 
 def snapshot(folder):
@@ -45,7 +45,7 @@ def test_overwrite_never_replaces_the_input(in_tmp, capsys, pol_run):
         refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body",
                                      "--output", output, "--overwrite", "--quiet"], "is the input", in_tmp)
     gold = in_tmp / "gold.json"
-    shutil.copy(REPO.parent / "shared" / "data" / "politosphere" / "daccord_yifei_v2_leo.json", gold)
+    shutil.copy(DATA / "politosphere" / "daccord_yifei_v2_leo.json", gold)
     refused(capsys, "merge_labels", ["--input_file", gold, "--merge", "pol_unpol_oth", "--output_file", gold,
                                      "--overwrite"], "is the input", in_tmp)
 

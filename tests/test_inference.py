@@ -87,7 +87,7 @@ def test_the_classical_estimate_is_the_sample_mean_with_the_finite_population_co
 def test_the_active_estimator_is_unbiased_and_its_intervals_cover():
     """Poisson draws weighted by the model's uncertainty, 2,000 times: the mean estimate within 3
     standard errors of the corpus share, 90% intervals covering about 90%."""
-    from annotune.sampling import active_pi
+    from annotune.designs import active_pi
 
     rng = np.random.default_rng(6)
     y, f = corpus(rng, size=10000)

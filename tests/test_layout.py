@@ -8,7 +8,8 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "annotune"
-SCRIPTS = ["preprocess.py", "train.py", "evaluate.py", "merge_labels.py", "demo.py", "export.py"]
+SCRIPTS = ["preprocess.py", "train.py", "evaluate.py", "merge_labels.py", "demo.py", "export.py", "sample.py",
+           "estimate.py"]
 MAX_FUNCTION_LINES = 62
 
 
