@@ -131,9 +131,8 @@ def main(argv=None):
     args = parse_args(argv)
     from pathlib import Path
 
-    from annotune.findings import Estimands, effective_sizes
     from annotune.files import ensure_new_path
-    from annotune.findings import write_estimates
+    from annotune.findings import Findings, effective_sizes, write_estimates
     from annotune.designs import read_corpus, read_design
 
     corpus = read_corpus(args.corpus)
@@ -142,7 +141,7 @@ def main(argv=None):
     ensure_new_path(out_dir, what="--output_dir", inputs=(args.corpus, args.design, *args.sheet), can_overwrite=False)
     by = corpus.column(args.by, "--by") if args.by else None
     regress = (args.regress, {c: corpus.column(c, "--on") for c in args.on}) if args.regress else None
-    estimands = Estimands(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
+    findings = Findings(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
                           args.compare)
     labelled, missing = read_sheets(args.sheet, args.label_column, corpus, design)
     if missing:
@@ -150,12 +149,12 @@ def main(argv=None):
               "are missing at random", file=sys.stderr)
     sample = build_sample(design, corpus, labelled)
     gold = np.array([labelled[i] for i in sample.rows])
-    results = estimands.run(sample, gold, alpha=args.alpha)
+    results = findings.run(sample, gold, alpha=args.alpha)
     n_eff = effective_sizes(results, len(sample.rows), corpus.size)
     planned = plans(results, sample, design, corpus, args.plan, args.alpha) if args.plan else None
     summary = {"corpus": str(args.corpus), "corpus_sha256": corpus.sha256, "corpus_rows": corpus.size,
                "design": str(args.design), "strategy": design["strategy"], "labelled": len(sample.rows),
-               "unlabelled_dropped": missing, "alpha": args.alpha, "model_output": estimands.output,
+               "unlabelled_dropped": missing, "alpha": args.alpha, "model_output": findings.output,
                "link": args.link if regress else None, "plan_half_width": args.plan}
     write_estimates(out_dir, summary, results, n_eff, planned)
     print(f"{len(sample.rows)} human labels + the model's on {corpus.size} rows -> {out_dir}/estimates.md")

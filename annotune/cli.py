@@ -59,8 +59,8 @@ def run_cli(main, argv=None) -> int:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" while writing {err.filename}" if err.filename else ""
-        print(f"error: no space left on device{where}; free space and rerun the same command to resume",
-              file=sys.stderr)
+        print(f"error: no space left on device{where}; free space and rerun to resume where it stopped "
+              "(train.py: with --resume_from_checkpoint)", file=sys.stderr)
         return 2
     return 0 if result is None else int(result)
 

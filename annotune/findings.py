@@ -1,6 +1,6 @@
 """What a study reports about a corpus, each estimated three ways (annotune.inference): every
 label's share, its share in each group and the difference between groups, and the coefficients
-of a regression of one label on corpus columns. Built once per corpus (`Estimands`), then run on
+of a regression of one label on corpus columns. Built once per corpus (`Findings`), then run on
 any human sample: estimate.py runs it once, bench/inference.py thousands of times.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def design_matrix(columns: dict) -> tuple:
     return np.hstack(parts), names
 
 
-class Estimands:
+class Findings:
     """The quantities of one corpus: model outputs f on every row, the groups and the regression.
     output: 'probs' (f = the label's probability) or 'labels' (f = 1 if the model gave it)."""
 

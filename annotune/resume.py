@@ -87,11 +87,13 @@ def check_checkpoint(folder: Path) -> None:
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types the Trainer's rng state needs
 
     for path in sorted(folder.iterdir()):
         try:
             if path.suffix in (".pt", ".pth", ".bin"):
-                torch.load(path, map_location="cpu", weights_only=True)
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True)
             elif path.suffix == ".safetensors":
                 load_file(str(path))
         except pickle.UnpicklingError:

@@ -3,6 +3,7 @@
     .venv/bin/python bench/inference.py --label        # train (if missing) and label the corpora (~40 min, 2 cores)
     .venv/bin/python bench/inference.py                # the simulation from the committed corpora (minutes)
     .venv/bin/python bench/inference.py --tasks sst2 --reps 200
+    .venv/bin/python bench/inference.py --report         # the tables of docs/results.md
 
 --label trains a MiniLM-L6 classification head per task with train.py (LoRA, class weights,
 3 epochs, 256 tokens; SBIC on 2,000 agg.dev rows, IMDB on 1,200 train rows, AG News 1 epoch on
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all five)")
     p.add_argument("--label", action="store_true", help="train and label the corpora instead of simulating")
+    p.add_argument("--report", action="store_true", help="print the markdown tables of the results file")
     p.add_argument("--reps", type=int, default=2000, help="repetitions per setting (default: 2000)")
     p.add_argument("--runs", default="runs/inference", help="where --label keeps adapters and corpora")
     p.add_argument("--out", default=str(RESULTS / "inference.json"), help="results file")
@@ -167,7 +169,7 @@ class Draws:
 
 
 def load(task: str):
-    from annotune.findings import Estimands
+    from annotune.findings import Findings
     from annotune.designs import read_corpus
 
     corpus = read_corpus(str(RESULTS / "inference" / f"{task}.csv.gz"))
@@ -175,7 +177,7 @@ def load(task: str):
     by = corpus.table["group"].to_numpy() if "group" in corpus.table else None
     regress = ("offensive", {"group": by}) if task == "sbic_offensive" else None
     compare = [("reddit", "twitter")] if by is not None else None
-    return corpus, gold, {out: Estimands(corpus, out, by, regress, compare=compare) for out in ("probs", "labels")}
+    return corpus, gold, {out: Findings(corpus, out, by, regress, compare=compare) for out in ("probs", "labels")}
 
 
 def judged(task: str, n: int, size: int) -> bool:
@@ -253,11 +255,11 @@ def plan_check(est, gold, draws, truth, reps: int, pilot: int = 100) -> dict:
 
 
 def simulate_task(task: str, reps: int, rng) -> dict:
-    corpus, gold, estimands = load(task)
+    corpus, gold, findings = load(task)
     sizes = [n for n in SIZES if n <= corpus.size / 5 or (task == "drug_reviews" and n <= 100)]
-    record = {"rows": corpus.size, "labels": corpus.labels, "rho": correlations(estimands["probs"], gold),
-              "rho_labels": correlations(estimands["labels"], gold), "settings": [], "naive": {}}
-    for output, est in estimands.items():
+    record = {"rows": corpus.size, "labels": corpus.labels, "rho": correlations(findings["probs"], gold),
+              "rho_labels": correlations(findings["labels"], gold), "settings": [], "naive": {}}
+    for output, est in findings.items():
         truth = est.truth(gold)
         record["truth"] = truth
         record["naive"][output] = naive_rows(est, truth)
@@ -270,7 +272,7 @@ def simulate_task(task: str, reps: int, rng) -> dict:
                 record["settings"].append({"design": strategy, "n": n, "output": output,
                                            "judged": judged(task, n, corpus.size), "quantities": result})
                 print(f"  {task} {strategy:7s} n={n:3d} {output:6s} {time.time() - started:5.1f} s", flush=True)
-    record["plan"] = {s: plan_check(estimands["probs"], gold, Draws(corpus, s, rng), record["truth"], max(reps // 10, 50))
+    record["plan"] = {s: plan_check(findings["probs"], gold, Draws(corpus, s, rng), record["truth"], max(reps // 10, 50))
                       for s in ("uniform", "active")}
     return record
 
@@ -311,9 +313,56 @@ def verdicts(results: dict) -> dict:
     return out
 
 
+def report(record: dict) -> str:
+    """The markdown tables of docs/results.md, from the results file."""
+    level = round(100 * (1 - record["alpha"]))
+    out = [f"Coverage of {level}% intervals ({record['tasks'][next(iter(record['tasks']))]['reps']} repetitions a "
+           "setting) and mean width; ppi = PPI++ under a uniform design, active inference under an active one. "
+           "judged: n >= 100 and n <= N/5 (Drug Reviews: n = 100).", "",
+           "| corpus (N) | design | n | model output | judged | quantities | ppi coverage: mean [min, max] | "
+           "classical coverage: mean [min, max] | ppi width / classical | naive covers |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for task, rec in record["tasks"].items():
+        for s in rec["settings"]:
+            q = s["quantities"]
+            ppi = [m["ppi"]["coverage"] for m in q.values()]
+            cla = [m["classical"]["coverage"] for m in q.values()]
+            ratio = np.mean([m["ppi"]["width"] / m["classical"]["width"] for m in q.values()])
+            naive = rec["naive"][s["output"]]
+            covers = sum(naive[k]["covered"] for k in q)
+            out.append(f"| {task} ({rec['rows']}) | {s['design']} | {s['n']} | {s['output']} | "
+                       f"{'yes' if s['judged'] else 'no'} | {len(q)} | {np.mean(ppi):.3f} [{min(ppi):.3f}, "
+                       f"{max(ppi):.3f}] | {np.mean(cla):.3f} [{min(cla):.3f}, {max(cla):.3f}] | {ratio:.2f} | "
+                       f"{covers} of {len(q)} |")
+    v = record["verdicts"]
+    out += ["", "Width at n = 200 (uniform, probabilities): ppi / classical per label share, against "
+            "sqrt(1 - rho^2) (rho: correlation of the model's probability with the gold label on the corpus).", "",
+            "| corpus | share | rho | sqrt(1 - rho^2) | ppi / classical | ratio / bound |", "|---|---|---|---|---|---|"]
+    for task, w in v["width_n200"].items():
+        for name, r in w["ratios"].items():
+            rho = record["tasks"][task]["rho"][name]
+            out.append(f"| {task} | {name} | {rho:.3f} | {w['sqrt_1_rho2'][name]:.3f} | {r:.3f} | "
+                       f"{r / w['sqrt_1_rho2'][name]:.3f} |")
+    out += ["", "| corpus | mean width, uniform ppi | mean width, active | active not wider |", "|---|---|---|---|"]
+    for task, a in v["active_vs_uniform"].items():
+        out.append(f"| {task} | {a['uniform_mean_width']:.4f} | {a['active_mean_width']:.4f} | "
+                   f"{'yes' if a['active_not_wider'] else 'no'} |")
+    out += ["", "--plan from a pilot of 100: mean half-width reached at the recommended n, over the half-width asked.",
+            "", "| corpus | design | asked | classical: mean n, reached / asked | ppi: mean n, reached / asked |",
+            "|---|---|---|---|---|"]
+    for task, rec in record["tasks"].items():
+        for design, pl in rec["plan"].items():
+            out.append(f"| {task} | {design} | {pl['half_width']:.4f} | {pl['classical']['mean_n']:.0f}, "
+                       f"{pl['classical']['ratio']:.3f} | {pl['ppi']['mean_n']:.0f}, {pl['ppi']['ratio']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     args = parse_args(argv)
     tasks = args.tasks.split(",")
+    if args.report:
+        print(report(json.loads(Path(args.out).read_text())))
+        return
     if args.label:
         for task in tasks:
             label_task(task, REPO / args.runs)
@@ -330,8 +379,9 @@ def main(argv=None):
         results[task]["seconds"] = round(time.time() - started, 1)
         results[task]["reps"] = args.reps
     summary = verdicts(results)
-    atomic_write_json(out, {"alpha": ALPHA, "tasks": results, "verdicts": summary})
-    print(json.dumps(summary, indent=1))
+    record = {"alpha": ALPHA, "tasks": results, "verdicts": summary}
+    atomic_write_json(out, record)
+    print(report(record))
 
 
 if __name__ == "__main__":

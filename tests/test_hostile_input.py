@@ -303,3 +303,21 @@ def test_flags_that_do_not_apply_say_so(in_tmp, capsys, pol_run):
 def test_adapter_config_lists_its_modules_sorted(pol_run):
     config = json.loads((pol_run[-1] / "adapter_config.json").read_text())
     assert config["target_modules"] == sorted(config["target_modules"])
+
+
+def test_disk_full_while_training_is_one_line_and_the_run_resumes(in_tmp, capsys, tiny_llama_dir, monkeypatch):
+    from annotune import faults
+
+    argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--model_name",
+            tiny_llama_dir, "--epoch", 2, "--quiet", "--eval_strategy", "no", "--save_epochs", "1,2",
+            "--output_dir", "run"]
+    faults.reset()
+    monkeypatch.setenv("ANNOTUNE_ENOSPC_AT", "train.save@2")  # the second epoch's adapter
+    capsys.readouterr()
+    assert run_script("train", argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no space left on device" in err and "--resume_from_checkpoint" in err and len(err.splitlines()) == 1
+    assert not [p for p in (in_tmp / "run").iterdir() if p.name.startswith(".")]  # no staging folder left
+    monkeypatch.delenv("ANNOTUNE_ENOSPC_AT")
+    assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
+    assert (in_tmp / "run" / next(p.name for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch2"))).is_dir()
