@@ -17,6 +17,7 @@ corpus file's SHA-256; estimate.py needs it. --add N draws N more rows (expected
 no earlier phase drew, and writes a sheet of the new rows and a new design of the union. Nothing
 is ever overwritten.
 """
+import json
 import sys
 
 import numpy as np
@@ -105,7 +106,7 @@ def write_sheet(path, corpus, rows, text_column, show_prediction):
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.files import atomic_write_json, ensure_new_path
+    from annotune.files import atomic_write_text, ensure_new_path
     from annotune.designs import (check_strata, design_record, draw, inclusion_probabilities, read_corpus,
                                    strata_of)
 
@@ -136,8 +137,9 @@ def main(argv=None):
     design = design_record(corpus, args, pi, strata, names, order, phases)
     if args.add:  # the earlier phases' rows stay in the order they were drawn
         design["drawn"] = previous_ids + [int(corpus.ids[i]) for i in new]
+    design_text = json.dumps(design, indent=1) + "\n"  # serialised first: the two renames follow each other
     write_sheet(sheet_path, corpus, new, args.text_column, args.show_prediction)
-    atomic_write_json(design_path, design)
+    atomic_write_text(design_path, design_text)
     print(f"drew {len(new)} rows ({args.strategy}; {design['drawn_n']} in all, expected {design['expected_n']:.1f}) "
           f"-> {sheet_path}, design {design_path}")
 
