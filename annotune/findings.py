@@ -217,8 +217,8 @@ def _markdown(summary: dict, rows: dict) -> str:
         n_text = "" if n_eff is None or not np.isfinite(n_eff) else f"{n_eff:.0f}"
         line = f"| {name} | {_cell(e['naive'])} | {_cell(e['classical'])} | {_cell(e['ppi'])} | {lam_text} | {n_text} |"
         if summary["plan_half_width"]:
-            plan = e.get("plan", {})
-            line += f" {plan.get('classical', '')} / {plan.get('ppi', '')} |"
+            plan = e.get("plan")
+            line += f" {plan.get('classical', '')} / {plan.get('ppi', '')} |" if plan else " |"
         lines.append(line)
     if summary["plan_half_width"]:
         lines += ["", f"plan: human labels (this design's strategy) for a half-width of {summary['plan_half_width']}."]
@@ -226,22 +226,30 @@ def _markdown(summary: dict, rows: dict) -> str:
 
 
 def _forest(path, rows: dict, alpha: float) -> None:
+    """The three intervals of every quantity: shares and differences in one panel, regression
+    coefficients (another scale) in a second."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(rows)
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) * 3 + 1.2))
+    panels = [[n for n, e in rows.items() if e["quantity"]["kind"] != "coefficient"],
+              [n for n, e in rows.items() if e["quantity"]["kind"] == "coefficient"]]
+    panels = [names for names in panels if names]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.34 * sum(map(len, panels)) * 2 + 1.5), squeeze=False,
+                             gridspec_kw={"height_ratios": [len(names) for names in panels]})
     colours = {"naive": "tab:gray", "classical": "tab:blue", "ppi": "tab:red"}
-    for i, name in enumerate(names):
-        for k, method in enumerate(METHODS):
-            m, y = rows[name][method], -(3 * i + k)
-            ax.errorbar(m["estimate"], y, xerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
-                        fmt="o", color=colours[method], label=method if i == 0 else None, capsize=3)
-    ax.set_yticks([-(3 * i + 1) for i in range(len(names))], names)
-    ax.set_xlabel(f"estimate, {round(100 * (1 - alpha))}% interval")
-    ax.legend(loc="best")
+    for ax, names in zip(axes[:, 0], panels):
+        for i, name in enumerate(names):
+            for k, method in enumerate(METHODS):
+                m, y = rows[name][method], -(i + 0.25 * (k - 1))
+                ax.errorbar(m["estimate"], y, xerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
+                            fmt="o", ms=3, color=colours[method], label=method if i == 0 else None, capsize=2)
+        ax.set_yticks([-i for i in range(len(names))], names, fontsize=8)
+        ax.set_ylim(-len(names) + 0.4, 0.6)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    axes[-1, 0].set_xlabel(f"estimate, {round(100 * (1 - alpha))}% interval")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
