@@ -80,20 +80,21 @@ def spec_with(tmp, data_extra="", **top):
 
 
 def test_a_join_file_that_gives_an_id_twice_is_refused(in_tmp, capsys):
+    import yaml
+
     (in_tmp / "texts.csv").write_text("id,text\n1,one\n2,two\n")
     (in_tmp / "labels.csv").write_text("id,label\n1,a\n2,b\n1,b\n")
-    (in_tmp / "spec.yaml").write_text(
-        f"name: j\ntype: classification\ndata:\n  splits:\n    train: {{path: {in_tmp / 'texts.csv'}, labels_join: "
-        f"{{path: {in_tmp / 'labels.csv'}}}}}\n  id_column: id\n  text: '{{text}}'\n  label_column: label\n"
-        "labels: [a, b]\nprompt: {instruction: 'Classify.'}\n")
-    refused(capsys, "preprocess", ["--task", "spec.yaml", "--output_dir", "out"], "both give a label for id '1'", in_tmp)
     (in_tmp / "ids.txt").write_text("0 a\n1 b\n0 b\n")
     (in_tmp / "labels.txt").write_text("0\n1\n")
-    (in_tmp / "spec2.yaml").write_text(
-        f"name: j\ntype: classification\ndata:\n  splits:\n    train: {{path: {in_tmp / 'texts.csv'}, labels_path: "
-        f"{in_tmp / 'labels.txt'}, label_ids: {in_tmp / 'ids.txt'}}}\n  text: '{{text}}'\n  label_column: label\n"
-        "labels: [a, b]\nprompt: {instruction: 'Classify.'}\n")
-    refused(capsys, "preprocess", ["--task", "spec2.yaml", "--output_dir", "out"], "gives label id 0 again", in_tmp)
+    for name, files, message in (
+            ("join.yaml", {"labels_join": {"path": str(in_tmp / "labels.csv")}}, "both give a label for id '1'"),
+            ("ids.yaml", {"labels_path": str(in_tmp / "labels.txt"), "label_ids": str(in_tmp / "ids.txt")},
+             "gives label id 0 again")):
+        spec = {"name": "j", "type": "classification", "labels": ["a", "b"], "prompt": {"instruction": "Classify."},
+                "data": {"splits": {"train": {"path": str(in_tmp / "texts.csv"), **files}}, "id_column": "id",
+                         "text": "{text}", "label_column": "label"}}
+        (in_tmp / name).write_text(yaml.safe_dump(spec))
+        refused(capsys, "preprocess", ["--task", name, "--output_dir", "out"], message, in_tmp)
 
 
 # ---------------------------------------------------------------- one line, not a traceback
