@@ -110,8 +110,12 @@ def build_sample(design, corpus, labelled: dict):
     if design["kind"] == "poisson":
         rate = len(rows) / max(design["drawn_n"], 1)
         return Sample(rows, pi_all[rows] * rate, "poisson", corpus.size)
-    strata, _ = strata_of(corpus, design["stratify_by"])
+    strata, names = strata_of(corpus, design["stratify_by"])
     sizes, taken = np.bincount(strata), np.bincount(strata[rows], minlength=strata.max() + 1)
+    short = [n for n, t, big in zip(names, taken, sizes) if t < 2 and t < big]
+    if short:
+        raise UserError(f"stratum {short[0]!r} of {design['stratify_by']} has fewer than 2 labelled rows: its "
+                        "variance is unknown; label more of its drawn rows (or top the draw up)")
     return Sample(rows, (taken / sizes)[strata[rows]], "srs", corpus.size, strata)
 
 
@@ -144,10 +148,10 @@ def main(argv=None):
     findings = Findings(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
                           args.compare)
     labelled, missing = read_sheets(args.sheet, args.label_column, corpus, design)
+    sample = build_sample(design, corpus, labelled)
     if missing:
         print(f"warning: {missing} drawn rows have no human label and are left out; the intervals assume they "
               "are missing at random", file=sys.stderr)
-    sample = build_sample(design, corpus, labelled)
     gold = np.array([labelled[i] for i in sample.rows])
     results = findings.run(sample, gold, alpha=args.alpha)
     n_eff = effective_sizes(results, len(sample.rows), corpus.size)

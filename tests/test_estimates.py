@@ -176,3 +176,20 @@ def test_estimate_refusals(in_tmp, capsys, case, message):
     (in_tmp / "done.csv").write_text(text)
     refused(capsys, "estimate", ["--corpus", "c.csv", "--sheet", "done.csv", "--design", design], message, in_tmp)
     assert not (in_tmp / "c.estimates").exists()
+
+
+def test_a_stratum_left_without_labels_is_refused(in_tmp, capsys):
+    gold, source = write_corpus(in_tmp / "c.csv", size=600)
+    assert run_script("sample", ["--corpus", "c.csv", "--n", 60, "--stratify_by", "source"]) == 0
+    fill(in_tmp / "c.sheet.csv", gold, in_tmp / "done.csv")
+    with open(in_tmp / "done.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for r in rows:
+        if source[int(r["row"])] == "gab":
+            r["label"] = ""
+    with open(in_tmp / "done.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    refused(capsys, "estimate", ["--corpus", "c.csv", "--sheet", "done.csv", "--design", "c.design.json"],
+            "stratum 'gab' of source has fewer than 2 labelled rows", in_tmp)
