@@ -153,8 +153,22 @@ def estimate(x_all: np.ndarray, f_all: np.ndarray, sample: Sample, y: np.ndarray
     if tuned and rows_used > 2:  # lam was fit on these rows too: one more parameter, one less degree of freedom
         influence = influence * np.sqrt((rows_used - 1) / (rows_used - 2))
     cov = design_cov(sample, influence)
-    return Estimate(theta, cov, influence, lam, df=max(int(np.any(xs != 0, axis=1).sum()) - xs.shape[1], 1),
-                    extra={"term_df": term_df(xs)})
+    if xs.shape[1] == 1 and link == "identity":
+        cov = np.maximum(cov, one_error_floor(sample, xs[:, 0] != 0, float(bread[0, 0])))
+    return Estimate(theta, cov, influence, lam, df=max(rows_used - xs.shape[1], 1), extra={"term_df": term_df(xs)})
+
+
+def one_error_floor(sample: Sample, in_domain: np.ndarray, scale: float) -> float:
+    """The variance the sample would show with one unit error in the domain and none elsewhere. A
+    near-perfect model leaves most samples with no error at all (zero variance, an interval of no
+    width that misses); a share's variance is never taken below this (it binds only when the
+    sample holds at most about one error)."""
+    rows = np.flatnonzero(in_domain)
+    if not len(rows):
+        return 0.0
+    d = np.zeros((len(sample.rows), 1))
+    d[rows[np.argsort(sample.pi[rows])[len(rows) // 2]], 0] = scale  # a row of the median inclusion probability
+    return float(design_cov(sample, d)[0, 0])
 
 
 def term_df(xs: np.ndarray) -> list:

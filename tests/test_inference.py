@@ -47,7 +47,7 @@ def test_logistic_point_estimate_equals_ppi_python(lam):
     assert np.allclose(ours, theirs, atol=1e-5)
 
 
-def test_a_perfect_model_gives_the_naive_estimate_with_no_width():
+def test_a_perfect_model_gives_the_naive_estimate_and_only_the_one_error_floor():
     rng = np.random.default_rng(3)
     y, _ = corpus(rng, size=5000)
     x = np.ones((len(y), 1))
@@ -55,7 +55,8 @@ def test_a_perfect_model_gives_the_naive_estimate_with_no_width():
     est = inf.estimate(x, y, sample, y[sample.rows])
     assert est.value[0] == pytest.approx(inf.naive(x, y).value[0], abs=1e-12)
     assert est.value[0] == pytest.approx(y.mean(), abs=1e-12)
-    assert est.cov[0, 0] == pytest.approx(0.0, abs=1e-20)
+    # No residual at all: the variance is the floor of one unit error among the n rows, (1 - n/N) / n^2.
+    assert est.cov[0, 0] == pytest.approx((1 - 200 / 5000) / 200 ** 2, rel=1e-9)
 
 
 def test_predictions_independent_of_labels_give_the_classical_width():
