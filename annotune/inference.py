@@ -167,7 +167,7 @@ def one_error_floor(sample: Sample, in_domain: np.ndarray, scale: float) -> floa
     if not len(rows):
         return 0.0
     d = np.zeros((len(sample.rows), 1))
-    d[rows[np.argsort(sample.pi[rows])[len(rows) // 2]], 0] = scale  # a row of the median inclusion probability
+    d[rows[np.argmin(sample.pi[rows])], 0] = scale  # the row of the least inclusion probability (the largest weight)
     return float(design_cov(sample, d)[0, 0])
 
 
