@@ -76,11 +76,11 @@ def output_paths(args):
 
 
 def previous(args, corpus):
-    """(already-drawn mask, earlier pi, earlier phases, earlier row ids) of a top-up, checked against the flags."""
+    """(already-drawn mask, the earlier design or None) of a top-up, checked against the flags."""
     from annotune.designs import read_design
 
     if not args.add:
-        return np.zeros(corpus.size, dtype=bool), None, [], [], 0
+        return np.zeros(corpus.size, dtype=bool), None
     design = read_design(args.design, corpus)
     for key in ("strategy", "target", "uniform_share", "stratify_by"):
         if design[key] != getattr(args, key) and not (key in ("target", "uniform_share") and args.strategy == "uniform"):
@@ -89,7 +89,7 @@ def previous(args, corpus):
     position = {int(i): k for k, i in enumerate(corpus.ids)}
     already = np.zeros(corpus.size, dtype=bool)
     already[[position[i] for i in design["drawn"]]] = True
-    return already, np.array(design["pi"]), design["phases"], design["drawn"], design["expected_n"]
+    return already, design
 
 
 def write_sheet(path, corpus, rows, text_column, show_prediction):
@@ -117,8 +117,9 @@ def main(argv=None):
     design_path, sheet_path = output_paths(args)
     for path, what in ((design_path, "design"), (sheet_path, "sheet")):
         ensure_new_path(path, what=what, inputs=(args.corpus, args.design), can_overwrite=False)
-    already, old_pi, phases, previous_ids, old_n = previous(args, corpus)
-    total = int(round(old_n)) + args.add if args.add else args.n
+    already, old = previous(args, corpus)
+    old_pi, phases = (np.array(old["pi"]), old["phases"]) if old else (None, [])
+    total = int(round(old["expected_n"])) + args.add if old else args.n
     if total > corpus.size:
         raise UserError(f"--n {total} is more rows than the corpus has ({corpus.size})")
     strata, names = strata_of(corpus, args.stratify_by)
@@ -136,7 +137,7 @@ def main(argv=None):
     phases = phases + [{"seed": args.seed, "requested": args.add or args.n, "drawn": int(len(new))}]
     design = design_record(corpus, args, pi, strata, names, order, phases)
     if args.add:  # the earlier phases' rows stay in the order they were drawn
-        design["drawn"] = previous_ids + [int(corpus.ids[i]) for i in new]
+        design["drawn"] = old["drawn"] + [int(corpus.ids[i]) for i in new]
     design_text = json.dumps(design, indent=1) + "\n"  # serialised first: the two renames follow each other
     write_sheet(sheet_path, corpus, new, args.text_column, args.show_prediction)
     atomic_write_text(design_path, design_text)

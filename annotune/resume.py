@@ -47,9 +47,9 @@ def open_run_folder(args, run_name: str, checkpoints: Path) -> RunFolder:
     from .files import ensure_new_path
 
     out = Path(args.output_dir or Path("runs") / run_name)
-    ensure_new_path(out, True, what="--output_dir", kind="dir")
-    if args.overwrite_output_dir and not args.resume_from_checkpoint:
-        ensure_new_path(out, True, what="--output_dir", inputs=(args.dataset_name, args.model_name, args.task))
+    replacing = args.overwrite_output_dir and not args.resume_from_checkpoint
+    ensure_new_path(out, True, what="--output_dir", kind="dir",
+                    inputs=(args.dataset_name, args.model_name, args.task) if replacing else ())
     if args.resume_from_checkpoint:
         return resumed_folder(args, out, checkpoints)
     if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
