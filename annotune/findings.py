@@ -145,8 +145,11 @@ class Findings:
 
     @staticmethod
     def _row(q, method, value, var, alpha, df, lam, influence):
-        scale = "logit" if q.kind == "share" else "identity"
+        scale = "wilson" if q.kind == "share" else "identity"
         low, high = inf.interval(value, var, alpha, df if method != "naive" else 0, scale)
+        if q.kind != "coefficient":  # a share lies in [0, 1], a difference of two in [-1, 1]: reported within them
+            least = 0.0 if q.kind == "share" else -1.0
+            value, low, high = (float(np.clip(v, least, 1.0)) for v in (value, low, high))
         return {"quantity": q, "method": method, "estimate": value, "low": float(low), "high": float(high),
                 "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence}
 

@@ -196,14 +196,21 @@ def naive(x_all: np.ndarray, yhat_all: np.ndarray, link: str = "identity") -> Es
 
 
 def interval(value: float, var: float, alpha: float, df: int = 0, scale: str = "identity") -> tuple:
-    """value +- t_{df} (normal if df = 0) standard errors. scale 'logit' (for a share strictly inside
-    (0, 1)) builds it on the log-odds scale and maps it back, as survey software does for
-    proportions: the symmetric interval undercovers a small share estimated from few rows."""
+    """value +- t_{df} (normal if df = 0) standard errors. scale 'wilson' (for a share strictly inside
+    (0, 1)): the Wilson score interval at the effective sample size n* = p (1 - p) / var, as survey
+    software builds a proportion's interval from a design variance (Korn & Graubard). A share from
+    few rows is skewed, so the symmetric interval undercovers; where the variance is a binomial's
+    (the classical estimator, n* = n) this is Wilson's own interval, and where a good model makes the
+    variance far below p (1 - p) / n, n* is large and the interval near symmetric (a logit interval
+    would be far too wide there: its width grows as 1 / (p (1 - p)) whatever the variance)."""
     q = stats.t.ppf(1 - alpha / 2, df) if df else stats.norm.ppf(1 - alpha / 2)
     se = np.sqrt(max(var, 0.0))
-    if scale == "logit" and 0 < value < 1 and se > 0:
-        centre, half = np.log(value / (1 - value)), q * se / (value * (1 - value))
-        return float(expit(centre - half)), float(expit(centre + half))
+    if scale == "wilson" and 0 < value < 1 and se > 0:
+        n_eff = value * (1 - value) / se ** 2
+        shrink = 1 + q * q / n_eff
+        centre = (value + q * q / (2 * n_eff)) / shrink
+        half = q / shrink * np.sqrt(se ** 2 + q * q / (4 * n_eff ** 2))
+        return float(centre - half), float(centre + half)
     return value - q * se, value + q * se
 
 

@@ -161,3 +161,28 @@ def test_plan_predicts_the_half_width_reached():
         e = inf.estimate(x, f, sample, y[sample.rows], census=census)
         halves.append(np.diff(inf.interval(e.value[0], e.cov[0, 0], 0.1))[0] / 2)
     assert np.mean(halves) == pytest.approx(0.02, rel=0.15)
+
+
+
+def test_a_share_interval_at_a_binomial_variance_is_wilsons_and_near_symmetric_at_a_small_one():
+    from statsmodels.stats.proportion import proportion_confint
+
+    for k, n in ((3, 40), (20, 50), (1, 200)):
+        p = k / n
+        low, high = inf.interval(p, p * (1 - p) / n, 0.1, scale="wilson")
+        assert (low, high) == pytest.approx(proportion_confint(k, n, 0.1, method="wilson"), abs=1e-12)
+    # A good model's variance is far below the binomial's: the interval is the symmetric one.
+    low, high = inf.interval(0.1, 0.002 ** 2, 0.1, scale="wilson")
+    assert (low, high) == pytest.approx(inf.interval(0.1, 0.002 ** 2, 0.1), abs=1e-4)
+    assert 0 < low and high - 0.1 > 0.1 - low  # skewed away from the bound, never past it
+
+
+def test_shares_and_differences_are_reported_inside_their_range():
+    from annotune.findings import Findings, Quantity
+
+    share = Findings._row(Quantity("share", "a"), "ppi", -0.02, 0.05 ** 2, 0.1, 30, 0.5, None)
+    assert share["estimate"] == 0.0 and share["low"] == 0.0 and 0.0 < share["high"] < 0.2
+    diff = Findings._row(Quantity("difference", "a", "x - y"), "ppi", 0.95, 0.2 ** 2, 0.1, 30, 0.5, None)
+    assert diff["high"] == 1.0 and diff["low"] == pytest.approx(0.95 - 1.697 * 0.2, abs=1e-3)
+    coef = Findings._row(Quantity("coefficient", "a", term="t"), "ppi", 3.0, 1.0, 0.1, 30, 0.5, None)
+    assert coef["high"] > 4.5  # a coefficient has no range
