@@ -295,7 +295,7 @@ def test_published_outputs_take_the_users_umask(in_tmp):
 
 def test_flags_that_do_not_apply_say_so(in_tmp, capsys, pol_run):
     assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--task", "sst2", "--max_new_tokens", 5,
-                                   "--output_dir", "ev", "--quiet", "--bootstrap", 10]) == 0
+                                   "--output_dir", "ev", "--quiet", "--bootstrap", 10, "--max_samples", 8]) == 0
     err = capsys.readouterr().err
     assert "note: --task ignored: an adapter brings its own task" in err
     assert "note: --max_new_tokens ignored: they go with --mode generate" in err
@@ -311,7 +311,7 @@ def test_disk_full_while_training_is_one_line_and_the_run_resumes(in_tmp, capsys
 
     argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--model_name",
             tiny_llama_dir, "--epoch", 2, "--quiet", "--eval_strategy", "no", "--save_epochs", "1,2",
-            "--output_dir", "run"]
+            "--max_train_samples", 32, "--output_dir", "run"]
     faults.reset()
     monkeypatch.setenv("ANNOTUNE_ENOSPC_AT", "train.save@2")  # the second epoch's adapter
     capsys.readouterr()
