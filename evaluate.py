@@ -68,6 +68,10 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float, default=1.0, help="with --do_sample (default: 1.0)")
     g.add_argument("--quantization", choices=["auto", "4bit", "8bit", "none"], default="auto",
                    help="auto = 4-bit on CUDA, none on CPU (default: auto)")
+    g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto",
+                   help="CPU scoring under bf16 autocast (matmuls in bf16; ~2-4x faster where the CPU has bf16 "
+                        "instructions): auto = on there, off elsewhere and on CUDA (default: auto). A decision rule "
+                        "fit in another precision is refit on the adapter's validation rows")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
     g.add_argument("--bertscore_model", default="minilm-l6", help="BERTScore model, 'none' to skip (default: minilm-l6)")
     g.add_argument("--bertscore_layers", type=int, default=6, help="BERTScore layer (default: 6, MiniLM's last)")
@@ -150,7 +154,8 @@ def base_annotator(args, adapters, bases):
         name = args.model_name or DEFAULT_MODEL
         prompt = {"template": args.template, "with_definitions": not args.without_definitions}
     model = bases.get(name, resolve_kind(load_config(name), "auto", spec.type), spec.label_names)
-    return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model, merge_after=merge_after)
+    return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model, merge_after=merge_after,
+                          cpu_bf16=args.cpu_bf16)
 
 
 def evaluation_data(args, adapters, base):
@@ -218,7 +223,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
             info = read_adapter_info(adapter)
             base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
             annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)),
-                                       merge_after=args.merge)
+                                       merge_after=args.merge, cpu_bf16=args.cpu_bf16)
         for split in splits:
             rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
             metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
@@ -262,27 +267,63 @@ def baselines(args, spec, adapters, rows_by_split, splits) -> list:
     return results
 
 
-def decision_rule(args, annotator, rows_by_split, split):
+def decision_rule(args, annotator, rows_by_split, split, adapters=()):
     """The rule for `split`: the adapter's own (fit on validation in training), else one fit now on
     up to 400 validation rows; none with --decision argmax, for generation, or on the validation
-    split itself (a rule is never reported on the rows it was fit on)."""
-    from annotune.decision import DecisionRule, fit_rule, probs_matrix
-    from annotune.examples import sample_rows
+    split itself (a rule is never reported on the rows it was fit on). The adapter's rule is applied
+    to scores of the precision it was fit on; in another (bf16 here, fp32 there) it is refit on the
+    adapter's validation rows, or refused when they cannot be rebuilt."""
+    from annotune.decision import DecisionRule
 
     spec = annotator.spec
     if args.decision == "argmax" or spec.type != "classification" or split == "validation" \
             or (args.mode == "generate" and annotator.kind != "classifier"):
         return None
+    if "rule" in annotator.info:  # fit or checked once per annotator (--table asks for two splits)
+        return annotator.info["rule"]
     if annotator.info.get("decision_rule"):
-        return DecisionRule.from_dict(annotator.info["decision_rule"], spec.label_names)
+        rule = DecisionRule.from_dict(annotator.info["decision_rule"], spec.label_names)
+        # Rules from before precision was recorded were fit on the training device's plain weights.
+        fitted_in = rule.precision or ("fp32" if annotator.info.get("quantization") in (None, "none")
+                                       else annotator.precision)
+        if not rule.fitted_on or fitted_in == annotator.precision:
+            annotator.info["rule"] = rule
+            return rule
+        rows = rows_by_split.get("validation") or validation_rows(args, adapters)
+        if not rows:
+            raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
+                            f"{annotator.precision}; its validation rows are not here to refit it: pass --cpu_bf16 "
+                            f"{'on' if fitted_in == 'bf16-autocast' else 'off'} to score as it was fit, or --decision argmax")
+        annotator.info["rule"] = fit_now(args, annotator, rows)
+        print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
+              f"{annotator.info['rule'].fitted_on} validation rows scored in {annotator.precision}")
+        return annotator.info["rule"]
     if not rows_by_split.get("validation"):
         return None
-    if "rule" not in annotator.info:  # fit once per annotator (--table asks for two splits)
-        val = sample_rows(rows_by_split["validation"], 400, args.seed)
-        preds = annotator.predict(val, args.mode, args.batch_size, args.length_norm)
-        probs = probs_matrix(preds, spec.label_names)
-        annotator.info["rule"] = fit_rule(probs, [r["label"] for r in val], spec.label_names, args.decision_objective)
+    annotator.info["rule"] = fit_now(args, annotator, rows_by_split["validation"])
     return annotator.info["rule"]
+
+
+def validation_rows(args, adapters) -> list:
+    """The adapters' validation rows, from their dataset folder or rebuilt by their recorded ids;
+    none when neither is left."""
+    if not adapters:
+        return []
+    try:
+        return evaluation_data(args, adapters, None)[1].get("validation") or []
+    except UserError:
+        return []
+
+
+def fit_now(args, annotator, validation_rows):
+    """A decision rule fit on up to 400 seeded validation rows, scored as this run scores."""
+    from annotune.decision import fit_rule, probs_matrix
+    from annotune.examples import sample_rows
+
+    val = sample_rows(validation_rows, 400, args.seed)
+    preds = annotator.predict(val, args.mode, args.batch_size, args.length_norm)
+    return fit_rule(probs_matrix(preds, annotator.spec.label_names), [r["label"] for r in val],
+                    annotator.spec.label_names, args.decision_objective, precision=annotator.precision)
 
 
 def sampling(args) -> dict:
@@ -313,9 +354,9 @@ def annotate(args, adapters, base):
     ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
     input_sha256 = check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization,
-                                       merge_after=merge_after_prediction(args, adapters))
+                                       merge_after=merge_after_prediction(args, adapters), cpu_bf16=args.cpu_bf16)
     state = PartialState(cpu=device_name() == "cpu")
-    rule = decision_rule(args, annotator, {}, "predict")  # the adapter's own rule; argmax for a base model
+    rule = decision_rule(args, annotator, {}, "predict", adapters)  # the adapter's own rule; argmax for a base model
     store = PartStore(output, annotation_fingerprint(args, adapters, annotator, rule, input_sha256))
     if state.is_main_process:
         store.lock()  # one labeller per output; the processes of this launch share it
@@ -355,7 +396,7 @@ def annotation_fingerprint(args, adapters, annotator, rule, input_sha256: str) -
             "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
             "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
             "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
-            "text_column": args.text_column, "labels": annotator.spec.label_names}
+            "text_column": args.text_column, "labels": annotator.spec.label_names, "precision": annotator.precision}
 
 
 def main(argv=None):

@@ -132,7 +132,8 @@ def add_training_flags(p):
     g.add_argument("--shared_prefix", choices=["auto", "on", "off"], default="auto",
                    help="run the prompts' common prefix once per batch (default: auto, when >= 16 tokens)")
     g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto",
-                   help="CPU training under bf16 autocast: matmuls in bf16, weights, optimizer and loss in fp32; "
+                   help="CPU training (and its validation scoring) under bf16 autocast: matmuls in bf16, weights, "
+                        "optimizer and loss in fp32; "
                         "auto = on where the CPU has bf16 instructions (AVX512-BF16, AMX), 4x its fp32 matmuls "
                         "there; CUDA trains in bf16 anyway (default: auto)")
     g.add_argument("--seed", type=int, default=42, help="seed of model init, data order and splits (default: 42)")
@@ -216,13 +217,16 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     from annotune.decision import expected_score, fit_rule, probs_matrix
     from annotune.faults import crash_point
     from annotune.files import remove_dir
-    from annotune.models import base_identity, resolved_quantization
+    from annotune.models import base_identity, cpu_autocast, resolved_quantization
     from annotune.trainer import EvaluateAndSave
 
     def evaluate_now():
         if not data.eval_rows:
             return {}
-        annotator = merged_after(Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name),
+        # Validation scores in the arithmetic training runs in (bf16 autocast on a CPU with bf16
+        # instructions): the decision rule saved with the adapter records it (evaluate.py checks).
+        annotator = merged_after(Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name,
+                                           autocast=cpu_autocast(args.cpu_bf16, model)),
                                  data.merge_after and data.merge_after.merge)
         crash_point("train.evaluate")
         metrics, records = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
@@ -231,7 +235,8 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
         if data.spec.type == "classification":  # the decision rule saved with this epoch's adapter
             labels = annotator.spec.label_names
             probs = probs_matrix(records, labels)
-            rule = fit_rule(probs, [r["gold"] for r in records], labels, args.decision_objective)
+            rule = fit_rule(probs, [r["gold"] for r in records], labels, args.decision_objective,
+                            precision=annotator.precision)
             given = rule.apply(probs)[1] if rule.fitted else [r["prediction"] for r in records]
             metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule),
                            collapsed=len(labels) > 1 and len(set(given)) == 1)

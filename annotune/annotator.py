@@ -33,14 +33,26 @@ MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longe
 class Annotator:
     """A model ready to label: base model or adapter, its tokenizer, task spec and prompter."""
 
-    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, info: dict | None = None):
+    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, info: dict | None = None,
+                 autocast: bool = False):
         self.model, self.tokenizer, self.spec, self.prompter = model, tokenizer, spec, prompter
         self.kind, self.name, self.info = kind, name, info or {}
+        self.autocast = autocast  # bf16 autocast on the CPU (models.cpu_autocast)
         self._completion_cache = {}
 
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> str:
+        """What its scores are computed in (models.compute_precision); a decision rule records it."""
+        from .models import compute_precision
+
+        return compute_precision(self.model, self.autocast)
+
+    def _arithmetic(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
 
     # ---------------------------------------------------------------- classification
     def label_completions(self, prompt: str, prompt_ids: list) -> list:
@@ -62,7 +74,8 @@ class Annotator:
         completions = [self.label_completions(p, ids) for p, ids in zip(prompts, prompt_ids)]
         bar = _bar(len(prompts) * len(self.spec.label_names), "scoring labels", progress)
         self.model.eval()
-        scores = lm.score_completions(self.model, prompt_ids, completions, batch_size, length_norm, progress=bar)
+        with self._arithmetic():
+            scores = lm.score_completions(self.model, prompt_ids, completions, batch_size, length_norm, progress=bar)
         if bar is not None:
             bar.close()
         return torch.softmax(scores, dim=-1)
@@ -75,7 +88,8 @@ class Annotator:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
             enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
+            with self._arithmetic():
+                logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits.float()
             out.append(torch.softmax(logits, dim=-1).cpu())
             if bar is not None:
                 bar.update(len(chunk))
@@ -110,7 +124,8 @@ class Annotator:
                 kwargs["temperature"] = temperature
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            out = self.model.generate(**enc, **kwargs)
+            with self._arithmetic():
+                out = self.model.generate(**enc, **kwargs)
             new = out if self.kind == "seq2seq" else out[:, enc["input_ids"].shape[1]:]
             for i, row in zip(idx, new):
                 texts[i] = tok.decode(row, skip_special_tokens=True).strip()
@@ -305,11 +320,13 @@ def unfold_lora(model):
 
 
 def load_annotator(adapter: str | None = None, base_model: str | None = None, spec=None, prompt: dict | None = None,
-                   quantization: str = "auto", model=None, tokenizer=None, merge_after: str | None = None):
+                   quantization: str = "auto", model=None, tokenizer=None, merge_after: str | None = None,
+                   cpu_bf16: str = "off"):
     """An Annotator for an adapter folder (its recorded base model, task, prompt and merge after
     prediction), or for a base model with a task spec, prompt settings and optionally a merge of
     the spec's labels applied after prediction (the zero-shot baseline). `model` may be given
-    already loaded (a base model, or a base with the adapter attached)."""
+    already loaded (a base model, or a base with the adapter attached). cpu_bf16: evaluate.py's
+    --cpu_bf16 (auto, on, off; models.cpu_autocast)."""
     from .models import load_config, load_model, load_tokenizer, resolve_kind
 
     info = {}
@@ -337,5 +354,8 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
                         is_seq2seq=kind == "seq2seq")
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
-    return merged_after(Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info}),
-                        merge_after)
+    from .models import cpu_autocast
+
+    annotator = Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info},
+                          autocast=cpu_autocast(cpu_bf16, model))
+    return merged_after(annotator, merge_after)

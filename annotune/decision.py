@@ -6,7 +6,11 @@ and a temperature that calibrates the probabilities (least negative log-likeliho
 rows). An instruction-tuned model on imbalanced data often ranks the labels well but leans to the
 majority label; the offsets undo the lean without touching the ranking within a label.
 
-The rule is fit on validation rows only, never on the split being reported. Below MIN_ROWS
+The rule is fit on validation rows only, never on the split being reported, and records the
+arithmetic of the scores it was fit on (`precision`: fp32, bf16-autocast, 4bit-bf16, ...): bf16
+scores differ from fp32 ones by a few thousandths, enough to move a threshold, so a rule is
+applied only to scores of its own precision (evaluate.py refits it on the adapter's validation
+rows, or refuses). Below MIN_ROWS
 validation rows it is not fit (offsets 0, temperature 1) and says so: a handful of rows would
 fit noise. Above, it is also checked out of sample: offsets fit on one half of the validation rows
 must beat argmax on the other half by at least MIN_GAIN, on average over CHECK_SPLITS random halves;
@@ -39,6 +43,7 @@ class DecisionRule:
     fitted_on: int = 0  # validation rows the rule was fit on (0: not fit)
     heldout_gain: float | None = None  # mean gain of half-fit offsets on the other half (see the docstring)
     note: str = "argmax"
+    precision: str | None = None  # the scores' arithmetic it was fit on (models.compute_precision); None: unrecorded
 
     def __post_init__(self):
         self.offsets = list(self.offsets) or [0.0] * len(self.labels)
@@ -129,13 +134,15 @@ def fit_temperature(logp, gold_index, offsets) -> float:
     return float(min(TEMPERATURE_GRID, key=nll))
 
 
-def fit_rule(probs, gold, labels, objective: str = "macro_f1", min_rows: int = MIN_ROWS) -> DecisionRule:
-    """A DecisionRule fit on validation probabilities and gold labels (see the module docstring)."""
+def fit_rule(probs, gold, labels, objective: str = "macro_f1", min_rows: int = MIN_ROWS,
+             precision: str | None = None) -> DecisionRule:
+    """A DecisionRule fit on validation probabilities and gold labels (see the module docstring);
+    precision: the arithmetic the probabilities came from, recorded with the rule."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}")
     labels = list(labels)
     if len(gold) < min_rows:
-        return DecisionRule(labels, objective=objective,
+        return DecisionRule(labels, objective=objective, precision=precision,
                             note=f"not fit: {len(gold)} validation rows < {min_rows}; argmax is used")
     logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
     offsets = np.asarray(fit_offsets(logp, gold, labels, objective))
@@ -144,7 +151,7 @@ def fit_rule(probs, gold, labels, objective: str = "macro_f1", min_rows: int = M
     verdict = "applied" if gain >= MIN_GAIN else f"below {MIN_GAIN}: not applied (argmax is used)"
     return DecisionRule(labels, [float(x) for x in offsets], temperature, objective, len(gold), round(gain, 4),
                         note=f"offsets and temperature fit on {len(gold)} validation rows ({objective}); "
-                             f"held-out gain {gain:+.3f}: {verdict}")
+                             f"held-out gain {gain:+.3f}: {verdict}", precision=precision)
 
 
 def heldout_gain(logp, gold, labels, objective: str, seed: int = 0) -> float:

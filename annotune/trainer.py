@@ -31,7 +31,7 @@ from .cli import UserError
 from .faults import crash_point
 from .files import append_jsonl, read_jsonl
 from .lm import common_prefix_length, completion_loss, hidden_states, pad_batch, run_prefix
-from .models import training_autocast
+from .models import cpu_autocast
 from .prompts import encode_example, encode_prompt
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
@@ -397,7 +397,7 @@ class LossOptions:
     n_labels: int = 0
     record_examples: bool = False  # tests: keep the ids each process trained on
     balance: str = "none"  # none, oversample (minority labels repeated each epoch), weights (inverse frequency)
-    cpu_bf16: str = "off"  # auto, on, off: bf16 autocast on the CPU (models.training_autocast)
+    cpu_bf16: str = "off"  # auto, on, off: bf16 autocast on the CPU (models.cpu_autocast)
 
 
 class AnnotuneTrainer(Trainer):
@@ -418,7 +418,7 @@ class AnnotuneTrainer(Trainer):
         self.totals = {"train_seconds": 0.0, "useful_tokens": 0, "processed_tokens": 0}
         self.window = {"loss": 0.0, "batches": 0, "tokens": 0}
         self.examples_seen = []
-        self.autocast = training_autocast(options.cpu_bf16, model)
+        self.autocast = cpu_autocast(options.cpu_bf16, model)
         super().__init__(model=LossModule(model, options.kind, self.prefix, weights, self.autocast), args=args,
                          train_dataset=feats,
                          data_collator=lambda batch: collate(options.kind, batch, tokenizer.pad_token_id),

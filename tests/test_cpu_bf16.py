@@ -24,14 +24,14 @@ def test_autocast_is_chosen_for_fp32_cpu_weights_on_a_cpu_with_bf16_instructions
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     for native in (True, False):
         monkeypatch.setattr(models, "native_bf16_cpu", lambda: native)
-        assert models.training_autocast("auto", model) is native
-        assert models.training_autocast("on", model) is True
-        assert models.training_autocast("off", model) is False
+        assert models.cpu_autocast("auto", model) is native
+        assert models.cpu_autocast("on", model) is True
+        assert models.cpu_autocast("off", model) is False
     monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
     model.to(torch.bfloat16)  # weights already in bf16 (as on CUDA): nothing to autocast
-    assert models.training_autocast("auto", model) is False
+    assert models.cpu_autocast("auto", model) is False
     with pytest.raises(UserError, match="--cpu_bf16 on needs unquantized fp32 weights"):
-        models.training_autocast("on", model)
+        models.cpu_autocast("on", model)
 
 
 def test_native_bf16_reads_the_cpu_capability(monkeypatch):

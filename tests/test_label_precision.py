@@ -1,0 +1,116 @@
+"""Labelling under bf16 autocast on the CPU (evaluate.py --cpu_bf16): when it is chosen, close to
+fp32, and a decision rule never applied to scores of another precision than it was fit on."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from annotune import models
+from annotune.annotator import load_annotator
+from annotune.task import load_task
+from conftest import run_script
+
+
+def write_posts(path, n):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["post_id", "body"])
+        writer.writerows([[f"p{i}", f"post {i}: the gun law {'passed' if i % 2 else 'failed'} today"] for i in range(n)])
+    return path
+
+
+def test_auto_scores_in_bf16_only_on_a_cpu_with_bf16_instructions(tiny_llama_dir, monkeypatch):
+    spec = load_task("politosphere", "pol_unpol_oth")
+    for native in (True, False):
+        monkeypatch.setattr(models, "native_bf16_cpu", lambda native=native: native)
+        annotator = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="auto")
+        assert annotator.autocast is native
+        assert annotator.precision == ("bf16-autocast" if native else "fp32")
+    assert load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="off").precision == "fp32"
+    assert load_annotator(base_model=tiny_llama_dir, spec=spec).autocast is False  # the library default
+
+
+def test_bf16_label_scores_are_close_to_fp32(tiny_llama_dir):
+    spec = load_task("politosphere", "pol_unpol_oth")
+    rows = [{"text": f"post {i} about the new gun law and who voted for it"} for i in range(24)]
+    out = {}
+    for mode in ("off", "on"):
+        annotator = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16=mode)
+        prompts, _ = annotator.fit_prompts(rows, annotator.max_label_tokens() + 1)
+        # Log-probabilities of the labels (a random model's softmax saturates at 0 and 1).
+        out[mode] = torch.log(annotator.score(prompts, batch_size=8)).numpy()
+    assert not np.array_equal(out["off"], out["on"])  # bf16 really ran
+    finite = np.isfinite(out["off"]) & np.isfinite(out["on"])
+    assert finite.mean() > 0.5
+    np.testing.assert_allclose(out["on"][finite], out["off"][finite], rtol=0.03, atol=0.15)
+    assert (out["on"].argmax(axis=1) == out["off"].argmax(axis=1)).mean() >= 0.9
+
+
+def adapter_with_rule(pol_run, folder, precision, keep_rows=True):
+    """A copy of a trained adapter whose annotune.json carries a decision rule fit on `precision` scores
+    (the pol_run fixture trains without validation, so it has none of its own)."""
+    adapter = shutil.copytree(pol_run[-1], folder / "adapter")
+    info = json.loads((adapter / "annotune.json").read_text())
+    labels = info["labels"]
+    info["decision_rule"] = {"labels": labels, "offsets": [0.0, 1.0, -1.0][:len(labels)], "temperature": 1.0,
+                             "objective": "macro_f1", "fitted_on": 60, "heldout_gain": 0.05, "note": "test",
+                             "precision": precision}
+    if not keep_rows:
+        info["dataset"], info["split_ids"] = str(folder / "gone"), {}
+    (adapter / "annotune.json").write_text(json.dumps(info))
+    return adapter
+
+
+def test_a_rule_fit_on_fp32_scores_is_refit_when_labelling_in_bf16(in_tmp, pol_run, capsys):
+    adapter = adapter_with_rule(pol_run, in_tmp, "fp32")
+    posts = write_posts(in_tmp / "posts.csv", 6)
+    argv = ["--adapters_name", adapter, "--predict_file", posts, "--text_column", "body", "--quiet"]
+    capsys.readouterr()
+    assert run_script("evaluate", argv + ["--cpu_bf16", "off", "--output", "fp32.csv"]) == 0
+    assert "refit" not in capsys.readouterr().out  # the same precision: the adapter's rule as it is
+    assert run_script("evaluate", argv + ["--cpu_bf16", "on", "--output", "bf16.csv"]) == 0
+    out = capsys.readouterr().out
+    assert "decision rule was fit on fp32 scores; refit on" in out and "scored in bf16-autocast" in out
+    with open(in_tmp / "bf16.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 6
+
+
+def test_a_rule_of_another_precision_without_its_validation_rows_is_refused(in_tmp, pol_run, capsys):
+    adapter = adapter_with_rule(pol_run, in_tmp, "fp32", keep_rows=False)
+    posts = write_posts(in_tmp / "posts.csv", 4)
+    capsys.readouterr()
+    assert run_script("evaluate", ["--adapters_name", adapter, "--predict_file", posts, "--text_column", "body",
+                                   "--quiet", "--cpu_bf16", "on", "--output", "o.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was fit on fp32 scores and this run scores in bf16-autocast" in err and "--cpu_bf16 off" in err
+    assert len(err.splitlines()) == 1 and not (in_tmp / "o.csv").exists()
+    # --decision argmax needs no rule: it labels.
+    assert run_script("evaluate", ["--adapters_name", adapter, "--predict_file", posts, "--text_column", "body",
+                                   "--quiet", "--cpu_bf16", "on", "--decision", "argmax", "--output", "o.csv"]) == 0
+
+
+def test_a_labelling_resumes_only_in_the_precision_it_started_in(in_tmp, pol_run, capsys):
+    posts = write_posts(in_tmp / "posts.csv", 12)
+    argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--quiet",
+            "--output", "out.csv", "--chunk_rows", 4]
+    assert run_script("evaluate", argv + ["--cpu_bf16", "off", "--stop_after_chunks", 1]) == 0
+    capsys.readouterr()
+    assert run_script("evaluate", argv + ["--cpu_bf16", "on"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "(precision differ" in err and len(err.splitlines()) == 1
+    assert run_script("evaluate", argv + ["--cpu_bf16", "off"]) == 0
+
+
+@pytest.mark.parametrize("precision", ["bf16-autocast", "fp32"])
+def test_training_records_the_precision_its_rule_was_fit_on(in_tmp, tiny_llama_dir, precision):
+    assert run_script("train", ["--task", "sst2", "--model_name", tiny_llama_dir, "--epoch", 1, "--quiet",
+                                "--max_train_samples", 16, "--max_eval_samples", 48, "--cpu_bf16", "on" if precision != "fp32" else "off",
+                                "--output_dir", "run"]) == 0
+    adapter = next(p for p in (in_tmp / "run").iterdir() if "epoch" in p.name)
+    info = json.loads((adapter / "annotune.json").read_text())
+    rule, rows = info["decision_rule"], info["validation_metrics"]["n"]
+    assert rows == 48 and rule["fitted_on"] == rows  # fit (not refused for too few rows) ...
+    assert rule["precision"] == precision  # ... on scores of the precision training validated in
