@@ -48,7 +48,7 @@ def balanced_accuracy(gold, pred, labels) -> float:
 def bootstrap_ci(gold, pred, fn, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list:
     """Percentile bootstrap interval of fn(gold, pred) over resampled examples (seeded)."""
     gold, pred = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
-    if len(gold) < 2:
+    if len(gold) < 2 or not n_boot:  # --bootstrap 0: no interval
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
     stats = []

@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--corpus_rows", type=int, default=2000, help="rows of each speed corpus (default: 2000)")
     p.add_argument("--runs", default="runs/bench/label_precision", help="adapters and corpora (default: %(default)s)")
     p.add_argument("--out", default="bench/results/label_precision.json", help="results (default: %(default)s)")
+    p.add_argument("--parts", default="speed,quality", help="what to measure (default: both); the other part's "
+                                                            "results already in --out are kept")
     p.add_argument("--report", action="store_true", help="print the tables of --out")
     return p.parse_args(argv)
 
@@ -260,16 +262,20 @@ def main(argv=None):
     quiet_libraries()
     runs = REPO / args.runs
     adapters = {t: adapter_for(t, runs, args.train_rows) for t in args.tasks.split(",")}
-    record = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {native_bf16_cpu()}",
-              "command": " ".join(sys.argv), "speed": {}, "quality": {}}
+    record = json.loads(out.read_text()) if out.exists() else {"speed": {}, "quality": {}}
+    record.update(machine=f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {native_bf16_cpu()}")
+    parts = args.parts.split(",")
     for source, task in SPEED.items():
-        if task in adapters:
+        if task in adapters and "speed" in parts:
             record["speed"][source] = speed(source, adapters[task], runs, args.corpus_rows, source == "sbic posts")
+            record["speed"][source]["command"] = " ".join(sys.argv)
+            atomic_write_json(out, record)  # each result kept as it comes
             print(f"speed {source}: {record['speed'][source]['speedup']}x", flush=True)
     for task, adapter in adapters.items():
-        record["quality"][task] = quality(task, adapter, args.test_rows)
-        print(f"quality {task}: {record['quality'][task]['bf16_minus_fp32']}", flush=True)
-    atomic_write_json(out, record)
+        if "quality" in parts:
+            record["quality"][task] = dict(quality(task, adapter, args.test_rows), command=" ".join(sys.argv))
+            atomic_write_json(out, record)
+            print(f"quality {task}: {record['quality'][task]['bf16_minus_fp32']}", flush=True)
     print(report(record))
     return 0
 

@@ -123,3 +123,10 @@ def test_paired_difference_is_the_difference_on_the_same_rows_with_its_own_inter
     # Reversed, the difference is negative and so is all of its interval.
     reversed_ = paired_difference(gold, worse, better, fn, n_boot=300, seed=1)
     assert reversed_["diff"] == pytest.approx(-d["diff"]) and reversed_["ci95"][1] < 0
+
+
+def test_no_bootstrap_gives_the_metrics_without_intervals():
+    from annotune.metrics import classification_metrics
+
+    m = classification_metrics(["a", "b", "a", "b"], ["a", "b", "b", "b"], ["a", "b"], n_boot=0)  # --bootstrap 0
+    assert m["accuracy"] == 0.75 and all(np.isnan(v).all() for v in m["ci95"].values())
