@@ -68,10 +68,9 @@ def parse_args(argv=None):
     g.add_argument("--temperature", type=float, default=1.0, help="with --do_sample (default: 1.0)")
     g.add_argument("--quantization", choices=["auto", "4bit", "8bit", "none"], default="auto",
                    help="auto = 4-bit on CUDA, none on CPU (default: auto)")
-    g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto",
-                   help="CPU scoring under bf16 autocast (matmuls in bf16; ~2-4x faster where the CPU has bf16 "
-                        "instructions): auto = on there, off elsewhere and on CUDA (default: auto). A decision rule "
-                        "fit in another precision is refit on the adapter's validation rows")
+    g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto", help="CPU scoring under bf16 "
+                   "autocast, ~2x faster: auto = where the CPU has bf16 instructions (default: auto; a rule fit "
+                   "in another precision is refit)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
     g.add_argument("--bertscore_model", default="minilm-l6", help="BERTScore model, 'none' to skip (default: minilm-l6)")
     g.add_argument("--bertscore_layers", type=int, default=6, help="BERTScore layer (default: 6, MiniLM's last)")
@@ -82,13 +81,7 @@ def parse_args(argv=None):
     g.add_argument("--annotation_id_column", default="id", help="id column in --annotations (default: id)")
     g.add_argument("--output_dir", help="results folder (default: runs/eval/<task>-<time>); never overwritten")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g = p.add_argument_group("annotating new data")
-    g.add_argument("--predict_file", help="unlabelled CSV/TSV/JSONL to label")
-    g.add_argument("--text_column", default="text", help="column of --predict_file holding the text (default: text)")
-    g.add_argument("--output", help="labelled CSV to write (default: <predict_file>.labeled.csv)")
-    g.add_argument("--chunk_rows", type=int, default=256, help="rows per written chunk (default: 256)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    g.add_argument("--stop_after_chunks", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
+    add_annotation_flags(p)
     args = p.parse_args(argv)
     check_ranges(p, args, {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
                            "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
@@ -97,6 +90,16 @@ def parse_args(argv=None):
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
     note_unused(p, args)
     return args
+
+
+def add_annotation_flags(p) -> None:
+    g = p.add_argument_group("annotating new data")
+    g.add_argument("--predict_file", help="unlabelled CSV/TSV/JSONL to label")
+    g.add_argument("--text_column", default="text", help="column of --predict_file holding the text (default: text)")
+    g.add_argument("--output", help="labelled CSV to write (default: <predict_file>.labeled.csv)")
+    g.add_argument("--chunk_rows", type=int, default=256, help="rows per written chunk (default: 256)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    g.add_argument("--stop_after_chunks", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
 
 
 def note_unused(p, args) -> None:
