@@ -12,14 +12,7 @@ from annotune import models
 from annotune.annotator import load_annotator
 from annotune.task import load_task
 from conftest import run_script
-
-
-def write_posts(path, n):
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["post_id", "body"])
-        writer.writerows([[f"p{i}", f"post {i}: the gun law {'passed' if i % 2 else 'failed'} today"] for i in range(n)])
-    return path
+from test_hostile_input import write_posts
 
 
 def test_auto_scores_in_bf16_only_on_a_cpu_with_bf16_instructions(tiny_llama_dir, monkeypatch):
