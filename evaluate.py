@@ -294,9 +294,10 @@ def decision_rule(args, annotator, rows_by_split, split, adapters=()):
             return rule
         rows = rows_by_split.get("validation") or validation_rows(args, adapters)
         if not rows:
+            matching = {"bf16-autocast": "--cpu_bf16 on", "fp32": "--cpu_bf16 off"}.get(fitted_in)
             raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
-                            f"{annotator.precision}; its validation rows are not here to refit it: pass --cpu_bf16 "
-                            f"{'on' if fitted_in == 'bf16-autocast' else 'off'} to score as it was fit, or --decision argmax")
+                            f"{annotator.precision}; its validation rows are not here to refit it: pass "
+                            + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
         annotator.info["rule"] = fit_now(args, annotator, rows)
         print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
               f"{annotator.info['rule'].fitted_on} validation rows scored in {annotator.precision}")

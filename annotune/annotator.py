@@ -327,7 +327,7 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     the spec's labels applied after prediction (the zero-shot baseline). `model` may be given
     already loaded (a base model, or a base with the adapter attached). cpu_bf16: evaluate.py's
     --cpu_bf16 (auto, on, off; models.cpu_autocast)."""
-    from .models import load_config, load_model, load_tokenizer, resolve_kind
+    from .models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
 
     info = {}
     if adapter:
@@ -354,8 +354,6 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
                         is_seq2seq=kind == "seq2seq")
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
-    from .models import cpu_autocast
-
     annotator = Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info},
                           autocast=cpu_autocast(cpu_bf16, model))
     return merged_after(annotator, merge_after)

@@ -274,20 +274,20 @@ def compute_precision(model, autocast: bool) -> str:
     """The arithmetic a model's scores come from: 'bf16-autocast' (CPU, --cpu_bf16), else its weights'
     dtype, with the quantization ('4bit-bf16': 4-bit weights, bf16 compute). A decision rule is fit
     on scores of one precision and applied to scores of the same (evaluate.py refits or refuses)."""
-    import torch
-
     if autocast:
         return "bf16-autocast"
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+    def short(dtype) -> str:
+        name = str(dtype).replace("torch.", "")
+        return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
     config = getattr(getattr(model, "config", None), "quantization_config", None)
     if config is not None:
         config = config if isinstance(config, dict) else config.to_dict()
         if config.get("load_in_4bit"):
-            compute = str(config.get("bnb_4bit_compute_dtype") or "float32").replace("torch.", "")
-            return "4bit-" + {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(compute, compute)
+            return "4bit-" + short(config.get("bnb_4bit_compute_dtype") or "float32")
         return "8bit"
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    return "+".join(sorted(names.get(d, str(d)) for d in dtypes))
+    return "+".join(sorted({short(p.dtype) for p in model.parameters() if p.is_floating_point()}))
 
 
 def using_fsdp() -> bool:
