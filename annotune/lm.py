@@ -146,7 +146,7 @@ def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, l
 
     prompt_ids: token ids per prompt. completion_ids: per prompt, a list of token-id lists (the
     labels as tokenised after that prompt, EOS included where wanted).
-    The prompts' common prefix runs once for the whole call. Packed (the default where the attention
+    The prompts' common prefix runs once for the whole call (outside autocast). Packed (the default where the attention
     takes a 4D mask): each batch is ONE forward of [own prompt tokens, label 1, label 2, ...] per
     row, where a mask lets each label see the prompt and itself only and its positions restart
     after the prompt, so scoring every label costs about one prompt forward. Otherwise each batch's
@@ -155,7 +155,10 @@ def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, l
     decoder, _, config = decoder_and_head(model)
     n_prompts, n_labels = len(prompt_ids), len(completion_ids[0])
     plen = common_prefix_length(prompt_ids) if use_prefix and n_prompts > 1 else 0
-    prefix_kv = run_prefix(model, prompt_ids[0][:plen]) if plen else None
+    # The prefix runs once per call, so in the weights' own precision even under bf16 autocast: it
+    # costs nothing here, and its keys and values carry no bf16 rounding into every row's scores.
+    with torch.autocast(next(model.parameters()).device.type, enabled=False):
+        prefix_kv = run_prefix(model, prompt_ids[0][:plen]) if plen else None
     if packed is None:
         packed = _packed_agrees(model, config, prompt_ids[0][plen:], completion_ids[0], plen, prefix_kv)
     order = sorted(range(n_prompts), key=lambda i: len(prompt_ids[i]))  # similar lengths: less padding
