@@ -71,6 +71,9 @@ def parse_args(argv=None):
     g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto", help="CPU scoring under bf16 "
                    "autocast, ~2x faster: auto = where the CPU has bf16 instructions (default: auto; a rule fit "
                    "in another precision is refit)")
+    g.add_argument("--bf16_tie_margin", type=float, default=0.05, help="under --cpu_bf16: a row whose two best "
+                   "labels are within this summed log-likelihood (after the rule's offsets) is scored again in "
+                   "fp32, so bf16's rounding decides no label; 0 = never (default: 0.05)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
     g.add_argument("--bertscore_model", default="minilm-l6", help="BERTScore model, 'none' to skip (default: minilm-l6)")
     g.add_argument("--bertscore_layers", type=int, default=6, help="BERTScore layer (default: 6, MiniLM's last)")
@@ -85,7 +88,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     check_ranges(p, args, {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
                            "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
-                           "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0")})
+                           "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0"),
+                           "bf16_tie_margin": (0, None, "at least 0")})
     if not args.adapters_name and not args.base_only:
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
     note_unused(p, args)
@@ -158,7 +162,7 @@ def base_annotator(args, adapters, bases):
         prompt = {"template": args.template, "with_definitions": not args.without_definitions}
     model = bases.get(name, resolve_kind(load_config(name), "auto", spec.type), spec.label_names)
     return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model, merge_after=merge_after,
-                          cpu_bf16=args.cpu_bf16)
+                          cpu_bf16=args.cpu_bf16, tie_margin=args.bf16_tie_margin)
 
 
 def evaluation_data(args, adapters, base):
@@ -226,7 +230,8 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
             info = read_adapter_info(adapter)
             base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
             annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)),
-                                       merge_after=args.merge, cpu_bf16=args.cpu_bf16)
+                                       merge_after=args.merge, cpu_bf16=args.cpu_bf16,
+                                       tie_margin=args.bf16_tie_margin)
         for split in splits:
             rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
             metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
@@ -358,7 +363,8 @@ def annotate(args, adapters, base):
     ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
     input_sha256 = check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization,
-                                       merge_after=merge_after_prediction(args, adapters), cpu_bf16=args.cpu_bf16)
+                                       merge_after=merge_after_prediction(args, adapters), cpu_bf16=args.cpu_bf16,
+                                       tie_margin=args.bf16_tie_margin)
     state = PartialState(cpu=device_name() == "cpu")
     rule = decision_rule(args, annotator, {}, "predict", adapters)  # the adapter's own rule; argmax for a base model
     store = PartStore(output, annotation_fingerprint(args, adapters, annotator, rule, input_sha256))
@@ -400,7 +406,8 @@ def annotation_fingerprint(args, adapters, annotator, rule, input_sha256: str) -
             "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
             "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
             "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
-            "text_column": args.text_column, "labels": annotator.spec.label_names, "precision": annotator.precision}
+            "text_column": args.text_column, "labels": annotator.spec.label_names, "precision": annotator.precision,
+            "bf16_tie_margin": annotator.tie_margin}
 
 
 def main(argv=None):

@@ -28,16 +28,21 @@ from .prompts import Prompter, encode_label_after, encode_prompt
 
 
 MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longer texts are cut and flagged
+# Under bf16 autocast a row whose two best labels are closer than this (summed log-likelihood, after
+# the decision rule's offsets) is scored again in fp32: bf16's rounding moves a label's score by about
+# 0.025 on SmolLM2-135M (at most 0.05 for a flipped label; docs/benchmarks.md), so it decides no label.
+TIE_MARGIN = 0.05
 
 
 class Annotator:
     """A model ready to label: base model or adapter, its tokenizer, task spec and prompter."""
 
     def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, info: dict | None = None,
-                 autocast: bool = False):
+                 autocast: bool = False, tie_margin: float = TIE_MARGIN):
         self.model, self.tokenizer, self.spec, self.prompter = model, tokenizer, spec, prompter
         self.kind, self.name, self.info = kind, name, info or {}
         self.autocast = autocast  # bf16 autocast on the CPU (models.cpu_autocast)
+        self.tie_margin = tie_margin if autocast else 0.0  # near ties rescored in fp32 (TIE_MARGIN)
         self._completion_cache = {}
 
     @property
@@ -66,8 +71,10 @@ class Annotator:
                 for label in self.spec.label_names]
         return self._completion_cache[key]
 
-    def score(self, prompts, batch_size: int = 16, length_norm: bool = False, progress: bool = False):
-        """Per-label probabilities [n, n_labels] from label log-likelihoods (score mode)."""
+    def score(self, prompts, batch_size: int = 16, length_norm: bool = False, progress: bool = False,
+              offsets=None):
+        """Per-label probabilities [n, n_labels] from label log-likelihoods (score mode). Under bf16
+        autocast the near ties (`tie_margin`, judged after a decision rule's `offsets`) are fp32's."""
         from . import lm
 
         prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
@@ -78,7 +85,20 @@ class Annotator:
             scores = lm.score_completions(self.model, prompt_ids, completions, batch_size, length_norm, progress=bar)
         if bar is not None:
             bar.close()
+        ties = self.near_ties(scores, offsets)
+        if ties:
+            scores[ties] = lm.score_completions(self.model, [prompt_ids[i] for i in ties],
+                                                [completions[i] for i in ties], batch_size, length_norm)
         return torch.softmax(scores, dim=-1)
+
+    def near_ties(self, scores, offsets=None) -> list:
+        """Rows whose best two labels (log-likelihoods plus the rule's offsets) are within tie_margin."""
+        if not self.tie_margin or scores.shape[1] < 2 or not len(scores):
+            return []
+        if offsets is not None and len(offsets) == scores.shape[1]:
+            scores = scores + torch.as_tensor(offsets, dtype=scores.dtype)
+        best = scores.topk(2, dim=-1).values
+        return (best[:, 0] - best[:, 1] < self.tie_margin).nonzero().flatten().tolist()
 
     @torch.no_grad()
     def head_probs(self, texts, batch_size: int = 16, max_length: int = 512, progress: bool = False):
@@ -142,11 +162,11 @@ class Annotator:
     # ---------------------------------------------------------------- one call for every mode
     def predict(self, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
                 max_new_tokens: int | None = None, progress: bool = False, max_length: int = 512,
-                sampling: dict | None = None):
+                sampling: dict | None = None, offsets=None):
         """Predictions for rows (dicts with 'text' and optionally 'prompt'): a list of dicts with
         'prediction', and 'probs' (score/head) or 'raw' (generate); 'truncated' where the text was
         cut to fit (fit_prompts). Decoding is greedy unless sampling = {"do_sample": True,
-        "temperature": t} is asked for."""
+        "temperature": t} is asked for. offsets: the decision rule's to be applied (near ties)."""
         sampling, labels = sampling or {}, self.spec.label_names
         if self.kind == "classifier":
             probs = self.head_probs([row["text"] for row in rows], batch_size, max_length, progress)
@@ -162,7 +182,7 @@ class Annotator:
                     for t, c in zip(outputs, cut)]
         if mode != "score":
             raise UserError(f"unknown mode {mode!r} (score, generate)")
-        return self._labelled(self.score(prompts, batch_size, length_norm, progress), cut)
+        return self._labelled(self.score(prompts, batch_size, length_norm, progress, offsets), cut)
 
     def _labelled(self, probs, cut) -> list:
         if len(probs) and not np.isfinite(np.asarray(probs, dtype=float)).all():
@@ -208,6 +228,8 @@ class MergedAnnotator:
 
     def predict(self, rows, *args, **kwargs):
         # A row's own prompt (a dataset folder's) was rendered with the merged labels: render the finer ones.
+        # The merged labels' rule offsets are not the finer labels': near ties are judged without them.
+        kwargs.pop("offsets", None)
         preds = self.inner.predict([{"text": row["text"]} for row in rows], *args, **kwargs)
         return [merged_prediction(p, self.spec.label_names, self.spec.merge_map) for p in preds]
 
@@ -225,7 +247,8 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
     (decision.py) the predictions and metrics are the rule's; the argmax ones are kept beside them."""
     if not rows:
         raise UserError("the split to evaluate is empty")
-    preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
+    preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling,
+                              offsets=rule.offsets if rule is not None and rule.fitted else None)
     spec = annotator.spec
     records = []
     for row, pred in zip(rows, preds):
@@ -321,12 +344,12 @@ def unfold_lora(model):
 
 def load_annotator(adapter: str | None = None, base_model: str | None = None, spec=None, prompt: dict | None = None,
                    quantization: str = "auto", model=None, tokenizer=None, merge_after: str | None = None,
-                   cpu_bf16: str = "off"):
+                   cpu_bf16: str = "off", tie_margin: float = TIE_MARGIN):
     """An Annotator for an adapter folder (its recorded base model, task, prompt and merge after
     prediction), or for a base model with a task spec, prompt settings and optionally a merge of
     the spec's labels applied after prediction (the zero-shot baseline). `model` may be given
     already loaded (a base model, or a base with the adapter attached). cpu_bf16: evaluate.py's
-    --cpu_bf16 (auto, on, off; models.cpu_autocast)."""
+    --cpu_bf16 (auto, on, off; models.cpu_autocast); tie_margin: its --bf16_tie_margin (TIE_MARGIN)."""
     from .models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
 
     info = {}
@@ -355,5 +378,5 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
                         is_seq2seq=kind == "seq2seq")
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
     annotator = Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info},
-                          autocast=cpu_autocast(cpu_bf16, model))
+                          autocast=cpu_autocast(cpu_bf16, model), tie_margin=tie_margin)
     return merged_after(annotator, merge_after)

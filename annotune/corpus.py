@@ -260,7 +260,8 @@ def annotate_file(annotator, path: str, text_column: str, store: PartStore, batc
         if not todo:
             continue
         rows = [{"text": str(row[text_column] or ""), "id": str(n)} for n, row in todo]
-        preds = annotator.predict(rows, mode, batch_size, **predict_kwargs)
+        preds = annotator.predict(rows, mode, batch_size, **predict_kwargs,
+                                  offsets=rule.offsets if rule is not None and rule.fitted else None)
         if rule is not None and rule.fitted and preds and "probs" in preds[0]:
             preds = [dict(p, probs=p["calibrated_probs"]) for p in rule.relabel(preds)]
         records = {n: record_of(n, row, pred) for (n, row), pred in zip(todo, preds)}

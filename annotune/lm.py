@@ -48,19 +48,24 @@ def run_prefix(model, prefix_ids):
     return [(layer.keys, layer.values) for layer in out.cache.layers]
 
 
-def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool = False):
+def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool = False,
+                  checkpoint: bool = False):
     """Last hidden states of a (right- or left-padded) batch, optionally on top of a shared prefix:
     through a key/value cache expanded along the batch, or with `split` the prefix attended to
     without a copy per example and the own tokens run without their padding
-    (annotune.prefix_attention; training on models it supports)."""
+    (annotune.prefix_attention; training on models it supports). checkpoint: each decoder layer's
+    activations recomputed in the backward (annotune.checkpointing)."""
     from transformers import DynamicCache
+
+    from .checkpointing import checkpointed
 
     decoder, _, config = decoder_and_head(model)
     batch = input_ids.shape[0]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     kwargs = {}
     if prefix_kv and split:
-        return _split_hidden_states(decoder, config, input_ids, attention_mask, positions, prefix_kv)
+        with checkpointed(decoder, enabled=checkpoint):
+            return _split_hidden_states(decoder, config, input_ids, attention_mask, positions, prefix_kv)
     if prefix_kv:
         plen = prefix_kv[0][0].shape[-2]
         kwargs["cache"] = DynamicCache(
@@ -71,7 +76,8 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
         kwargs["use_cache"] = True
     else:
         kwargs["use_cache"] = False
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs)
+    with checkpointed(decoder, prefix_kv, enabled=checkpoint):
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs)
     return out.last_hidden_state
 
 
@@ -105,9 +111,9 @@ def logits_from_hidden(model, hidden):
 
 
 def completion_loss(model, input_ids, attention_mask, labels, prefix_kv=None, reduction: str = "mean",
-                    split: bool = False):
+                    split: bool = False, checkpoint: bool = False):
     """Cross-entropy of the completion tokens only: logits are computed where labels[t+1] != -100."""
-    hidden = hidden_states(model, input_ids, attention_mask, prefix_kv, split)
+    hidden = hidden_states(model, input_ids, attention_mask, prefix_kv, split, checkpoint)
     targets = labels[:, 1:]
     where = targets != -100
     logits = logits_from_hidden(model, hidden[:, :-1][where])

@@ -14,7 +14,8 @@ from .files import remove_dir
 # Flags that may differ on resume: where and how output is shown, not what is trained.
 FREE_ON_RESUME = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "quiet", "report_to",
                   "eval_batch_size", "save_every_steps", "stop_after_steps", "record_examples",
-                  "cpu_bf16"}  # its resolved value is what must match: check_same_precision
+                  "cpu_bf16",  # its resolved value is what must match: check_same_precision
+                  "gradient_checkpointing"}  # the same loss and gradients, recomputed or kept
 # Flags added after runs were made: a manifest without one was trained as this value says.
 ADDED_LATER = {"merge_at": "training"}
 

@@ -336,9 +336,10 @@ class LossModule(torch.nn.Module):
     """The model plus how its loss is computed. This is what the Trainer (and so DDP) wraps: the
     shared-prefix loss makes two forward passes, and both must run inside one DDP forward."""
 
-    def __init__(self, model, kind, prefix_ids=None, weights=None, autocast: bool = False):
+    def __init__(self, model, kind, prefix_ids=None, weights=None, autocast: bool = False, checkpoint: bool = False):
         super().__init__()
         self.model, self.kind, self.autocast = model, kind, autocast
+        self.checkpoint = checkpoint  # the causal path's layers checkpointed (annotune.checkpointing)
         self.prefix_ids = list(prefix_ids or [])
         self.register_buffer("weights", weights if weights is not None else torch.empty(0), persistent=False)
         # The Trainer must not move a bitsandbytes model (it is placed at load time).
@@ -357,8 +358,9 @@ class LossModule(torch.nn.Module):
             split = bool(plen) and self._split_prefix(ids, mask)
             prefix_kv = run_prefix(self.model, self.prefix_ids) if plen else None
             if not weighted:
-                return completion_loss(self.model, ids, mask, labels, prefix_kv, split=split)
-            per_token = completion_loss(self.model, ids, mask, labels, prefix_kv, reduction="none", split=split)
+                return completion_loss(self.model, ids, mask, labels, prefix_kv, split=split, checkpoint=self.checkpoint)
+            per_token = completion_loss(self.model, ids, mask, labels, prefix_kv, reduction="none", split=split,
+                                        checkpoint=self.checkpoint)
             return self._weighted(per_token, labels[:, 1:] != -100, answer_label)
         if self.kind == "classifier":
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
@@ -398,6 +400,32 @@ class LossOptions:
     record_examples: bool = False  # tests: keep the ids each process trained on
     balance: str = "none"  # none, oversample (minority labels repeated each epoch), weights (inverse frequency)
     cpu_bf16: str = "off"  # auto, on, off: bf16 autocast on the CPU (models.cpu_autocast)
+    gradient_checkpointing: str = "off"  # auto, on, off (gradient_checkpointing())
+
+
+def gradient_checkpointing(mode: str, model, kind: str) -> bool:
+    """Whether the layers' activations are recomputed in the backward (train.py --gradient_checkpointing):
+    auto = on for a model on CUDA (memory is what is short there), off on the CPU (speed is). The
+    causal path checkpoints its own way (annotune.checkpointing, keeping the shared prefix); the
+    classification-head and seq2seq paths by transformers' (they have no prefix)."""
+    from .checkpointing import supported
+
+    cuda = any(p.device.type == "cuda" for p in model.parameters())
+    if mode == "off" or (mode == "auto" and not cuda):
+        return False
+    if kind == "causal":
+        from .lm import decoder_and_head
+
+        if supported(decoder_and_head(model)[0]):
+            return True
+    elif getattr(model, "supports_gradient_checkpointing", False) or getattr(
+            getattr(model, "base_model", None), "supports_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return True
+    if mode == "on":
+        raise UserError(f"--gradient_checkpointing on: this {kind} model's layers cannot be checkpointed here; "
+                        "pass --gradient_checkpointing off")
+    return False
 
 
 class AnnotuneTrainer(Trainer):
@@ -419,7 +447,10 @@ class AnnotuneTrainer(Trainer):
         self.window = {"loss": 0.0, "batches": 0, "tokens": 0}
         self.examples_seen = []
         self.autocast = cpu_autocast(options.cpu_bf16, model)
-        super().__init__(model=LossModule(model, options.kind, self.prefix, weights, self.autocast), args=args,
+        self.checkpoint = gradient_checkpointing(options.gradient_checkpointing, model, options.kind)
+        loss = LossModule(model, options.kind, self.prefix, weights, self.autocast,
+                          checkpoint=self.checkpoint and options.kind == "causal")
+        super().__init__(model=loss, args=args,
                          train_dataset=feats,
                          data_collator=lambda batch: collate(options.kind, batch, tokenizer.pad_token_id),
                          callbacks=list(callbacks))

@@ -1,23 +1,24 @@
 """Labelling in bf16 against fp32 on this CPU: speed of a 2,000-row corpus, agreement, and quality.
 
-    .venv/bin/python bench/label_precision.py             # trains 4 small adapters if missing, then measures
+    .venv/bin/python bench/label_precision.py             # trains 4 adapters if missing (~25 min), then measures
     .venv/bin/python bench/label_precision.py --report    # the tables of bench/results/label_precision.json
 
-Adapters: SmolLM2-135M tuned by train.py's defaults on a small budget per task (--train_rows rows,
-1 epoch, texts cut at 256 tokens; sbic_offensive, drug_reviews, sst2, ag_news), kept in --runs.
-They train under train.py's --cpu_bf16 auto, so each adapter's own decision rule records the
-precision it was fit in.
+Adapters: SmolLM2-135M tuned by train.py's defaults on a budget per task (TASKS: sbic_offensive
+1,000 rows and drug_reviews 600 rows for 2 epochs, sst2 and imdb 240 rows for 1; texts cut at 256
+tokens), kept in --runs. They train under train.py's --cpu_bf16 auto, so each adapter's own decision
+rule records the precision it was fit in.
 
 Speed: a 2,000-row corpus of short posts (SBIC agg.tst) and one of reviews (drug_reviews' rows,
 repeated to 2,000), each labelled by corpus.annotate_file exactly as `evaluate.py --predict_file`
-does (chunks, parts, the adapter's decision rule), with --cpu_bf16 off and on, in this process,
-one after the other, after a warm-up. Reported: examples/s of each, the share of rows given the
-same label (the adapter's rule applied to both; and the rule refit on 200 validation rows in each
-precision, what evaluate.py does), the largest probability difference, and seed-style generation
-(greedy, stops at EOS, fp32, the seeds' way) on the first 200 rows for the ratio. The timed calls
-apply no rule (the file keeps the raw probabilities both rules are then applied to; a rule is one
-small matrix operation). On the posts, one more call per precision under cProfile: the share of
-its time outside the model's forwards.
+does (chunks, parts), with --cpu_bf16 off and on, in this process, one after the other, after a
+warm-up. bf16 labels with the adapter's rule, its near ties rescored in fp32 (annotator.TIE_MARGIN);
+fp32 without a rule, so its file keeps the raw probabilities any rule is applied to exactly (a rule
+is one small matrix operation). Reported: examples/s of each, the share of rows bf16 rescored in
+fp32, the share of rows given the same label (the adapter's rule for both; and the rule refit on
+200 validation rows in each precision, what evaluate.py does, with one more untimed bf16 call), the
+largest difference of the file's probabilities, and seed-style generation (greedy, stops at EOS,
+fp32, the seeds' way) on the first 200 rows for the ratio. On the posts, one more call per
+precision under cProfile: the share of its time outside the model's forwards.
 
 Quality: on each task's test rows (at most --test_rows), macro-F1 in fp32 and in bf16 from the same
 adapter (rule refit in each precision), with the paired bootstrap difference bf16 - fp32 and its
@@ -36,14 +37,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TASKS = ("sbic_offensive", "drug_reviews", "sst2", "ag_news")
+# training rows, epochs and validation rows of each task's adapter: the two speed corpora's adapters
+# trained enough to be sure of most rows (a weak adapter's near ties are many), the others small
+TASKS = {"sbic_offensive": (1000, 2, 200), "drug_reviews": (600, 2, 200), "sst2": (240, 1, 120), "imdb": (240, 1, 120)}
 SPEED = {"sbic posts": "sbic_offensive", "drug reviews": "drug_reviews"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all four)")
-    p.add_argument("--train_rows", type=int, default=240, help="training rows per adapter (default: 240)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)} (default: all)")
     p.add_argument("--test_rows", type=int, default=400, help="test rows per task for quality (default: 400)")
     p.add_argument("--corpus_rows", type=int, default=2000, help="rows of each speed corpus (default: 2000)")
     p.add_argument("--runs", default="runs/bench/label_precision", help="adapters and corpora (default: %(default)s)")
@@ -54,13 +56,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def adapter_for(task: str, runs: Path, train_rows: int) -> Path:
+def adapter_for(task: str, runs: Path) -> Path:
     from annotune.adapters import adapters_in
 
-    run = runs / task
+    run, (rows, epochs, val) = runs / task, TASKS[task]
     if not run.is_dir():
-        subprocess.run([sys.executable, "train.py", "--task", task, "--max_train_samples", str(train_rows),
-                        "--epoch", "1", "--max_seq_length", "256", "--max_eval_samples", "120", "--quiet",
+        subprocess.run([sys.executable, "train.py", "--task", task, "--max_train_samples", str(rows), "--epoch",
+                        str(epochs), "--max_seq_length", "256", "--max_eval_samples", str(val), "--quiet",
                         "--output_dir", str(run)], cwd=REPO, check=True)
     return adapters_in(run)[0]
 
@@ -153,33 +155,60 @@ def speed(source: str, adapter: Path, runs: Path, n: int, profile: bool) -> dict
 
     corpus = runs / "corpora" / f"{source.replace(' ', '_')}.csv"
     write_corpus(corpus, source, n)
-    rows_by_split, out, probs, rules = rows_of(adapter), {}, {}, {}
+    rows_by_split, out, files, rules = rows_of(adapter), {}, {}, {}
     for cpu_bf16 in ("off", "on"):
-        annotator = annotator_for(adapter, cpu_bf16)
+        annotator = counting_ties(annotator_for(adapter, cpu_bf16))
         labels = annotator.spec.label_names
+        own = DecisionRule.from_dict(annotator.info["decision_rule"], labels)
         annotator.predict([{"text": "warm-up"}] * 16, "score", 16)
-        # Timed without a rule, so the file keeps the raw probabilities both rules are applied to
-        # below (a rule costs one small matrix operation on them).
-        seconds, rows = label_corpus(annotator, corpus, runs / "labelled" / f"{source}-{cpu_bf16}.csv", None)
-        probs[cpu_bf16] = np.array([[float(r[f"prob_{l}"]) for l in labels] for r in rows])
-        rules[cpu_bf16] = refit(annotator, rows_by_split)
+        # fp32 without a rule: its file keeps the raw probabilities any rule is applied to exactly
+        # below. bf16 with the adapter's rule, as evaluate.py labels: its near ties are judged under it.
+        rule = own if cpu_bf16 == "on" else None
+        annotator.rechecked = 0
+        seconds, files[cpu_bf16] = label_corpus(annotator, corpus, runs / "labelled" / f"{source}-{cpu_bf16}.csv", rule)
         out[cpu_bf16] = {"seconds": round(seconds, 1), "examples_per_s": round(n / seconds, 2),
-                         "precision": annotator.precision, "refit_rule_applied": rules[cpu_bf16].fitted}
+                         "precision": annotator.precision, "rescored_in_fp32": annotator.rechecked / n}
+        rules[cpu_bf16] = refit(annotator, rows_by_split)
         if profile:
-            out[cpu_bf16]["profile"] = profiled(annotator, corpus, runs / "labelled" / f"{source}-{cpu_bf16}-p.csv", None)
-    own = DecisionRule.from_dict(annotator.info["decision_rule"], labels)
+            out[cpu_bf16]["profile"] = profiled(annotator, corpus, runs / "labelled" / f"{source}-{cpu_bf16}-p.csv", rule)
+    # bf16 once more under the rule refit on bf16 validation scores (evaluate.py's refit), untimed
+    _, files["refit"] = label_corpus(annotator, corpus, runs / "labelled" / f"{source}-on-refit.csv", rules["on"])
+    fp32 = np.array([[float(r[f"prob_{l}"]) for l in labels] for r in files["off"]])
 
-    def given(rule, p):
-        return rule.apply(p)[1] if rule.fitted else [labels[i] for i in p.argmax(axis=1)]
+    def fp32_under(rule):
+        return rule.apply(fp32) if rule.fitted else (fp32, [labels[i] for i in fp32.argmax(axis=1)])
 
-    same = np.mean([a == b for a, b in zip(given(own, probs["off"]), given(own, probs["on"]))])
-    same_refit = np.mean([a == b for a, b in zip(given(rules["off"], probs["off"]), given(rules["on"], probs["on"]))])
+    def agree(rule, rows):
+        return float(np.mean([a == r["prediction"] for a, r in zip(fp32_under(rule)[1], rows)]))
+
+    bf16 = np.array([[float(r[f"prob_{l}"]) for l in labels] for r in files["on"]])
     generation = seed_style(annotator_for(adapter, "off"), corpus, min(200, n))
-    return {"rows": n, "adapter": adapter.name, "labels": labels, "own_rule": own.to_dict(),
-            "fp32": out["off"], "bf16": out["on"], "speedup": round(out["off"]["seconds"] / out["on"]["seconds"], 2),
-            "same_label_one_rule": float(same), "same_label_rule_refit": float(same_refit),
-            "max_prob_diff": float(np.abs(probs["off"] - probs["on"]).max()), "generate_eos_fp32": generation,
+    return {"rows": n, "adapter": adapter.name, "trained": training_budget(adapter), "labels": labels,
+            "own_rule": own.to_dict(), "fp32": out["off"], "bf16": out["on"],
+            "speedup": round(out["off"]["seconds"] / out["on"]["seconds"], 2),
+            "same_label_one_rule": agree(own, files["on"]), "same_label_rule_refit": agree(rules["off"], files["refit"]),
+            "refit_rules_applied": [rules["off"].fitted, rules["on"].fitted],
+            "max_prob_diff": float(np.abs(fp32_under(own)[0] - bf16).max()), "generate_eos_fp32": generation,
             "bf16_over_generation": round(out["on"]["examples_per_s"] / generation["examples_per_s"], 1)}
+
+
+def counting_ties(annotator):
+    """The annotator, counting the rows it rescored in fp32 as near ties (Annotator.near_ties)."""
+    inner = getattr(annotator, "inner", annotator)
+    find = inner.near_ties
+
+    def counted(scores, offsets=None):
+        ties = find(scores, offsets)
+        inner.rechecked += len(ties)
+        return ties
+
+    inner.near_ties, inner.rechecked = counted, 0
+    return inner
+
+
+def training_budget(adapter: Path) -> dict:
+    manifest = json.loads((adapter.parent / "manifest.json").read_text())["args"]
+    return {k: manifest.get(k) for k in ("max_train_samples", "epochs", "max_seq_length")}
 
 
 def seed_style(annotator, corpus: Path, n: int) -> dict:
@@ -215,12 +244,15 @@ def quality(task: str, adapter: Path, test_rows: int) -> dict:
 
 def report(record: dict) -> str:
     out = [f"Machine: {record['machine']}.", "",
-           "| corpus (rows) | fp32 examples/s | bf16 examples/s | bf16 / fp32 | same label, one rule | "
-           "same label, rule refit in each | max probability difference | seed-style generate (EOS, fp32) "
-           "examples/s | bf16 / generate |", "|---|---|---|---|---|---|---|---|---|"]
+           "| corpus (rows) | adapter trained on | fp32 examples/s | bf16 examples/s | bf16 / fp32 | bf16 rows "
+           "rescored in fp32 | same label, one rule | same label, rule refit in each | max probability difference | "
+           "seed-style generate (EOS, fp32) examples/s | bf16 / generate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for source, s in record["speed"].items():
-        out.append(f"| {source} ({s['rows']}) | {s['fp32']['examples_per_s']:.2f} | {s['bf16']['examples_per_s']:.2f} | "
-                   f"{s['speedup']:.2f}x | {s['same_label_one_rule']:.4f} | {s['same_label_rule_refit']:.4f} | "
+        trained = s.get("trained", {})
+        out.append(f"| {source} ({s['rows']}) | {trained.get('max_train_samples')} rows x {trained.get('epochs')} "
+                   f"epochs | {s['fp32']['examples_per_s']:.2f} | {s['bf16']['examples_per_s']:.2f} | "
+                   f"{s['speedup']:.2f}x | {s['bf16'].get('rescored_in_fp32', 0):.1%} | "
+                   f"{s['same_label_one_rule']:.4f} | {s['same_label_rule_refit']:.4f} | "
                    f"{s['max_prob_diff']:.4f} | {s['generate_eos_fp32']['examples_per_s']:.2f} | "
                    f"{s['bf16_over_generation']:.1f}x |")
     out += ["", "A labelling call under cProfile (the posts): time in the model's forwards and the share outside them.", "",
@@ -261,7 +293,7 @@ def main(argv=None):
 
     quiet_libraries()
     runs = REPO / args.runs
-    adapters = {t: adapter_for(t, runs, args.train_rows) for t in args.tasks.split(",")}
+    adapters = {t: adapter_for(t, runs) for t in args.tasks.split(",")}
     record = json.loads(out.read_text()) if out.exists() else {"speed": {}, "quality": {}}
     record.update(machine=f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {native_bf16_cpu()}")
     parts = args.parts.split(",")

@@ -31,7 +31,7 @@ def test_bf16_label_scores_are_close_to_fp32(tiny_llama_dir):
     rows = [{"text": f"post {i} about the new gun law and who voted for it"} for i in range(24)]
     out = {}
     for mode in ("off", "on"):
-        annotator = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16=mode)
+        annotator = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16=mode, tie_margin=0)
         prompts, _ = annotator.fit_prompts(rows, annotator.max_label_tokens() + 1)
         # Log-probabilities of the labels (a random model's softmax saturates at 0 and 1).
         out[mode] = torch.log(annotator.score(prompts, batch_size=8)).numpy()
@@ -40,6 +40,45 @@ def test_bf16_label_scores_are_close_to_fp32(tiny_llama_dir):
     assert finite.mean() > 0.5
     np.testing.assert_allclose(out["on"][finite], out["off"][finite], rtol=0.03, atol=0.15)
     assert (out["on"].argmax(axis=1) == out["off"].argmax(axis=1)).mean() >= 0.9
+
+
+def test_near_ties_under_bf16_are_scored_again_in_fp32(tiny_llama_dir):
+    spec = load_task("politosphere", "pol_unpol_oth")
+    rows = [{"text": f"post {i} about the new gun law and who voted for it"} for i in range(12)]
+    fp32 = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="off")
+    prompts, _ = fp32.fit_prompts(rows, fp32.max_label_tokens() + 1)
+    exact = torch.log(fp32.score(prompts, batch_size=4)).numpy()  # a random model's softmax saturates
+    assert fp32.tie_margin == 0  # nothing to recheck in fp32
+    out = {}
+    for margin in (0.0, 1e9):  # never / every row a near tie
+        bf16 = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="on", tie_margin=margin)
+        out[margin] = torch.log(bf16.score(prompts, batch_size=4)).numpy()
+    assert np.abs(out[0.0] - exact).max() > 1e-3  # bf16 really ran ...
+    np.testing.assert_allclose(out[1e9], exact, atol=1e-5)  # ... and the rows rechecked are fp32's
+
+
+def test_a_near_tie_is_judged_after_the_rules_offsets(tiny_llama_dir):
+    annotator = load_annotator(base_model=tiny_llama_dir, spec=load_task("politosphere", "pol_unpol_oth"),
+                               cpu_bf16="on", tie_margin=0.05)
+    scores = torch.tensor([[0.0, -0.01, -8.0], [0.0, -3.0, -5.0], [-2.0, -1.0, -1.5]], dtype=torch.float64)
+    assert annotator.near_ties(scores) == [0]
+    # offsets move the boundary: row 1's third label comes to 0.01 from its first, row 0's gap opens
+    assert annotator.near_ties(scores, offsets=[0.0, -1.0, 4.99]) == [1]
+    assert annotator.near_ties(scores, offsets=[0.0, 0.0]) == [0]  # another label set's offsets: not used
+
+
+def test_a_labelling_resumes_only_with_the_tie_margin_it_started_with(in_tmp, pol_run, capsys):
+    posts = write_posts(in_tmp / "posts.csv", 8)
+    argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--quiet",
+            "--output", "out.csv", "--chunk_rows", 4, "--cpu_bf16", "on"]
+    assert run_script("evaluate", argv + ["--stop_after_chunks", 1]) == 0
+    capsys.readouterr()
+    assert run_script("evaluate", argv + ["--bf16_tie_margin", 0]) == 2
+    assert "bf16_tie_margin differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        run_script("evaluate", argv + ["--bf16_tie_margin", "nan"])
+    assert stop.value.code == 2 and "--bf16_tie_margin nan: must be at least 0" in capsys.readouterr().err
+    assert run_script("evaluate", argv) == 0
 
 
 def adapter_with_rule(pol_run, folder, precision, keep_rows=True):
@@ -93,7 +132,7 @@ def test_a_labelling_resumes_only_in_the_precision_it_started_in(in_tmp, pol_run
     capsys.readouterr()
     assert run_script("evaluate", argv + ["--cpu_bf16", "on"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "(precision differ" in err and len(err.splitlines()) == 1
+    assert "precision differ" in err and len(err.splitlines()) == 1
     assert run_script("evaluate", argv + ["--cpu_bf16", "off"]) == 0
 
 
