@@ -207,8 +207,12 @@ def counting_ties(annotator):
 
 
 def training_budget(adapter: Path) -> dict:
-    manifest = json.loads((adapter.parent / "manifest.json").read_text())["args"]
-    return {k: manifest.get(k) for k in ("max_train_samples", "epochs", "max_seq_length")}
+    """The examples and epochs the adapter trained on (annotune.json), its validation macro-F1."""
+    from annotune.adapters import read_adapter_info
+
+    info = read_adapter_info(adapter)
+    return {"examples": len(info.get("train_ids") or []), "epochs": info.get("epoch"),
+            "validation_macro_f1": (info.get("validation_metrics") or {}).get("macro_f1")}
 
 
 def seed_style(annotator, corpus: Path, n: int) -> dict:
@@ -249,7 +253,7 @@ def report(record: dict) -> str:
            "seed-style generate (EOS, fp32) examples/s | bf16 / generate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for source, s in record["speed"].items():
         trained = s.get("trained", {})
-        out.append(f"| {source} ({s['rows']}) | {trained.get('max_train_samples')} rows x {trained.get('epochs')} "
+        out.append(f"| {source} ({s['rows']}) | {trained.get('examples')} examples x {trained.get('epochs')} "
                    f"epochs | {s['fp32']['examples_per_s']:.2f} | {s['bf16']['examples_per_s']:.2f} | "
                    f"{s['speedup']:.2f}x | {s['bf16'].get('rescored_in_fp32', 0):.1%} | "
                    f"{s['same_label_one_rule']:.4f} | {s['same_label_rule_refit']:.4f} | "
