@@ -8,8 +8,9 @@ Here each decoder layer's forward runs under torch.utils.checkpoint (non-reentra
 need no requires_grad trick, and the random state is replayed: LoRA dropout draws the same masks in
 the recomputation). The layer's prefix keys and values reach it as tensors, through a cache view
 that holds no state, so the recomputation attends to the same prefix and nothing is appended
-twice; on the split path they come as the attention's `prefix_kv` argument already. The prefix
-itself runs once per batch, outside the checkpointed layers (its activations are one example's).
+twice; on the split path they come as the attention's `prefix_kv` argument already. The prefix's
+own run is checkpointed too (lm.run_prefix): once per batch in the forward and once in the
+backward, never per example; its keys and values are kept (KeysValues), its activations are not.
 """
 from __future__ import annotations
 
@@ -34,6 +35,22 @@ class PrefixView:
                 torch.cat([pv.expand(batch, -1, -1, -1), value], dim=-2))
 
 
+class KeysValues:
+    """Stands in for the cache while the prefix runs checkpointed: update() keeps each layer's keys
+    and values and returns them. The recomputation in the backward overwrites them, which nothing
+    reads by then (the batch's layers took them in the forward)."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        self.kept[layer_idx] = (key, value)
+        return key, value
+
+    def layers(self):
+        return [self.kept[i] for i in sorted(self.kept)]
+
+
 def decoder_layers(decoder):
     layers = getattr(decoder, "layers", None)
     return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
@@ -48,14 +65,15 @@ def supported(decoder) -> bool:
 
 
 @contextlib.contextmanager
-def checkpointed(decoder, prefix_kv=None, enabled: bool = True):
+def checkpointed(decoder, prefix_kv=None, enabled: bool = True, cache=None):
     """Within: each decoder layer's forward is checkpointed (see the module's docstring). With the
-    cache path's prefix, the layer is handed a PrefixView of `prefix_kv` in place of the cache."""
+    cache path's prefix, the layer is handed a PrefixView of `prefix_kv` in place of the cache; with
+    `cache` (the prefix's own run: a KeysValues), that object."""
     if not enabled or not torch.is_grad_enabled():
         yield
         return
     layers = decoder_layers(decoder)
-    view = PrefixView(prefix_kv) if prefix_kv else None
+    view = PrefixView(prefix_kv) if prefix_kv else cache
     for layer in layers:
         layer.forward = _checkpointed_forward(layer.forward, view, decoder.config)
     try:

@@ -39,13 +39,21 @@ def common_prefix_length(sequences, keep: int = 1) -> int:
     return max(length, 0)
 
 
-def run_prefix(model, prefix_ids):
-    """Per-layer (key, value) tensors of the prefix (batch 1); differentiable when grad is on."""
+def run_prefix(model, prefix_ids, checkpoint: bool = False):
+    """Per-layer (key, value) tensors of the prefix (batch 1); differentiable when grad is on.
+    checkpoint: its layers recomputed (once, for the whole batch) in the backward."""
+    from .checkpointing import KeysValues, checkpointed
+
     decoder, _, _ = decoder_and_head(model)
     device = next(model.parameters()).device
     ids = torch.as_tensor([list(prefix_ids)], device=device)
-    out = decoder(input_ids=ids, use_cache=True)
-    return [(layer.keys, layer.values) for layer in out.cache.layers]
+    if not (checkpoint and torch.is_grad_enabled()):
+        out = decoder(input_ids=ids, use_cache=True)
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
+    kept = KeysValues()
+    with checkpointed(decoder, cache=kept):
+        decoder(input_ids=ids, use_cache=True)
+    return kept.layers()
 
 
 def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool = False,

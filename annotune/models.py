@@ -241,10 +241,20 @@ def quantization_config(quantization: str, device: str):
         raise UserError(f"--quantization {quantization} needs bitsandbytes, which is not installed here") from None
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if device == "cuda" else torch.float32
+    compute = cuda_compute_dtype() if device == "cuda" else torch.float32
     extra = {"bnb_4bit_quant_storage": torch.bfloat16} if using_fsdp() else {}  # FSDP shards bf16 storage
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute, **extra)
+
+
+def cuda_compute_dtype():
+    """What a GPU computes in: bf16 where it has bf16 arithmetic (compute capability 8.0 and later:
+    A100, L4, H100), else fp16 (a T4 or V100, the seeds' free cards: bf16 there is emulated, far
+    slower). Under fp16 the Trainer scales the loss (trainer_arguments) and the trained weights
+    stay fp32 (add_lora)."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
 
 
 def native_bf16_cpu() -> bool:
@@ -303,7 +313,7 @@ def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_
 
     device = device_name()
     path = resolve_model_path(name)
-    kwargs = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
+    kwargs = {"dtype": cuda_compute_dtype() if device == "cuda" else torch.float32}
     qconfig = quantization_config(quantization, device)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
@@ -327,6 +337,7 @@ def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_
 
 def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_modules: str = "all-linear"):
     """The model wrapped with fresh LoRA adapters (a classification head stays fully trainable)."""
+    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_quantized", False) or getattr(model, "quantization_method", None):
@@ -342,4 +353,7 @@ def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_module
     from .lora_dropout import cheap_lora_dropout
     from .lora_update import fuse_lora_update
 
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.float16:
+            param.data = param.data.float()  # fp16 loss scaling unscales fp32 gradients only (a head, a T4)
     return fuse_lora_update(cheap_lora_dropout(model))

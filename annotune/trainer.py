@@ -356,7 +356,7 @@ class LossModule(torch.nn.Module):
             plen = len(self.prefix_ids)
             ids, mask, labels = input_ids[:, plen:], attention_mask[:, plen:], labels[:, plen:]
             split = bool(plen) and self._split_prefix(ids, mask)
-            prefix_kv = run_prefix(self.model, self.prefix_ids) if plen else None
+            prefix_kv = run_prefix(self.model, self.prefix_ids, self.checkpoint) if plen else None
             if not weighted:
                 return completion_loss(self.model, ids, mask, labels, prefix_kv, split=split, checkpoint=self.checkpoint)
             per_token = completion_loss(self.model, ids, mask, labels, prefix_kv, reduction="none", split=split,
@@ -420,7 +420,11 @@ def gradient_checkpointing(mode: str, model, kind: str) -> bool:
             return True
     elif getattr(model, "supports_gradient_checkpointing", False) or getattr(
             getattr(model, "base_model", None), "supports_gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # non-reentrant: LoRA's inputs need no requires_grad trick
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         return True
     if mode == "on":
         raise UserError(f"--gradient_checkpointing on: this {kind} model's layers cannot be checkpointed here; "
@@ -532,8 +536,9 @@ def trainer_arguments(args, out_dir: Path):
 
     from transformers import TrainingArguments
 
-    from .models import device_name
+    from .models import cuda_compute_dtype, device_name
 
+    fp16 = device_name() == "cuda" and cuda_compute_dtype() == torch.float16  # loss scaling on a card without bf16
     schedulers = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
     return TrainingArguments(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=args.train_batch_size,
@@ -544,7 +549,7 @@ def trainer_arguments(args, out_dir: Path):
         save_strategy="epoch", save_total_limit=1, eval_strategy="no", report_to=args.report_to,
         logging_strategy="no" if args.report_to == "none" else "steps", logging_steps=1,
         disable_tqdm=args.quiet or not os.isatty(2), use_cpu=device_name() == "cpu", remove_unused_columns=False,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False)
+        dataloader_num_workers=0, ddp_find_unused_parameters=False, fp16=fp16)
 
 
 def run_result(trainer, callback, out_dir: Path, wall_seconds: float) -> dict:

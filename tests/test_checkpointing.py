@@ -39,7 +39,7 @@ def step(model, batch, path, checkpoint):
 
     model.zero_grad()
     torch.manual_seed(1)
-    prefix_kv = lm.run_prefix(model, ids[0, :plen].tolist()) if plen else None  # once a batch, not checkpointed
+    prefix_kv = lm.run_prefix(model, ids[0, :plen].tolist(), checkpoint) if plen else None  # once a batch
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # what the decoder's layers keep
         hidden = lm.hidden_states(model, ids[:, plen:], mask[:, plen:], prefix_kv, split=path == "split",
                                   checkpoint=checkpoint)
@@ -75,11 +75,12 @@ def test_the_prefix_runs_once_per_batch_and_the_own_tokens_twice(tiny_llama_dir,
     try:
         for checkpoint in (False, True):
             seen.clear()
-            prefix_kv = lm.run_prefix(model, ids[0, :plen].tolist())
+            prefix_kv = lm.run_prefix(model, ids[0, :plen].tolist(), checkpoint)
             lm.completion_loss(model, ids[:, plen:], mask[:, plen:], labels[:, plen:], prefix_kv,
                                checkpoint=checkpoint).backward()
             own = ids[:, plen:].numel()
-            assert seen == [plen, own] + ([own] if checkpoint else [])  # recomputed: the own tokens only
+            # recomputed in the backward: the own tokens, then the prefix once (not once per example)
+            assert seen == [plen, own] + ([own, plen] if checkpoint else [])
     finally:
         hook.remove()
 

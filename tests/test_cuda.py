@@ -21,12 +21,12 @@ def test_4bit_nf4_with_bf16_compute_really_quantizes_the_linear_layers(tiny_llam
     needs_bitsandbytes()
     from bitsandbytes.nn import Linear4bit
 
-    from annotune.models import load_model
+    from annotune.models import cuda_compute_dtype, load_model
 
     model = load_model(tiny_llama_dir, "causal", "auto")  # auto = 4-bit NF4 on CUDA
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
     assert layers and all(m.weight.quant_type == "nf4" for m in layers)
-    assert all(m.compute_dtype == torch.bfloat16 for m in layers)
+    assert all(m.compute_dtype == cuda_compute_dtype() for m in layers)  # bf16 from compute capability 8.0
     assert next(model.parameters()).device.type == "cuda"
 
 
