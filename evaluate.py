@@ -71,9 +71,8 @@ def parse_args(argv=None):
     g.add_argument("--cpu_bf16", choices=["auto", "on", "off"], default="auto", help="CPU scoring under bf16 "
                    "autocast, ~2x faster: auto = where the CPU has bf16 instructions (default: auto; a rule fit "
                    "in another precision is refit)")
-    g.add_argument("--bf16_tie_margin", type=float, default=0.05, help="under --cpu_bf16: a row whose two best "
-                   "labels are within this summed log-likelihood (after the rule's offsets) is scored again in "
-                   "fp32, so bf16's rounding decides no label; 0 = never (default: 0.05)")
+    g.add_argument("--bf16_tie_margin", type=float, default=0.05, help="under --cpu_bf16: rows whose best two "
+                   "labels are within this log-likelihood (after the rule's offsets) rescored in fp32 (default: 0.05)")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
     g.add_argument("--bertscore_model", default="minilm-l6", help="BERTScore model, 'none' to skip (default: minilm-l6)")
     g.add_argument("--bertscore_layers", type=int, default=6, help="BERTScore layer (default: 6, MiniLM's last)")

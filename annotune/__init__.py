@@ -14,6 +14,7 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - lm.py         forward passes: shared prefix, loss on the completion only, label scoring
 - prefix_attention.py  training attention over the shared prefix without a copy per example (CPU)
 - lora_dropout.py  LoRA's input dropout with cheap masks, one per input shared by the layers reading it
+- checkpointing.py  activation checkpointing of the decoder layers that keeps the shared prefix
 - lora_update.py  LoRA's update accumulated into the base layer's output by one in-place GEMM
 - trainer.py    the training loop: transformers.Trainer with our loss, batches and callbacks
 - resume.py     run folders: starting one, resuming one (arguments checked, finished runs kept)

@@ -12,19 +12,34 @@ Outside training it is the identity, as nn.Dropout is. On a GPU the mask is draw
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 LANES = 65536  # the mask's resolution: 16 bits
 
 
 def cheap_lora_dropout(model):
-    """Swap PEFT's LoRA dropout modules for LoraInputDropout."""
+    """Swap PEFT's LoRA dropout modules for LoraInputDropout (one memo shared by the whole model)."""
+    memo = {}
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if isinstance(dropouts, torch.nn.ModuleDict):
             for name, layer in dropouts.items():
                 if type(layer) is torch.nn.Dropout and layer.p > 0:
-                    dropouts[name] = LoraInputDropout(layer.p)
+                    dropouts[name] = LoraInputDropout(layer.p, memo)
+    return model
+
+
+def plain_lora_dropout(model):
+    """PEFT's own nn.Dropout back in place of LoraInputDropout: activation checkpointing replays
+    nn.Dropout's masks exactly, while LoraInputDropout's sharing depends on which tensors autograd keeps."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, layer in dropouts.items():
+                if isinstance(layer, LoraInputDropout):
+                    dropouts[name] = torch.nn.Dropout(layer.p)
     return model
 
 
@@ -42,29 +57,27 @@ def keep_mask(x, p: float, out=None):
 
 
 class LoraInputDropout(torch.nn.Module):
-    def __init__(self, p: float):
+    def __init__(self, p: float, memo: dict):
         super().__init__()
-        self.p = p
+        self.p, self.memo = p, memo
         self.scale = 1.0 / (1.0 - round(p * LANES) / LANES)
 
     def forward(self, x):
         if not self.training:
             return x
-        shared = getattr(x, "_lora_dropped", None)
-        if shared is not None and shared[:2] == (x._version, self.p) and torch.equal(shared[2], _rng_state(x)):
-            return shared[3]  # the layer before read this same tensor: share its dropped-out copy
+        memo = self.memo
+        seen, out = memo.get("input", _dead)(), memo.get("output", _dead)()
+        if seen is x and out is not None and memo["version"] == x._version:
+            return out  # the layer before read this same tensor: share its dropped-out copy
         # A float mask with the scale in it: its backward is one multiply (torch.where's is ~4x slower).
         out = x * keep_mask(x, self.p, out=torch.empty_like(x)).mul_(self.scale)
-        # Kept on the input itself, so it lives as long as the input does whether or not autograd
-        # keeps either (activation checkpointing keeps neither), and shared only while no random
-        # number has been drawn since: a checkpointed layer's recomputation restores the generator
-        # to before this draw, so it draws the same mask again instead of reusing this one.
-        x._lora_dropped = (x._version, self.p, _rng_state(x), out)
+        # Weak references: the memo keeps no finished step's tensors alive.
+        memo.update(input=weakref.ref(x), output=weakref.ref(out), version=x._version)
         return out
 
     def extra_repr(self) -> str:
         return f"p={self.p}, shared by layers that read the same input"
 
 
-def _rng_state(x):
-    return torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else torch.get_rng_state()
+def _dead():
+    return None
