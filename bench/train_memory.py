@@ -32,7 +32,6 @@ Per layer = (4-layer figure - 2-layer figure) / 2.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -260,13 +259,6 @@ def report(record: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def cpu_name() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -277,6 +269,7 @@ def main(argv=None):
         print(report(json.loads(out.read_text())))
         return 0
     from annotune.files import atomic_write_json
+    from label_precision import cpu_name  # bench/ is on the path: this script's folder
 
     depths = [int(d) for d in args.layers.split(",")]
     record = json.loads(out.read_text()) if out.exists() else {"cells": {}}
