@@ -5,9 +5,9 @@ an example that is about 12 GiB. Checkpointed, a layer keeps only its input; its
 in the backward (about one more forward: ~30% more step time). transformers' own checkpointing
 cannot serve the shared-prefix paths: its layers drop the key/value cache that carries the prefix.
 Here each decoder layer's forward runs under torch.utils.checkpoint (non-reentrant, so LoRA's inputs
-need no requires_grad trick, and the random state is replayed: PEFT's nn.Dropout, which train.py
-puts back under checkpointing (lora_dropout.plain_lora_dropout), draws the same masks in the
-recomputation; the cheaper LoraInputDropout would not, its sharing follows what autograd keeps). The layer's prefix keys and values reach it as tensors, through a cache view
+need no requires_grad trick, and the random state is replayed: LoRA's dropout draws the same masks
+in the recomputation; LoraInputDropout's shared copy lives as long as its input, in both runs alike).
+The layer's prefix keys and values reach it as tensors, through a cache view
 that holds no state, so the recomputation attends to the same prefix and nothing is appended
 twice; on the split path they come as the attention's `prefix_kv` argument already. The prefix's
 own run is checkpointed too (lm.run_prefix): once per batch in the forward and once in the

@@ -63,8 +63,6 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
     without a copy per example and the own tokens run without their padding
     (annotune.prefix_attention; training on models it supports). checkpoint: each decoder layer's
     activations recomputed in the backward (annotune.checkpointing)."""
-    from transformers import DynamicCache
-
     from .checkpointing import checkpointed
 
     decoder, _, config = decoder_and_head(model)
@@ -76,9 +74,7 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
             return _split_hidden_states(decoder, config, input_ids, attention_mask, positions, prefix_kv)
     if prefix_kv:
         plen = prefix_kv[0][0].shape[-2]
-        kwargs["cache"] = DynamicCache(
-            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv],
-            config=config)
+        kwargs["cache"] = _cache(prefix_kv, batch, config, expand=True)
         attention_mask = torch.cat([attention_mask.new_ones(batch, plen), attention_mask], dim=1)
         positions = positions + plen
         kwargs["use_cache"] = True
@@ -144,10 +140,24 @@ def pad_batch(rows, pad_id: int, side: str = "right", label_rows=None):
 
 
 def _cache(kv, batch, config, expand: bool):
+    """A DynamicCache holding `kv` (expanded along the batch). Filled through update() it would copy
+    them (a concatenation onto an empty tensor): with `expand`, B copies of the prefix's keys and
+    values in every layer, kept for the whole step. Plain dynamic layers take the tensors as they
+    are; a layer of another kind (a sliding window) is filled by its own update()."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) if expand else (k, v) for k, v in kv]
-    return DynamicCache(ddp_cache_data=data, config=config)
+    cache = DynamicCache(config=config)
+    if len(cache.layers) != len(data):
+        return DynamicCache(ddp_cache_data=data, config=config)
+    for layer, (k, v) in zip(cache.layers, data):
+        if type(layer) is DynamicLayer:
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+        else:
+            layer.update(k, v)
+    return cache
 
 
 PACKED_ATTENTION = ("eager", "sdpa")  # implementations that take a custom 4D mask

@@ -31,18 +31,6 @@ def cheap_lora_dropout(model):
     return model
 
 
-def plain_lora_dropout(model):
-    """PEFT's own nn.Dropout back in place of LoraInputDropout: activation checkpointing replays
-    nn.Dropout's masks exactly, while LoraInputDropout's sharing depends on which tensors autograd keeps."""
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, torch.nn.ModuleDict):
-            for name, layer in dropouts.items():
-                if isinstance(layer, LoraInputDropout):
-                    dropouts[name] = torch.nn.Dropout(layer.p)
-    return model
-
-
 def keep_mask(x, p: float, out=None):
     """Mask shaped like x, true with probability 1 - round(p * 65536) / 65536: boolean, or written
     as 0/1 into `out` (a float tensor shaped like x; one pass instead of a compare and a conversion)."""
@@ -66,18 +54,22 @@ class LoraInputDropout(torch.nn.Module):
         if not self.training:
             return x
         memo = self.memo
-        seen, out = memo.get("input", _dead)(), memo.get("output", _dead)()
-        if seen is x and out is not None and memo["version"] == x._version:
-            return out  # the layer before read this same tensor: share its dropped-out copy
+        entry = memo.get("entry")
+        if entry is not None and entry["input"]() is x and entry["version"] == x._version:
+            return entry["output"]  # the layer before read this same tensor: share its dropped-out copy
         # A float mask with the scale in it: its backward is one multiply (torch.where's is ~4x slower).
         out = x * keep_mask(x, self.p, out=torch.empty_like(x)).mul_(self.scale)
-        # Weak references: the memo keeps no finished step's tensors alive.
-        memo.update(input=weakref.ref(x), output=weakref.ref(out), version=x._version)
+        # The copy lives exactly as long as its input: not as long as autograd happens to keep it
+        # (under activation checkpointing the forward keeps nothing, the recomputation keeps
+        # everything, and both must share alike to draw the same masks), and no finished step's
+        # tensors stay behind in the memo.
+        memo["entry"] = {"output": out, "version": x._version, "input": weakref.ref(x, self._input_gone)}
         return out
+
+    def _input_gone(self, ref):
+        # It must not hold the entry itself: a cycle would keep the copy until the garbage collector runs.
+        if self.memo.get("entry", {}).get("input") is ref:
+            del self.memo["entry"]
 
     def extra_repr(self) -> str:
         return f"p={self.p}, shared by layers that read the same input"
-
-
-def _dead():
-    return None

@@ -409,7 +409,6 @@ def gradient_checkpointing(mode: str, model, kind: str) -> bool:
     causal path checkpoints its own way (annotune.checkpointing, keeping the shared prefix); the
     classification-head and seq2seq paths by transformers' (they have no prefix)."""
     from .checkpointing import supported
-    from .lora_dropout import plain_lora_dropout
 
     cuda = any(p.device.type == "cuda" for p in model.parameters())
     if mode == "off" or (mode == "auto" and not cuda):
@@ -418,11 +417,9 @@ def gradient_checkpointing(mode: str, model, kind: str) -> bool:
         from .lm import decoder_and_head
 
         if supported(decoder_and_head(model)[0]):
-            plain_lora_dropout(model)
             return True
     elif getattr(model, "supports_gradient_checkpointing", False) or getattr(
             getattr(model, "base_model", None), "supports_gradient_checkpointing", False):
-        plain_lora_dropout(model)
         kwargs = {"use_reentrant": False}  # non-reentrant: LoRA's inputs need no requires_grad trick
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -14,7 +14,10 @@ from test_faults import adapter_files, assert_same_run, train_here
 from test_lm import batch_of, grads, spy_on_split
 
 
-def lora_model(tiny_llama_dir, dropout):
+def lora_model(tiny_llama_dir, dropout, cheap=False):
+    """A tiny Llama with LoRA; cheap: train.py's LoraInputDropout in place of PEFT's nn.Dropout."""
+    from annotune.lora_dropout import cheap_lora_dropout
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
@@ -22,7 +25,7 @@ def lora_model(tiny_llama_dir, dropout):
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)  # non-zero, so every LoRA matrix gets a gradient
-    return model.train()  # PEFT's nn.Dropout: what train.py uses with checkpointing (plain_lora_dropout)
+    return (cheap_lora_dropout(model) if cheap else model).train()
 
 
 def step(model, batch, path, checkpoint):
@@ -49,10 +52,10 @@ def step(model, batch, path, checkpoint):
     return loss.item(), grads(model), sum(saved.values())
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.05])
+@pytest.mark.parametrize("dropout,cheap", [(0.0, False), (0.05, False), (0.05, True)], ids=["0", "peft", "cheap"])
 @pytest.mark.parametrize("path", ["plain", "cache", "split"])
-def test_checkpointed_layers_give_the_same_loss_and_gradients(tiny_llama_dir, smol_tok, path, dropout):
-    model, batch = lora_model(tiny_llama_dir, dropout), batch_of(smol_tok)
+def test_checkpointed_layers_give_the_same_loss_and_gradients(tiny_llama_dir, smol_tok, path, dropout, cheap):
+    model, batch = lora_model(tiny_llama_dir, dropout, cheap), batch_of(smol_tok)
     kept_loss, kept, kept_bytes = step(model, batch, path, checkpoint=False)
     loss, recomputed, saved_bytes = step(model, batch, path, checkpoint=True)
     assert loss == pytest.approx(kept_loss, abs=1e-5)
@@ -82,6 +85,17 @@ def test_the_prefix_runs_once_per_batch_and_the_own_tokens_twice(tiny_llama_dir,
             assert seen == [plen, own] + ([own, plen] if checkpoint else [])
     finally:
         hook.remove()
+
+
+def test_the_prefix_reaches_the_batch_without_a_copy_per_example(tiny_llama_dir, smol_tok):
+    """A cache filled by update() copies what it is given: B copies of the prefix's keys and values
+    per layer, kept for the whole step (at 7B, batch 8 and 317 prefix tokens, 80 MiB a layer)."""
+    model, (ids, mask, _) = lora_model(tiny_llama_dir, 0.0), batch_of(smol_tok)
+    prefix_kv = lm.run_prefix(model, ids[0, :5].tolist())
+    cache = lm._cache(prefix_kv, ids.shape[0], lm.decoder_and_head(model)[2], expand=True)
+    for layer, (k, v) in zip(cache.layers, prefix_kv, strict=True):
+        assert layer.keys.shape[0] == ids.shape[0] and layer.get_seq_length() == 5
+        assert layer.keys.data_ptr() == k.data_ptr() and layer.values.data_ptr() == v.data_ptr()
 
 
 def test_the_split_path_is_recomputed_through_the_split_attention(tiny_llama_dir, smol_tok, monkeypatch):
@@ -114,8 +128,8 @@ def step_losses(run):
     return [r["loss"] for r in rows if r["type"] == "step"]
 
 
-# LoRA dropout 0: with checkpointing train.py uses PEFT's dropout, without it the cheaper one (other masks)
-ARGV = ["--lora_dropout", 0, "--task", "politosphere", "--model_name", None, "--template", "alpaca", "--epoch", 2, "--quiet",
+# train.py's LoRA dropout (0.05, LoraInputDropout): the recomputation must draw the forward's masks
+ARGV = ["--task", "politosphere", "--model_name", None, "--template", "alpaca", "--epoch", 2, "--quiet",
         "--max_eval_samples", 6, "--learning_rate", "3e-3", "--save_epochs", "all", "--max_train_samples", 32]
 
 
@@ -143,7 +157,7 @@ def test_a_checkpointed_run_trains_as_the_kept_one_and_resumes_to_the_same_end(t
 def test_the_head_and_seq2seq_paths_checkpoint_by_transformers(tmp_path, request, fixture):
     folder = request.getfixturevalue(fixture)
     argv = ["--task", "sst2", "--model_name", folder, "--epoch", 1, "--quiet", "--max_train_samples", 16,
-            "--eval_strategy", "no", "--learning_rate", "1e-3", "--lora_dropout", 0]
+            "--eval_strategy", "no", "--learning_rate", "1e-3"]
     losses = {}
     for flag in ("off", "on"):
         code, _, err = train_here(tmp_path, argv + ["--gradient_checkpointing", flag, "--output_dir", flag])

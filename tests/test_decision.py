@@ -90,3 +90,12 @@ def test_a_held_out_gain_below_min_gain_is_not_applied():
     # What a rule that is not applied scores: argmax, in training's epoch choice as in evaluation.
     assert expected_score({"macro_f1": 0.5}, small) == 0.5 and expected_score({"macro_f1": 0.5}, enough) == 0.5 + MIN_GAIN
     assert enough.apply(probs)[1] != [LABELS[i] for i in probs.argmax(1)]
+
+
+def test_an_estimated_score_stays_below_a_measured_top():
+    """A gain measured on half-size samples can add up past 1 (0.55 + 0.47 was seen): training must
+    not keep that epoch over one whose argmax labels are all right."""
+    ruled = DecisionRule(LABELS, [0.0, 0.0, -0.25], 0.2, "macro_f1", 48, heldout_gain=0.466)
+    plain = DecisionRule(LABELS, fitted_on=48, heldout_gain=0.0)
+    estimated, measured = expected_score({"macro_f1": 0.551}, ruled), expected_score({"macro_f1": 1.0}, plain)
+    assert measured == 1.0 and 0.99 < estimated < measured

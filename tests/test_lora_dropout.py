@@ -63,3 +63,22 @@ def test_add_lora_swaps_every_dropout_and_one_forward_draws_once_per_distinct_in
     draws.clear()
     model(input_ids=torch.randint(0, 100, (2, 9)))
     assert draws == []
+
+
+def test_the_shared_copy_lives_as_long_as_its_input_not_as_long_as_autograd_keeps_it():
+    """Under activation checkpointing the forward keeps no tensor for the backward; q, k and v must
+    still share one mask there, as they do in the recomputation, or the two draw different masks."""
+    import gc
+    import weakref
+
+    memo = {}
+    q, k = lora_dropout.LoraInputDropout(0.5, memo), lora_dropout.LoraInputDropout(0.5, memo)
+    x = torch.randn(32, 64)
+    shared = weakref.ref(q(x))  # nothing else holds the dropped-out copy
+    assert shared() is not None and k(x) is shared()
+    gc.disable()
+    try:
+        del x  # the input gone: the copy goes with it, without waiting for the garbage collector
+        assert shared() is None and memo == {}
+    finally:
+        gc.enable()
