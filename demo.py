@@ -14,12 +14,14 @@ import sys
 import time
 
 from annotune.cli import parser, quiet_libraries, run_cli
+from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.task import DEFAULT_TASK
 
 
 def parse_args(argv=None):
     p = parser(__doc__)
-    p.add_argument("--task", default="drug_reviews", help="task spec (default: drug_reviews, shipped in a wheel)")
-    p.add_argument("--model_name", default="smollm2-135m", help="base model (default: smollm2-135m)")
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task spec (default: {DEFAULT_TASK}, shipped in a wheel)")
+    p.add_argument("--model_name", default=DEFAULT_CAUSAL_LM, help=f"base model (default: {DEFAULT_CAUSAL_LM})")
     p.add_argument("--train_samples", type=int, default=0,
                    help="training examples, a seeded sample of the 480 (default: 0 = all)")
     p.add_argument("--epochs", type=int, default=1,

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
+from annotune.metrics import decision_objectives
+from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.task import DEFAULT_TASK
 
-DEFAULT_TASK = "drug_reviews"
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def parse_args(argv=None):
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     g.add_argument("--adapters_name", nargs="+", default=[], help="adapter folders, or adapter names under runs/")
     g.add_argument("--base_only", action="store_true", help="also (or only) evaluate the untuned base model")
     g.add_argument("--model_name", "--base_model_name", dest="model_name",
-                   help=f"base model without adapters (default: the adapters' base, else {DEFAULT_MODEL})")
+                   help=f"base model without adapters (default: the adapters' base, else {DEFAULT_CAUSAL_LM})")
     g.add_argument("--task", help=f"task for a base-only run (default: {DEFAULT_TASK})")
     g.add_argument("--merge", help="a named label merge of the task: a base-only run's labels; with adapters of the "
                                    "finer labels, their predictions merged (a merged label's probability: the sum)")
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     g.add_argument("--decision", choices=["fitted", "argmax"], default="fitted",
                    help="classification: the decision rule fit on the validation split (the adapter's own, else fit "
                         "now), or the most probable label (default: fitted; the validation split itself is argmax)")
-    g.add_argument("--decision_objective", choices=["macro_f1", "balanced_accuracy"], default="macro_f1",
+    g.add_argument("--decision_objective", choices=decision_objectives(), default="macro_f1",
                    help="what a rule fit now maximises (default: macro_f1)")
     g.add_argument("--baseline", choices=["tfidf", "none"], default="tfidf",
                    help="classification: also score a majority-class and a TF-IDF + logistic-regression baseline "
@@ -123,13 +124,13 @@ def merge_after_prediction(args, adapters):
 
     merges = set()
     for adapter in adapters:
-        info = read_adapter_info(adapter)
-        if args.merge and info.get("merge"):
-            raise UserError(f"adapter {adapter} was trained on merge {info['merge']}: --merge applies to adapters "
+        record = read_adapter_info(adapter)
+        if args.merge and record.merge:
+            raise UserError(f"adapter {adapter} was trained on merge {record.merge}: --merge applies to adapters "
                             "of the finer labels")
-        if args.merge and info.get("merge_after") not in (None, args.merge):
-            raise UserError(f"adapter {adapter} gives merge {info['merge_after']}, not --merge {args.merge}")
-        merges.add(info.get("merge_after") or args.merge)
+        if args.merge and record.merge_after not in (None, args.merge):
+            raise UserError(f"adapter {adapter} gives merge {record.merge_after}, not --merge {args.merge}")
+        merges.add(record.merge_after or args.merge)
     return merges.pop() if len(merges) == 1 else None  # several: evaluation_data names the mix
 
 
@@ -142,22 +143,22 @@ def base_annotator(args, adapters, bases):
     from annotune.task import load_task
 
     for adapter in adapters:
-        trained_on = read_adapter_info(adapter)["base_model"]
+        trained_on = read_adapter_info(adapter).base_model
         if args.model_name and args.model_name != trained_on:
             raise UserError(f"adapter {adapter} was trained on {trained_on}, not on --model_name {args.model_name}")
     if not args.base_only:
         return None
     merge_after = None
     if adapters:  # the base as the adapters are prompted, giving the labels they give
-        info = read_adapter_info(adapters[0])
-        spec, name, prompt = adapter_spec(adapters[0]), args.model_name or info["base_model"], info["prompt"]
+        record = read_adapter_info(adapters[0])
+        spec, name, prompt = adapter_spec(adapters[0]), args.model_name or record.base_model, record.prompt
         merge_after = merge_after_prediction(args, adapters)
     elif args.dataset_name:
         _, manifest, spec = load_dataset_folder(args.dataset_name)
-        name, prompt = args.model_name or DEFAULT_MODEL, manifest["prompt"]
+        name, prompt = args.model_name or DEFAULT_CAUSAL_LM, manifest["prompt"]
     else:
         spec = load_task(args.task or DEFAULT_TASK, args.merge)
-        name = args.model_name or DEFAULT_MODEL
+        name = args.model_name or DEFAULT_CAUSAL_LM
         prompt = {"template": args.template, "with_definitions": not args.without_definitions}
     model = bases.get(name, resolve_kind(load_config(name), "auto", spec.type), spec.label_names)
     return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model, merge_after=merge_after,
@@ -184,17 +185,17 @@ def dataset_of(args, adapters, base):
 
     folder = args.dataset_name
     if adapters:
-        infos = [read_adapter_info(a) for a in adapters]
-        tasks = {(i["task"], tuple(i["labels"]), i.get("merge_after") or args.merge) for i in infos}
+        records = [read_adapter_info(a) for a in adapters]
+        tasks = {(r.task, tuple(r.labels), r.merge_after or args.merge) for r in records}
         if len(tasks) > 1:
             raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(map(str, tasks))}")
-        folder = infos[0]["dataset"]
+        folder = records[0].dataset
         if not Path(folder).is_dir():
-            if not infos[0].get("split_ids"):
+            if not records[0].split_ids:
                 raise UserError(f"the dataset of adapter {adapters[0]} is gone ({folder})")
             print(f"note: {folder} is gone; the rows are rebuilt from the task's data by the adapter's recorded ids")
             spec = adapter_spec(adapters[0], reported=True)
-            rows = rows_by_ids(spec, infos[0]["split_ids"], infos[0].get("max_words"))
+            rows = rows_by_ids(spec, records[0].split_ids, records[0].max_words)
             return spec, rows, {"dataset": f"task {spec.name}, recorded ids", "splits": split_summary(rows)}
     if folder:
         rows, manifest, spec = load_dataset_folder(folder)
@@ -218,7 +219,6 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     # BERTScore is for summaries only: a classification run needs no BERTScore model installed
     bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
         args.bertscore_model)
-    results = []
     splits = ["train", "validation"] if args.table else [args.split]
     results = baselines(args, spec, adapters, rows_by_split, splits)
     names = distinct_names(adapters)  # results of two adapters with one name must not share a folder
@@ -226,8 +226,8 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
         annotator = base
         name = base.name if adapter is None else names[Path(adapter)]
         if adapter is not None:
-            info = read_adapter_info(adapter)
-            base_model = bases.get(info["base_model"], info.get("kind", "causal"), info["labels"])
+            record = read_adapter_info(adapter)
+            base_model = bases.get(record.base_model, record.kind, record.labels)
             annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)),
                                        merge_after=args.merge, cpu_bf16=args.cpu_bf16,
                                        tie_margin=args.bf16_tie_margin)
@@ -241,7 +241,7 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
                 print(f"note: {metrics['truncated']} {split} texts were cut to fit {name}'s context "
                       f"(flagged 'truncated' in predictions.jsonl)")
             results.append({"name": name, "split": split, "metrics": metrics, "records": records,
-                            "epoch": annotator.info.get("epoch"), "adapter": str(adapter) if adapter else None})
+                            "epoch": annotator.record and annotator.record.epoch, "adapter": str(adapter) if adapter else None})
         if args.annotations:
             results[-1]["agreement"] = human_agreement(
                 annotator, args.annotations, args.annotation_id_column, args.annotation_label_column,
@@ -266,7 +266,7 @@ def baselines(args, spec, adapters, rows_by_split, splits) -> list:
 
     if args.baseline == "none" or spec.type != "classification" or not rows_by_split.get("train"):
         return []
-    train_ids = read_adapter_info(adapters[0]).get("train_ids") if adapters else None
+    train_ids = read_adapter_info(adapters[0]).train_ids if adapters else None
     results = []
     for split in splits:
         rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
@@ -286,15 +286,15 @@ def decision_rule(args, annotator, rows_by_split, split, adapters=()):
     if args.decision == "argmax" or spec.type != "classification" or split == "validation" \
             or (args.mode == "generate" and annotator.kind != "classifier"):
         return None
-    if "rule" in annotator.info:  # fit or checked once per annotator (--table asks for two splits)
-        return annotator.info["rule"]
-    if annotator.info.get("decision_rule"):
-        rule = DecisionRule.from_dict(annotator.info["decision_rule"], spec.label_names)
+    if annotator.rule is not None:  # fit or checked once per annotator (--table asks for two splits)
+        return annotator.rule
+    record = annotator.record
+    if record and record.decision_rule:
+        rule = DecisionRule.from_dict(record.decision_rule, spec.label_names)
         # Rules from before precision was recorded were fit on the training device's plain weights.
-        fitted_in = rule.precision or ("fp32" if annotator.info.get("quantization") in (None, "none")
-                                       else annotator.precision)
+        fitted_in = rule.precision or ("fp32" if record.quantization in (None, "none") else annotator.precision)
         if not rule.fitted_on or fitted_in == annotator.precision:
-            annotator.info["rule"] = rule
+            annotator.rule = rule
             return rule
         rows = rows_by_split.get("validation") or validation_rows(args, adapters)
         if not rows:
@@ -302,14 +302,14 @@ def decision_rule(args, annotator, rows_by_split, split, adapters=()):
             raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
                             f"{annotator.precision}; its validation rows are not here to refit it: pass "
                             + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
-        annotator.info["rule"] = fit_now(args, annotator, rows)
+        annotator.rule = fit_now(args, annotator, rows)
         print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
-              f"{annotator.info['rule'].fitted_on} validation rows scored in {annotator.precision}")
-        return annotator.info["rule"]
+              f"{annotator.rule.fitted_on} validation rows scored in {annotator.precision}")
+        return annotator.rule
     if not rows_by_split.get("validation"):
         return None
-    annotator.info["rule"] = fit_now(args, annotator, rows_by_split["validation"])
-    return annotator.info["rule"]
+    annotator.rule = fit_now(args, annotator, rows_by_split["validation"])
+    return annotator.rule
 
 
 def validation_rows(args, adapters) -> list:

@@ -30,22 +30,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def merged_model(adapter, info: dict, dtype: str):
+def merged_model(adapter, record, dtype: str):
     """The base loaded unquantized, the adapter attached and merged into it."""
     import torch
     from peft import PeftModel
 
     from annotune.models import load_model
 
-    kind = info.get("kind", "causal")
-    labels = info["labels"] if kind == "classifier" else None
-    base = load_model(info["base_model"], kind, "none", num_labels=len(labels) if labels else None,
+    kind = record.kind
+    labels = record.labels if kind == "classifier" else None
+    base = load_model(record.base_model, kind, "none", num_labels=len(labels) if labels else None,
                       label_names=labels)
     model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     return model.to(getattr(torch, dtype)).eval()
 
 
-def usage_info(adapter, info: dict, tokenizer) -> dict:
+def usage_info(adapter, record, tokenizer) -> dict:
     """annotune.json of the export: what a user of the merged model needs to label as annotune does:
     the prompt template, the token ids of each scored answer (EOS included), the merge of the scored
     labels into the labels given (train.py --merge_at prediction), the rule."""
@@ -54,13 +54,13 @@ def usage_info(adapter, info: dict, tokenizer) -> dict:
     from annotune.prompts import Prompter, encode_prompt
 
     given = adapter_spec(adapter, reported=True)
-    out = {"exported_from": str(adapter), "kind": info.get("kind", "causal"), "task": given.name,
-           "merge": info.get("merge") or info.get("merge_after"), "labels": given.label_names,
-           "scored_labels": info["labels"], "merge_map": given.merge_map if info.get("merge_after") else None,
-           "base": info.get("base"), "decision_rule": info.get("decision_rule"),
-           "validation_metrics": info.get("validation_metrics")}
+    out = {"exported_from": str(adapter), "kind": record.kind, "task": given.name,
+           "merge": record.merge or record.merge_after, "labels": given.label_names,
+           "scored_labels": record.labels, "merge_map": given.merge_map if record.merge_after else None,
+           "base": record.base, "decision_rule": record.decision_rule,
+           "validation_metrics": record.validation_metrics}
     if out["kind"] != "classifier":
-        spec, prompt = adapter_spec(adapter), info["prompt"]
+        spec, prompt = adapter_spec(adapter), record.prompt
         prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, out["kind"] == "seq2seq")
         sentinel = "\u2063TEXT\u2063"  # invisible separators: no template contains them
         text_prompt = prompter.prompt(sentinel)
@@ -68,7 +68,7 @@ def usage_info(adapter, info: dict, tokenizer) -> dict:
         bos = tokenizer.bos_token
         out.update(prompt=prompt, prompt_template=text_prompt.replace(sentinel, "{text}"),
                    add_special_tokens=not (bos and text_prompt.startswith(bos)),
-                   answer_token_ids=dict(zip(info["labels"], annotator.label_completions(
+                   answer_token_ids=dict(zip(record.labels, annotator.label_completions(
                        text_prompt, encode_prompt(tokenizer, text_prompt)))))
     return out
 
@@ -149,15 +149,15 @@ def main(argv=None):
     from annotune.models import load_tokenizer
 
     adapter = find_adapter(args.adapters_name)
-    info = read_adapter_info(adapter)
+    record = read_adapter_info(adapter)
     out = Path(args.output_dir)
-    ensure_new_path(out, args.overwrite, what="export folder", inputs=(adapter, info.get("base_model")), kind="dir")
-    trained_4bit = info.get("quantization") in ("4bit", "8bit")
+    ensure_new_path(out, args.overwrite, what="export folder", inputs=(adapter, record.base_model), kind="dir")
+    trained_4bit = record.quantization in ("4bit", "8bit")
     if trained_4bit:
-        print(f"the adapter was trained on a {info['quantization']} base: merging into the unquantized weights")
-    model = merged_model(adapter, info, args.dtype)
-    tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").exists() else info["base_model"])
-    meta = usage_info(adapter, info, tokenizer)
+        print(f"the adapter was trained on a {record.quantization} base: merging into the unquantized weights")
+    model = merged_model(adapter, record, args.dtype)
+    tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").exists() else record.base_model)
+    meta = usage_info(adapter, record, tokenizer)
     tmp = staging_dir(out)
     try:
         model.save_pretrained(str(tmp))

@@ -16,8 +16,9 @@ preview.jsonl (a few rendered examples) and task.yaml. An existing output is nev
 import sys
 
 from annotune.cli import UserError, parser, quiet_libraries, run_cli
+from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.task import DEFAULT_TASK
 
-DEFAULT_TASK = "drug_reviews"
 
 
 def parse_args(argv=None):
@@ -44,8 +45,8 @@ def parse_args(argv=None):
                    help="put the label definitions in the system prompt (default)")
     g.add_argument("--without_definitions", dest="with_definitions", action="store_false",
                    help="leave the label definitions out")
-    g.add_argument("--model_name", "--base_model_name", default="smollm2-135m",
-                   help="model whose tokenizer renders the chat template (default: smollm2-135m)")
+    g.add_argument("--model_name", "--base_model_name", default=DEFAULT_CAUSAL_LM,
+                   help=f"model whose tokenizer renders the chat template (default: {DEFAULT_CAUSAL_LM})")
     g = p.add_argument_group("splits")
     g.add_argument("--val_ratio", type=float,
                    help="fraction held out for validation when the data has no validation split (default: the "

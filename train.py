@@ -33,14 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
+from annotune.metrics import decision_objectives
+from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.task import DEFAULT_TASK
 
 if TYPE_CHECKING:
-    from annotune.trainer import TrainingData
+    from annotune.training_set import TrainingData
 
-DEFAULT_TASK = "drug_reviews"
-DEFAULT_MODEL = "smollm2-135m"
-EPOCH_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "invalid", "rouge1", "rouge2", "rougeL",
-                 "exact_match", "ci95", "mode", "decision_rule", "selection_score", "collapsed")  # what log.jsonl and annotune.json keep of a validation pass
+# what log.jsonl and annotune.json keep of a validation pass (and every metric of metrics.LABEL_METRICS)
+EPOCH_METRICS = ("n", "invalid", "rouge1", "rouge2", "rougeL", "exact_match", "ci95", "mode", "decision_rule",
+                 "selection_score", "collapsed")
 
 
 def parse_args(argv=None):
@@ -90,15 +92,21 @@ def add_data_and_model_flags(p):
     g.add_argument("--max_eval_samples", type=int, default=200,
                    help="validation examples evaluated per epoch (default: 200; 0 = all)")
     g = p.add_argument_group("model")
-    g.add_argument("--model_name", "--base_model_name", dest="model_name", default=DEFAULT_MODEL,
-                   help=f"hub id, local folder or alias: {DEFAULT_MODEL} (default), minilm-l6")
+    g.add_argument("--model_name", "--base_model_name", dest="model_name", default=DEFAULT_CAUSAL_LM,
+                   help=f"hub id, local folder or alias: {DEFAULT_CAUSAL_LM} (default), minilm-l6")
     g.add_argument("--mode", choices=["auto", "causal", "classifier", "seq2seq"], default="auto",
                    help="what to train (default: auto, from the task and the model)")
     g.add_argument("--quantization", choices=["auto", "4bit", "8bit", "none"], default="auto",
                    help="auto = 4-bit NF4 on CUDA, none on CPU (default: auto)")
     g.add_argument("--lora_r", type=int, default=16, help="LoRA rank (default: 16)")
     g.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha (default: 32)")
-    g.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout probability (default: 0.05)")
+    g.add_argument("--lora_dropout", type=float, default=0.05,
+                   help="LoRA dropout probability (default: 0.05; rounded to a multiple of 1/65536 under --lora_speedups on)")
+    g.add_argument("--lora_speedups", choices=["on", "off"], default="on",
+                   help="on: LoRA's dropout mask drawn 4 elements per 64-bit random number (p rounded: 0.05 -> "
+                        "0.050003) and one dropped-out input shared by the layers that read it (q, k, v; gate, up), "
+                        "and LoRA's update added inside the base layer's matmul (same arithmetic); off: PEFT's own "
+                        "forward and nn.Dropout, independent masks, slower on a CPU (default: on)")
     g.add_argument("--target_modules", default="all-linear",
                    help="comma-separated module names, or all-linear (default: all-linear)")
 
@@ -151,7 +159,7 @@ def add_saving_flags(p):
     g.add_argument("--early_stopping_patience", type=int, default=0,
                    help="stop after this many epochs without a better validation metric (default: 0 = off)")
     g.add_argument("--keep_best", action="store_true", help="also save the best epoch under the name <run>-best")
-    g.add_argument("--decision_objective", choices=["macro_f1", "balanced_accuracy"], default="macro_f1",
+    g.add_argument("--decision_objective", choices=decision_objectives(), default="macro_f1",
                    help="what the decision rule saved with each adapter maximises on validation (default: macro_f1)")
     g.add_argument("--save_epochs", help="epochs whose adapter is saved: comma-separated numbers, and/or 'last' or "
                                          "'all' (default: only the epoch with the best validation score, as "
@@ -175,13 +183,14 @@ def build_model(args, data: TrainingData, tokenizer):
                        label_names=labels)
     if data.kind == "classifier" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return add_lora(model, data.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules)
+    return add_lora(model, data.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
+                    args.lora_speedups == "on")
 
 
 def resolve_defaults(args, data: TrainingData) -> None:
     """The defaults that depend on the data, resolved before the run folder is opened, so that a
     resume compares the values used: --balance auto, and --epoch's default (3, more on small data)."""
-    from annotune.trainer import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
+    from annotune.training_set import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
 
     if args.balance == "auto":
         args.balance = "oversample" if data.spec.type == "classification" and data.kind != "classifier" else "none"
@@ -200,7 +209,7 @@ def save_plan(args, data: TrainingData):
     By default the adapter kept is the epoch with the best validation score: for classification the
     macro-F1 of the labels it will give (with its decision rule where that is applied)."""
     from annotune.metrics import primary_metric
-    from annotune.trainer import SavePlan, parse_save_epochs
+    from annotune.epoch_end import SavePlan, parse_save_epochs
 
     last = args.epochs if args.stop_condition == "epochs" else None
     epochs, keep = parse_save_epochs(args.save_epochs, last)
@@ -216,13 +225,14 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
                  is_main):
     """EvaluateAndSave with the real evaluation (annotator.evaluate_rows on the validation rows) and
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
-    from annotune.adapters import save_adapter
+    from annotune.adapters import AdapterRecord, save_adapter
     from annotune.annotator import Annotator, evaluate_rows, merged_after
     from annotune.decision import expected_score, fit_rule, probs_matrix
+    from annotune.epoch_end import EvaluateAndSave
     from annotune.faults import crash_point
     from annotune.files import remove_dir
+    from annotune.metrics import LABEL_METRICS
     from annotune.models import base_identity, cpu_autocast, resolved_quantization
-    from annotune.trainer import EvaluateAndSave
 
     def evaluate_now():
         if not data.eval_rows:
@@ -244,22 +254,23 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
             given = rule.apply(probs)[1] if rule.fitted else [r["prediction"] for r in records]
             metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule),
                            collapsed=len(labels) > 1 and len(set(given)) == 1)
-        return {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
+        kept = EPOCH_METRICS + tuple(m.key for m in LABEL_METRICS)
+        return {k: v for k, v in metrics.items() if k in kept}
 
     base, quantization = base_identity(args.model_name), resolved_quantization(args.quantization)
     split_ids = {name: [r["id"] for r in rows] for name, rows in data.splits.items()}
 
     def save(suffix, epoch, step, metrics):
         spec_dict, merge = data.spec.saved_form()
-        info = {"base_model": args.model_name, "base": base, "kind": data.kind, "task": data.spec.name,
-                "merge": merge, "merge_after": data.merge_after and data.merge_after.merge,
-                "labels": data.spec.label_names, "prompt": data.prompter.describe(),
-                "task_spec": spec_dict, "epoch": epoch, "step": step, "validation_metrics": metrics,
-                "decision_rule": metrics.get("decision_rule"), "train_ids": [f["id"] for f in data.feats],
-                "split_ids": split_ids, "max_words": data.data_info.get("max_words"), "quantization": quantization,
-                "dataset": data.data_info.get("dataset_folder") or str(out_dir / "dataset"), "run_dir": str(out_dir),
-                "git_commit": manifest.get("git_commit")}
-        save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", info)
+        record = AdapterRecord(
+            base_model=args.model_name, base=base, kind=data.kind, task=data.spec.name, merge=merge,
+            merge_after=data.merge_after and data.merge_after.merge, labels=data.spec.label_names,
+            prompt=data.prompter.describe(), task_spec=spec_dict, epoch=epoch, step=step, validation_metrics=metrics,
+            decision_rule=metrics.get("decision_rule"), train_ids=[f["id"] for f in data.feats], split_ids=split_ids,
+            max_words=data.data_info.get("max_words"), quantization=quantization,
+            dataset=data.data_info.get("dataset_folder") or str(out_dir / "dataset"), run_dir=str(out_dir),
+            git_commit=manifest.get("git_commit"))
+        save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", record)
 
     def discard(suffix):
         remove_dir(out_dir / f"{run_name}-{suffix}")
@@ -302,7 +313,9 @@ def main(argv=None):
     from annotune.files import atomic_write_json
     from annotune.models import load_config, load_tokenizer
     from annotune.resume import check_same_precision, checkpoint_step, open_run_folder
-    from annotune.trainer import AnnotuneTrainer, LossOptions, load_training_data, stop_on_ctrl_c, trainer_arguments
+    from annotune.epoch_end import stop_on_ctrl_c
+    from annotune.trainer import AnnotuneTrainer, LossOptions, trainer_arguments
+    from annotune.training_set import load_training_data
 
     started = time.time()
     set_seed(args.seed)
@@ -371,7 +384,7 @@ def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
 def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokenizer) -> None:
     from annotune.examples import write_dataset_folder
     from annotune.files import atomic_write_json, run_manifest
-    from annotune.trainer import describe_start
+    from annotune.training_set import describe_start
 
     folder.create(args.overwrite_output_dir)
     atomic_write_json(folder.path / "manifest.json", manifest)

@@ -16,13 +16,15 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - lora_dropout.py  LoRA's input dropout with cheap masks, one per input shared by the layers reading it
 - checkpointing.py  activation checkpointing of the decoder layers that keeps the shared prefix
 - lora_update.py  LoRA's update accumulated into the base layer's output by one in-place GEMM
-- trainer.py    the training loop: transformers.Trainer with our loss, batches and callbacks
+- training_set.py  what train.py trains on: rows, splits, a merge's finer labels, tokenised examples
+- trainer.py    the training loop: transformers.Trainer with our loss and batches
+- epoch_end.py  at an epoch's end: validation, adapters kept, best epoch, early stopping, Ctrl-C
 - resume.py     run folders: starting one, resuming one (arguments checked, finished runs kept)
-- adapters.py   adapter folders: writing, finding, reading annotune.json
+- adapters.py   adapter folders: writing, finding, annotune.json as a typed AdapterRecord
 - annotator.py  a model ready to label (score, generate, head) and its evaluation on labelled rows
 - decision.py   the decision rule: argmax, or per-label offsets and a temperature fit on validation
 - baseline.py   the cheap alternatives: majority class, TF-IDF + logistic regression
-- metrics.py    classification and generation metrics with bootstrap CIs
+- metrics.py    the label metrics' registry (LABEL_METRICS), generation metrics, bootstrap CIs
 - agreement.py  Cohen's kappa of the model beside human annotators
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
 - corpus.py     labelling an unlabelled file in resumable row-range parts, one labeller per output

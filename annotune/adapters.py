@@ -3,6 +3,7 @@ base model, task spec, labels, prompt and validation metrics), and how evaluate.
 them, so that an adapter brings everything needed to use it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,52 @@ PATH_KEYS = ("dataset", "run_dir")  # stored relative to the adapter folder
 RUNS_DIR = Path("runs")
 
 
-def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
+@dataclasses.dataclass
+class AdapterRecord:
+    """annotune.json: what an adapter brings to be used. train.py writes it; everything else reads
+    it through read_adapter_info, by attribute."""
+    base_model: str  # as train.py was given it (alias, hub id or folder)
+    kind: str  # causal, classifier, seq2seq
+    task_spec: dict  # the task spec as trained (task.spec_from_saved)
+    labels: list  # the labels the model scores
+    prompt: dict = dataclasses.field(default_factory=dict)  # template and with_definitions (Prompter.describe)
+    base: dict | None = None  # the base's identity (models.base_identity: name, hub id, weights)
+    task: str | None = None
+    merge: str | None = None  # the merge trained on (preprocess/train --merge)
+    merge_after: str | None = None  # the merge its predictions go through (--merge_at prediction)
+    epoch: int | None = None
+    step: int | None = None
+    validation_metrics: dict | None = None
+    decision_rule: dict | None = None  # decision.DecisionRule.to_dict(), fit on validation
+    train_ids: list | None = None
+    split_ids: dict | None = None  # split -> ids: the rows can be rebuilt from the task's data
+    max_words: int | None = None
+    quantization: str | None = None  # 4bit, 8bit, none (as trained)
+    dataset: str | None = None  # the dataset folder (resolved against the adapter folder on reading)
+    run_dir: str | None = None
+    git_commit: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict, what: str) -> "AdapterRecord":
+        """The record of a parsed annotune.json, or one line naming what is missing or of a wrong type
+        (keys it does not know, from a newer version, are left out)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and name not in data]
+        if missing:
+            raise UserError(f"{what}: {ADAPTER_INFO} lacks {', '.join(missing)}; the folder is damaged")
+        kinds = {"base_model": str, "kind": str, "task_spec": dict, "labels": list, "prompt": dict}
+        wrong = [k for k, t in kinds.items() if k in data and not isinstance(data[k], t)]
+        if wrong:
+            raise UserError(f"{what}: {ADAPTER_INFO} has {wrong[0]} of the wrong type "
+                            f"({type(data[wrong[0]]).__name__}); the folder is damaged")
+        return cls(**{k: v for k, v in data.items() if k in fields and not (k == "prompt" and v is None)})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def save_adapter(model, tokenizer, folder: Path, record: AdapterRecord) -> Path:
     """Write the adapter, its tokenizer and annotune.json into `folder` atomically (a resumed run
     that saves the same epoch again replaces it)."""
     import torch
@@ -26,7 +72,7 @@ def save_adapter(model, tokenizer, folder: Path, info: dict) -> Path:
     if bad:
         raise UserError(f"{len(bad)} trained tensors hold NaN or inf (e.g. {bad[0]}): {folder.name} is not saved; "
                         "lower --learning_rate")
-    info = dict(info)
+    info = record.to_dict()
     for key in PATH_KEYS:  # relative to the adapter: a run folder copied elsewhere keeps working
         if info.get(key):
             info[key] = os.path.relpath(Path(info[key]).resolve(), Path(folder).resolve())
@@ -59,9 +105,6 @@ def stable_config(folder: Path, hub_id: str | None) -> None:
         if isinstance(data.get(key), list):
             data[key] = sorted(data[key])
     atomic_write_json(config, data)
-
-
-REQUIRED_INFO = ("base_model", "kind", "task_spec", "labels")
 
 
 def read_json_object(path: Path, what: str) -> dict:
@@ -101,24 +144,22 @@ def check_safetensors(path: Path, what: str) -> None:
                         f"{8 + length + end})")
 
 
-def read_adapter_info(folder) -> dict:
-    """annotune.json, with its relative paths (dataset, run_dir) resolved against the adapter folder,
-    after the folder is checked whole (annotune.json an object with its keys, adapter_config.json,
-    the weights file complete): a damaged adapter is one line naming the file, before any use."""
+def read_adapter_info(folder) -> AdapterRecord:
+    """annotune.json as an AdapterRecord, its relative paths (dataset, run_dir) resolved against the
+    adapter folder, after the folder is checked whole (annotune.json an object with its keys,
+    adapter_config.json, the weights file complete): a damaged adapter is one line naming the file,
+    before any use."""
     path = Path(folder) / ADAPTER_INFO
     if not path.exists():
         raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
     what = f"adapter {folder}"
-    info = read_json_object(path, what)
-    missing = [k for k in REQUIRED_INFO if k not in info]
-    if missing:
-        raise UserError(f"{what}: {ADAPTER_INFO} lacks {', '.join(missing)}; the folder is damaged")
+    record = AdapterRecord.from_dict(read_json_object(path, what), what)
     read_json_object(Path(folder) / "adapter_config.json", what)
     check_safetensors(Path(folder) / "adapter_model.safetensors", what)
     for key in PATH_KEYS:
-        if info.get(key):
-            info[key] = str((Path(folder) / info[key]).resolve())
-    return info
+        if getattr(record, key):
+            setattr(record, key, str((Path(folder) / getattr(record, key)).resolve()))
+    return record
 
 
 def adapter_spec(folder, reported: bool = False):
@@ -126,9 +167,9 @@ def adapter_spec(folder, reported: bool = False):
     gives, which are a merge of those for an adapter trained with train.py --merge_at prediction."""
     from .task import spec_from_saved
 
-    info = read_adapter_info(folder)
-    spec = spec_from_saved(info["task_spec"], info.get("merge"), str(Path(folder) / ADAPTER_INFO))
-    return spec.merged(info["merge_after"]) if reported and info.get("merge_after") else spec
+    record = read_adapter_info(folder)
+    spec = spec_from_saved(record.task_spec, record.merge, str(Path(folder) / ADAPTER_INFO))
+    return spec.merged(record.merge_after) if reported and record.merge_after else spec
 
 
 def find_adapter(name: str, report=print) -> Path:

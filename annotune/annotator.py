@@ -37,10 +37,12 @@ TIE_MARGIN = 0.05
 class Annotator:
     """A model ready to label: base model or adapter, its tokenizer, task spec and prompter."""
 
-    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, info: dict | None = None,
+    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, record=None,
                  autocast: bool = False, tie_margin: float = TIE_MARGIN):
         self.model, self.tokenizer, self.spec, self.prompter = model, tokenizer, spec, prompter
-        self.kind, self.name, self.info = kind, name, info or {}
+        self.kind, self.name = kind, name
+        self.record = record  # the adapter's AdapterRecord (annotune.json); None for a base model
+        self.rule = None  # the decision rule evaluate.py settled on for it (evaluate.decision_rule)
         self.autocast = autocast  # bf16 autocast on the CPU (models.cpu_autocast)
         self.tie_margin = tie_margin if autocast else 0.0  # near ties rescored in fp32 (TIE_MARGIN)
         self._completion_cache = {}
@@ -281,8 +283,11 @@ def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, le
     return metrics, records
 
 
-ARGMAX_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "cohen_kappa", "invalid", "ece",
-               "ci95", "per_class", "ranking_auc")
+def argmax_keys() -> tuple:
+    """What metrics.json keeps of the argmax labels beside a fitted rule's."""
+    from .metrics import LABEL_METRICS
+
+    return ("n", *(m.key for m in LABEL_METRICS), "invalid", "ece", "ci95", "per_class", "ranking_auc")
 
 
 def apply_rule(records, argmax_metrics, rule, n_boot, seed) -> dict:
@@ -294,7 +299,7 @@ def apply_rule(records, argmax_metrics, rule, n_boot, seed) -> dict:
     metrics = classification_metrics([r["gold"] for r in records], [r["prediction"] for r in records], labels,
                                      calibrated, n_boot, seed)
     metrics["invalid_examples"] = []
-    metrics["argmax"] = {k: argmax_metrics[k] for k in ARGMAX_KEYS if k in argmax_metrics}
+    metrics["argmax"] = {k: argmax_metrics[k] for k in argmax_keys() if k in argmax_metrics}
     metrics["decision_rule"] = rule.to_dict()
     return metrics
 
@@ -352,14 +357,14 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     --cpu_bf16 (auto, on, off; models.cpu_autocast); tie_margin: its --bf16_tie_margin (TIE_MARGIN)."""
     from .models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
 
-    info = {}
+    record = None
     if adapter:
-        info = read_adapter_info(adapter)
-        if base_model and base_model != info["base_model"]:
-            raise UserError(f"adapter {adapter} was trained on {info['base_model']}, not on {base_model}")
-        base_model, spec, prompt = info["base_model"], adapter_spec(adapter), info["prompt"]
-        merge_after = info.get("merge_after") or merge_after
-    kind = info.get("kind") or resolve_kind(load_config(base_model), "auto", spec.type)
+        record = read_adapter_info(adapter)
+        if base_model and base_model != record.base_model:
+            raise UserError(f"adapter {adapter} was trained on {record.base_model}, not on {base_model}")
+        base_model, spec, prompt = record.base_model, adapter_spec(adapter), record.prompt
+        merge_after = record.merge_after or merge_after
+    kind = record.kind if record else resolve_kind(load_config(base_model), "auto", spec.type)
     if tokenizer is None:
         tokenizer = load_tokenizer(adapter if adapter else base_model)
     if model is None:
@@ -377,6 +382,6 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
     prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
                         is_seq2seq=kind == "seq2seq")
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
-    annotator = Annotator(model, tokenizer, spec, prompter, kind, name, {"base_model": base_model, **info},
+    annotator = Annotator(model, tokenizer, spec, prompter, kind, name, record,
                           autocast=cpu_autocast(cpu_bf16, model), tie_margin=tie_margin)
     return merged_after(annotator, merge_after)

@@ -26,13 +26,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .metrics import decision_objectives, label_metric
+
 MIN_ROWS = 40
 CHECK_SPLITS = 5
 MIN_GAIN = 0.02  # held-out gain (of the objective) a rule needs to be applied
 ESTIMATED_TOP_MARGIN = 1e-6  # a ruled estimate at the top ranks just below a measured top (expected_score)
 OFFSET_GRID = np.round(np.arange(-6.0, 6.01, 0.25), 2)
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(20.0), 61))
-OBJECTIVES = ("macro_f1", "balanced_accuracy")
 
 
 @dataclass
@@ -104,9 +105,7 @@ def expected_score(metrics: dict, rule: DecisionRule) -> float:
 
 
 def _objective(name, gold, pred, labels) -> float:
-    from .metrics import balanced_accuracy, macro_f1
-
-    return macro_f1(gold, pred, labels) if name == "macro_f1" else balanced_accuracy(gold, pred, labels)
+    return label_metric(name).fn(gold, pred, labels)
 
 
 def fit_offsets(logp, gold, labels, objective: str = "macro_f1", rounds: int = 3) -> list:
@@ -143,8 +142,8 @@ def fit_rule(probs, gold, labels, objective: str = "macro_f1", min_rows: int = M
              precision: str | None = None) -> DecisionRule:
     """A DecisionRule fit on validation probabilities and gold labels (see the module docstring);
     precision: the arithmetic the probabilities came from, recorded with the rule."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}")
+    if objective not in decision_objectives():
+        raise ValueError(f"objective must be one of {decision_objectives()}")
     labels = list(labels)
     if len(gold) < min_rows:
         return DecisionRule(labels, objective=objective, precision=precision,

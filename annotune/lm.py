@@ -165,7 +165,7 @@ PACKED_ATTENTION = ("eager", "sdpa")  # implementations that take a custom 4D ma
 
 @torch.no_grad()
 def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, length_norm: bool = False,
-                      use_prefix: bool = True, progress=None, packed: bool | None = None):
+                      progress=None, packed: bool | None = None):
     """Log-likelihood of each completion after each prompt: a tensor [n_prompts, n_completions].
 
     prompt_ids: token ids per prompt. completion_ids: per prompt, a list of token-id lists (the
@@ -178,7 +178,7 @@ def score_completions(model, prompt_ids, completion_ids, batch_size: int = 16, l
     """
     decoder, _, config = decoder_and_head(model)
     n_prompts, n_labels = len(prompt_ids), len(completion_ids[0])
-    plen = common_prefix_length(prompt_ids) if use_prefix and n_prompts > 1 else 0
+    plen = common_prefix_length(prompt_ids) if n_prompts > 1 else 0
     # The prefix runs once per call, so in the weights' own precision even under bf16 autocast: it
     # costs nothing here, and its keys and values carry no bf16 rounding into every row's scores.
     with torch.autocast(next(model.parameters()).device.type, enabled=False):

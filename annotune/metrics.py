@@ -1,21 +1,38 @@
 """Metrics: one implementation, used by train.py (in-training evaluation) and evaluate.py.
 
-Classification: accuracy, balanced accuracy, macro/weighted F1, per-class precision/recall/F1,
-Cohen's kappa, the confusion matrix and seeded bootstrap 95% CIs (accuracy, balanced accuracy,
-macro-F1), from scikit-learn, except the three bootstrapped ones: counted with numpy (equal to it),
-since a bootstrap calls them thousands of times. Expected calibration error from per-label
-probabilities. A prediction outside the label set ("invalid", from
+Classification: the label metrics of LABEL_METRICS, the registry that every output reads (a metric
+added there alone appears in metrics.json, log.jsonl, comparison.md, the per-epoch table, the paired
+differences and, if it is one, among the decision rule's objectives): accuracy, balanced accuracy,
+macro/weighted F1, Cohen's kappa, with seeded bootstrap 95% CIs where marked; the bootstrapped ones
+are counted with numpy (equal to scikit-learn's), since a bootstrap calls them thousands of times.
+Beside them: per-class precision/recall/F1, the confusion matrix, expected calibration error and
+ranking AUC from per-label probabilities. A prediction outside the label set ("invalid", from
 generate mode) counts as wrong and never enters the label list given to scikit-learn.
 Generation: ROUGE-1/2/L/Lsum with stemming (rouge-score, best over references), exact match,
 BERTScore F1 with a local model. ROUGE and BERTScore are never averaged into one number.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from .labels import INVALID
 
 PRIMARY_METRIC = {"classification": "macro_f1", "generation": "rougeL"}
+
+
+@dataclass(frozen=True)
+class LabelMetric:
+    """A metric of gold and predicted labels: fn(gold, pred, labels) -> float."""
+    key: str  # its name in metrics.json and log.jsonl
+    title: str  # its column in comparison.md and the per-epoch table
+    fn: Callable
+    ci: bool = True  # a bootstrap 95% interval beside it (fn is called ~1,000 times)
+    paired: bool = False  # differences against TF-IDF, the untuned base and the first adapter, paired
+    objective: bool = False  # a decision rule may maximise it (--decision_objective)
+    per_epoch: bool = True  # a column of the per-epoch table (evaluate.py --table)
 
 
 def accuracy(gold, pred) -> float:
@@ -43,6 +60,12 @@ def balanced_accuracy(gold, pred, labels) -> float:
     if not len(gold):
         return float("nan")
     return float(np.mean([np.mean(pred[gold == label] == label) for label in dict.fromkeys(gold)]))
+
+
+def weighted_f1(gold, pred, labels) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred, labels=list(labels), average="weighted", zero_division=0)) if len(gold) else float("nan")
 
 
 def bootstrap_ci(gold, pred, fn, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list:
@@ -104,31 +127,44 @@ def cohen_kappa(a, b, labels) -> float:
     return float(value) if np.isfinite(value) else float("nan")
 
 
+LABEL_METRICS = (
+    LabelMetric("accuracy", "accuracy", lambda gold, pred, labels: accuracy(gold, pred)),
+    LabelMetric("balanced_accuracy", "balanced acc.", balanced_accuracy, paired=True, objective=True,
+                per_epoch=False),
+    LabelMetric("macro_f1", "macro-F1", macro_f1, paired=True, objective=True),
+    LabelMetric("weighted_f1", "weighted F1", weighted_f1, ci=False, per_epoch=False),
+    LabelMetric("cohen_kappa", "kappa", lambda gold, pred, labels: cohen_kappa(gold, pred, labels), ci=False,
+                per_epoch=False),
+)
+
+
+def label_metric(key: str) -> LabelMetric:
+    return next(m for m in LABEL_METRICS if m.key == key)
+
+
+def decision_objectives() -> tuple:
+    """What a decision rule may maximise (train.py and evaluate.py --decision_objective)."""
+    return tuple(m.key for m in LABEL_METRICS if m.objective)
+
+
 def classification_metrics(gold, pred, labels, probs=None, n_boot: int = 1000, seed: int = 0) -> dict:
     """All classification metrics for gold and predicted label names (pred may hold invalid outputs)."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     gold, labels = list(gold), list(labels)
     pred = [p if p in labels else INVALID for p in pred]
     precision, recall, f1, support = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
-    out = {
-        "n": len(gold),
-        "accuracy": accuracy(gold, pred),
-        "balanced_accuracy": balanced_accuracy(gold, pred, labels),
-        "macro_f1": macro_f1(gold, pred, labels),
-        "weighted_f1": float(f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)) if gold else float("nan"),
-        "cohen_kappa": cohen_kappa(gold, pred, labels),
+    out = {"n": len(gold)}
+    out.update((m.key, m.fn(gold, pred, labels)) for m in LABEL_METRICS)
+    out.update({
         "invalid": int(sum(p == INVALID for p in pred)),
         "per_class": {l: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for l, p, r, f, s in zip(labels, precision, recall, f1, support)},
         "labels": labels,
         "confusion_matrix": confusion_matrix(gold, pred, labels=labels + [INVALID]).tolist(),
-        "ci95": {
-            "accuracy": bootstrap_ci(gold, pred, accuracy, n_boot, seed),
-            "balanced_accuracy": bootstrap_ci(gold, pred, lambda g, p: balanced_accuracy(g, p, labels), n_boot, seed),
-            "macro_f1": bootstrap_ci(gold, pred, lambda g, p: macro_f1(g, p, labels), n_boot, seed),
-        },
-    }
+        "ci95": {m.key: bootstrap_ci(gold, pred, lambda g, p, fn=m.fn: fn(g, p, labels), n_boot, seed)
+                 for m in LABEL_METRICS if m.ci},
+    })
     if out["invalid"]:
         valid = [i for i, p in enumerate(pred) if p != INVALID]
         g, p = [gold[i] for i in valid], [pred[i] for i in valid]

@@ -335,8 +335,11 @@ def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_
     return model
 
 
-def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_modules: str = "all-linear"):
-    """The model wrapped with fresh LoRA adapters (a classification head stays fully trainable)."""
+def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_modules: str = "all-linear",
+             speedups: bool = True):
+    """The model wrapped with fresh LoRA adapters (a classification head stays fully trainable).
+    speedups (train.py --lora_speedups): LoRA's dropout as annotune.lora_dropout draws and shares it,
+    and its update inside the base layer's GEMM (annotune.lora_update); else PEFT's own forward."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -356,4 +359,4 @@ def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_module
     for param in model.parameters():
         if param.requires_grad and param.dtype == torch.float16:
             param.data = param.data.float()  # fp16 loss scaling unscales fp32 gradients only (a head, a T4)
-    return fuse_lora_update(cheap_lora_dropout(model))
+    return fuse_lora_update(cheap_lora_dropout(model)) if speedups else model

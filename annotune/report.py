@@ -108,16 +108,17 @@ def comparison_table(results: list, task_type: str) -> str:
     """A markdown table, one row per evaluated model and split; a model evaluated with a fitted
     decision rule gets its argmax row first, then the rule's row."""
     if task_type == "classification":
-        head = "| model | split | n | accuracy | balanced acc. | macro-F1 | kappa | invalid | ECE |"
+        from .metrics import LABEL_METRICS
+
+        head = "| model | split | n | " + " | ".join(m.title for m in LABEL_METRICS) + " | invalid | ECE |"
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
         for r in results:
             rows = [(r["name"], r["metrics"])]
             if "argmax" in r["metrics"]:
                 rows = [(f"{r['name']} (argmax)", r["metrics"]["argmax"]), (f"{r['name']} (fitted rule)", r["metrics"])]
             for name, m in rows:
-                lines.append(f"| {name} | {r['split']} | {m['n']} | {_with_ci(m, 'accuracy')} | "
-                             f"{_with_ci(m, 'balanced_accuracy')} | {_with_ci(m, 'macro_f1')} | {_fmt(m['cohen_kappa'])} | "
-                             f"{m['invalid']} | {_fmt(m.get('ece'))} |")
+                cells = " | ".join(_with_ci(m, metric.key) for metric in LABEL_METRICS)
+                lines.append(f"| {name} | {r['split']} | {m['n']} | {cells} | {m['invalid']} | {_fmt(m.get('ece'))} |")
         return "\n".join(lines) + "\n"
     keys = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_f1", "exact_match"]
     present = [k for k in keys if any(k in r["metrics"] for r in results)]
@@ -129,18 +130,18 @@ def comparison_table(results: list, task_type: str) -> str:
 
 
 def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> None:
-    """Each model's macro-F1 and balanced accuracy minus TF-IDF's (vs_tfidf), for an adapter minus
+    """Each model's paired metrics (metrics.LABEL_METRICS) minus TF-IDF's (vs_tfidf), for an adapter minus
     the untuned base's (vs_base), and for every adapter after the first minus the first's
     (vs_first_adapter: two trainings compared), on the same rows, with paired bootstrap 95% CIs, into
     its metrics. Not on the train split: TF-IDF was fit there, the adapter trained there."""
     from .baseline import TFIDF_NAME
-    from .metrics import balanced_accuracy, macro_f1, paired_difference
+    from .metrics import LABEL_METRICS, paired_difference
 
     def differences(r, ref):
         gold = [x["gold"] for x in r["records"]]
         given, theirs = [x["prediction"] for x in r["records"]], [x["prediction"] for x in ref["records"]]
-        return {name: paired_difference(gold, given, theirs, lambda g, p, fn=fn: fn(g, p, labels), n_boot, seed)
-                for name, fn in (("macro_f1", macro_f1), ("balanced_accuracy", balanced_accuracy))}
+        return {m.key: paired_difference(gold, given, theirs, lambda g, p, fn=m.fn: fn(g, p, labels), n_boot, seed)
+                for m in LABEL_METRICS if m.paired}
 
     for r in results:
         if r.get("row_label") or r["split"] == "train":
@@ -166,37 +167,48 @@ def baseline_difference_table(results: list) -> str:
     if not rows:
         return ""
 
+    from .metrics import LABEL_METRICS
+
+    paired = [m for m in LABEL_METRICS if m.paired]
+
     def cell(m, key, metric):
-        if not m.get(key):
+        if not m.get(key) or metric not in m[key]:
             return "-"
         d = m[key][metric]
         lo, hi = d["ci95"]
         return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({difference_word(d['ci95'])})"
 
+    order = sorted(paired, key=lambda m: m.key != "macro_f1")  # macro-F1 first, as the seeds report it
+    titles = [f"{m.title} - {ref}" for ref in ("TF-IDF", "base") for m in order]
     lines = ["Against TF-IDF and the untuned base on the same rows (difference, paired bootstrap 95% CI):", "",
-             "| model | split | macro-F1 - TF-IDF | balanced acc. - TF-IDF | macro-F1 - base | balanced acc. - base |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], key, metric) for key in
-              ("vs_tfidf", "vs_base") for metric in ("macro_f1", "balanced_accuracy")) + " |" for r in rows]
+             "| model | split | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(titles)]
+    lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], key, m.key) for key in
+              ("vs_tfidf", "vs_base") for m in order) + " |" for r in rows]
     later = [r for r in results if r["metrics"].get("vs_first_adapter")]
     if later:
         lines += ["", f"Against the first adapter, {later[0]['metrics']['vs_first_adapter']['reference']}, "
                   "on the same rows (difference, paired bootstrap 95% CI):", "",
-                  "| model | split | macro-F1 - first | balanced acc. - first |", "|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], "vs_first_adapter", metric)
-                  for metric in ("macro_f1", "balanced_accuracy")) + " |" for r in later]
+                  "| model | split | " + " | ".join(f"{m.title} - first" for m in order) + " |",
+                  "|---|---|" + "---|" * len(order)]
+        lines += [f"| {r['name']} | {r['split']} | " + " | ".join(cell(r["metrics"], "vs_first_adapter", m.key)
+                  for m in order) + " |" for r in later]
     return "\n".join(lines) + "\n"
 
 
 def epoch_table(rows: list) -> str:
-    """The Politosphere write-up's per-epoch table."""
-    lines = ["| # Epoch | Accuracy on Train. | F1-score on Train. | Accuracy on Val. | F1-score on Val. |",
-             "| ------- | ------------------ | ------------------ | ---------------- | ---------------- |"]
+    """The Politosphere write-up's per-epoch table (its columns: the per-epoch metrics of
+    metrics.LABEL_METRICS, accuracy and macro-F1 as "F1-score", on train, then on validation)."""
+    from .metrics import LABEL_METRICS
+
+    shown = [m for m in LABEL_METRICS if m.per_epoch]
+    name = {"accuracy": "Accuracy", "macro_f1": "F1-score"}
+    titles = [f"{name.get(m.key, m.title)} on {split}" for split in ("Train.", "Val.") for m in shown]
+    lines = ["| # Epoch | " + " | ".join(titles) + " |", "| ------- | " + " | ".join("-" * len(t) for t in titles) + " |"]
     # Baselines first, then the untuned base model as epoch 0, so the table reads as a learning curve.
     for r in sorted(rows, key=lambda r: -2 if r.get("row_label") else (-1 if r["epoch"] is None else r["epoch"])):
         epoch = r.get("row_label") or ("0 (base)" if r["epoch"] is None else r["epoch"])
-        lines.append(f"| {epoch} | {_fmt(r['train'].get('accuracy'), 2)} | {_fmt(r['train'].get('macro_f1'), 2)} | "
-                     f"{_fmt(r['val'].get('accuracy'), 2)} | {_fmt(r['val'].get('macro_f1'), 2)} |")
+        lines.append(f"| {epoch} | " + " | ".join(_fmt(r[split].get(m.key), 2) for split in ("train", "val")
+                                                  for m in shown) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ FREE_ON_RESUME = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir"
                   "cpu_bf16",  # its resolved value is what must match: check_same_precision
                   "gradient_checkpointing"}  # the same loss and gradients, recomputed or kept
 # Flags added after runs were made: a manifest without one was trained as this value says.
-ADDED_LATER = {"merge_at": "training"}
+ADDED_LATER = {"merge_at": "training", "lora_speedups": "on"}
 
 
 @dataclass

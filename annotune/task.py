@@ -21,6 +21,7 @@ from .schema import SCHEMA, check_keys, check_types
 
 TASKS_DIR = REPO_ROOT / "tasks"
 TASK_TYPES = ("classification", "generation")
+DEFAULT_TASK = "drug_reviews"  # the embedded default: the demo's task and every script's without --task
 CLEANUPS = ("html_unescape", "strip_quotes", "squash_whitespace")
 DEFAULT_SYSTEM = "You are a careful annotator of text."
 DEFAULT_INSTRUCTION = "Classify the text into one of the following categories: {label_list}."

@@ -9,69 +9,32 @@ cache. Everything else is the Trainer's: optimizer, scheduler, gradient accumula
 mixed precision, DDP / FSDP / DeepSpeed through accelerate, `--report_to` trackers, and
 checkpoints that hold the trainable weights, optimizer, scheduler, trainer state and every RNG
 state (Python, NumPy, torch CPU and CUDA), so a resumed run continues where it stopped.
-`EvaluateAndSave` runs train.py's validation, adapter saving and early stopping at epoch ends (or
-every N steps), before the Trainer writes that point's checkpoint.
+What it trains on is annotune.training_set's; what happens at an epoch's end (validation, adapters
+kept, early stopping) is annotune.epoch_end's callback.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from . import prefix_attention
 from .cli import UserError
-from .faults import crash_point
-from .files import append_jsonl, read_jsonl
+from .files import read_jsonl
 from .lm import common_prefix_length, completion_loss, hidden_states, pad_batch, run_prefix
 from .models import cpu_autocast
-from .prompts import encode_example, encode_prompt
+from .training_set import epoch_size
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
-DEFAULT_EPOCHS, MIN_STEPS, MAX_DEFAULT_EPOCHS = 3, 150, 50  # train.py's --epoch default (see default_epochs)
 TRAINABLE_FILE = "trainable.safetensors"
 
 
-# -------------------------------------------------------------------- features and batches
-def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_target_length=256):
-    """Tokenised training examples and counts of what was dropped or truncated."""
-    feats, dropped, truncated = [], 0, 0
-    index = {name: i for i, name in enumerate(label_names or [])}
-    eos = tokenizer.eos_token_id
-    for row in rows:
-        if kind == "causal":
-            enc = encode_example(tokenizer, row["prompt"], row["completion"])
-            if len(enc["input_ids"]) > max_seq_length:
-                dropped += 1  # never truncate: that would cut the answer away
-                continue
-            feats.append({"input_ids": enc["input_ids"], "labels": enc["labels"], "id": row["id"]})
-            if row.get("label") in index:  # which label the answer is (for --balance)
-                feats[-1]["label"] = index[row["label"]]
-        elif kind == "classifier":
-            ids = tokenizer(row["text"], truncation=False)["input_ids"]
-            if len(ids) > max_seq_length:
-                truncated += 1  # a head reads the text, not an answer: truncating loses no label
-                ids = ids[: max_seq_length - 1] + ids[-1:]
-            feats.append({"input_ids": ids, "label": index[row["label"]], "id": row["id"]})
-        else:  # seq2seq
-            src = encode_prompt(tokenizer, row["prompt"])
-            tgt = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-            if len(src) > max_seq_length or len(tgt) > max_target_length:
-                dropped += 1
-                continue
-            feats.append({"input_ids": src, "labels": tgt, "id": row["id"]})
-            if row.get("label") in index:
-                feats[-1]["label"] = index[row["label"]]
-    return feats, {"dropped_too_long": dropped, "truncated": truncated}
-
-
+# -------------------------------------------------------------------- batches
 def class_weights(spec_value: str, labels_index, n_labels):
     """`auto` = inverse frequency (mean 1), `none`, or explicit comma-separated weights."""
     if spec_value in (None, "none"):
@@ -158,177 +121,6 @@ def shared_prefix_ids(kind, feats, mode):
     if mode == "auto" and plen < MIN_SHARED_PREFIX:
         return []
     return feats[0]["input_ids"][:plen]
-
-
-def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int) -> None:
-    """Print one rendered example with the loss span marked, trainable parameters, dropped examples
-    (data: train.py's TrainingData)."""
-    from .examples import data_report
-    from .prompts import mark_loss_span
-
-    spec, kind, prompter, stats, example = data.reported, data.kind, data.prompter, data.stats, data.train_rows[0]
-
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    print(f"task {spec.name} ({kind}), model {model_name}, template {prompter.template}, "
-          f"{len(data.feats)} training examples, {len(data.eval_rows)} validation examples")
-    if data.merge_after:
-        print(f"learning the {len(data.spec.labels)} labels before the merge ({', '.join(data.spec.label_names)}); "
-              f"validation and the labels given are the merge's ({', '.join(spec.label_names)})")
-    print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    for line in data_report(data.data_info):
-        print(f"note: {line}")
-    if stats["dropped_too_long"]:
-        print(f"dropped {stats['dropped_too_long']} examples longer than --max_seq_length {max_seq_length}")
-    if stats["truncated"]:
-        print(f"truncated {stats['truncated']} texts to --max_seq_length {max_seq_length} (classifier input)")
-    if max_seq_length > 2 * stats["longest"] and max_seq_length > 256:
-        print(f"note: --max_seq_length {max_seq_length} but the longest example has {stats['longest']} tokens "
-              "(nothing is padded to it; it only caps)")
-    if kind == "causal":
-        encoded = encode_example(tokenizer, example["prompt"], example["completion"])
-        print("example (loss on >>> <<<):\n" + mark_loss_span(tokenizer, encoded))
-    elif kind == "seq2seq":
-        print(f"example input:\n{example['prompt']}\ntarget (loss): {example['completion']}")
-    else:
-        print(f"example text: {example['text'][:300]}\nlabel: {example['label']}")
-
-
-# -------------------------------------------------------------------- what train.py trains on
-def epoch_size(n: int, oversample_labels=None) -> int:
-    """Examples per epoch: n, or with oversampling every label repeated up to the largest one's count."""
-    if not oversample_labels:
-        return n
-    counts = {}
-    for label in oversample_labels:
-        counts[label] = counts.get(label, 0) + 1
-    return max(counts.values()) * len(counts)
-
-
-def default_epochs(feats, balance: str, examples_per_step: int) -> int:
-    """--epoch's default: DEFAULT_EPOCHS, raised on small data so that training takes at least
-    MIN_STEPS optimizer steps (at most MAX_DEFAULT_EPOCHS epochs). The defaults were chosen where 3
-    epochs are 90-270 steps (bench/choose_defaults.sh, bench/quality.py); on Politosphere's 56
-    training rows they were 36 steps and the model learned nothing (test ranking AUC 0.52); 13
-    epochs (156 steps) gave AUC 0.61 and balanced accuracy 0.47 (docs/results.md)."""
-    labels = [f["label"] for f in feats] if balance == "oversample" else None
-    steps = max(1, math.ceil(epoch_size(len(feats), labels) / examples_per_step))
-    return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps)))
-
-
-@dataclass
-class TrainingData:
-    """What train.py trains and validates on, with how it was read (data_info goes to the manifest)."""
-    spec: object  # task.TaskSpec
-    kind: str  # causal, classifier or seq2seq
-    prompter: object  # prompts.Prompter
-    splits: dict  # split name -> rendered rows (as written to the dataset folder)
-    data_info: dict
-    train_rows: list = field(default_factory=list)
-    eval_rows: list = field(default_factory=list)
-    feats: list = field(default_factory=list)  # tokenised training examples
-    stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
-    merge_after: object = None  # --merge_at prediction: the merged spec reported (spec is then the finer one)
-
-    @property
-    def reported(self):
-        """The spec of the labels validation scores and the adapter gives."""
-        return self.merge_after or self.spec
-
-
-def load_training_data(args, tokenizer, config, default_task: str) -> TrainingData:
-    """The task (from a preprocess.py folder, a task spec or a hub dataset), its splits, the
-    sampled training and validation rows, and the tokenised training examples (args: train.py's)."""
-    from .examples import sample_rows
-
-    data = read_task_data(args, tokenizer, config, default_task)
-    if not data.splits.get("train"):
-        raise UserError("the train split is empty")
-    args.merge_at = merge_at(getattr(args, "merge_at", "training"), data)  # resolved: the manifest records it
-    if args.merge_at == "prediction":
-        learn_finer_labels(data, tokenizer)
-    data.train_rows = sample_rows(data.splits["train"], args.max_train_samples, args.seed)
-    data.eval_rows = sample_rows(data.splits.get("validation") or [], args.max_eval_samples, args.seed)
-    if data.merge_after:  # the same rows, answered with their finer labels
-        data.train_rows = [dict(row, label=row["fine_label"], **data.prompter.render(dict(row, label=row["fine_label"])))
-                           for row in data.train_rows]
-    if data.spec.type == "classification":
-        for row, labels in [(r, data.spec.label_names) for r in data.train_rows] + \
-                [(r, data.reported.label_names) for r in data.eval_rows]:
-            if row["label"] not in labels:
-                raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set {labels}")
-    data.feats, data.stats = build_features(data.kind, tokenizer, data.train_rows, data.spec.label_names,
-                                            args.max_seq_length)
-    if not data.feats:
-        raise UserError(f"no training example fits --max_seq_length {args.max_seq_length}")
-    lengths = [len(f["input_ids"]) for f in data.feats]
-    data.stats.update(longest=max(lengths), mean_length=sum(lengths) / len(lengths))
-    return data
-
-
-def merge_at(asked: str, data: TrainingData) -> str:
-    """--merge_at auto: instruction tuning learns a merge's finer labels where the rows keep them.
-    Measured on both merged tasks of bench/quality.py (docs/results.md): drug_reviews' neutral vs
-    the rest, test macro-F1 0.526 -> 0.601 and balanced accuracy 0.523 -> 0.616; Politosphere's
-    pol/unpol/oth 0.393 -> 0.426 (balanced accuracy 0.474 -> 0.463, on 34 rows). A MiniLM head
-    gained nothing it could rank (drug_neutral 0.475 -> 0.522 with ranking AUC 0.49; Politosphere
-    one label either way), so a head trains on the merged labels."""
-    if asked != "auto":
-        return asked
-    if not data.spec.merge_map or data.kind == "classifier":
-        return "training"  # nothing is merged (the same either way), or a head (no gain measured)
-    if any("fine_label" not in r for rows in data.splits.values() for r in rows):
-        print(f"note: {data.data_info.get('dataset_folder')} keeps no labels from before the merge (an older "
-              "preprocess.py): training on the merged labels; build it again to learn the finer ones")
-        return "training"
-    return "prediction"
-
-
-def learn_finer_labels(data: TrainingData, tokenizer) -> None:
-    """--merge_at prediction: the model learns the task's labels before the merge (prompt, answers,
-    balance), on the same rows; validation, the decision rule and the epoch kept use the merge."""
-    from .prompts import Prompter
-
-    if not data.spec.merge_map:
-        raise UserError("--merge_at prediction needs a merge of the task's labels: give --merge NAME")
-    unknown = [r["id"] for rows in data.splits.values() for r in rows if "fine_label" not in r]
-    if unknown:
-        raise UserError(f"{data.data_info.get('dataset_folder')}: row {unknown[0]} has no label from before the merge "
-                        "(a folder of an older preprocess.py): build it again for --merge_at prediction")
-    data.merge_after, data.spec = data.spec, data.spec.unmerged
-    data.prompter = Prompter(data.spec, data.prompter.template, data.prompter.with_definitions, tokenizer,
-                             data.kind == "seq2seq")
-
-
-def read_task_data(args, tokenizer, config, default_task: str) -> TrainingData:
-    from .examples import hub_task, load_dataset_folder, prepare_splits
-    from .models import resolve_kind
-    from .prompts import Prompter
-    from .task import TASKS_DIR, load_task
-
-    name = args.dataset_name
-    if name and Path(name).is_dir():
-        splits, manifest, spec = load_dataset_folder(name)
-        if args.merge and args.merge != manifest.get("merge"):
-            raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {args.merge}")
-        kind = resolve_kind(config, args.mode, spec.type)
-        prompt = manifest["prompt"]
-        # A head reads the text, not the prompt: a folder rendered with a chat template still trains one.
-        template = "auto" if kind == "classifier" else prompt["template"]
-        prompter = Prompter(spec, template, prompt["with_definitions"], tokenizer, kind == "seq2seq")
-        info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec", "max_words",
-                                             "dropped_rows", "duplicate_texts_across_given_splits")}
-        return TrainingData(spec, kind, prompter, splits, dict(info, dataset_folder=str(Path(name).resolve())))
-    if name and not (TASKS_DIR / f"{name}.yaml").exists() and not name.endswith((".yaml", ".yml")):
-        if "/" not in name:
-            raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
-        spec = hub_task(name)
-    else:
-        spec = load_task(args.task or name or default_task, args.merge)
-    kind = resolve_kind(config, args.mode, spec.type)
-    prompter = Prompter(spec, args.template, not args.without_definitions, tokenizer, kind == "seq2seq")
-    splits, info = prepare_splits(spec, prompter, seed=args.seed)
-    return TrainingData(spec, kind, prompter, splits, info)
 
 
 # -------------------------------------------------------------------- the loss
@@ -528,7 +320,7 @@ class QuietProgress(ProgressCallback):
         return control
 
 
-# -------------------------------------------------------------------- evaluation, adapters, early stopping
+# -------------------------------------------------------------------- the Trainer's arguments and the run's result
 def trainer_arguments(args, out_dir: Path):
     """train.py's flags (an argparse namespace) as transformers.TrainingArguments; the Trainer's
     checkpoints go to <run>/checkpoints."""
@@ -567,208 +359,3 @@ def run_result(trainer, callback, out_dir: Path, wall_seconds: float) -> dict:
             "useful_tokens_per_s": totals["useful_tokens"] / (totals["train_seconds"] or float("nan")),
             "wall_time_s": round(wall_seconds, 1), "adapters": [str(p) for p in adapters_in(out_dir)],
             "best": callback.best, "history": callback.history}
-
-
-def parse_save_epochs(text, last) -> tuple:
-    """--save_epochs as (epochs to save, what else to keep). Default: nothing fixed, keep 'best' (the
-    epoch with the best validation score). '1,2,3' saves those and keeps the best too; 'last' and
-    'all' keep the last or every epoch."""
-    keep = "best"
-    if not text or not text.strip():
-        return set(), keep
-    epochs = set()
-    for part in (x.strip() for x in text.split(",") if x.strip()):
-        if part in ("best", "last", "all"):
-            keep = part if part != "best" else keep
-            continue
-        try:
-            epochs.add(int(part))
-        except ValueError:
-            raise UserError(f"--save_epochs takes comma-separated epochs, best, last or all; got {text!r}") from None
-    if epochs and min(epochs) < 1:
-        raise UserError(f"--save_epochs {text}: epochs count from 1")
-    if last and epochs and max(epochs) > last:
-        raise UserError(f"--save_epochs {text}: the run has only {last} epochs")
-    return epochs, keep
-
-
-@dataclass
-class SavePlan:
-    """When to evaluate, checkpoint and save adapters, and when to stop early."""
-    metric: str  # the validation metric that decides the best epoch (macro_f1, rougeL)
-    eval_strategy: str = "epoch"  # epoch, steps, no
-    eval_steps: int = 0
-    save_epochs: set = field(default_factory=set)  # epochs whose adapter is saved whatever their score
-    keep: str = "best"  # best: also the epoch with the best validation score (the last one without
-    #                     validation); last: also the last epoch; all: every epoch
-    last_epoch: int | None = None  # --epoch N (None with --stop_condition steps)
-    select: str = ""  # the validation value that picks the best epoch (default: metric)
-    by_steps: bool = False  # --stop_condition steps: the adapter is saved at the last step
-    keep_best: bool = False
-    patience: int = 0
-    save_every_steps: int = 0
-    stop_after_steps: int = 0  # tests: simulate a crash after this many steps (a checkpoint is written)
-
-
-@contextmanager
-def stop_on_ctrl_c(callback, report=print):
-    """While training: the first Ctrl-C finishes the current step, writes a checkpoint and stops (so
-    --resume_from_checkpoint continues exactly there); a second one stops at once."""
-    import signal
-
-    def handler(signum, frame):
-        if callback.stop_requested:
-            raise KeyboardInterrupt
-        callback.stop_requested = True
-        report("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C as it is
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-class EvaluateAndSave(TrainerCallback):
-    """train.py's side of the loop: per-step log rows, validation with the real evaluation
-    (`evaluate()` -> metrics), adapters saved at the planned epochs (`save(name_suffix, epoch, step,
-    metrics)`), best-epoch tracking, early stopping. Only the main process evaluates and writes."""
-
-    def __init__(self, plan: SavePlan, evaluate, save, log_path: Path, is_main: bool, report=print, discard=None):
-        self.plan, self.evaluate, self.save, self.log_path, self.is_main = plan, evaluate, save, log_path, is_main
-        self.report, self.discard = report, discard  # discard(name_suffix): remove an adapter no longer kept
-        self.trainer = None  # set by attach()
-        self.history, self.best, self.bad_epochs = [], {}, 0
-        self.interrupted, self._start = False, None
-        self.stop_requested = False  # Ctrl-C (or the tests' stop_after_steps): checkpoint and stop
-
-    def attach(self, trainer) -> None:
-        self.trainer = trainer
-
-    def restore(self, step: int) -> None:
-        """On resume: the log keeps rows up to the checkpoint's step, and history, best and patience
-        are rebuilt from its evaluations (so they equal the uninterrupted run's)."""
-        if not (self.is_main and self.log_path.exists()):
-            return
-        rows = [r for r in read_jsonl(self.log_path, torn_tail=True) if r["step"] <= step]
-        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        for row in rows:
-            if row["type"] == "eval" and row.get("at") == "epoch":
-                self._track(row["epoch"], row["step"], row)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        elapsed = time.perf_counter() - self._start
-        t, window = self.trainer, self.trainer.window
-        t.totals["train_seconds"] += elapsed
-        if self.is_main:
-            append_jsonl(self.log_path, {"type": "step", "step": state.global_step, "epoch": state.epoch,
-                                         "loss": window["loss"] / max(window["batches"], 1),
-                                         "lr": t.lr_scheduler.get_last_lr()[0], "tokens": window["tokens"],
-                                         "tokens_per_s": window["tokens"] / elapsed if elapsed else None})
-        t.window = {"loss": 0.0, "batches": 0, "tokens": 0}
-        crash_point("train.step")
-        plan = self.plan
-        if plan.eval_strategy == "steps" and state.global_step % plan.eval_steps == 0 and self.is_main:
-            metrics = self.evaluate()
-            self._log_eval(state.epoch, state.global_step, metrics, "steps")
-            self.report(f"step {state.global_step}: validation {plan.metric} {metrics.get(plan.metric, float('nan')):.3f}")
-        if plan.save_every_steps and state.global_step % plan.save_every_steps == 0:
-            control.should_save = True
-        if plan.stop_after_steps and state.global_step >= plan.stop_after_steps:
-            self.stop_requested = True
-        if self.stop_requested and abs(state.epoch - round(state.epoch)) > 1e-6:
-            # Mid-epoch: checkpoint this step and stop. At an epoch's last step on_epoch_end stops
-            # instead, after the epoch's evaluation and adapters, so none of them is skipped.
-            control.should_save, control.should_training_stop, self.interrupted = True, True, True
-        return control
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self.interrupted:
-            control.should_save = False  # the checkpoint of the interruption is written already
-            return control
-        epoch, step = math.ceil(state.epoch - 1e-9), state.global_step
-        done = self.plan.by_steps and step >= state.max_steps
-        stop = False
-        if self.is_main:
-            metrics = self.evaluate() if self.plan.eval_strategy == "epoch" else {}
-            if metrics:
-                self._log_eval(epoch, step, metrics, "epoch")
-                self._print_epoch(epoch, metrics)
-            previous = self.best.get("epoch")
-            best = self._track(epoch, step, metrics)
-            stop = bool(self.plan.patience) and self.bad_epochs >= self.plan.patience
-            last = done or stop or epoch >= (self.plan.last_epoch or float("inf"))
-            self._keep(epoch, step, metrics, best, last, previous)
-            crash_point("train.after_save")
-            if stop:
-                self.report(f"early stopping: no better validation {self._select} for {self.bad_epochs} epochs")
-            if self.stop_requested and not last:
-                control.should_save, stop, self.interrupted = True, True, True
-        if self.trainer.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            stop = broadcast_object_list([stop], from_process=0)[0]
-        self.trainer.accelerator.wait_for_everyone()
-        control.should_training_stop = control.should_training_stop or stop
-        return control
-
-    def _keep(self, epoch, step, metrics, best, last, previous) -> None:
-        """Save this epoch's adapter if the plan wants it; a best epoch replaces the previous best
-        unless that one was asked for by number. Runs before the Trainer writes this epoch's
-        checkpoint, so a crash in here repeats the whole epoch end on resume."""
-        plan = self.plan
-        # With no validation score at any epoch, "best" means the last.
-        wanted = (epoch in plan.save_epochs or plan.keep == "all" or (last and plan.by_steps)
-                  or (plan.keep == "best" and best) or (last and (plan.keep == "last" or not self.best)))
-        if wanted:
-            self.save(f"step{step}" if plan.by_steps else f"epoch{epoch}", epoch, step, metrics)
-        if best and plan.keep_best:
-            self.save("best", epoch, step, metrics)
-        if (best and plan.keep == "best" and previous is not None and previous != epoch
-                and previous not in plan.save_epochs and self.discard):
-            self.discard(f"epoch{previous}")
-
-    @property
-    def _select(self) -> str:
-        return self.plan.select or self.plan.metric
-
-    def _track(self, epoch, step, metrics) -> bool:
-        """Record an epoch's evaluation; True when it is the best so far (ties keep the earlier).
-        An epoch that gives every validation row the same label ('collapsed') ranks below every
-        epoch that does not: on imbalanced data, always answering the majority scores a macro-F1
-        near 0.5 for free, above an epoch that is learning the minority."""
-        self.history.append({"epoch": epoch, "step": step, **{k: v for k, v in metrics.items() if k not in ("type", "at")}})
-        value = metrics.get(self._select)
-        if not _finite(value):
-            return False
-        rank = (not metrics.get("collapsed", False), value)
-        if not self.best or rank > (not self.best.get("collapsed", False), self.best["value"]):
-            self.best, self.bad_epochs = {"epoch": epoch, "step": step, "value": value, "metric": self._select,
-                                          "collapsed": bool(metrics.get("collapsed", False))}, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    def _log_eval(self, epoch, step, metrics, at):
-        if metrics:
-            append_jsonl(self.log_path, {"type": "eval", "at": at, "epoch": round(epoch, 3), "step": step, **metrics})
-            if self.trainer.args.report_to:  # a tracker (--report_to) gets the validation metrics too
-                self.trainer.log({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-
-    def _print_epoch(self, epoch, metrics):
-        name = self.plan.metric
-        ci = metrics.get("ci95", {}).get(name)
-        self.report(f"epoch {epoch}: validation {name} {metrics[name]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-                    + (f", accuracy {metrics['accuracy']:.3f}" if "accuracy" in metrics else "")
-                    + (" (collapsed: one label for every row)" if metrics.get("collapsed") else ""))

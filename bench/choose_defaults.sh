@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How train.py's defaults were chosen (issue 10): balance none / oversample / weights, 3 epochs with
+# How train.py's defaults were chosen: balance none / oversample / weights, 3 epochs with
 # every epoch scored, on the imbalanced tasks at a small budget (300 labelled rows: 240 train + 60
 # validation), with validation and test carved from each task's train rows (--resplit) so that the
 # test splits of the quality table (bench/quality.py) are not looked at; SST-2 (balanced) for the

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One Politosphere epoch of train.py (optimisation seconds, from manifest.json), alternating a reference
-# checkout and this tree, so the machine's drift falls on every arm alike (issue 14).
+# checkout and this tree, so the machine's drift falls on every arm alike.
 #
 #   git worktree add /tmp/ref 46628fc
 #   bash bench/epoch_ab.sh /tmp/ref 3 "--cpu_bf16 off"     # arms: ref, this tree, this tree + flags

@@ -65,7 +65,7 @@ def main(argv=None):
 
     quiet_libraries()
     annotator = load_annotator(adapter=args.adapter)
-    rows_by_split, _, spec = load_dataset_folder(read_adapter_info(args.adapter)["dataset"])
+    rows_by_split, _, spec = load_dataset_folder(read_adapter_info(args.adapter).dataset)
     rows = pick_split(rows_by_split, args.split, args.max_samples, 42)
     prompts = [r["prompt"] for r in rows]
     gold = [r["label"] for r in rows]

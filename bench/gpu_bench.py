@@ -1,13 +1,15 @@
-"""The GPU check's measurements (issue 15): a Llama-2-7B-shaped model (random weights: fine for
+"""The GPU check's measurements: a Llama-2-7B-shaped model (random weights: fine for
 speed), 4-bit NF4 with bf16 compute, on the rendered Politosphere-with-definitions examples.
 
     python bench/gpu_bench.py --out $OUT/gpu_bench.json      # on the GPU machine (about 5 minutes)
     python bench/gpu_bench.py --tiny --out /tmp/gpu.json     # tiny shapes on the CPU (seconds): keeps it working
 
 1. training, useful tokens/s and peak GPU memory: train.py's path (AnnotuneTrainer: LoRA r16 on all
-   linear layers, length-grouped batches, shared prefix, logits only where the loss is) against the
-   seed-style TRL SFTTrainer (LoRA r64 on q/v, random order, completion-only loss), batch 16, max
-   length 512, the same examples; `--steps` timed optimizer steps after `--warmup`;
+   linear layers, length-grouped batches, shared prefix, logits only where the loss is) with
+   activation checkpointing off (`ours`) and on (`ours+ckpt`), against the seed-style TRL SFTTrainer
+   (LoRA r64 on q/v, random order, completion-only loss, its checkpointing on: `seed`), at each
+   `--train_batches` size, max length 512, the same examples; `--steps` timed optimizer steps after
+   `--warmup`;
 2. labelling, examples/s: score mode (every label scored; end to end, pre-tokenised, and one
    forward per label) against greedy generation of the tuned answer's length (the labels' mean
    token count plus EOS: 5 for Politosphere's 7 labels) and of all 80 new tokens (a random model
@@ -35,7 +37,11 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny shapes on any device (a smoke test)")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per arm (default: 8)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
-    p.add_argument("--batch_size", type=int, default=16, help="examples per step and per labelling batch (default: 16)")
+    p.add_argument("--batch_size", type=int, default=16, help="examples per labelling batch (default: 16)")
+    p.add_argument("--train_batches", default="16", help="training batch sizes, comma-separated (default: %(default)s)")
+    p.add_argument("--arms", default="ours,ours+ckpt,seed",
+                   help="training arms: ours (train.py's path, checkpointing off), ours+ckpt (--gradient_checkpointing "
+                        "on), seed (TRL SFTTrainer, its checkpointing on) (default: %(default)s)")
     p.add_argument("--label_examples", type=int, default=64, help="prompts labelled per method (default: 64)")
     p.add_argument("--tokenizer", default="smollm2-135m",
                    help="tokenizer (alias or folder) of the random model (default: %(default)s)")
@@ -175,26 +181,27 @@ def reset_memory():
         torch.cuda.reset_peak_memory_stats()
 
 
-def train_ours(args, folder, tokenizer, spec, rows) -> dict:
+def train_ours(args, folder, tokenizer, spec, rows, batch: int, checkpoint: bool) -> dict:
     from annotune.models import add_lora, load_model
-    from annotune.trainer import AnnotuneTrainer, LossOptions, build_features
+    from annotune.trainer import AnnotuneTrainer, LossOptions
+    from annotune.training_set import build_features
 
     model = add_lora(load_model(str(folder), "causal", quantization()), "causal", 16, 32, 0.05, "all-linear")
     memory = memory_after_load()
     feats, _ = build_features("causal", tokenizer, rows, spec.label_names, 512)
     clock = StepClock(args.warmup)
-    trainer = AnnotuneTrainer(model, ours_training_args(args), feats, tokenizer, LossOptions(kind="causal"),
-                              [clock.callback])
+    options = LossOptions(kind="causal", gradient_checkpointing="on" if checkpoint else "off")
+    trainer = AnnotuneTrainer(model, ours_training_args(args, batch), feats, tokenizer, options, [clock.callback])
     clock.counter = trainer.totals  # useful_tokens / processed_tokens, counted by compute_loss
     trainer.train()
     out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r16 all-linear", shared_prefix=len(trainer.prefix),
-               activation_checkpointing=False, **memory)
+               activation_checkpointing=trainer.checkpoint, batch=batch, **memory)
     del trainer, model
     reset_memory()
     return out
 
 
-def train_seed(args, folder, tokenizer, spec, rows) -> dict:
+def train_seed(args, folder, tokenizer, spec, rows, batch: int, checkpoint: bool = True) -> dict:
     """TRL SFTTrainer as the seeds ran it (current TRL), same examples and batch."""
     import torch
     from datasets import Dataset
@@ -210,7 +217,8 @@ def train_seed(args, folder, tokenizer, spec, rows) -> dict:
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     memory = memory_after_load()
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    config = training_args(args, "seed", SFTConfig, max_length=512, completion_only_loss=True, packing=False)
+    config = training_args(args, batch, "seed", SFTConfig, max_length=512, completion_only_loss=True, packing=False,
+                           gradient_checkpointing=checkpoint)
     peft = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     tokenizer.padding_side = "right"
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=peft)
@@ -229,30 +237,30 @@ def train_seed(args, folder, tokenizer, spec, rows) -> dict:
     trainer.add_callback(clock.callback)
     trainer.train()
     out = dict(clock.result(), peak_gpu_gib=peak_memory_gib(), lora="r64 q_proj,v_proj",
-               activation_checkpointing=bool(config.gradient_checkpointing), **memory)
+               activation_checkpointing=bool(config.gradient_checkpointing), batch=batch, **memory)
     del trainer, model
     return out
 
 
-def ours_training_args(args):
+def ours_training_args(args, batch: int):
     """train.py's own TrainingArguments (trainer_arguments), for a fixed number of steps, no saving."""
     import dataclasses
     from types import SimpleNamespace
 
     from annotune.trainer import trainer_arguments
 
-    flags = SimpleNamespace(train_batch_size=args.batch_size, gradient_accumulation_steps=1, learning_rate=2e-4,
+    flags = SimpleNamespace(train_batch_size=batch, gradient_accumulation_steps=1, learning_rate=2e-4,
                             weight_decay=0.0, lr_scheduler="linear", warmup_ratio=0.03, max_grad_norm=1.0, epochs=100,
                             stop_condition="steps", steps=args.warmup + args.steps, seed=42, report_to="none",
                             quiet=True)
     return dataclasses.replace(trainer_arguments(flags, REPO / args.work / "ours"), save_strategy="no")
 
 
-def training_args(args, name, cls, **extra):
+def training_args(args, batch, name, cls, **extra):
     import torch
 
     cuda = torch.cuda.is_available()
-    return cls(output_dir=str(REPO / args.work / name), per_device_train_batch_size=args.batch_size,
+    return cls(output_dir=str(REPO / args.work / name), per_device_train_batch_size=batch,
                learning_rate=2e-4, max_steps=args.warmup + args.steps, save_strategy="no", report_to="none",
                logging_strategy="no", disable_tqdm=True, use_cpu=not cuda, bf16=cuda, seed=42,
                dataloader_num_workers=0, **extra)
@@ -320,17 +328,24 @@ def main(argv=None):
     result["model"] = {"folder": str(folder), "seconds_to_build": round(time.time() - start, 1),
                        "gib_left_on_gpu_after_build": allocated_gib(),
                        "config": json.loads((folder / "config.json").read_text())}
-    for name, run in (("ours", train_ours), ("seed", train_seed)):
-        reset_memory()
-        result.setdefault("train", {})[name] = run(args, folder, tokenizer, spec, rows)
-        atomic_write_json(out, result)
-        print(f"train {name}: {result['train'][name]}", flush=True)
-    train = result["train"]
-    train["ours_vs_seed_useful_tokens_per_s"] = train["ours"]["useful_tokens_per_s"] / train["seed"]["useful_tokens_per_s"]
+    train = result.setdefault("train", {})
+    arms = {"ours": (train_ours, False), "ours+ckpt": (train_ours, True), "seed": (train_seed, True)}
+    for batch in (int(b) for b in args.train_batches.split(",")):
+        for arm in args.arms.split(","):
+            run, checkpoint = arms[arm]
+            reset_memory()
+            train[f"{arm}|{batch}"] = run(args, folder, tokenizer, spec, rows, batch, checkpoint)
+            atomic_write_json(out, result)
+            print(f"train {arm} batch {batch}: {train[f'{arm}|{batch}']}", flush=True)
+        for arm in ("ours", "ours+ckpt"):
+            if f"{arm}|{batch}" in train and f"seed|{batch}" in train:
+                train[f"{arm}_vs_seed_useful_tokens_per_s|{batch}"] = (
+                    train[f"{arm}|{batch}"]["useful_tokens_per_s"] / train[f"seed|{batch}"]["useful_tokens_per_s"])
     reset_memory()
     result["label"] = label_speed(args, folder, tokenizer, spec, rows)
     atomic_write_json(out, result)
-    print(f"label: {result['label']}\nours/seed training {train['ours_vs_seed_useful_tokens_per_s']:.2f}x; "
+    ratios = ", ".join(f"{k.split('_vs')[0]} batch {k.split('|')[1]} {v:.2f}x" for k, v in train.items() if "_vs_" in k)
+    print(f"label: {result['label']}\ntraining against seed-style TRL: {ratios}; "
           f"score vs generation {result['label']['score_vs_generate_answer']:.2f}x (answer length), "
           f"{result['label']['score_vs_generate_80']:.2f}x (80 tokens) -> {out}")
     return 0

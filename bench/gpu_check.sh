@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 15, in one command on the lent GPU machine.
+# The GPU check in one command on the lent GPU machine.
 #
 #   bash bench/gpu_check.sh --pack     # here (with the network): fill .whl/ and .gpu/ (ignored, ~25 MB)
 #   bash bench/gpu_check.sh            # there, carrying .whl and .gpu: install, pytest -m cuda, gpu_bench.py
@@ -49,6 +49,8 @@ print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.
       "datasets", datasets.__version__, "accelerate", accelerate.__version__, "pyarrow", pyarrow.__version__)'
 } 2>&1 | tee "$OUT/versions.txt"
 echo "== $(date +%T) pytest -m cuda"; timeout 200 ${PYTHON:-python3} -m pytest -m cuda tests/test_cuda.py -q -rs --tb=short --durations=5 2>&1 | tee "$OUT/pytest_cuda.txt"
-echo "== $(date +%T) gpu_bench"; timeout 360 ${PYTHON:-python3} bench/gpu_bench.py --out "$OUT/gpu_bench.json" --tokenizer .gpu/tokenizer "$@" 2>&1 \
+# training at batch 8 and 16, checkpointing off and on, against TRL's; each arm is written as it ends
+echo "== $(date +%T) gpu_bench"; timeout 420 ${PYTHON:-python3} bench/gpu_bench.py --out "$OUT/gpu_bench.json" --tokenizer .gpu/tokenizer \
+  --train_batches 8,16 --steps 4 --warmup 1 "$@" 2>&1 \
   | tee "$OUT/gpu_bench.log" | grep -v "it/s\]$"
 echo "== $(date +%T) done"

@@ -87,8 +87,8 @@ def corpus_rows(task: str, run: Path) -> list:
         from annotune.sources import load_source_rows
         from annotune.task import load_task
 
-        info = read_adapter_info(sorted(p for p in run.iterdir() if (p / "annotune.json").exists())[0])
-        seen = set(info["train_ids"]) | set(info["split_ids"]["validation"])
+        record = read_adapter_info(sorted(p for p in run.iterdir() if (p / "annotune.json").exists())[0])
+        seen = set(record.train_ids) | set(record.split_ids["validation"])
         examples = build_examples(load_task(task), load_source_rows(load_task(task)))[0]
         rows = [{"id": e["id"], "text": e["text"], "gold": e["label"]} for split in examples.values() for e in split
                 if e["id"] not in seen]

@@ -77,7 +77,7 @@ def rows_of(adapter: Path):
     from annotune.adapters import read_adapter_info
     from annotune.examples import load_dataset_folder
 
-    return load_dataset_folder(read_adapter_info(adapter)["dataset"])[0]
+    return load_dataset_folder(read_adapter_info(adapter).dataset)[0]
 
 
 def refit(annotator, rows_by_split):
@@ -159,7 +159,7 @@ def speed(source: str, adapter: Path, runs: Path, n: int, profile: bool) -> dict
     for cpu_bf16 in ("off", "on"):
         annotator = counting_ties(annotator_for(adapter, cpu_bf16))
         labels = annotator.spec.label_names
-        own = DecisionRule.from_dict(annotator.info["decision_rule"], labels)
+        own = DecisionRule.from_dict(annotator.record.decision_rule, labels)
         annotator.predict([{"text": "warm-up"}] * 16, "score", 16)
         # fp32 without a rule: its file keeps the raw probabilities any rule is applied to exactly
         # below. bf16 with the adapter's rule, as evaluate.py labels: its near ties are judged under it.
@@ -210,9 +210,9 @@ def training_budget(adapter: Path) -> dict:
     """The examples and epochs the adapter trained on (annotune.json), its validation macro-F1."""
     from annotune.adapters import read_adapter_info
 
-    info = read_adapter_info(adapter)
-    return {"examples": len(info.get("train_ids") or []), "epochs": info.get("epoch"),
-            "validation_macro_f1": (info.get("validation_metrics") or {}).get("macro_f1")}
+    record = read_adapter_info(adapter)
+    return {"examples": len(record.train_ids or []), "epochs": record.epoch,
+            "validation_macro_f1": (record.validation_metrics or {}).get("macro_f1")}
 
 
 def seed_style(annotator, corpus: Path, n: int) -> dict:

@@ -170,7 +170,7 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
 
     run_dir, eval_dir = folder / name, folder / f"{name}-eval"
     # train.py was stopped mid-run: continue it. A finished run without a record is trained afresh (its
-    # record was dropped, e.g. by bench/rule_change.py, because train.py would now keep another epoch).
+    # record was dropped, e.g. by bench/studies/rule_change.py, because train.py would now keep another epoch).
     manifest = run_dir / "manifest.json"
     resumed = manifest.exists() and not json.loads(manifest.read_text()).get("result")
     for path in ([] if resumed else [run_dir]) + [eval_dir]:
@@ -185,7 +185,7 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     t_eval = run("evaluate.py", ["--adapters_name", *adapters, "--split", "test", "--quiet",
                                  "--output_dir", eval_dir], folder / "log.txt")
     result = json.loads((run_dir / "manifest.json").read_text())["result"]
-    per_epoch = {read_adapter_info(a)["epoch"]: metrics_of(eval_dir / a.name / "test" / "metrics.json") for a in adapters}
+    per_epoch = {read_adapter_info(a).epoch: metrics_of(eval_dir / a.name / "test" / "metrics.json") for a in adapters}
     kept = result["best"].get("epoch") or max(per_epoch)
     row = dict(per_epoch[kept], wall_s=round(t_train + t_eval / len(adapters), 1), train_s=round(t_train, 1),
                eval_s=round(t_eval / len(adapters), 1), epoch_kept=kept, train_args=" ".join(map(str, train_argv)),

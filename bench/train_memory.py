@@ -64,7 +64,7 @@ def chosen_examples(task: str, batch: int, tokenizer):
     from annotune.examples import prepare_splits
     from annotune.prompts import Prompter
     from annotune.task import load_task
-    from annotune.trainer import build_features
+    from annotune.training_set import build_features
 
     spec = load_task(task)
     splits, _ = prepare_splits(spec, Prompter(spec, TEMPLATES[task], True, tokenizer), val_ratio=0.0)
@@ -229,12 +229,15 @@ def per_layer(cells: dict, depths) -> dict:
 
 
 def estimate_7b(cells: dict, depths, layers: int = 32) -> float:
-    """GiB on a GPU for `layers` layers in 4-bit with bf16 compute: the weights after load plus half
-    the fp32 step peak measured here (bf16 activations are half as large) extended to `layers`:
-    W + 0.5 * (P_low + (layers - low) * s), with s the peak's slope per layer."""
+    """GiB on a GPU for `layers` layers in 4-bit with bf16 compute: the weights after load plus the
+    fp32 step peak measured here extended to `layers`: W + P_low + (layers - low) * s, with s the
+    peak's slope per layer. Not halved for bf16: the 4-bit path keeps its residual stream in fp32
+    (prepare_model_for_kbit_training casts the embeddings and norms to fp32, and a bf16 matmul's
+    output added to it is promoted back), and the formula with the full fp32 figure reproduces the
+    H200's measured peak (H200_PEAK_GIB; docs/benchmarks.md)."""
     slope = per_layer(cells, depths)["peak_tensor_bytes"]
     low = cells[str(depths[0])]["peak_tensor_bytes"]
-    return H200_WEIGHTS_GIB + 0.5 * (low + (layers - depths[0]) * slope) / GIB
+    return H200_WEIGHTS_GIB + (low + (layers - depths[0]) * slope) / GIB
 
 
 def report(record: dict) -> str:
@@ -253,9 +256,14 @@ def report(record: dict) -> str:
                    f"{slope['peak_rss_bytes'] / 2**20:.0f} | {slope['step_seconds']:.2f} | "
                    f"{int(batch) / seconds:.3f} | {estimate_7b(cells, depths):.1f} |")
     out += ["", f"7B estimate: {H200_WEIGHTS_GIB} GiB of 4-bit weights and LoRA after load (measured on the "
-            "H200) + 0.5 x (the step's fp32 peak at the lower depth + (32 - that depth) x the peak's slope per "
-            f"layer); the H200 measured {H200_PEAK_GIB} GiB for train.py's path without checkpointing at batch 16 on "
-            "Politosphere (random batches; here the 16 longest)."]
+            "H200) + the step's fp32 peak at the lower depth + (32 - that depth) x the peak's slope per "
+            f"layer; the H200 measured {H200_PEAK_GIB} GiB for train.py's path without checkpointing at batch 16 on "
+            "Politosphere (length-grouped batches over one epoch: its largest is about the 16 longest examples)."]
+    check = record["cells"].get("politosphere|16|ours")
+    if check:
+        estimate = estimate_7b(check, depths)
+        out.append(f"Check: the formula gives {estimate:.1f} GiB for that run, {100 * (estimate / H200_PEAK_GIB - 1):+.1f}% "
+                   f"against the {H200_PEAK_GIB} GiB measured.")
     return "\n".join(out) + "\n"
 
 

@@ -7,9 +7,9 @@ import pytest
 from conftest import REPO
 
 
-def bench_module(name):
-    """bench/<name>.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+def bench_module(name, folder="bench"):
+    """<folder>/<name>.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -70,7 +70,7 @@ def test_a_collapsed_tuned_model_is_told_apart_by_its_ranking_auc():
 
 
 def rule_change_module():
-    return bench_module("rule_change")
+    return bench_module("rule_change", "bench/studies")
 
 
 def rule(gain, labels=("a", "b", "c")):

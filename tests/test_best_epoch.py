@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from annotune.cli import UserError
-from annotune.trainer import EvaluateAndSave, SavePlan, parse_save_epochs
+from annotune.epoch_end import EvaluateAndSave, SavePlan, parse_save_epochs
 
 
 class FakeRun:

@@ -1,4 +1,4 @@
-"""The flagship path on CUDA (issue 15): `pytest -m cuda` on a GPU machine. Every test here skips
+"""The flagship path on CUDA: `pytest -m cuda` on a GPU machine. Every test here skips
 without CUDA (and bitsandbytes for the 4-bit ones); on tiny random models they check 4-bit NF4
 loading with bf16 compute, the shared-prefix loss and gradients in bf16, label scoring against the
 slow reference, resume against the uninterrupted run, and a train + evaluate run end to end."""

@@ -53,6 +53,29 @@ def test_epoch_table_from_one_runs_adapters(in_tmp, pol_run, capsys):
     assert "vs_first_adapter" not in metrics(in_tmp / "tab", pol_run[1].name, "train")  # it trained there
 
 
+def test_a_metric_added_to_the_registry_alone_reaches_every_output(in_tmp, pol_run, capsys, monkeypatch):
+    """metrics.LABEL_METRICS is the one place a label metric is defined: metrics.json (with its
+    interval), comparison.md, the per-epoch table, the paired differences and the decision objectives."""
+    from annotune import metrics as registry
+
+    share = registry.LabelMetric("share_right", "share right", lambda gold, pred, labels: registry.accuracy(gold, pred),
+                                 paired=True, objective=True)
+    monkeypatch.setattr(registry, "LABEL_METRICS", registry.LABEL_METRICS + (share,))
+    assert run_script("evaluate", ["--adapters_name", *pol_run, "--base_only", "--table", "--output_dir", "reg", "--quiet",
+                                   "--bootstrap", 20, "--decision_objective", "share_right"]) == 0
+    out = capsys.readouterr().out
+    later = metrics(in_tmp / "reg", pol_run[1].name)
+    assert later["share_right"] == later["accuracy"] and later["ci95"]["share_right"] == later["ci95"]["accuracy"]
+    base = json.loads(next((in_tmp / "reg").glob("base_*/validation/metrics.json")).read_text())
+    assert later["vs_base"]["share_right"]["diff"] == pytest.approx(later["accuracy"] - base["accuracy"])
+    assert set(later["vs_first_adapter"]) >= {"share_right", "macro_f1", "reference"}
+    comparison = (in_tmp / "reg" / "comparison.md").read_text()
+    header = next(line for line in comparison.splitlines() if line.startswith("| model | split | n |"))
+    assert "| share right |" in header
+    assert "share right - TF-IDF" in comparison and "share right - first" in comparison
+    assert "| share right on Train. |" in out and "| share right on Val. |" in out
+
+
 def test_kappa_model_vs_humans_beside_human_vs_human(in_tmp, pol_run):
     from sklearn.metrics import cohen_kappa_score
 
@@ -259,8 +282,8 @@ def test_lora_folded_for_scoring_gives_the_same_scores_and_unfolds_to_the_base(p
     from annotune.adapters import read_adapter_info
     from annotune.annotator import BaseModels, load_annotator, unfold_lora
 
-    info = read_adapter_info(pol_run[-1])
-    base = BaseModels("none").get(info["base_model"], "causal", info["labels"])
+    record = read_adapter_info(pol_run[-1])
+    base = BaseModels("none").get(record.base_model, "causal", record.labels)
     original = {k: v.clone() for k, v in base.state_dict().items()}
     annotator = load_annotator(adapter=str(pol_run[-1]), model=PeftModel.from_pretrained(base, str(pol_run[-1])))
     assert all(m.merged for m in annotator.model.modules() if isinstance(m, BaseTunerLayer))

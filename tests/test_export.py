@@ -1,4 +1,4 @@
-"""Adapters that travel (issue 13): export.py's merged model gives the logits of base + adapter and,
+"""Adapters that travel: export.py's merged model gives the logits of base + adapter and,
 with its documented recipe, annotune's labels; an adapter folder copied away from its deleted run
 evaluates the same; names under runs/ are found at any depth."""
 import json

@@ -1,4 +1,4 @@
-"""Fault injection (issue 11): train.py killed at chosen points (annotune/faults.py: the process ends
+"""Fault injection: train.py killed at chosen points (annotune/faults.py: the process ends
 with status 137 at once, as kill -9) and resumed must end exactly where the uninterrupted run ends:
 the same adapters, bit for bit, and the same evaluation history; resumes with other arguments, bad
 values and non-finite training are refused with one line and exit 2."""

@@ -149,6 +149,17 @@ def test_json_rows_that_are_not_objects(in_tmp, capsys, body, message):
                                    "--output_dir", "out"], message, in_tmp)
 
 
+def edit_info(folder, **changes):
+    """annotune.json with keys changed (None: removed), as a hand edit or another tool might leave it."""
+    info = json.loads((folder / "annotune.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            info.pop(key)
+        else:
+            info[key] = value
+    (folder / "annotune.json").write_text(json.dumps(info))
+
+
 def damaged_copies(adapter, tmp):
     """(name, folder, expected message) of an adapter damaged in each way."""
     cases = []
@@ -161,6 +172,8 @@ def damaged_copies(adapter, tmp):
         ("cut_info", lambda f: (f / "annotune.json").write_text((f / "annotune.json").read_text()[:200]),
          "annotune.json is not valid JSON"),
         ("list_info", lambda f: (f / "annotune.json").write_text("[1, 2]"), "annotune.json holds list"),
+        ("no_labels", lambda f: edit_info(f, labels=None), "annotune.json lacks labels"),
+        ("text_labels", lambda f: edit_info(f, labels="good,bad"), "annotune.json has labels of the wrong type"),
         ("no_config", lambda f: (f / "adapter_config.json").unlink(), "adapter_config.json is missing"),
     ]:
         folder = tmp / name

@@ -88,3 +88,24 @@ def test_scripts_stand_on_the_package_only():
         others = {Path(s).stem for s in SCRIPTS} - {"preprocess", "train", "evaluate"} if script == "demo.py" \
             else {Path(s).stem for s in SCRIPTS}
         assert not imported & others, (script, imported & others)
+
+
+def test_every_name_docs_architecture_cites_exists():
+    """docs/architecture.md names `module.name` (a package module or a script, then an attribute
+    path): each must resolve, so the map a newcomer follows is the code as it is."""
+    import importlib
+    import re
+
+    scripts = {Path(s).stem for s in SCRIPTS}
+    cited = set(re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)`", (REPO / "docs" / "architecture.md").read_text()))
+    checked = 0
+    for name in sorted(cited):
+        module, *path = name.split(".")
+        if path == ["py"] or not (module in scripts or module in package_modules()):
+            continue
+        target = importlib.import_module(module if module in scripts else f"annotune.{module}")
+        for part in path:
+            assert hasattr(target, part), f"docs/architecture.md cites {name}: {part} not found"
+            target = getattr(target, part)
+        checked += 1
+    assert checked >= 30

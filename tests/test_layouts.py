@@ -1,4 +1,4 @@
-"""Bring your own data (issue 12): every layout a task YAML describes, read exactly (no row lost or
+"""Bring your own data: every layout a task YAML describes, read exactly (no row lost or
 merged), a strict schema with suggestions, every dropped row counted, duplicates kept within one
 split, a starter YAML from a file, and docs/tasks.md in step with the schema."""
 import json

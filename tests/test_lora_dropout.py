@@ -82,3 +82,20 @@ def test_the_shared_copy_lives_as_long_as_its_input_not_as_long_as_autograd_keep
         assert shared() is None and memo == {}
     finally:
         gc.enable()
+
+
+def test_lora_speedups_off_leaves_peft_as_it_is(tmp_path, tiny_llama_dir):
+    """train.py --lora_speedups off: PEFT's nn.Dropout and its own forward, and a run trains with them."""
+    from test_faults import train_here
+
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), "causal", 4, 8, 0.1,
+                     speedups=False)
+    assert not any(isinstance(m, lora_dropout.LoraInputDropout) for m in model.modules())
+    assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == 2 * 7
+    assert not any("forward" in vars(m) for m in model.modules())  # no instance forward patched in
+    argv = ["--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1, "--quiet",
+            "--max_train_samples", 16, "--eval_strategy", "no", "--lora_speedups", "off", "--output_dir", "off"]
+    code, _, err = train_here(tmp_path, argv)
+    assert code == 0, err[-2000:]
+    code, _, err = train_here(tmp_path, argv[:-3] + ["on", "--output_dir", "off", "--resume_from_checkpoint"])
+    assert code == 2 and "lora_speedups" in err  # other masks: not the same run

@@ -41,7 +41,8 @@ def test_alpaca_chat_and_seq2seq_templates(smol_tok):
 
 
 def test_the_shared_prefix_trained_once_is_the_system_prompt_and_stops_before_the_answer(smol_tok):
-    from annotune.trainer import build_features, shared_prefix_ids
+    from annotune.trainer import shared_prefix_ids
+    from annotune.training_set import build_features
 
     prompter = Prompter(load_task("politosphere"), "llama2-chat", tokenizer=smol_tok)
     rows = [dict(prompter.render({"text": t, "label": "Neutral"}), id=str(i)) for i, t in enumerate(["xylophone", "a b"])]

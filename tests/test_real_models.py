@@ -22,7 +22,7 @@ def test_smollm2_instruction_tuning_and_scoring(in_tmp):
                                    "--output_dir", "ev", "--quiet", "--bootstrap", 50]) == 0
     m = json.loads((in_tmp / "ev" / adapter.name / "test" / "metrics.json").read_text())
     assert m["n"] == 8 and m["invalid"] == 0 and 0 <= m["accuracy"] <= 1
-    # The adapter names its base by hub id, and says which weights it was trained on (issue 13).
+    # The adapter names its base by hub id, and says which weights it was trained on.
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
     assert info["base"]["hub_id"] == hub_id and len(info["base"]["weights_sha256"]) == 64

@@ -167,7 +167,8 @@ def test_oversampling_balances_every_epoch_with_fresh_repeats():
 def test_default_epochs_give_small_data_enough_optimizer_steps():
     """--epoch's default is 3, raised on small data to reach MIN_STEPS optimizer steps (at most 50 epochs),
     counting the epoch as the sampler does (oversampled epochs are longer)."""
-    from annotune.trainer import LengthGroupedBatches, default_epochs
+    from annotune.trainer import LengthGroupedBatches
+    from annotune.training_set import default_epochs
 
     labels = [0] * 9 + [1] * 3 + [2] * 1
     feats = [{"label": label} for label in labels]

@@ -2,9 +2,9 @@
 Politosphere batches, each variant in turn, repeated, so the machine's drift between runs (25% here)
 falls on every variant alike.
 
-    .venv/bin/python bench/step_variants.py                 # 6 repeats (about 5 minutes on 2 cores)
-    .venv/bin/python bench/step_variants.py --repeats 3
-    .venv/bin/python bench/step_variants.py --bf16 --repeats 3    # fp32 against bf16 autocast (--cpu_bf16)
+    .venv/bin/python bench/studies/step_variants.py                 # 6 repeats (about 5 minutes on 2 cores)
+    .venv/bin/python bench/studies/step_variants.py --repeats 3
+    .venv/bin/python bench/studies/step_variants.py --bf16 --repeats 3    # fp32 against bf16 autocast (--cpu_bf16)
 
 Variants of LoRA's layer forward and dropout mask (issue 14):
 - peft, old mask: PEFT's forward (base(x) + B(A(drop(x))) * scaling); the mask compared with a
@@ -26,7 +26,7 @@ import time
 import types
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
 

@@ -1,8 +1,8 @@
 """bench/quality.py's results under the current decision rule, without retraining.
 
-    .venv/bin/python bench/rule_change.py                       # every base and tuned record in the results
-    .venv/bin/python bench/rule_change.py --tasks sst2,ag_news --dry_run
-    .venv/bin/python bench/rule_change.py --would_have    # what the old test (any gain) would have given
+    .venv/bin/python bench/studies/rule_change.py                       # every base and tuned record in the results
+    .venv/bin/python bench/studies/rule_change.py --tasks sst2,ag_news --dry_run
+    .venv/bin/python bench/studies/rule_change.py --would_have    # what the old test (any gain) would have given
 
 A rule's acceptance test (annotune.decision: MIN_GAIN) is applied when labels are given, not when it
 is fit, so a stricter test changes which rows get their rule without changing any probability.
@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from quality import REPO, TASKS, load_results, scores_of  # noqa: E402  (bench/quality.py)
 
 

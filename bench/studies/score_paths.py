@@ -1,6 +1,6 @@
 """Score mode before and after the packed forward (issue 15): labelling examples/s on this machine.
 
-    .venv/bin/python bench/score_paths.py                 # SmolLM2-135M, 64 Politosphere prompts, batch 16
+    .venv/bin/python bench/studies/score_paths.py                 # SmolLM2-135M, 64 Politosphere prompts, batch 16
 
 before: every label tokenised after the whole prompt, one forward per label (the code up to
 2026-11-28); after: `Annotator.score` (labels tokenised after the prompt's tail, one packed forward
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 
 def parse_args(argv=None):

@@ -1,14 +1,14 @@
 """Ranking AUC (mean one-vs-rest, annotune.metrics.ranking_auc) of predictions.jsonl files written
 before metrics.json carried it: whether a model ranks the rows at all, whatever its decision rule.
 
-    .venv/bin/python bench/ranking_auc.py runs/bench/choose_defaults/drug_neutral-*/*-eval/*/test/predictions.jsonl
+    .venv/bin/python bench/studies/ranking_auc.py runs/bench/choose_defaults/drug_neutral-*/*-eval/*/test/predictions.jsonl
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
 
