@@ -245,16 +245,23 @@ def report(record: dict) -> str:
     out = [f"Machine: {record['machine']}. Per layer = (figure at {depths[1]} layers - at {depths[0]}) / "
            f"{depths[1] - depths[0]}; fp32, one optimizer step in a fresh process.", "",
            "| task | batch | arm | tokens run | peak tensor MiB / layer | saved for backward MiB / layer | "
-           "peak RSS MiB / layer | step s / layer | examples/s at 32 layers | 7B 4-bit estimate GiB |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for key, cells in record["cells"].items():
+           "peak RSS MiB / layer | step s / layer | examples/s at 32 layers | 7B 4-bit estimate GiB | "
+           "memory / layer vs TRL | examples/s / layer vs TRL |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, cells in sorted(record["cells"].items(), key=lambda kv: (kv[0].split("|")[0], int(kv[0].split("|")[1]))):
         task, batch, arm = key.split("|")
         slope = per_layer(cells, depths)
         seconds = cells[str(depths[0])]["step_seconds"] + (32 - depths[0]) * slope["step_seconds"]
+        trl = record["cells"].get(f"{task}|{batch}|trl+ckpt")
+        versus = "| - | - |"
+        if trl and arm != "trl+ckpt":
+            theirs = per_layer(trl, depths)
+            versus = (f"| {slope['peak_tensor_bytes'] / theirs['peak_tensor_bytes']:.2f}x | "
+                      f"{theirs['step_seconds'] / slope['step_seconds']:.2f}x |")
         out.append(f"| {task} | {batch} | {arm} | {cells[str(depths[1])]['tokens_run']} | "
                    f"{slope['peak_tensor_bytes'] / 2**20:.0f} | {slope['saved_for_backward_bytes'] / 2**20:.0f} | "
                    f"{slope['peak_rss_bytes'] / 2**20:.0f} | {slope['step_seconds']:.2f} | "
-                   f"{int(batch) / seconds:.3f} | {estimate_7b(cells, depths):.1f} |")
+                   f"{int(batch) / seconds:.4f} | {estimate_7b(cells, depths):.1f} {versus}")
     out += ["", f"7B estimate: {H200_WEIGHTS_GIB} GiB of 4-bit weights and LoRA after load (measured on the "
             "H200) + the step's fp32 peak at the lower depth + (32 - that depth) x the peak's slope per "
             f"layer; the H200 measured {H200_PEAK_GIB} GiB for train.py's path without checkpointing at batch 16 on "

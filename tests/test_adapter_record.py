@@ -8,9 +8,9 @@ import pytest
 from annotune.adapters import AdapterRecord, read_adapter_info
 from annotune.cli import UserError
 
-# Written by train.py at 08e6dac (the test suite's runs: a causal LM learning a merge's finer labels,
-# one from before --merge_at, a head, a seq2seq model; a CSV task with a fitted rule), their id
-# lists cut to 5 ids each.
+# Written by train.py in the test suite's runs, at 08e6dac (a causal LM trained on a merge, one from
+# before --merge_at, a head, a seq2seq model; a CSV task with a fitted rule) and at 03ef217 (a causal
+# LM learning a merge's finer labels: --merge_at prediction), their id lists cut to 5 ids each.
 FIXTURES = sorted((Path(__file__).parent / "data" / "annotune_json").glob("*.json"))
 
 
