@@ -1,7 +1,7 @@
 """Training memory per decoder layer of a Llama-2-7B-shaped model, on this CPU: train.py's path with
 activation checkpointing off and on, against the seed-style TRL SFTTrainer with its checkpointing on.
 
-    .venv/bin/python bench/train_memory.py               # 2 tasks x batch 8, 16 x 3 arms x 2, 4 layers (~40 min, 2 cores)
+    .venv/bin/python bench/train_memory.py               # 2 tasks x batch 8, 16 x 3 arms x 2, 4 layers (about an hour on 2 cores)
     .venv/bin/python bench/train_memory.py --tasks politosphere --batches 8 --arms ours,ours+ckpt
     .venv/bin/python bench/train_memory.py --report      # the tables of bench/results/train_memory.json
 
