@@ -22,7 +22,7 @@ import torch
 from .adapters import adapter_spec, read_adapter_info
 from .cli import UserError
 from .decision import probs_matrix
-from .labels import INVALID, merged_prediction, parse_label
+from .labels import INVALID, parse_label
 from .metrics import classification_metrics, generation_metrics
 from .prompts import Prompter, encode_label_after, encode_prompt
 
@@ -232,8 +232,10 @@ class MergedAnnotator:
         # A row's own prompt (a dataset folder's) was rendered with the merged labels: render the finer ones.
         # The merged labels' rule offsets are not the finer labels': near ties are judged without them.
         kwargs.pop("offsets", None)
+        from . import labels  # how a merge maps a prediction is labels.py's alone, looked up when used
+
         preds = self.inner.predict([{"text": row["text"]} for row in rows], *args, **kwargs)
-        return [merged_prediction(p, self.spec.label_names, self.spec.merge_map) for p in preds]
+        return [labels.merged_prediction(p, self.spec.label_names, self.spec.merge_map) for p in preds]
 
 
 def merged_after(annotator, merge: str | None):

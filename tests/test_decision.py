@@ -99,3 +99,33 @@ def test_an_estimated_score_stays_below_a_measured_top():
     plain = DecisionRule(LABELS, fitted_on=48, heldout_gain=0.0)
     estimated, measured = expected_score({"macro_f1": 0.551}, ruled), expected_score({"macro_f1": 1.0}, plain)
     assert measured == 1.0 and 0.99 < estimated < measured
+
+
+def test_the_decision_rule_is_decision_py_alone(in_tmp, tiny_llama_dir, monkeypatch):
+    """docs/architecture.md names decision.py for how probabilities become a label: changed there
+    alone (here: offsets that always give the second label, held-out gain forced high), the rule
+    train.py saves with the adapter and the labels evaluate.py gives follow."""
+    import json
+
+    from annotune import decision
+    from conftest import run_script
+    from test_train import write_colour_task
+
+    monkeypatch.setattr(decision, "fit_offsets", lambda logp, gold, labels, objective="macro_f1", rounds=3:
+                        [0.0, 50.0] + [0.0] * (len(labels) - 2))
+    monkeypatch.setattr(decision, "heldout_gain", lambda *args, **kwargs: 0.9)
+    data = write_colour_task(in_tmp)
+    assert run_script("preprocess", ["--data_path", data, "--text_column", "text", "--label_column", "label",
+                                     "--output_dir", "ds"]) == 0
+    assert run_script("train", ["--dataset_name", "ds", "--model_name", tiny_llama_dir, "--epoch", 1, "--lora_r", 4,
+                                "--output_dir", "run", "--quiet"]) == 0
+    adapter = next(p for p in (in_tmp / "run").iterdir() if (p / "annotune.json").exists())
+    rule = json.loads((adapter / "annotune.json").read_text())["decision_rule"]
+    assert rule["offsets"][1] == 50.0 and rule["heldout_gain"] == 0.9 and "applied" in rule["note"]
+    assert run_script("evaluate", ["--adapters_name", adapter, "--split", "train", "--max_samples", 20,
+                                   "--bootstrap", 20, "--baseline", "none", "--output_dir", "ev", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (in_tmp / "ev" / adapter.name / "train" / "predictions.jsonl").open()]
+    second = rule["labels"][1]
+    assert len(rows) == 20 and {r["prediction"] for r in rows} == {second}
+    metrics = json.loads((in_tmp / "ev" / adapter.name / "train" / "metrics.json").read_text())
+    assert metrics["decision_rule"]["offsets"] == rule["offsets"] and "argmax" in metrics  # applied, argmax beside it

@@ -98,6 +98,31 @@ def test_evaluation_baselines_and_annotation_report_the_merge(in_tmp, after_run)
     assert [c for c in rows[0] if c.startswith("prob_")] == [f"prob_{label}" for label in merged]
 
 
+def test_how_a_merge_maps_a_prediction_is_labels_py_alone(in_tmp, after_run, monkeypatch):
+    """docs/architecture.md names labels.py for a label merge: changed there alone (here: every merged
+    label equally likely and the first one given, which the model's own scores never produce),
+    evaluate.py's outputs follow."""
+    from annotune import labels
+
+    real = labels.merged_prediction
+
+    def even(pred, names, merge_map):
+        return dict(real(pred, names, merge_map), probs={name: 1 / len(names) for name in names}, prediction=names[0])
+
+    run, adapter, _ = after_run
+    argv = ["--adapters_name", adapter, "--split", "train", "--max_samples", 12, "--bootstrap", 20, "--baseline",
+            "none", "--quiet"]
+    assert run_script("evaluate", argv + ["--output_dir", "real"]) == 0
+    monkeypatch.setattr(labels, "merged_prediction", even)
+    assert run_script("evaluate", argv + ["--output_dir", "even"]) == 0
+    given = {}
+    for out in ("real", "even"):
+        rows = list(map(json.loads, (in_tmp / out / adapter.name / "train" / "predictions.jsonl").open()))
+        given[out] = [(p["prediction"], p["probs"]) for p in rows]
+    assert len(given["even"]) == 12 and given["real"] != given["even"]
+    assert all(pred == "polarized" and probs == pytest.approx({n: 1 / 3 for n in probs}) for pred, probs in given["even"])
+
+
 def test_refusals(in_tmp, after_run, tiny_llama_dir, capsys):
     _, adapter, _ = after_run
     assert run_script("train", ["--task", "politosphere", "--merge_at", "prediction", "--model_name", tiny_llama_dir,
