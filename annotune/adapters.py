@@ -18,6 +18,13 @@ PATH_KEYS = ("dataset", "run_dir")  # stored relative to the adapter folder
 RUNS_DIR = Path("runs")
 
 
+RECORD_TYPES = {"base_model": str, "kind": str, "task_spec": dict, "labels": list, "prompt": dict, "base": dict,
+                "task": str, "merge": str, "merge_after": str, "epoch": int, "step": int, "validation_metrics": dict,
+                "decision_rule": dict, "train_ids": list, "split_ids": dict, "max_words": int, "quantization": str,
+                "dataset": str, "run_dir": str, "git_commit": str}  # what each key of annotune.json must hold
+OPTIONAL = set(RECORD_TYPES) - {"base_model", "kind", "task_spec", "labels"}  # these may also be null
+
+
 @dataclasses.dataclass
 class AdapterRecord:
     """annotune.json: what an adapter brings to be used. train.py writes it; everything else reads
@@ -52,8 +59,8 @@ class AdapterRecord:
                    and f.default_factory is dataclasses.MISSING and name not in data]
         if missing:
             raise UserError(f"{what}: {ADAPTER_INFO} lacks {', '.join(missing)}; the folder is damaged")
-        kinds = {"base_model": str, "kind": str, "task_spec": dict, "labels": list, "prompt": dict}
-        wrong = [k for k, t in kinds.items() if k in data and not isinstance(data[k], t)]
+        wrong = [k for k, t in RECORD_TYPES.items() if k in data and not (
+            isinstance(data[k], t) and not isinstance(data[k], bool) or (data[k] is None and k in OPTIONAL))]
         if wrong:
             raise UserError(f"{what}: {ADAPTER_INFO} has {wrong[0]} of the wrong type "
                             f"({type(data[wrong[0]]).__name__}); the folder is damaged")

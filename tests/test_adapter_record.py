@@ -43,3 +43,11 @@ def test_reading_an_adapter_folder_gives_the_record_with_its_paths_resolved(pol_
     assert isinstance(record, AdapterRecord)
     assert Path(record.dataset).is_absolute() and Path(record.dataset).is_dir()
     assert Path(record.run_dir).resolve() == pol_run[-1].parent.resolve()
+
+
+@pytest.mark.parametrize("key,value", [("decision_rule", "argmax"), ("epoch", "3"), ("split_ids", [1, 2]),
+                                       ("labels", None), ("epoch", True)])
+def test_every_key_of_the_wrong_type_is_named(key, value):
+    data = json.loads(FIXTURES[0].read_text())
+    with pytest.raises(UserError, match=f"has {key} of the wrong type"):
+        AdapterRecord.from_dict(dict(data, **{key: value}), "adapter x")
