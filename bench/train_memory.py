@@ -4,6 +4,8 @@ activation checkpointing off and on, against the seed-style TRL SFTTrainer with 
     .venv/bin/python bench/train_memory.py               # 2 tasks x batch 8, 16 x 3 arms x 2, 4 layers (about an hour on 2 cores)
     .venv/bin/python bench/train_memory.py --tasks politosphere --batches 8 --arms ours,ours+ckpt
     .venv/bin/python bench/train_memory.py --report      # the tables of bench/results/train_memory.json
+    .venv/bin/python bench/train_memory.py --tasks drug_reviews --batches 8 --arms ours+ckpt --profile
+                                                         # where one step's time goes (2 layers; nothing saved)
 
 Model: Llama-2-7B's layer shape (hidden 4,096, MLP 11,008, 32 heads; SmolLM2's 49,152-token
 vocabulary), random weights in fp32, 2 and 4 layers: a layer's cost is the slope between the two,
@@ -41,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 ARMS = ("ours", "ours+ckpt", "trl+ckpt")
+SHOW_OPERATORS = False  # --profile: the worker prints the step's operator table to stderr
 TEMPLATES = {"politosphere": "llama2-chat", "drug_reviews": "auto"}
 SHAPE = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32)
 
@@ -54,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="hidden 64, MLP 128 (a smoke test: seconds)")
     p.add_argument("--out", default="bench/results/train_memory.json", help="results (default: %(default)s)")
     p.add_argument("--report", action="store_true", help="print the tables of --out")
+    p.add_argument("--profile", action="store_true",
+                   help="print the profiler's operator table of each cell's step at the lower depth instead (no results saved)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -133,6 +138,8 @@ class Measured:
         for _, nbytes in events:
             live += nbytes
             peak = max(peak, live)
+        if SHOW_OPERATORS:
+            print(self.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
         self.result = {"step_seconds": round(seconds, 2), "peak_tensor_bytes": peak,
                        "saved_for_backward_bytes": sum(self.saved.values())}
 
@@ -184,7 +191,9 @@ def worker(spec_json: str) -> dict:
     from annotune.cli import quiet_libraries
     from annotune.models import load_tokenizer
 
+    global SHOW_OPERATORS
     job = json.loads(spec_json)
+    SHOW_OPERATORS = bool(job.get("profile"))
     quiet_libraries()
     tokenizer = load_tokenizer("smollm2-135m", for_generation=False)
     _, rows, feats = chosen_examples(job["task"], job["batch"], tokenizer)
@@ -211,6 +220,8 @@ def run_job(job: dict) -> dict:
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{job} failed:\n{out.stderr[-3000:]}")
+    if job.get("profile"):
+        print(out.stderr[out.stderr.find("-----"):], end="")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -287,6 +298,14 @@ def main(argv=None):
     from label_precision import cpu_name  # bench/ is on the path: this script's folder
 
     depths = [int(d) for d in args.layers.split(",")]
+    if args.profile:
+        for task in args.tasks.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                for arm in args.arms.split(","):
+                    print(f"{task} batch {batch} {arm}, {depths[0]} layers:")
+                    run_job({"task": task, "batch": batch, "arm": arm, "layers": depths[0], "tiny": args.tiny,
+                             "profile": True})
+        return 0
     record = json.loads(out.read_text()) if out.exists() else {"cells": {}}
     record.update(machine=f"{cpu_name()}, {os.cpu_count()} cores", layers=depths, tiny=args.tiny,
                   command=" ".join(sys.argv))
