@@ -117,135 +117,67 @@ def note_unused(p, args) -> None:
         note_ignored(p, args, ("max_new_tokens", "do_sample", "temperature"), "they go with --mode generate")
 
 
-def merge_after_prediction(args, adapters):
-    """The named merge the adapters' predictions go through: theirs (train.py --merge_at prediction),
-    or --merge for adapters of the finer labels; None for none."""
-    from annotune.adapters import read_adapter_info
+def labelling_of(args, adapters, rows: bool = True):
+    """The labelling evaluated (contract.py): the adapters' (their rows and labels given; --merge
+    on adapters of the finer labels merges their predictions), or a base-only run's --dataset_name
+    or --task, prompted by --template and --without_definitions."""
+    from annotune.contract import from_adapters, from_source
+    from annotune.models import load_config, load_tokenizer, resolve_kind
 
-    merges = set()
-    for adapter in adapters:
-        record = read_adapter_info(adapter)
-        if args.merge and record.merge:
-            raise UserError(f"adapter {adapter} was trained on merge {record.merge}: --merge applies to adapters "
-                            "of the finer labels")
-        if args.merge and record.merge_after not in (None, args.merge):
-            raise UserError(f"adapter {adapter} gives merge {record.merge_after}, not --merge {args.merge}")
-        merges.add(record.merge_after or args.merge)
-    return merges.pop() if len(merges) == 1 else None  # several: evaluation_data names the mix
+    if adapters:
+        job = from_adapters(adapters, args.merge, rows)
+        if args.model_name and args.model_name != job.record.base_model:
+            raise UserError(f"adapter {adapters[0]} was trained on {job.record.base_model}, not on --model_name "
+                            f"{args.model_name}")
+        return job
+    name, config = args.model_name or DEFAULT_CAUSAL_LM, load_config(args.model_name or DEFAULT_CAUSAL_LM)
+    prompt = {"template": args.template, "with_definitions": not args.without_definitions}
+    return from_source(args.dataset_name or args.task or DEFAULT_TASK, args.merge, prompt, load_tokenizer(name),
+                       lambda task_type: resolve_kind(config, "auto", task_type), seed=args.seed)
 
 
-def base_annotator(args, adapters, bases):
-    """The untuned base model as an annotator (with --base_only), on the adapters' task and prompt."""
-    from annotune.adapters import adapter_spec, read_adapter_info
+def base_annotator(args, job, bases):
+    """The untuned base model (with --base_only) prompted as the labelling says: as the adapters are."""
     from annotune.annotator import load_annotator
-    from annotune.examples import load_dataset_folder
-    from annotune.models import load_config, resolve_kind
-    from annotune.task import load_task
 
-    for adapter in adapters:
-        trained_on = read_adapter_info(adapter).base_model
-        if args.model_name and args.model_name != trained_on:
-            raise UserError(f"adapter {adapter} was trained on {trained_on}, not on --model_name {args.model_name}")
     if not args.base_only:
         return None
-    merge_after = None
-    if adapters:  # the base as the adapters are prompted, giving the labels they give
-        record = read_adapter_info(adapters[0])
-        spec, name, prompt = adapter_spec(adapters[0]), args.model_name or record.base_model, record.prompt
-        merge_after = merge_after_prediction(args, adapters)
-    elif args.dataset_name:
-        _, manifest, spec = load_dataset_folder(args.dataset_name)
-        name, prompt = args.model_name or DEFAULT_CAUSAL_LM, manifest["prompt"]
-    else:
-        spec = load_task(args.task or DEFAULT_TASK, args.merge)
-        name = args.model_name or DEFAULT_CAUSAL_LM
-        prompt = {"template": args.template, "with_definitions": not args.without_definitions}
-    model = bases.get(name, resolve_kind(load_config(name), "auto", spec.type), spec.label_names)
-    return load_annotator(base_model=name, spec=spec, prompt=prompt, model=model, merge_after=merge_after,
-                          cpu_bf16=args.cpu_bf16, tie_margin=args.bf16_tie_margin)
+    name = args.model_name or (job.record.base_model if job.record else DEFAULT_CAUSAL_LM)
+    model = bases.get(name, job.kind, job.scored.label_names)
+    return load_annotator(job.for_model(None), base_model=name, model=model, cpu_bf16=args.cpu_bf16,
+                          tie_margin=args.bf16_tie_margin)
 
 
-def evaluation_data(args, adapters, base):
-    """(spec, {split: rows}, info): the adapters' own dataset, or the base run's task; with labels
-    merged where the adapters' predictions are (--merge on adapters of the finer labels)."""
-    spec, rows, info = dataset_of(args, adapters, base)
-    merge = merge_after_prediction(args, adapters)
-    if merge and spec.merge != merge:
-        spec = spec.merged(merge)
-        rows = {split: [dict(r, fine_label=r["label"], label=spec.merge_map[r["label"]]) for r in split_rows]
-                for split, split_rows in rows.items()}
-    return spec, rows, info
-
-
-def dataset_of(args, adapters, base):
-    """(spec, {split: rows}, info) as stored: the adapters' dataset folder (or their recorded ids),
-    --dataset_name, or the base-only run's task."""
-    from annotune.adapters import adapter_spec, read_adapter_info
-    from annotune.examples import load_dataset_folder, prepare_splits, rows_by_ids, split_summary
-
-    folder = args.dataset_name
-    if adapters:
-        records = [read_adapter_info(a) for a in adapters]
-        tasks = {(r.task, tuple(r.labels), r.merge_after or args.merge) for r in records}
-        if len(tasks) > 1:
-            raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(map(str, tasks))}")
-        folder = records[0].dataset
-        if not Path(folder).is_dir():
-            if not records[0].split_ids:
-                raise UserError(f"the dataset of adapter {adapters[0]} is gone ({folder})")
-            print(f"note: {folder} is gone; the rows are rebuilt from the task's data by the adapter's recorded ids")
-            spec = adapter_spec(adapters[0], reported=True)
-            rows = rows_by_ids(spec, records[0].split_ids, records[0].max_words)
-            return spec, rows, {"dataset": f"task {spec.name}, recorded ids", "splits": split_summary(rows)}
-    if folder:
-        rows, manifest, spec = load_dataset_folder(folder)
-        return spec, rows, {"dataset": folder, "splits": manifest.get("splits")}
-    splits, info = prepare_splits(base.spec, base.prompter, seed=args.seed)
-    return base.spec, splits, {"dataset": f"task {base.spec.name}", "splits": info["splits"]}
-
-
-def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
-    """Evaluate the base (if any) and every adapter on the chosen split(s); per-model result files
-    go into the staging folder that write_comparison publishes."""
+def evaluate_models(args, job, adapters, base, staging, bases):
+    """Evaluate the base (if any) and every adapter on the chosen split(s) of the labelling's rows;
+    per-model result files go into the staging folder that write_comparison publishes."""
     from peft import PeftModel
 
-    from annotune.adapters import distinct_names, read_adapter_info
-    from annotune.agreement import human_agreement
-    from annotune.annotator import evaluate_rows, load_annotator, unfold_lora
-    from annotune.examples import pick_split
-    from annotune.models import resolve_model_path
+    from annotune.adapters import distinct_names
+    from annotune.annotator import load_annotator, unfold_lora
     from annotune.report import add_baseline_differences, safe_name, write_model_results
 
-    # BERTScore is for summaries only: a classification run needs no BERTScore model installed
-    bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
-        args.bertscore_model)
-    splits = ["train", "validation"] if args.table else [args.split]
-    results = baselines(args, spec, adapters, rows_by_split, splits)
+    spec, splits = job.reported, ["train", "validation"] if args.table else [args.split]
+    results = baselines(args, job, splits)
     names = distinct_names(adapters)  # results of two adapters with one name must not share a folder
     for adapter in ([None] if base else []) + list(adapters):
-        annotator = base
-        name = base.name if adapter is None else names[Path(adapter)]
+        model_job, annotator = job.for_model(adapter), base
         if adapter is not None:
-            record = read_adapter_info(adapter)
+            record = model_job.record
             base_model = bases.get(record.base_model, record.kind, record.labels)
-            annotator = load_annotator(adapter=str(adapter), model=PeftModel.from_pretrained(base_model, str(adapter)),
-                                       merge_after=args.merge, cpu_bf16=args.cpu_bf16,
-                                       tie_margin=args.bf16_tie_margin)
+            annotator = load_annotator(model_job, model=PeftModel.from_pretrained(base_model, str(adapter)),
+                                       cpu_bf16=args.cpu_bf16, tie_margin=args.bf16_tie_margin)
+        name = base.name if adapter is None else names[Path(adapter)]
         for split in splits:
-            rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
-            metrics, records = evaluate_rows(annotator, rows, args.mode, args.batch_size, args.length_norm,
-                                             args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
-                                             seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
-                                             sampling=sampling(args), rule=decision_rule(args, annotator, rows_by_split, split))
-            if metrics.get("truncated"):
-                print(f"note: {metrics['truncated']} {split} texts were cut to fit {name}'s context "
-                      f"(flagged 'truncated' in predictions.jsonl)")
-            results.append({"name": name, "split": split, "metrics": metrics, "records": records,
-                            "epoch": annotator.record and annotator.record.epoch, "adapter": str(adapter) if adapter else None})
-        if args.annotations:
+            result, split_job = evaluate_split(args, model_job, annotator, name, split, adapters)
+            results.append(result)
+        if args.annotations:  # the labels of the last split's rule
+            from annotune.agreement import human_agreement
+
             results[-1]["agreement"] = human_agreement(
-                annotator, args.annotations, args.annotation_id_column, args.annotation_label_column,
-                [r["id"] for r in rows_by_split.get("train", [])], args.mode, args.batch_size)
+                split_job, annotator, args.annotations, args.annotation_id_column,
+                args.annotation_label_column, [r["id"] for r in job.splits.get("train", [])], args.mode,
+                args.batch_size)
         if adapter is not None:
             unfold_lora(annotator.model)
             annotator.model.unload()  # detach the adapter; the base model serves the next one
@@ -257,24 +189,48 @@ def evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases):
     return results
 
 
-def baselines(args, spec, adapters, rows_by_split, splits) -> list:
+def evaluate_split(args, model_job, annotator, name: str, split: str, adapters) -> tuple:
+    """One model's results on one split, and its labelling with the split's rule."""
+    from dataclasses import replace
+
+    from annotune.annotator import evaluate_rows
+    from annotune.examples import pick_split
+    from annotune.models import resolve_model_path
+
+    # BERTScore is for summaries only: a classification run needs no BERTScore model installed
+    bert = None if args.bertscore_model == "none" or model_job.reported.type != "generation" else \
+        resolve_model_path(args.bertscore_model)
+    rows = pick_split(model_job.splits, split, args.max_samples, args.seed)
+    split_job = replace(model_job, rule=decision_rule(args, model_job, annotator, split, adapters))
+    metrics, records = evaluate_rows(split_job, annotator, rows, args.mode, args.batch_size, args.length_norm,
+                                     args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
+                                     seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
+                                     sampling=sampling(args))
+    if metrics.get("truncated"):
+        print(f"note: {metrics['truncated']} {split} texts were cut to fit {name}'s context "
+              f"(flagged 'truncated' in predictions.jsonl)")
+    return {"name": name, "split": split, "metrics": metrics, "records": records,
+            "epoch": model_job.record and model_job.record.epoch, "adapter": model_job.adapter}, split_job
+
+
+def baselines(args, job, splits) -> list:
     """Majority and TF-IDF + LogReg rows, trained on exactly the rows the (first) adapter trained on
     (the whole train split for a base-only run)."""
-    from annotune.adapters import read_adapter_info
     from annotune.baseline import baseline_results
     from annotune.examples import pick_split
 
-    if args.baseline == "none" or spec.type != "classification" or not rows_by_split.get("train"):
+    if args.baseline == "none" or job.reported.type != "classification" or not job.splits.get("train"):
         return []
-    train_ids = read_adapter_info(adapters[0]).train_ids if adapters else None
+    train_ids = job.record.train_ids if job.record else None
     results = []
     for split in splits:
-        rows = pick_split(rows_by_split, split, args.max_samples, args.seed)
-        results += baseline_results(rows_by_split, train_ids, split, rows, spec.label_names, args.bootstrap, args.seed)
+        rows = pick_split(job.splits, split, args.max_samples, args.seed)
+        results += baseline_results(job.splits, train_ids, split, rows, job.reported.label_names, args.bootstrap,
+                                    args.seed)
     return results
 
 
-def decision_rule(args, annotator, rows_by_split, split, adapters=()):
+def decision_rule(args, job, annotator, split, adapters=()):
     """The rule for `split`: the adapter's own (fit on validation in training), else one fit now on
     up to 400 validation rows; none with --decision argmax, for generation, or on the validation
     split itself (a rule is never reported on the rows it was fit on). The adapter's rule is applied
@@ -282,34 +238,29 @@ def decision_rule(args, annotator, rows_by_split, split, adapters=()):
     adapter's validation rows, or refused when they cannot be rebuilt."""
     from annotune.decision import DecisionRule
 
-    spec = annotator.spec
-    if args.decision == "argmax" or spec.type != "classification" or split == "validation" \
+    labels, record = job.reported.label_names, job.record
+    if args.decision == "argmax" or job.reported.type != "classification" or split == "validation" \
             or (args.mode == "generate" and annotator.kind != "classifier"):
         return None
-    if annotator.rule is not None:  # fit or checked once per annotator (--table asks for two splits)
-        return annotator.rule
-    record = annotator.record
     if record and record.decision_rule:
-        rule = DecisionRule.from_dict(record.decision_rule, spec.label_names)
+        rule = DecisionRule.from_dict(record.decision_rule, labels)
         # Rules from before precision was recorded were fit on the training device's plain weights.
         fitted_in = rule.precision or ("fp32" if record.quantization in (None, "none") else annotator.precision)
         if not rule.fitted_on or fitted_in == annotator.precision:
-            annotator.rule = rule
             return rule
-        rows = rows_by_split.get("validation") or validation_rows(args, adapters)
+        rows = job.splits.get("validation") or validation_rows(args, adapters)
         if not rows:
             matching = {"bf16-autocast": "--cpu_bf16 on", "fp32": "--cpu_bf16 off"}.get(fitted_in)
             raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
                             f"{annotator.precision}; its validation rows are not here to refit it: pass "
                             + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
-        annotator.rule = fit_now(args, annotator, rows)
+        rule = fit_now(args, job, annotator, rows)
         print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
-              f"{annotator.rule.fitted_on} validation rows scored in {annotator.precision}")
-        return annotator.rule
-    if not rows_by_split.get("validation"):
+              f"{rule.fitted_on} validation rows scored in {annotator.precision}")
+        return rule
+    if not job.splits.get("validation"):
         return None
-    annotator.rule = fit_now(args, annotator, rows_by_split["validation"])
-    return annotator.rule
+    return fit_now(args, job, annotator, job.splits["validation"])
 
 
 def validation_rows(args, adapters) -> list:
@@ -318,20 +269,22 @@ def validation_rows(args, adapters) -> list:
     if not adapters:
         return []
     try:
-        return evaluation_data(args, adapters, None)[1].get("validation") or []
+        return labelling_of(args, adapters).splits.get("validation") or []
     except UserError:
         return []
 
 
-def fit_now(args, annotator, validation_rows):
-    """A decision rule fit on up to 400 seeded validation rows, scored as this run scores."""
+def fit_now(args, job, annotator, validation_rows):
+    """A decision rule fit on up to 400 seeded validation rows, labelled as this run labels them."""
+    from dataclasses import replace
+
     from annotune.decision import fit_rule, probs_matrix
     from annotune.examples import sample_rows
 
-    val = sample_rows(validation_rows, 400, args.seed)
-    preds = annotator.predict(val, args.mode, args.batch_size, args.length_norm)
-    return fit_rule(probs_matrix(preds, annotator.spec.label_names), [r["label"] for r in val],
-                    annotator.spec.label_names, args.decision_objective, precision=annotator.precision)
+    val, labels = sample_rows(validation_rows, 400, args.seed), job.reported.label_names
+    preds = replace(job, rule=None).label(annotator, val, args.mode, args.batch_size, args.length_norm)
+    return fit_rule(probs_matrix(preds, labels), [r["label"] for r in val], labels, args.decision_objective,
+                    precision=annotator.precision)
 
 
 def sampling(args) -> dict:
@@ -344,8 +297,10 @@ def sampling(args) -> dict:
     return {"do_sample": True, "temperature": args.temperature}
 
 
-def annotate(args, adapters, base):
+def annotate(args, job, adapters, base):
     """Label --predict_file with one model, resumably; chunks dealt across accelerate processes."""
+    from dataclasses import replace
+
     from accelerate import PartialState
 
     from annotune.annotator import load_annotator
@@ -361,21 +316,21 @@ def annotate(args, adapters, base):
     ensure_new_path(output, args.overwrite, what="--output", inputs=inputs, kind="file")
     ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
     input_sha256 = check_input(args.predict_file, args.text_column)
-    annotator = base or load_annotator(adapter=str(adapters[0]), quantization=args.quantization,
-                                       merge_after=merge_after_prediction(args, adapters), cpu_bf16=args.cpu_bf16,
+    annotator = base or load_annotator(job, quantization=args.quantization, cpu_bf16=args.cpu_bf16,
                                        tie_margin=args.bf16_tie_margin)
     state = PartialState(cpu=device_name() == "cpu")
-    rule = decision_rule(args, annotator, {}, "predict", adapters)  # the adapter's own rule; argmax for a base model
-    store = PartStore(output, annotation_fingerprint(args, adapters, annotator, rule, input_sha256))
+    # The adapter's own rule (refit if its precision differs); argmax for a base model
+    job = replace(job, rule=decision_rule(args, replace(job, splits={}), annotator, "predict", adapters))
+    store = PartStore(output, annotation_fingerprint(args, adapters, job, annotator, input_sha256))
     if state.is_main_process:
         store.lock()  # one labeller per output; the processes of this launch share it
     try:
-        return label_parts(args, state, store, annotator, rule, output)
+        return label_parts(args, state, store, job, annotator, output)
     finally:
         store.unlock()
 
 
-def label_parts(args, state, store, annotator, rule, output) -> int:
+def label_parts(args, state, store, job, annotator, output) -> int:
     from annotune.corpus import annotate_file
     from annotune.files import remove_dir
 
@@ -383,9 +338,9 @@ def label_parts(args, state, store, annotator, rule, output) -> int:
         remove_dir(store.folder)
     state.wait_for_everyone()
     store.open()  # every process reads the finished ranges
-    result = annotate_file(annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
+    result = annotate_file(job, annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
                            args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
-                           progress=not args.quiet, rule=rule, length_norm=args.length_norm,
+                           progress=not args.quiet, length_norm=args.length_norm,
                            max_new_tokens=args.max_new_tokens, sampling=sampling(args))
     if result["interrupted"]:
         print(f"stopped after {result['labelled']} rows; run the same command again to resume")
@@ -397,15 +352,16 @@ def label_parts(args, state, store, annotator, rule, output) -> int:
     return 0
 
 
-def annotation_fingerprint(args, adapters, annotator, rule, input_sha256: str) -> dict:
+def annotation_fingerprint(args, adapters, job, annotator, input_sha256: str) -> dict:
     """Everything that changes a label: a resumed annotation must match it exactly."""
     from annotune.models import weights_sha256
 
+    rule = job.rule
     return {"model": f"adapter sha256 {weights_sha256(Path(adapters[0]))}" if adapters else f"base {annotator.name}",
             "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
             "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
             "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
-            "text_column": args.text_column, "labels": annotator.spec.label_names, "precision": annotator.precision,
+            "text_column": args.text_column, "labels": job.reported.label_names, "precision": annotator.precision,
             "bf16_tie_margin": annotator.tie_margin}
 
 
@@ -427,10 +383,11 @@ def main(argv=None):
     given = list(found.values())
     adapters = given[:1] + [a for a in natural_order(given) if a not in given[:1]]
     bases = BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
-    base = base_annotator(args, adapters, bases)  # None unless --base_only
+    job = labelling_of(args, adapters, rows=not args.predict_file)
+    base = base_annotator(args, job, bases)  # None unless --base_only
     if args.predict_file:
-        return annotate(args, adapters, base)
-    spec, rows_by_split, info = evaluation_data(args, adapters, base)
+        return annotate(args, job, adapters, base)
+    spec = job.reported
     check_label_list(args.label_name, spec.label_names)
     if args.annotations:  # read them now: a bad file fails before the evaluation, not after it
         load_annotations(args.annotations, spec, args.annotation_id_column, args.annotation_label_column)
@@ -440,8 +397,8 @@ def main(argv=None):
     ensure_new_path(out_dir, False, what="--output_dir", kind="dir")
     staging = staging_dir(out_dir)
     try:
-        results = evaluate_models(args, spec, adapters, base, rows_by_split, staging, bases)
-        print(write_comparison(args, spec, results, staging, out_dir, info))
+        results = evaluate_models(args, job, adapters, base, staging, bases)
+        print(write_comparison(args, spec, results, staging, out_dir, job.source))
     finally:
         remove_dir(staging)  # gone already when published; removed on any error
     print(f"results in {out_dir}/")

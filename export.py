@@ -48,20 +48,16 @@ def merged_model(adapter, record, dtype: str):
 def usage_info(adapter, record, tokenizer) -> dict:
     """annotune.json of the export: what a user of the merged model needs to label as annotune does:
     the prompt template, the token ids of each scored answer (EOS included), the merge of the scored
-    labels into the labels given (train.py --merge_at prediction), the rule."""
-    from annotune.adapters import adapter_spec
+    labels into the labels given (contract.Labelling.usage), the rule."""
     from annotune.annotator import Annotator
-    from annotune.prompts import Prompter, encode_prompt
+    from annotune.contract import from_adapter
+    from annotune.prompts import encode_prompt
 
-    given = adapter_spec(adapter, reported=True)
-    out = {"exported_from": str(adapter), "kind": record.kind, "task": given.name,
-           "merge": record.merge or record.merge_after, "labels": given.label_names,
-           "scored_labels": record.labels, "merge_map": given.merge_map if record.merge_after else None,
-           "base": record.base, "decision_rule": record.decision_rule,
-           "validation_metrics": record.validation_metrics}
+    job = from_adapter(adapter)
+    out = {"exported_from": str(adapter), "kind": record.kind, **job.usage(), "base": record.base,
+           "decision_rule": record.decision_rule, "validation_metrics": record.validation_metrics}
     if out["kind"] != "classifier":
-        spec, prompt = adapter_spec(adapter), record.prompt
-        prompter = Prompter(spec, prompt["template"], prompt["with_definitions"], tokenizer, out["kind"] == "seq2seq")
+        spec, prompt, prompter = job.scored, job.prompt, job.prompter(tokenizer)
         sentinel = "\u2063TEXT\u2063"  # invisible separators: no template contains them
         text_prompt = prompter.prompt(sentinel)
         annotator = Annotator(None, tokenizer, spec, prompter, out["kind"], adapter.name)  # tokenisation only
@@ -105,8 +101,8 @@ def label(text):
         logits = model(torch.tensor([prompt_ids + answer])).logits[0].log_softmax(-1)
         scores.append(sum(logits[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
     logp = torch.tensor(scores).log_softmax(0)
-    merge = meta["merge_map"] or {{name: name for name in meta["labels"]}}  # scored label -> label given
-    given = [torch.logsumexp(logp[[i for i, f in enumerate(meta["scored_labels"]) if merge[f] == name]], 0).item()
+    label_of = meta["label_of_scored"]  # scored label -> label given (a merge sums the finer labels)
+    given = [torch.logsumexp(logp[[i for i, f in enumerate(meta["scored_labels"]) if label_of[f] == name]], 0).item()
              + (offsets[k] if offsets else 0.0) for k, name in enumerate(meta["labels"])]
     return meta["labels"][max(range(len(given)), key=given.__getitem__)]
 ```
@@ -118,8 +114,9 @@ as above."""
 
 HEAD_HOW = """A classification head: `AutoModelForSequenceClassification.from_pretrained("{folder}")`; the label of
 a text is `config.id2label[argmax(softmax(logits) then log + offsets)]` (offsets below, in label
-order; without them, the plain argmax). Where annotune.json has a `merge_map`, the softmax is over
-its `scored_labels` (`config.id2label`), summed into the `labels` given before the log and offsets."""
+order; without them, the plain argmax). Where annotune.json's `label_of_scored` sends several
+`scored_labels` (`config.id2label`) to one label given, the softmax is over the scored labels, summed
+into the `labels` given before the log and offsets."""
 
 
 def readme(args, adapter, meta: dict, trained_4bit: bool) -> str:
@@ -143,7 +140,8 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.adapters import find_adapter, read_adapter_info
+    from annotune.adapters import find_adapter
+    from annotune.contract import read_adapter_info
     from annotune.files import atomic_write_json, atomic_write_text, ensure_new_path, publish_dir, remove_dir, \
         staging_dir
     from annotune.models import load_tokenizer

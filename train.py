@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 # what log.jsonl and annotune.json keep of a validation pass (and every metric of metrics.LABEL_METRICS)
 EPOCH_METRICS = ("n", "invalid", "rouge1", "rouge2", "rougeL", "exact_match", "ci95", "mode", "decision_rule",
                  "selection_score", "collapsed")
+# Flags added after runs were made: a resumed run whose manifest lacks one was trained as this says.
+ADDED_LATER = {"merge_at": "training", "lora_speedups": "on"}
 
 
 def parse_args(argv=None):
@@ -178,12 +180,12 @@ def add_saving_flags(p):
 def build_model(args, data: TrainingData, tokenizer):
     from annotune.models import add_lora, load_model
 
-    labels = data.spec.label_names if data.kind == "classifier" else None
-    model = load_model(args.model_name, data.kind, args.quantization, num_labels=len(labels) if labels else None,
+    labels = data.job.scored.label_names if data.job.kind == "classifier" else None
+    model = load_model(args.model_name, data.job.kind, args.quantization, num_labels=len(labels) if labels else None,
                        label_names=labels)
-    if data.kind == "classifier" and model.config.pad_token_id is None:
+    if data.job.kind == "classifier" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return add_lora(model, data.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
+    return add_lora(model, data.job.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
                     args.lora_speedups == "on")
 
 
@@ -193,7 +195,7 @@ def resolve_defaults(args, data: TrainingData) -> None:
     from annotune.training_set import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
 
     if args.balance == "auto":
-        args.balance = "oversample" if data.spec.type == "classification" and data.kind != "classifier" else "none"
+        args.balance = "oversample" if data.job.scored.type == "classification" and data.job.kind != "classifier" else "none"
     if args.epochs is None and args.stop_condition == "steps":
         args.epochs = DEFAULT_EPOCHS  # unused: --steps ends the run
     elif args.epochs is None:
@@ -213,8 +215,8 @@ def save_plan(args, data: TrainingData):
 
     last = args.epochs if args.stop_condition == "epochs" else None
     epochs, keep = parse_save_epochs(args.save_epochs, last)
-    classify = data.spec.type == "classification"
-    return SavePlan(metric=primary_metric(data.spec.type), eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
+    classify = data.job.scored.type == "classification"
+    return SavePlan(metric=primary_metric(data.job.scored.type), eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
                     save_epochs=epochs, keep="last" if last is None else keep, last_epoch=last,
                     select="selection_score" if classify else "", by_steps=last is None,
                     keep_best=args.keep_best, patience=args.early_stopping_patience,
@@ -225,8 +227,8 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
                  is_main):
     """EvaluateAndSave with the real evaluation (annotator.evaluate_rows on the validation rows) and
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
-    from annotune.adapters import AdapterRecord, save_adapter
-    from annotune.annotator import Annotator, evaluate_rows, merged_after
+    from annotune.adapters import save_adapter
+    from annotune.annotator import Annotator, evaluate_rows
     from annotune.decision import expected_score, fit_rule, probs_matrix
     from annotune.epoch_end import EvaluateAndSave
     from annotune.faults import crash_point
@@ -234,20 +236,21 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     from annotune.metrics import LABEL_METRICS
     from annotune.models import base_identity, cpu_autocast, resolved_quantization
 
+    job = data.job
+
     def evaluate_now():
         if not data.eval_rows:
             return {}
         # Validation scores in the arithmetic training runs in (bf16 autocast on a CPU with bf16
         # instructions): the decision rule saved with the adapter records it (evaluate.py checks).
-        annotator = merged_after(Annotator(model, tokenizer, data.spec, data.prompter, data.kind, run_name,
-                                           autocast=cpu_autocast(args.cpu_bf16, model)),
-                                 data.merge_after and data.merge_after.merge)
+        annotator = Annotator(model, tokenizer, job.scored, data.prompter, job.kind, run_name,
+                              autocast=cpu_autocast(args.cpu_bf16, model))
         crash_point("train.evaluate")
-        metrics, records = evaluate_rows(annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
+        metrics, records = evaluate_rows(job, annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
                                          max_new_tokens=128)
         model.train()
-        if data.spec.type == "classification":  # the decision rule saved with this epoch's adapter
-            labels = annotator.spec.label_names
+        if job.reported.type == "classification":  # the decision rule saved with this epoch's adapter
+            labels = job.reported.label_names
             probs = probs_matrix(records, labels)
             rule = fit_rule(probs, [r["gold"] for r in records], labels, args.decision_objective,
                             precision=annotator.precision)
@@ -258,17 +261,14 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
         return {k: v for k, v in metrics.items() if k in kept}
 
     base, quantization = base_identity(args.model_name), resolved_quantization(args.quantization)
-    split_ids = {name: [r["id"] for r in rows] for name, rows in data.splits.items()}
+    split_ids = {name: [r["id"] for r in rows] for name, rows in job.splits.items()}
 
     def save(suffix, epoch, step, metrics):
-        spec_dict, merge = data.spec.saved_form()
-        record = AdapterRecord(
-            base_model=args.model_name, base=base, kind=data.kind, task=data.spec.name, merge=merge,
-            merge_after=data.merge_after and data.merge_after.merge, labels=data.spec.label_names,
-            prompt=data.prompter.describe(), task_spec=spec_dict, epoch=epoch, step=step, validation_metrics=metrics,
+        record = job.adapter_record(
+            base_model=args.model_name, base=base, epoch=epoch, step=step, validation_metrics=metrics,
             decision_rule=metrics.get("decision_rule"), train_ids=[f["id"] for f in data.feats], split_ids=split_ids,
-            max_words=data.data_info.get("max_words"), quantization=quantization,
-            dataset=data.data_info.get("dataset_folder") or str(out_dir / "dataset"), run_dir=str(out_dir),
+            max_words=job.source.get("max_words"), quantization=quantization,
+            dataset=job.source.get("dataset_folder") or str(out_dir / "dataset"), run_dir=str(out_dir),
             git_commit=manifest.get("git_commit"))
         save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", record)
 
@@ -322,13 +322,13 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
     data = load_training_data(args, tokenizer, load_config(args.model_name), DEFAULT_TASK)
     resolve_defaults(args, data)
-    if (args.balance != "none" or args.class_weights != "none") and data.spec.type != "classification":
+    if (args.balance != "none" or args.class_weights != "none") and data.job.scored.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")
-    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.reported.name}{'-at_prediction' * bool(data.merge_after)}"
+    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.job.reported.name}{'-at_prediction' * data.job.merges}"
     plan = save_plan(args, data)
     targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))
     is_main = targs.process_index == 0
-    folder = open_run_folder(args, run_name, Path(targs.output_dir))
+    folder = open_run_folder(args, run_name, Path(targs.output_dir), ADDED_LATER)
     if folder.finished:
         print(f"{folder.path} finished already ({folder.finished['steps']} steps; adapters: "
               f"{', '.join(Path(a).name for a in folder.finished['adapters'])}): nothing to resume")
@@ -337,8 +337,8 @@ def main(argv=None):
     model = build_model(args, data, tokenizer)
     manifest = run_manifest_of(args, data, targs, folder)
     callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
-    options = LossOptions(kind=data.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
-                          n_labels=len(data.spec.label_names), record_examples=args.record_examples,
+    options = LossOptions(kind=data.job.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
+                          n_labels=len(data.job.scored.label_names), record_examples=args.record_examples,
                           balance=args.balance, cpu_bf16=args.cpu_bf16,
                           gradient_checkpointing=args.gradient_checkpointing)
     trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
@@ -373,11 +373,12 @@ def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
     from annotune.files import run_manifest
     from annotune.resume import resumed_manifest
 
-    manifest = run_manifest(args, task=data.reported.name, merge=data.reported.merge, kind=data.kind,
-                            labels=data.reported.label_names, prompt=data.prompter.describe(), device=str(targs.device),
+    job = data.job
+    manifest = run_manifest(args, task=job.reported.name, merge=job.reported.merge, kind=job.kind,
+                            labels=job.reported.label_names, prompt=data.prompter.describe(), device=str(targs.device),
                             num_processes=targs.world_size, quantization=args.quantization, features=data.stats,
                             train_examples=len(data.feats), eval_examples=[r["id"] for r in data.eval_rows],
-                            data=data.data_info)
+                            data=job.source)
     return resumed_manifest(folder.manifest, manifest, folder.checkpoint) if folder.resuming else manifest
 
 
@@ -388,8 +389,9 @@ def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokeni
 
     folder.create(args.overwrite_output_dir)
     atomic_write_json(folder.path / "manifest.json", manifest)
-    if "dataset_folder" not in data.data_info and not (folder.path / "dataset").exists():
-        write_dataset_folder(folder.path / "dataset", data.splits, run_manifest(args, **data.data_info), num_preview=3)
+    job = data.job
+    if "dataset_folder" not in job.source and not (folder.path / "dataset").exists():
+        write_dataset_folder(folder.path / "dataset", job.splits, run_manifest(args, **job.source), num_preview=3)
     if folder.resuming and not folder.checkpoint:
         print(f"no checkpoint in {folder.path} yet: training again from the start")
     describe_start(data, model, tokenizer, args.model_name, args.max_seq_length)

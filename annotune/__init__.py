@@ -16,11 +16,13 @@ Each script holds its own steps top to bottom and imports these; each concept li
 - lora_dropout.py  LoRA's input dropout with cheap masks, one per input shared by the layers reading it
 - checkpointing.py  activation checkpointing of the decoder layers that keeps the shared prefix
 - lora_update.py  LoRA's update accumulated into the base layer's output by one in-place GEMM
-- training_set.py  what train.py trains on: rows, splits, a merge's finer labels, tokenised examples
+- training_set.py  what train.py trains on: rows sampled from its labelling, tokenised examples
 - trainer.py    the training loop: transformers.Trainer with our loss and batches
 - epoch_end.py  at an epoch's end: validation, adapters kept, best epoch, early stopping, Ctrl-C
 - resume.py     run folders: starting one, resuming one (arguments checked, finished runs kept)
-- adapters.py   adapter folders: writing, finding, annotune.json as a typed AdapterRecord
+- adapters.py   adapter folders: writing one atomically, finding one by name, checking its files
+- contract.py  the labelling contract: labels scored and given (a merge between them), prompt,
+                rows, the adapter's typed AdapterRecord and its rule; the one call that labels rows
 - annotator.py  a model ready to label (score, generate, head) and its evaluation on labelled rows
 - decision.py   the decision rule: argmax, or per-label offsets and a temperature fit on validation
 - baseline.py   the cheap alternatives: majority class, TF-IDF + logistic regression

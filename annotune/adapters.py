@@ -1,9 +1,8 @@
-"""Adapter folders: what train.py writes (the LoRA weights, the tokenizer and annotune.json with the
-base model, task spec, labels, prompt and validation metrics), and how evaluate.py finds and reads
-them, so that an adapter brings everything needed to use it."""
+"""Adapter folders: writing one atomically (the LoRA weights, the tokenizer and annotune.json, the
+record contract.AdapterRecord types), finding one by name, and checking its files whole, so that
+an adapter brings everything needed to use it."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -18,61 +17,9 @@ PATH_KEYS = ("dataset", "run_dir")  # stored relative to the adapter folder
 RUNS_DIR = Path("runs")
 
 
-RECORD_TYPES = {"base_model": str, "kind": str, "task_spec": dict, "labels": list, "prompt": dict, "base": dict,
-                "task": str, "merge": str, "merge_after": str, "epoch": int, "step": int, "validation_metrics": dict,
-                "decision_rule": dict, "train_ids": list, "split_ids": dict, "max_words": int, "quantization": str,
-                "dataset": str, "run_dir": str, "git_commit": str}  # what each key of annotune.json must hold
-OPTIONAL = set(RECORD_TYPES) - {"base_model", "kind", "task_spec", "labels"}  # these may also be null
-
-
-@dataclasses.dataclass
-class AdapterRecord:
-    """annotune.json: what an adapter brings to be used. train.py writes it; everything else reads
-    it through read_adapter_info, by attribute."""
-    base_model: str  # as train.py was given it (alias, hub id or folder)
-    kind: str  # causal, classifier, seq2seq
-    task_spec: dict  # the task spec as trained (task.spec_from_saved)
-    labels: list  # the labels the model scores
-    prompt: dict = dataclasses.field(default_factory=dict)  # template and with_definitions (Prompter.describe)
-    base: dict | None = None  # the base's identity (models.base_identity: name, hub id, weights)
-    task: str | None = None
-    merge: str | None = None  # the merge trained on (preprocess/train --merge)
-    merge_after: str | None = None  # the merge its predictions go through (--merge_at prediction)
-    epoch: int | None = None
-    step: int | None = None
-    validation_metrics: dict | None = None
-    decision_rule: dict | None = None  # decision.DecisionRule.to_dict(), fit on validation
-    train_ids: list | None = None
-    split_ids: dict | None = None  # split -> ids: the rows can be rebuilt from the task's data
-    max_words: int | None = None
-    quantization: str | None = None  # 4bit, 8bit, none (as trained)
-    dataset: str | None = None  # the dataset folder (resolved against the adapter folder on reading)
-    run_dir: str | None = None
-    git_commit: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict, what: str) -> "AdapterRecord":
-        """The record of a parsed annotune.json, or one line naming what is missing or of a wrong type
-        (keys it does not know, from a newer version, are left out)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        missing = [name for name, f in fields.items() if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and name not in data]
-        if missing:
-            raise UserError(f"{what}: {ADAPTER_INFO} lacks {', '.join(missing)}; the folder is damaged")
-        wrong = [k for k, t in RECORD_TYPES.items() if k in data and not (
-            isinstance(data[k], t) and not isinstance(data[k], bool) or (data[k] is None and k in OPTIONAL))]
-        if wrong:
-            raise UserError(f"{what}: {ADAPTER_INFO} has {wrong[0]} of the wrong type "
-                            f"({type(data[wrong[0]]).__name__}); the folder is damaged")
-        return cls(**{k: v for k, v in data.items() if k in fields and not (k == "prompt" and v is None)})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def save_adapter(model, tokenizer, folder: Path, record: AdapterRecord) -> Path:
-    """Write the adapter, its tokenizer and annotune.json into `folder` atomically (a resumed run
-    that saves the same epoch again replaces it)."""
+def save_adapter(model, tokenizer, folder: Path, record) -> Path:
+    """Write the adapter, its tokenizer and annotune.json (record: a contract.AdapterRecord) into
+    `folder` atomically (a resumed run that saves the same epoch again replaces it)."""
     import torch
 
     bad = [n for n, t in model.named_parameters() if t.requires_grad and not torch.isfinite(t.detach()).all()]
@@ -151,42 +98,15 @@ def check_safetensors(path: Path, what: str) -> None:
                         f"{8 + length + end})")
 
 
-def read_adapter_info(folder) -> AdapterRecord:
-    """annotune.json as an AdapterRecord, its relative paths (dataset, run_dir) resolved against the
-    adapter folder, after the folder is checked whole (annotune.json an object with its keys,
-    adapter_config.json, the weights file complete): a damaged adapter is one line naming the file,
-    before any use."""
-    path = Path(folder) / ADAPTER_INFO
-    if not path.exists():
-        raise UserError(f"{folder} is not an adapter written by train.py (no {ADAPTER_INFO})")
-    what = f"adapter {folder}"
-    record = AdapterRecord.from_dict(read_json_object(path, what), what)
-    read_json_object(Path(folder) / "adapter_config.json", what)
-    check_safetensors(Path(folder) / "adapter_model.safetensors", what)
-    for key in PATH_KEYS:
-        if getattr(record, key):
-            setattr(record, key, str((Path(folder) / getattr(record, key)).resolve()))
-    return record
-
-
-def adapter_spec(folder, reported: bool = False):
-    """The task spec (merged as trained) an adapter was trained on; reported=True: the labels it
-    gives, which are a merge of those for an adapter trained with train.py --merge_at prediction."""
-    from .task import spec_from_saved
-
-    record = read_adapter_info(folder)
-    spec = spec_from_saved(record.task_spec, record.merge, str(Path(folder) / ADAPTER_INFO))
-    return spec.merged(record.merge_after) if reported and record.merge_after else spec
-
-
 def find_adapter(name: str, report=print) -> Path:
     """An adapter folder by path, or by its name anywhere under runs/ (the seeds' --adapters_name
     NAME; the demo writes runs/demo/<time>/train/NAME). Several matches: the newest, named with the
     others listed."""
     path = Path(name)
     if path.is_dir():
-        read_adapter_info(path)  # a clear error when it is not an adapter
-        return path
+        if not (path / ADAPTER_INFO).exists():
+            raise UserError(f"{path} is not an adapter written by train.py (no {ADAPTER_INFO})")
+        return path  # whole and typed: checked when its record is read (contract.read_adapter_info)
     if "/" in name or not RUNS_DIR.is_dir():
         raise UserError(f"adapter {name!r} not found (neither a folder nor a name under {RUNS_DIR}/)")
     matches = [m.parent for m in RUNS_DIR.rglob(f"{name}/{ADAPTER_INFO}")]

@@ -13,18 +13,19 @@ Modes:
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from pathlib import Path
 
 import torch
 
-from .adapters import adapter_spec, read_adapter_info
 from .cli import UserError
 from .decision import probs_matrix
 from .labels import INVALID, parse_label
 from .metrics import classification_metrics, generation_metrics
-from .prompts import Prompter, encode_label_after, encode_prompt
+from .prompts import encode_label_after, encode_prompt
 
 
 MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longer texts are cut and flagged
@@ -37,12 +38,11 @@ TIE_MARGIN = 0.05
 class Annotator:
     """A model ready to label: base model or adapter, its tokenizer, task spec and prompter."""
 
-    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, record=None,
-                 autocast: bool = False, tie_margin: float = TIE_MARGIN):
+    def __init__(self, model, tokenizer, spec, prompter, kind: str, name: str, autocast: bool = False,
+                 tie_margin: float = TIE_MARGIN):
+        # spec: the labels it scores (contract.Labelling.scored); which labels are given is the labelling's
         self.model, self.tokenizer, self.spec, self.prompter = model, tokenizer, spec, prompter
         self.kind, self.name = kind, name
-        self.record = record  # the adapter's AdapterRecord (annotune.json); None for a base model
-        self.rule = None  # the decision rule evaluate.py settled on for it (evaluate.decision_rule)
         self.autocast = autocast  # bf16 autocast on the CPU (models.cpu_autocast)
         self.tie_margin = tie_margin if autocast else 0.0  # near ties rescored in fp32 (TIE_MARGIN)
         self._completion_cache = {}
@@ -217,72 +217,53 @@ class Annotator:
         return prompts, cut
 
 
-class MergedAnnotator:
-    """An annotator of a task's finer labels that reports a named merge of them (train.py --merge_at
-    prediction): the model is prompted with the finer labels and scores them, and each prediction is
-    merged (labels.merged_prediction). Everything else is the inner annotator's."""
-
-    def __init__(self, inner: Annotator, spec):
-        self.inner, self.spec = inner, spec  # spec: the merged TaskSpec; spec.unmerged is the inner one's
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def predict(self, rows, *args, **kwargs):
-        # A row's own prompt (a dataset folder's) was rendered with the merged labels: render the finer ones.
-        # The merged labels' rule offsets are not the finer labels': near ties are judged without them.
-        kwargs.pop("offsets", None)
-        from . import labels  # how a merge maps a prediction is labels.py's alone, looked up when used
-
-        preds = self.inner.predict([{"text": row["text"]} for row in rows], *args, **kwargs)
-        return [labels.merged_prediction(p, self.spec.label_names, self.spec.merge_map) for p in preds]
-
-
-def merged_after(annotator, merge: str | None):
-    """The annotator reporting the named merge of its task's labels; as it is without one."""
-    return MergedAnnotator(annotator, annotator.spec.merged(merge)) if merge else annotator
-
-
-def evaluate_rows(annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
+def evaluate_rows(job, annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
                   max_new_tokens: int | None = None, progress: bool = False, n_boot: int = 1000, seed: int = 0,
                   bertscore_model: str | None = None, bertscore_layers: int | None = None,
-                  sampling: dict | None = None, rule=None):
-    """(metrics, predictions) of an annotator on labelled rows. With a fitted decision rule
-    (decision.py) the predictions and metrics are the rule's; the argmax ones are kept beside them."""
+                  sampling: dict | None = None):
+    """(metrics, predictions) of an annotator on labelled rows, labelled through `job`
+    (contract.Labelling.label: scored, merged, then its rule). Under a fitted rule the predictions
+    and metrics are the rule's; the argmax ones are kept beside them."""
     if not rows:
         raise UserError("the split to evaluate is empty")
-    preds = annotator.predict(rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling,
-                              offsets=rule.offsets if rule is not None and rule.fitted else None)
-    spec = annotator.spec
-    records = []
-    for row, pred in zip(rows, preds):
-        record = {"id": row["id"], "text": row["text"]}
-        record["gold"] = row.get("label", row.get("target"))
-        record.update(pred)
-        records.append(record)
-    if spec.type == "classification":
-        labels = spec.label_names
-        for record in records:
-            if record["gold"] not in labels:
-                raise UserError(f"gold label {record['gold']!r} of {record['id']} is not in the label set {labels}")
-        probs = probs_matrix(records, labels) if "probs" in records[0] else None
-        metrics = classification_metrics([r["gold"] for r in records], [r["prediction"] for r in records], labels,
-                                         probs, n_boot, seed)
-        metrics["invalid_examples"] = [{"id": r["id"], "raw": r.get("raw")} for r in records
-                                       if r["prediction"] == INVALID][:50]
-        if rule is not None and rule.fitted and probs is not None:
-            metrics = apply_rule(records, metrics, rule, n_boot, seed)
-        elif rule is not None:
-            metrics["decision_rule"] = rule.to_dict()  # consulted, not applied: its note says why
+    preds = job.label(annotator, rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
+    records = [dict({"id": row["id"], "text": row["text"], "gold": row.get("label", row.get("target"))}, **pred)
+               for row, pred in zip(rows, preds)]
+    if job.reported.type == "classification":
+        metrics = label_metrics(records, job.reported.label_names, job.rule, n_boot, seed)
     else:
         refs = [row.get("references") or [row.get("target", "")] for row in rows]
         metrics, per_example = generation_metrics([r["prediction"] for r in records], refs, bertscore_model,
                                                   bertscore_layers, n_boot, seed)
         for record, scores in zip(records, per_example):
             record["scores"] = {k: round(v, 6) for k, v in scores.items()}
-    metrics["mode"] = "generate" if spec.type == "generation" else ("head" if annotator.kind == "classifier" else mode)
+    metrics["mode"] = "generate" if job.reported.type == "generation" else (
+        "head" if annotator.kind == "classifier" else mode)
     metrics["truncated"] = sum(1 for r in records if r.get("truncated"))  # texts cut to fit (fit_prompts)
     return metrics, records
+
+
+def label_metrics(records, labels, rule, n_boot, seed) -> dict:
+    """Classification metrics of labelled records: of their argmax labels, and where a fitted rule
+    gave the labels (argmax_prediction kept) of the rule's, with the argmax ones under "argmax"."""
+    for record in records:
+        if record["gold"] not in labels:
+            raise UserError(f"gold label {record['gold']!r} of {record['id']} is not in the label set {labels}")
+    gold = [r["gold"] for r in records]
+    probs = probs_matrix(records, labels) if "probs" in records[0] else None
+    metrics = classification_metrics(gold, [r.get("argmax_prediction", r["prediction"]) for r in records], labels,
+                                     probs, n_boot, seed)
+    metrics["invalid_examples"] = [{"id": r["id"], "raw": r.get("raw")} for r in records
+                                   if r["prediction"] == INVALID][:50]
+    if "argmax_prediction" in records[0]:  # the rule decided: its labels and calibrated probabilities
+        argmax = metrics
+        calibrated = [[r["calibrated_probs"][l] for l in labels] for r in records]
+        metrics = classification_metrics(gold, [r["prediction"] for r in records], labels, calibrated, n_boot, seed)
+        metrics.update(invalid_examples=[], argmax={k: argmax[k] for k in argmax_keys() if k in argmax},
+                       decision_rule=rule.to_dict())
+    elif rule is not None:
+        metrics["decision_rule"] = rule.to_dict()  # consulted, not applied: its note says why
+    return metrics
 
 
 def argmax_keys() -> tuple:
@@ -290,20 +271,6 @@ def argmax_keys() -> tuple:
     from .metrics import LABEL_METRICS
 
     return ("n", *(m.key for m in LABEL_METRICS), "invalid", "ece", "ci95", "per_class", "ranking_auc")
-
-
-def apply_rule(records, argmax_metrics, rule, n_boot, seed) -> dict:
-    """Predictions and metrics under a fitted decision rule; each record keeps its argmax label."""
-    labels = rule.labels
-    for record, relabelled in zip(records, rule.relabel(records)):
-        record.update(relabelled)
-    calibrated = [[r["calibrated_probs"][l] for l in labels] for r in records]
-    metrics = classification_metrics([r["gold"] for r in records], [r["prediction"] for r in records], labels,
-                                     calibrated, n_boot, seed)
-    metrics["invalid_examples"] = []
-    metrics["argmax"] = {k: argmax_metrics[k] for k in argmax_keys() if k in argmax_metrics}
-    metrics["decision_rule"] = rule.to_dict()
-    return metrics
 
 
 def _bar(total, desc, enabled):
@@ -349,24 +316,23 @@ def unfold_lora(model):
         model.unmerge_adapter()
 
 
-def load_annotator(adapter: str | None = None, base_model: str | None = None, spec=None, prompt: dict | None = None,
-                   quantization: str = "auto", model=None, tokenizer=None, merge_after: str | None = None,
+def load_annotator(job, base_model: str | None = None, quantization: str = "auto", model=None, tokenizer=None,
                    cpu_bf16: str = "off", tie_margin: float = TIE_MARGIN):
-    """An Annotator for an adapter folder (its recorded base model, task, prompt and merge after
-    prediction), or for a base model with a task spec, prompt settings and optionally a merge of
-    the spec's labels applied after prediction (the zero-shot baseline). `model` may be given
-    already loaded (a base model, or a base with the adapter attached). cpu_bf16: evaluate.py's
-    --cpu_bf16 (auto, on, off; models.cpu_autocast); tie_margin: its --bf16_tie_margin (TIE_MARGIN)."""
+    """An Annotator of a labelling's scored labels, prompted as it says: the adapter's
+    (job.adapter, on its recorded base model) or, without one, base_model's (the zero-shot
+    baseline). `model` may be given already loaded (a base model, or a base with the adapter
+    attached). cpu_bf16: evaluate.py's --cpu_bf16 (auto, on, off; models.cpu_autocast); tie_margin:
+    its --bf16_tie_margin (TIE_MARGIN)."""
     from .models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
 
-    record = None
+    adapter, spec = job.adapter, job.scored
     if adapter:
-        record = read_adapter_info(adapter)
-        if base_model and base_model != record.base_model:
-            raise UserError(f"adapter {adapter} was trained on {record.base_model}, not on {base_model}")
-        base_model, spec, prompt = record.base_model, adapter_spec(adapter), record.prompt
-        merge_after = record.merge_after or merge_after
-    kind = record.kind if record else resolve_kind(load_config(base_model), "auto", spec.type)
+        if base_model and base_model != job.record.base_model:
+            raise UserError(f"adapter {adapter} was trained on {job.record.base_model}, not on {base_model}")
+        base_model = job.record.base_model
+    if job.kind is None:
+        job = dataclasses.replace(job, kind=resolve_kind(load_config(base_model), "auto", spec.type))
+    kind = job.kind
     if tokenizer is None:
         tokenizer = load_tokenizer(adapter if adapter else base_model)
     if model is None:
@@ -380,10 +346,5 @@ def load_annotator(adapter: str | None = None, base_model: str | None = None, sp
         fold_lora(model)
     if kind == "classifier" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    prompt = prompt or {}
-    prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
-                        is_seq2seq=kind == "seq2seq")
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
-    annotator = Annotator(model, tokenizer, spec, prompter, kind, name, record,
-                          autocast=cpu_autocast(cpu_bf16, model), tie_margin=tie_margin)
-    return merged_after(annotator, merge_after)
+    return Annotator(model, tokenizer, spec, job.prompter(tokenizer), kind, name, autocast=cpu_autocast(cpu_bf16, model), tie_margin=tie_margin)

@@ -76,11 +76,11 @@ def refuse_reserved(input_columns, path: str) -> None:
                         f"({ROW}, {PREDICTION}, {PROB}<label>, {TRUNCATED}); rename it in the input")
 
 
-def output_columns(annotator, input_columns, path: str = "--predict_file"):
+def output_columns(spec, input_columns, path: str = "--predict_file"):
     """row, the input's columns, prediction, prob_<label>..., truncated. An input column named like
     one of ours is refused, never dropped or overwritten (a human label called `prediction`, say)."""
     refuse_reserved(input_columns, path)
-    labels = annotator.spec.label_names if annotator.spec.type == "classification" else []
+    labels = spec.label_names if spec.type == "classification" else []  # the labels given
     extra = [PREDICTION] + [f"{PROB}{label}" for label in labels] + [TRUNCATED]
     return [ROW] + list(input_columns) + extra
 
@@ -239,12 +239,12 @@ def _csv_text(rows, columns, header: bool) -> str:
     return buf.getvalue()
 
 
-def annotate_file(annotator, path: str, text_column: str, store: PartStore, batch_size: int = 16,
+def annotate_file(job, annotator, path: str, text_column: str, store: PartStore, batch_size: int = 16,
                   mode: str = "score", chunk_rows: int = 256, rank: int = 0, world: int = 1,
-                  stop_after_chunks: int = 0, progress: bool = True, rule=None, **predict_kwargs) -> dict:
+                  stop_after_chunks: int = 0, progress: bool = True, **label_kwargs) -> dict:
     """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
-    prediction, prob_<label>, truncated (1: the text was cut to fit the model). With a fitted decision rule the prediction is the rule's and the
-    probabilities are its calibrated ones. Returns the row count and the columns for the join."""
+    prediction, prob_<label>, truncated (1: the text was cut to fit the model), labelled through
+    `job` (contract.Labelling.label); under a fitted decision rule the probabilities are its calibrated ones. Returns the row count and the columns for the join."""
     columns, bar, labelled, written, total = None, None, 0, 0, 0
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -253,17 +253,15 @@ def annotate_file(annotator, path: str, text_column: str, store: PartStore, batc
     for chunk_index, chunk in enumerate(iter_input(path, text_column, chunk_rows)):
         total += len(chunk)
         if columns is None:
-            columns = output_columns(annotator, list(chunk[0][1].keys()), path)
+            columns = output_columns(job.reported, list(chunk[0][1].keys()), path)
         todo = [(n, row) for n, row in chunk if not store.done(n)] if chunk_index % world == rank else []
         if bar is not None:
             bar.update(len(chunk) * (world if chunk_index % world == rank else 0))
         if not todo:
             continue
         rows = [{"text": str(row[text_column] or ""), "id": str(n)} for n, row in todo]
-        preds = annotator.predict(rows, mode, batch_size, **predict_kwargs,
-                                  offsets=rule.offsets if rule is not None and rule.fitted else None)
-        if rule is not None and rule.fitted and preds and "probs" in preds[0]:
-            preds = [dict(p, probs=p["calibrated_probs"]) for p in rule.relabel(preds)]
+        preds = [dict(p, probs=p["calibrated_probs"]) if "calibrated_probs" in p else p
+                 for p in job.label(annotator, rows, mode, batch_size, **label_kwargs)]
         records = {n: record_of(n, row, pred) for (n, row), pred in zip(todo, preds)}
         for numbers in runs_of([n for n, _ in todo]):
             store.write([records[n] for n in numbers], columns)

@@ -27,9 +27,10 @@ SOURCE_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation
 
 
 # -------------------------------------------------------------------- one row -> one example
-def target_of(spec: TaskSpec, row: dict, where: str):
+def target_of(spec: TaskSpec, row: dict, where: str, before_merge: bool = False):
     """The gold label name (classification) or reference text (generation) of one source row,
-    or None when the row's raw value is listed in data.skip_values."""
+    or None when the row's raw value is listed in data.skip_values; before_merge: the label before
+    the spec's merge (None for a spec not merged)."""
     data = spec.data
     if spec.type == "generation":
         value = row.get(data["target_column"])
@@ -55,7 +56,7 @@ def target_of(spec: TaskSpec, row: dict, where: str):
         label = table[raw_key(raw)]
     else:
         label = raw
-    return spec.task_label(label, where)
+    return spec.label_before_merge(label, where) if before_merge else spec.task_label(label, where)
 
 
 def _bin(raw, bins, context):
@@ -152,8 +153,9 @@ def example_of(spec: TaskSpec, row: dict, ex_id: str, where: str) -> dict | None
     example = {"id": ex_id, "text": text_of(spec, row)}
     if spec.type == "classification":
         example["label"] = target
-        if spec.merge_map:  # the label before the merge: train.py --merge_at prediction learns it
-            example["fine_label"] = target_of(spec.unmerged, row, where)
+        finer = target_of(spec, row, where, before_merge=True)  # what a model scoring the finer labels learns
+        if finer is not None:
+            example["fine_label"] = finer
     else:
         example["target"] = target
         refs = [str(row[c]).strip() for c in spec.data.get("reference_columns") or [] if str(row.get(c) or "").strip()]
@@ -373,7 +375,7 @@ def prepare_splits(spec: TaskSpec, prompter, val_ratio: float | None = None, tes
         for ex in rows:
             ex.update(prompter.render(ex))
     spec_dict, merge = spec.saved_form()
-    info = {"task": spec.name, "merge": merge, "merge_map": spec.merge_map, "task_type": spec.type,
+    info = {"task": spec.name, "merge": merge, "task_type": spec.type,
             "labels": spec.label_names, "prompt": prompter.describe(), "seed": seed, "val_ratio": val_ratio,
             "test_ratio": test_ratio, "resplit": resplit, "balance_per_label": balance, "max_samples": max_samples,
             "max_words": max_words, "texts_cut_to_max_words": cut, "dropped_rows": dropped,

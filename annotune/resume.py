@@ -16,8 +16,6 @@ FREE_ON_RESUME = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir"
                   "eval_batch_size", "save_every_steps", "stop_after_steps", "record_examples",
                   "cpu_bf16",  # its resolved value is what must match: check_same_precision
                   "gradient_checkpointing"}  # the same loss and gradients, recomputed or kept
-# Flags added after runs were made: a manifest without one was trained as this value says.
-ADDED_LATER = {"merge_at": "training", "lora_speedups": "on"}
 
 
 @dataclass
@@ -42,7 +40,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
 
 
-def open_run_folder(args, run_name: str, checkpoints: Path) -> RunFolder:
+def open_run_folder(args, run_name: str, checkpoints: Path, added_later: dict | None = None) -> RunFolder:
     """The run folder of train.py's flags, checked; nothing is written (RunFolder.create does that,
     once every other check has passed, so a refused run leaves nothing that blocks the rerun)."""
     from .files import ensure_new_path
@@ -52,21 +50,21 @@ def open_run_folder(args, run_name: str, checkpoints: Path) -> RunFolder:
     ensure_new_path(out, True, what="--output_dir", kind="dir",
                     inputs=(args.dataset_name, args.model_name, args.task) if replacing else ())
     if args.resume_from_checkpoint:
-        return resumed_folder(args, out, checkpoints)
+        return resumed_folder(args, out, checkpoints, added_later or {})
     if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
         raise UserError(f"{out} already holds a run; pass --overwrite_output_dir, --resume_from_checkpoint "
                         "or another --output_dir")
     return RunFolder(out)
 
 
-def resumed_folder(args, out: Path, checkpoints: Path) -> RunFolder:
+def resumed_folder(args, out: Path, checkpoints: Path, added_later: dict) -> RunFolder:
     from transformers.trainer_utils import get_last_checkpoint
 
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
         raise UserError(f"--resume_from_checkpoint: {out} holds no run (no manifest.json)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    check_same_arguments(vars(args), manifest.get("args", {}))
+    check_same_arguments(vars(args), {**added_later, **manifest.get("args", {})})
     if manifest.get("result"):
         return RunFolder(out, resuming=True, finished=manifest["result"], manifest=manifest)
     if args.resume_from_checkpoint == "latest":
@@ -106,7 +104,6 @@ def check_checkpoint(folder: Path) -> None:
 
 
 def check_same_arguments(now: dict, before: dict) -> None:
-    before = {**ADDED_LATER, **before}
     differ = [k for k in sorted(set(now) | set(before)) if k not in FREE_ON_RESUME and now.get(k) != before.get(k)]
     if differ:
         shown = "; ".join(f"--{k} {now.get(k)} (the run used {before.get(k)})" for k in differ[:3])

@@ -128,6 +128,12 @@ class TaskSpec:
             return self.merge_map[find_label(value, self.unmerged.labels, context)]
         return find_label(value, self.labels, context)
 
+    def label_before_merge(self, value, where: str = "") -> str | None:
+        """The label before this spec's merge for a label spelling of the data; None unmerged."""
+        if not self.merge_map:
+            return None
+        return find_label(value, self.unmerged.labels, f"task {self.name} ({self.source}){where}")
+
     def merged(self, merge_name: str | None) -> "TaskSpec":
         """A new spec whose labels are the named merge's; merge_map sends old labels to new ones."""
         if not merge_name:

@@ -57,14 +57,14 @@ def result_row(gold, preds, labels, seconds, **extra) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.adapters import read_adapter_info
     from annotune.annotator import load_annotator
+    from annotune.contract import from_adapter, read_adapter_info
     from annotune.cli import quiet_libraries
     from annotune.examples import load_dataset_folder, pick_split
     from annotune.files import atomic_write_json
 
     quiet_libraries()
-    annotator = load_annotator(adapter=args.adapter)
+    annotator = load_annotator(from_adapter(args.adapter))
     rows_by_split, _, spec = load_dataset_folder(read_adapter_info(args.adapter).dataset)
     rows = pick_split(rows_by_split, args.split, args.max_samples, 42)
     prompts = [r["prompt"] for r in rows]

@@ -82,7 +82,7 @@ def corpus_rows(task: str, run: Path) -> list:
                                 "gold": {"0": "negative", "1": "positive"}[row["label"]]})
         return out
     if task in ("ag_news", "imdb"):  # every row of the task's files that the adapter did not train or validate on
-        from annotune.adapters import read_adapter_info
+        from annotune.contract import read_adapter_info
         from annotune.examples import build_examples
         from annotune.sources import load_source_rows
         from annotune.task import load_task

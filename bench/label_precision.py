@@ -69,12 +69,13 @@ def adapter_for(task: str, runs: Path) -> Path:
 
 def annotator_for(adapter: Path, cpu_bf16: str):
     from annotune.annotator import load_annotator
+    from annotune.contract import from_adapter
 
-    return load_annotator(adapter=str(adapter), cpu_bf16=cpu_bf16)
+    return load_annotator(from_adapter(adapter), cpu_bf16=cpu_bf16)
 
 
 def rows_of(adapter: Path):
-    from annotune.adapters import read_adapter_info
+    from annotune.contract import read_adapter_info
     from annotune.examples import load_dataset_folder
 
     return load_dataset_folder(read_adapter_info(adapter).dataset)[0]
@@ -114,13 +115,15 @@ def label_corpus(annotator, corpus: Path, out: Path, rule) -> tuple:
     """(seconds, rows) of corpus.annotate_file with this annotator and rule, as evaluate.py runs it."""
     from annotune.corpus import PartStore, annotate_file
     from annotune.files import remove_dir
+    from annotune.contract import of_spec
 
     for stale in (out, out.with_name(out.name + ".parts")):
         remove_dir(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     store = PartStore(out, {"bench": annotator.precision})
     store.open()
     started = time.perf_counter()
-    result = annotate_file(annotator, str(corpus), "body", store, 16, "score", 256, 0, 1, 0, progress=False, rule=rule)
+    result = annotate_file(of_spec(annotator.spec, rule=rule), annotator, str(corpus), "body", store, 16, "score", 256,
+                           0, 1, 0, progress=False)
     store.join(out, result["columns"], result["total"])
     seconds = time.perf_counter() - started
     with open(out, newline="", encoding="utf-8") as handle:
@@ -152,6 +155,7 @@ def speed(source: str, adapter: Path, runs: Path, n: int, profile: bool) -> dict
     import numpy as np
 
     from annotune.decision import DecisionRule
+    from annotune.contract import read_adapter_info
 
     corpus = runs / "corpora" / f"{source.replace(' ', '_')}.csv"
     write_corpus(corpus, source, n)
@@ -159,7 +163,7 @@ def speed(source: str, adapter: Path, runs: Path, n: int, profile: bool) -> dict
     for cpu_bf16 in ("off", "on"):
         annotator = counting_ties(annotator_for(adapter, cpu_bf16))
         labels = annotator.spec.label_names
-        own = DecisionRule.from_dict(annotator.record.decision_rule, labels)
+        own = DecisionRule.from_dict(read_adapter_info(adapter).decision_rule, labels)
         annotator.predict([{"text": "warm-up"}] * 16, "score", 16)
         # fp32 without a rule: its file keeps the raw probabilities any rule is applied to exactly
         # below. bf16 with the adapter's rule, as evaluate.py labels: its near ties are judged under it.
@@ -208,7 +212,7 @@ def counting_ties(annotator):
 
 def training_budget(adapter: Path) -> dict:
     """The examples and epochs the adapter trained on (annotune.json), its validation macro-F1."""
-    from annotune.adapters import read_adapter_info
+    from annotune.contract import read_adapter_info
 
     record = read_adapter_info(adapter)
     return {"examples": len(record.train_ids or []), "epochs": record.epoch,
@@ -230,6 +234,7 @@ def seed_style(annotator, corpus: Path, n: int) -> dict:
 def quality(task: str, adapter: Path, test_rows: int) -> dict:
     from annotune.annotator import evaluate_rows
     from annotune.examples import pick_split
+    from annotune.contract import of_spec
     from annotune.metrics import macro_f1, paired_difference
 
     rows_by_split = rows_of(adapter)
@@ -237,7 +242,8 @@ def quality(task: str, adapter: Path, test_rows: int) -> dict:
     preds, out = {}, {}
     for cpu_bf16 in ("off", "on"):
         annotator = annotator_for(adapter, cpu_bf16)
-        metrics, records = evaluate_rows(annotator, rows, "score", 16, n_boot=0, rule=refit(annotator, rows_by_split))
+        job = of_spec(annotator.spec, rule=refit(annotator, rows_by_split))  # the tasks here have no merge
+        metrics, records = evaluate_rows(job, annotator, rows, "score", 16, n_boot=0)
         preds[cpu_bf16] = [r["prediction"] for r in records]
         out[annotator.precision] = round(metrics["macro_f1"], 4)
     gold, labels = [r["label"] for r in rows], annotator.spec.label_names

@@ -166,7 +166,8 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     """train.py with these flags, then evaluate.py on the test rows: the row of the adapter train.py
     keeps (its best validation epoch; raw and with its decision rule). With --save_epochs in the
     flags every saved epoch is scored too (per_epoch), for choosing the number of epochs."""
-    from annotune.adapters import adapters_in, read_adapter_info
+    from annotune.adapters import adapters_in
+    from annotune.contract import read_adapter_info
 
     run_dir, eval_dir = folder / name, folder / f"{name}-eval"
     # train.py was stopped mid-run: continue it. A finished run without a record is trained afresh (its

@@ -1,11 +1,11 @@
-"""annotune.json as a typed record (adapters.AdapterRecord): every kind of file train.py writes
+"""annotune.json as a typed record (contract.AdapterRecord): every kind of file train.py writes
 loads into it and back without losing a key, and reading an adapter folder checks it."""
 import json
 from pathlib import Path
 
 import pytest
 
-from annotune.adapters import AdapterRecord, read_adapter_info
+from annotune.contract import AdapterRecord, read_adapter_info
 from annotune.cli import UserError
 
 # Written by train.py in the test suite's runs, at 08e6dac (a causal LM trained on a merge, one from

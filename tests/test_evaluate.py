@@ -279,13 +279,14 @@ def test_lora_folded_for_scoring_gives_the_same_scores_and_unfolds_to_the_base(p
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from annotune.adapters import read_adapter_info
+    from annotune.contract import read_adapter_info
     from annotune.annotator import BaseModels, load_annotator, unfold_lora
+    from annotune.contract import from_adapter
 
     record = read_adapter_info(pol_run[-1])
     base = BaseModels("none").get(record.base_model, "causal", record.labels)
     original = {k: v.clone() for k, v in base.state_dict().items()}
-    annotator = load_annotator(adapter=str(pol_run[-1]), model=PeftModel.from_pretrained(base, str(pol_run[-1])))
+    annotator = load_annotator(from_adapter(pol_run[-1]), model=PeftModel.from_pretrained(base, str(pol_run[-1])))
     assert all(m.merged for m in annotator.model.modules() if isinstance(m, BaseTunerLayer))
     prompts = [annotator.prompter.prompt(t) for t in ["guns are fine", "ban them all now", "what a day"]]
     folded = annotator.score(prompts)

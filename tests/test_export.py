@@ -37,6 +37,7 @@ def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from annotune.annotator import load_annotator
+    from annotune.contract import from_adapter
 
     assert run_script("export", ["--adapters_name", causal_adapter, "--output_dir", "merged"]) == 0
     merged = AutoModelForCausalLM.from_pretrained(str(in_tmp / "merged")).eval()
@@ -60,7 +61,7 @@ def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annot
             scores.append(sum(logp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
         return meta["labels"][max(range(len(scores)), key=scores.__getitem__)], scores
 
-    annotator = load_annotator(adapter=str(causal_adapter))
+    annotator = load_annotator(from_adapter(causal_adapter))
     preds = annotator.predict([{"id": str(i), "text": t} for i, t in enumerate(texts)], "score")
     for text, pred in zip(texts, preds):
         ours, scores = label(text)

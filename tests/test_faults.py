@@ -215,11 +215,12 @@ def test_a_text_longer_than_the_context_is_cut_flagged_and_labelled(in_tmp, tiny
     """Case 12: a pasted article is labelled from its beginning, flagged, and never crashes."""
     import annotune.annotator as annotator_module
     from annotune.annotator import load_annotator
+    from annotune.contract import of_spec
     from annotune.task import load_task
 
     monkeypatch.setattr(annotator_module, "MAX_PROMPT_TOKENS", 200)
-    ann = load_annotator(base_model=tiny_llama_dir, spec=load_task("politosphere", "pol_unpol_oth"),
-                         prompt={"template": "alpaca", "with_definitions": False})
+    ann = load_annotator(of_spec(load_task("politosphere", "pol_unpol_oth"),
+                                 {"template": "alpaca", "with_definitions": False}), base_model=tiny_llama_dir)
     rows = [{"id": "short", "text": "guns are fine"}, {"id": "long", "text": " ".join(["word"] * 5000)}]
     for mode in ("score", "generate"):
         preds = ann.predict(rows, mode, max_new_tokens=4)
@@ -237,12 +238,13 @@ def test_evaluation_refuses_non_finite_scores_and_bad_values(in_tmp, tiny_llama_
     import torch
 
     from annotune.annotator import load_annotator
+    from annotune.contract import of_spec
     from annotune.cli import UserError
     from annotune.task import load_task
     from conftest import run_script
 
-    ann = load_annotator(base_model=tiny_llama_dir, spec=load_task("politosphere", "pol_unpol_oth"),
-                         prompt={"template": "alpaca", "with_definitions": False})
+    ann = load_annotator(of_spec(load_task("politosphere", "pol_unpol_oth"),
+                                 {"template": "alpaca", "with_definitions": False}), base_model=tiny_llama_dir)
     with torch.no_grad():
         next(ann.model.parameters()).fill_(float("nan"))
     with pytest.raises(UserError, match="NaN or inf label scores"):

@@ -10,6 +10,7 @@ import torch
 
 from annotune import models
 from annotune.annotator import load_annotator
+from annotune.contract import of_spec
 from annotune.task import load_task
 from conftest import run_script
 from test_hostile_input import write_posts
@@ -19,11 +20,11 @@ def test_auto_scores_in_bf16_only_on_a_cpu_with_bf16_instructions(tiny_llama_dir
     spec = load_task("politosphere", "pol_unpol_oth")
     for native in (True, False):
         monkeypatch.setattr(models, "native_bf16_cpu", lambda native=native: native)
-        annotator = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="auto")
+        annotator = load_annotator(of_spec(spec), base_model=tiny_llama_dir, cpu_bf16="auto")
         assert annotator.autocast is native
         assert annotator.precision == ("bf16-autocast" if native else "fp32")
-    assert load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="off").precision == "fp32"
-    assert load_annotator(base_model=tiny_llama_dir, spec=spec).autocast is False  # the library default
+    assert load_annotator(of_spec(spec), base_model=tiny_llama_dir, cpu_bf16="off").precision == "fp32"
+    assert load_annotator(of_spec(spec), base_model=tiny_llama_dir).autocast is False  # the library default
 
 
 def test_bf16_label_scores_are_close_to_fp32(tiny_llama_dir):
@@ -31,7 +32,7 @@ def test_bf16_label_scores_are_close_to_fp32(tiny_llama_dir):
     rows = [{"text": f"post {i} about the new gun law and who voted for it"} for i in range(24)]
     out = {}
     for mode in ("off", "on"):
-        annotator = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16=mode, tie_margin=0)
+        annotator = load_annotator(of_spec(spec), base_model=tiny_llama_dir, cpu_bf16=mode, tie_margin=0)
         prompts, _ = annotator.fit_prompts(rows, annotator.max_label_tokens() + 1)
         # Log-probabilities of the labels (a random model's softmax saturates at 0 and 1).
         out[mode] = torch.log(annotator.score(prompts, batch_size=8)).numpy()
@@ -45,20 +46,20 @@ def test_bf16_label_scores_are_close_to_fp32(tiny_llama_dir):
 def test_near_ties_under_bf16_are_scored_again_in_fp32(tiny_llama_dir):
     spec = load_task("politosphere", "pol_unpol_oth")
     rows = [{"text": f"post {i} about the new gun law and who voted for it"} for i in range(12)]
-    fp32 = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="off")
+    fp32 = load_annotator(of_spec(spec), base_model=tiny_llama_dir, cpu_bf16="off")
     prompts, _ = fp32.fit_prompts(rows, fp32.max_label_tokens() + 1)
     exact = torch.log(fp32.score(prompts, batch_size=4)).numpy()  # a random model's softmax saturates
     assert fp32.tie_margin == 0  # nothing to recheck in fp32
     out = {}
     for margin in (0.0, 1e9):  # never / every row a near tie
-        bf16 = load_annotator(base_model=tiny_llama_dir, spec=spec, cpu_bf16="on", tie_margin=margin)
+        bf16 = load_annotator(of_spec(spec), base_model=tiny_llama_dir, cpu_bf16="on", tie_margin=margin)
         out[margin] = torch.log(bf16.score(prompts, batch_size=4)).numpy()
     assert np.abs(out[0.0] - exact).max() > 1e-3  # bf16 really ran ...
     np.testing.assert_allclose(out[1e9], exact, atol=1e-5)  # ... and the rows rechecked are fp32's
 
 
 def test_a_near_tie_is_judged_after_the_rules_offsets(tiny_llama_dir):
-    annotator = load_annotator(base_model=tiny_llama_dir, spec=load_task("politosphere", "pol_unpol_oth"),
+    annotator = load_annotator(of_spec(load_task("politosphere", "pol_unpol_oth")), base_model=tiny_llama_dir,
                                cpu_bf16="on", tie_margin=0.05)
     scores = torch.tensor([[0.0, -0.01, -8.0], [0.0, -3.0, -5.0], [-2.0, -1.0, -1.5]], dtype=torch.float64)
     assert annotator.near_ties(scores) == [0]
