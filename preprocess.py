@@ -90,12 +90,13 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.examples import data_report, prepare_splits, write_dataset_folder
+    from annotune.contract import from_task, task_spec
+    from annotune.examples import data_report, write_dataset_folder
     from annotune.hub import push_dataset_to_hub
     from annotune.files import ensure_new_path, run_manifest
     from annotune.models import is_seq2seq_model, load_config, load_tokenizer
-    from annotune.prompts import Prompter
-    from annotune.task import load_task, task_from_file
+    from annotune.prompts import resolve_template
+    from annotune.task import task_from_file
 
     if args.data_path:
         if args.task:
@@ -103,7 +104,7 @@ def main(argv=None):
         spec = task_from_file(args.data_path, args.text_column, args.label_column, args.test_path, args.id_column,
                           args.task_type, args.system_prompt, args.instruction)
     else:
-        spec = load_task(args.task or DEFAULT_TASK)
+        spec = task_spec(args.task or DEFAULT_TASK)  # a task name, a YAML file or a hub dataset id
     if args.write_task:
         return write_starter(args, spec)
     spec = spec.merged(args.merge)
@@ -114,18 +115,21 @@ def main(argv=None):
     if args.template in ("auto", "chat"):
         is_seq2seq = is_seq2seq_model(load_config(args.model_name))
         tokenizer = load_tokenizer(args.model_name)
-    prompter = Prompter(spec, args.template, args.with_definitions, tokenizer, is_seq2seq)
     suffix = "" if args.with_definitions or spec.type != "classification" else "-nodefs"
-    out_dir = Path(args.output_dir or f"data/{spec.name}-{prompter.template}{suffix}")
+    template = resolve_template(args.template, tokenizer, is_seq2seq)
+    out_dir = Path(args.output_dir or f"data/{spec.name}-{template}{suffix}")
     ensure_new_path(out_dir, args.overwrite, what="dataset folder", inputs=(args.data_path, args.task),
                     kind="dir")  # fail before the work
 
-    splits, info = prepare_splits(spec, prompter, args.val_ratio, args.test_ratio, args.seed,
-                                  args.balance_per_label, args.max_samples, args.max_words, args.resplit)
+    job = from_task(spec, {"template": args.template, "with_definitions": args.with_definitions}, tokenizer,
+                    lambda task_type: "seq2seq" if is_seq2seq else "causal", args.seed, val_ratio=args.val_ratio,
+                    test_ratio=args.test_ratio, balance=args.balance_per_label, max_samples=args.max_samples,
+                    max_words=args.max_words, resplit=args.resplit)
+    splits, info = job.splits, job.source
     manifest = run_manifest(args, model_name_for_template=args.model_name if tokenizer else None, **info)
     preview = write_dataset_folder(out_dir, splits, manifest, args.overwrite, args.num_preview)
 
-    print(f"task {spec.name} ({spec.type}), template {prompter.template}, "
+    print(f"task {spec.name} ({spec.type}), template {template}, "
           f"definitions {'on' if args.with_definitions else 'off'}")
     for name, rows in splits.items():
         extra = manifest["splits"][name].get("label_counts", "")

@@ -210,8 +210,7 @@ def from_source(name: str, merge: str | None, prompt: dict, tokenizer, kind_of, 
     """A labelling of a dataset folder (its rows, prompt and merge as built), or of a task spec
     (`task_spec`; its rows split by examples.prepare_splits with `seed` and `split_options`,
     rendered with `prompt`). kind_of(task type) -> kind (models.resolve_kind on the model's config)."""
-    from .examples import load_dataset_folder, prepare_splits
-    from .prompts import Prompter
+    from .examples import load_dataset_folder
 
     if Path(name).is_dir():
         splits, manifest, spec = load_dataset_folder(name)
@@ -221,7 +220,15 @@ def from_source(name: str, merge: str | None, prompt: dict, tokenizer, kind_of, 
                                              "dropped_rows", "duplicate_texts_across_given_splits")}
         return Labelling(spec, spec, manifest["prompt"], kind_of(spec.type), splits,
                          dict(info, dataset_folder=str(Path(name).resolve())))
-    spec = task_spec(name, merge)
+    return from_task(task_spec(name, merge), prompt, tokenizer, kind_of, seed, **split_options)
+
+
+def from_task(spec, prompt: dict, tokenizer, kind_of, seed: int = 42, **split_options) -> Labelling:
+    """A labelling of a task spec's rows: split by examples.prepare_splits (`seed`, `split_options`:
+    its ratios, balancing, caps, max_words, resplit) and rendered with `prompt`."""
+    from .examples import prepare_splits
+    from .prompts import Prompter
+
     kind = kind_of(spec.type)
     prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
                         kind == "seq2seq")
