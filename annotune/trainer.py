@@ -292,16 +292,21 @@ class AnnotuneTrainer(Trainer):
             self.examples_seen.extend(ids)
         return (loss, None) if return_outputs else loss
 
-    def _save(self, output_dir=None, state_dict=None):
-        """A checkpoint holds only the trainable weights (LoRA, a classification head)."""
+    def save_model(self, output_dir=None, _internal_call=False):
+        """What a checkpoint (and any save through the Trainer) holds: only the trainable weights
+        (LoRA, a classification head); the model the Trainer holds is our LossModule, whose state
+        would be the whole base. Adapters are train.py's own (adapters.save_adapter)."""
         from safetensors.torch import save_file
 
+        output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             trainable = {n: p.detach().cpu().contiguous() for n, p in self.peft_model.named_parameters() if p.requires_grad}
             save_file(trainable, str(Path(output_dir) / TRAINABLE_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """The trainable weights back from a checkpoint of save_model. The Trainer has no public hook
+        for this (a callback runs after it has looked for a full model's weights file and refused)."""
         from safetensors.torch import load_file
 
         path = Path(resume_from_checkpoint) / TRAINABLE_FILE
