@@ -130,7 +130,8 @@ def labelling_of(args, adapters, rows: bool = True):
             raise UserError(f"adapter {adapters[0]} was trained on {job.record.base_model}, not on --model_name "
                             f"{args.model_name}")
         return job
-    name, config = args.model_name or DEFAULT_CAUSAL_LM, load_config(args.model_name or DEFAULT_CAUSAL_LM)
+    name = args.model_name or DEFAULT_CAUSAL_LM
+    config = load_config(name)
     prompt = {"template": args.template, "with_definitions": not args.without_definitions}
     return from_source(args.dataset_name or args.task or DEFAULT_TASK, args.merge, prompt, load_tokenizer(name),
                        lambda task_type: resolve_kind(config, "auto", task_type), seed=args.seed)
@@ -155,9 +156,13 @@ def evaluate_models(args, job, adapters, base, staging, bases):
 
     from annotune.adapters import distinct_names
     from annotune.annotator import load_annotator, unfold_lora
+    from annotune.models import resolve_model_path
     from annotune.report import add_baseline_differences, safe_name, write_model_results
 
     spec, splits = job.reported, ["train", "validation"] if args.table else [args.split]
+    # BERTScore is for summaries only: a classification run needs no BERTScore model installed
+    bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
+        args.bertscore_model)
     results = baselines(args, job, splits)
     names = distinct_names(adapters)  # results of two adapters with one name must not share a folder
     for adapter in ([None] if base else []) + list(adapters):
@@ -169,7 +174,7 @@ def evaluate_models(args, job, adapters, base, staging, bases):
                                        cpu_bf16=args.cpu_bf16, tie_margin=args.bf16_tie_margin)
         name = base.name if adapter is None else names[Path(adapter)]
         for split in splits:
-            result, split_job = evaluate_split(args, model_job, annotator, name, split, adapters)
+            result, split_job = evaluate_split(args, model_job, annotator, name, split, adapters, bert)
             results.append(result)
         if args.annotations:  # the labels of the last split's rule
             from annotune.agreement import human_agreement
@@ -189,17 +194,14 @@ def evaluate_models(args, job, adapters, base, staging, bases):
     return results
 
 
-def evaluate_split(args, model_job, annotator, name: str, split: str, adapters) -> tuple:
-    """One model's results on one split, and its labelling with the split's rule."""
+def evaluate_split(args, model_job, annotator, name: str, split: str, adapters, bert) -> tuple:
+    """One model's results on one split, and its labelling with the split's rule (bert: the
+    BERTScore model's path for a summary task, else None)."""
     from dataclasses import replace
 
     from annotune.annotator import evaluate_rows
     from annotune.examples import pick_split
-    from annotune.models import resolve_model_path
 
-    # BERTScore is for summaries only: a classification run needs no BERTScore model installed
-    bert = None if args.bertscore_model == "none" or model_job.reported.type != "generation" else \
-        resolve_model_path(args.bertscore_model)
     rows = pick_split(model_job.splits, split, args.max_samples, args.seed)
     split_job = replace(model_job, rule=decision_rule(args, model_job, annotator, split, adapters))
     metrics, records = evaluate_rows(split_job, annotator, rows, args.mode, args.batch_size, args.length_norm,
