@@ -99,18 +99,6 @@ def read_adapter_info(folder) -> AdapterRecord:
     return record
 
 
-def adapter_spec(folder, reported: bool = False):
-    """The task spec (merged as trained) an adapter was trained on; reported=True: the labels it
-    gives, which are a merge of those for an adapter trained with train.py --merge_at prediction."""
-    from .task import spec_from_saved
-
-    record = read_adapter_info(folder)
-    spec = spec_from_saved(record.task_spec, record.merge, str(Path(folder) / ADAPTER_INFO))
-    return spec.merged(record.merge_after) if reported and record.merge_after else spec
-
-
-
-
 @dataclasses.dataclass
 class Labelling:
     """What a model labels and how: see the module docstring."""
