@@ -200,10 +200,12 @@ def evaluate_split(args, model_job, annotator, name: str, split: str, adapters, 
     from dataclasses import replace
 
     from annotune.annotator import evaluate_rows
+    from annotune.contract import settle_rule
     from annotune.examples import pick_split
 
     rows = pick_split(model_job.splits, split, args.max_samples, args.seed)
-    split_job = replace(model_job, rule=decision_rule(args, model_job, annotator, split, adapters))
+    rule = settle_rule(args, model_job, annotator, split, lambda: validation_rows(args, adapters))
+    split_job = replace(model_job, rule=rule)
     metrics, records = evaluate_rows(split_job, annotator, rows, args.mode, args.batch_size, args.length_norm,
                                      args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
                                      seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
@@ -232,39 +234,6 @@ def baselines(args, job, splits) -> list:
     return results
 
 
-def decision_rule(args, job, annotator, split, adapters=()):
-    """The rule for `split`: the adapter's own (fit on validation in training), else one fit now on
-    up to 400 validation rows; none with --decision argmax, for generation, or on the validation
-    split itself (a rule is never reported on the rows it was fit on). The adapter's rule is applied
-    to scores of the precision it was fit on; in another (bf16 here, fp32 there) it is refit on the
-    adapter's validation rows, or refused when they cannot be rebuilt."""
-    from annotune.decision import DecisionRule
-
-    labels, record = job.reported.label_names, job.record
-    if args.decision == "argmax" or job.reported.type != "classification" or split == "validation" \
-            or (args.mode == "generate" and annotator.kind != "classifier"):
-        return None
-    if record and record.decision_rule:
-        rule = DecisionRule.from_dict(record.decision_rule, labels)
-        # Rules from before precision was recorded were fit on the training device's plain weights.
-        fitted_in = rule.precision or ("fp32" if record.quantization in (None, "none") else annotator.precision)
-        if not rule.fitted_on or fitted_in == annotator.precision:
-            return rule
-        rows = job.splits.get("validation") or validation_rows(args, adapters)
-        if not rows:
-            matching = {"bf16-autocast": "--cpu_bf16 on", "fp32": "--cpu_bf16 off"}.get(fitted_in)
-            raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
-                            f"{annotator.precision}; its validation rows are not here to refit it: pass "
-                            + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
-        rule = fit_now(args, job, annotator, rows)
-        print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
-              f"{rule.fitted_on} validation rows scored in {annotator.precision}")
-        return rule
-    if not job.splits.get("validation"):
-        return None
-    return fit_now(args, job, annotator, job.splits["validation"])
-
-
 def validation_rows(args, adapters) -> list:
     """The adapters' validation rows, from their dataset folder or rebuilt by their recorded ids;
     none when neither is left."""
@@ -274,19 +243,6 @@ def validation_rows(args, adapters) -> list:
         return labelling_of(args, adapters).splits.get("validation") or []
     except UserError:
         return []
-
-
-def fit_now(args, job, annotator, validation_rows):
-    """A decision rule fit on up to 400 seeded validation rows, labelled as this run labels them."""
-    from dataclasses import replace
-
-    from annotune.decision import fit_rule, probs_matrix
-    from annotune.examples import sample_rows
-
-    val, labels = sample_rows(validation_rows, 400, args.seed), job.reported.label_names
-    preds = replace(job, rule=None).label(annotator, val, args.mode, args.batch_size, args.length_norm)
-    return fit_rule(probs_matrix(preds, labels), [r["label"] for r in val], labels, args.decision_objective,
-                    precision=annotator.precision)
 
 
 def sampling(args) -> dict:
@@ -306,6 +262,7 @@ def annotate(args, job, adapters, base):
     from accelerate import PartialState
 
     from annotune.annotator import load_annotator
+    from annotune.contract import settle_rule
     from annotune.corpus import PartStore, check_input
     from annotune.files import ensure_new_path
     from annotune.models import device_name
@@ -322,7 +279,8 @@ def annotate(args, job, adapters, base):
                                        tie_margin=args.bf16_tie_margin)
     state = PartialState(cpu=device_name() == "cpu")
     # The adapter's own rule (refit if its precision differs); argmax for a base model
-    job = replace(job, rule=decision_rule(args, replace(job, splits={}), annotator, "predict", adapters))
+    job = replace(job, rule=settle_rule(args, replace(job, splits={}), annotator, "predict",
+                                        lambda: validation_rows(args, adapters)))
     store = PartStore(output, annotation_fingerprint(args, adapters, job, annotator, input_sha256))
     if state.is_main_process:
         store.lock()  # one labeller per output; the processes of this launch share it

@@ -181,6 +181,51 @@ class Labelling:
                 "scored_labels": self.scored.label_names, "label_of_scored": self.label_of_scored()}
 
 
+# -------------------------------------------------------------------- the rule a labelling's labels go through
+def settle_rule(args, job: Labelling, annotator, split: str, more_rows=list):
+    """The rule `job`'s labels go through on `split` (args: evaluate.py's --decision, --mode,
+    --decision_objective, --seed, --batch_size, --length_norm): the adapter's own (fit on validation
+    in training), else one fit now on up to 400 validation rows; none with --decision argmax, for
+    generation, or on the validation split itself (a rule is never reported on the rows it was fit
+    on). The adapter's rule is applied to scores of the precision it was fit on; in another (bf16
+    here, fp32 there) it is refit on the validation rows (job.splits', else more_rows()), or refused
+    when there are none."""
+    labels, record = job.reported.label_names, job.record
+    if args.decision == "argmax" or job.reported.type != "classification" or split == "validation" \
+            or (args.mode == "generate" and annotator.kind != "classifier"):
+        return None
+    if record and record.decision_rule:
+        rule = DecisionRule.from_dict(record.decision_rule, labels)
+        # Rules from before precision was recorded were fit on the training device's plain weights.
+        fitted_in = rule.precision or ("fp32" if record.quantization in (None, "none") else annotator.precision)
+        if not rule.fitted_on or fitted_in == annotator.precision:
+            return rule
+        rows = job.splits.get("validation") or more_rows()
+        if not rows:
+            matching = {"bf16-autocast": "--cpu_bf16 on", "fp32": "--cpu_bf16 off"}.get(fitted_in)
+            raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
+                            f"{annotator.precision}; its validation rows are not here to refit it: pass "
+                            + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
+        rule = fit_rule_now(args, job, annotator, rows)
+        print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
+              f"{rule.fitted_on} validation rows scored in {annotator.precision}")
+        return rule
+    if not job.splits.get("validation"):
+        return None
+    return fit_rule_now(args, job, annotator, job.splits["validation"])
+
+
+def fit_rule_now(args, job: Labelling, annotator, validation_rows):
+    """A decision rule fit on up to 400 seeded validation rows, labelled as this run labels them."""
+    from .decision import fit_rule, probs_matrix
+    from .examples import sample_rows
+
+    val, labels = sample_rows(validation_rows, 400, args.seed), job.reported.label_names
+    preds = dataclasses.replace(job, rule=None).label(annotator, val, args.mode, args.batch_size, args.length_norm)
+    return fit_rule(probs_matrix(preds, labels), [r["label"] for r in val], labels, args.decision_objective,
+                    precision=annotator.precision)
+
+
 # -------------------------------------------------------------------- resolving a labelling
 def task_spec(name: str, merge: str | None = None):
     """A task by name (tasks/NAME.yaml), by a YAML file's path, or a hub dataset id (owner/name)
