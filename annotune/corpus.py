@@ -244,7 +244,8 @@ def annotate_file(job, annotator, path: str, text_column: str, store: PartStore,
                   stop_after_chunks: int = 0, progress: bool = True, **label_kwargs) -> dict:
     """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
     prediction, prob_<label>, truncated (1: the text was cut to fit the model), labelled through
-    `job` (contract.Labelling.label); under a fitted decision rule the probabilities are its calibrated ones. Returns the row count and the columns for the join."""
+    `job` (contract.Labelling.label); under a fitted decision rule the probabilities are its
+    calibrated ones. Returns the row count and the columns for the join."""
     columns, bar, labelled, written, total = None, None, 0, 0, 0
     if progress and rank == 0:
         from tqdm.auto import tqdm

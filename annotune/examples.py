@@ -27,10 +27,10 @@ SOURCE_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation
 
 
 # -------------------------------------------------------------------- one row -> one example
-def target_of(spec: TaskSpec, row: dict, where: str, before_merge: bool = False):
-    """The gold label name (classification) or reference text (generation) of one source row,
-    or None when the row's raw value is listed in data.skip_values; before_merge: the label before
-    the spec's merge (None for a spec not merged)."""
+def target_of(spec: TaskSpec, row: dict, where: str):
+    """The gold label as the data spells it, through data.bins or data.label_map (classification;
+    example_of maps it to the task's labels), or the reference text (generation) of one source row;
+    None when the row's raw value is listed in data.skip_values."""
     data = spec.data
     if spec.type == "generation":
         value = row.get(data["target_column"])
@@ -56,7 +56,7 @@ def target_of(spec: TaskSpec, row: dict, where: str, before_merge: bool = False)
         label = table[raw_key(raw)]
     else:
         label = raw
-    return spec.label_before_merge(label, where) if before_merge else spec.task_label(label, where)
+    return label
 
 
 def _bin(raw, bins, context):
@@ -152,8 +152,8 @@ def example_of(spec: TaskSpec, row: dict, ex_id: str, where: str) -> dict | None
         return None
     example = {"id": ex_id, "text": text_of(spec, row)}
     if spec.type == "classification":
-        example["label"] = target
-        finer = target_of(spec, row, where, before_merge=True)  # what a model scoring the finer labels learns
+        example["label"] = spec.task_label(target, where)
+        finer = spec.label_before_merge(target, where)  # what a model scoring the finer labels learns
         if finer is not None:
             example["fine_label"] = finer
     else:
