@@ -45,6 +45,9 @@ def parse_args(argv=None):
     g.add_argument("--regress", help="a label: regress its indicator on --on columns")
     g.add_argument("--on", nargs="+", help="corpus columns of the regression (numbers, or categories -> indicators)")
     g.add_argument("--link", choices=["logistic", "linear"], default="logistic", help="regression (default: logistic)")
+    g.add_argument("--drop_blank", action="store_true",
+                   help="regress on the rows whose every --on cell has a value: the estimand becomes the regression "
+                        "in that part of the corpus (default: blank --on cells are refused)")
     g = p.add_argument_group("method")
     g.add_argument("--alpha", type=float, default=0.1, help="1 - confidence level (default: 0.1, 90%% intervals)")
     g.add_argument("--model_output", choices=["probs", "labels"], default="probs",
@@ -59,15 +62,20 @@ def parse_args(argv=None):
         p.error("--compare needs --by COLUMN")
     if bool(args.regress) != bool(args.on):
         p.error("--regress LABEL and --on COLUMN [COLUMN ...] go together")
+    if args.drop_blank and not args.regress:
+        p.error("--drop_blank goes with --regress")
     return args
 
 
 def read_sheets(paths, column: str, corpus, design) -> tuple:
-    """{corpus position: human label index} of the labelled rows, and the count left unlabelled."""
+    """{corpus position: human label index} of the labelled rows, and the count left unlabelled.
+    A row id may be written 7, "7", " 7" or 7.0; anything else is refused."""
     import pandas as pd
 
+    from annotune.designs import row_id
+
     drawn = set(design["drawn"])
-    position = {int(i): k for k, i in enumerate(corpus.ids)}
+    position = dict(zip(design["drawn"], corpus.positions(design["drawn"], "--design")))
     labelled, blank, seen = {}, 0, set()
     for path in paths:
         try:
@@ -79,11 +87,10 @@ def read_sheets(paths, column: str, corpus, design) -> tuple:
         for need in ("row", column):
             if need not in sheet.columns:
                 raise UserError(f"--sheet {path} has no {need!r} column (columns: {list(sheet.columns)})")
-        for number, (row, value) in enumerate(zip(sheet["row"], sheet[column]), start=2):
-            try:
-                row = int(row)
-            except ValueError:
-                raise UserError(f"--sheet {path} line {number}: row {row!r} is not a row number") from None
+        for number, (text, value) in enumerate(zip(sheet["row"], sheet[column]), start=2):
+            row = row_id(text)
+            if row is None:
+                raise UserError(f"--sheet {path} line {number}: row {text!r} is not a row number") from None
             if row not in drawn:
                 raise UserError(f"--sheet {path} line {number}: row {row} was not drawn by --design "
                                 f"{design.get('corpus')}'s draw; estimates need the design's own rows")
@@ -93,7 +100,7 @@ def read_sheets(paths, column: str, corpus, design) -> tuple:
             if not value.strip():
                 blank += 1
                 continue
-            labelled[position[row]] = corpus.label_index(value, f"--sheet {path} line {number}")
+            labelled[int(position[row])] = corpus.label_index(value, f"--sheet {path} line {number}")
     return labelled, blank + len(drawn - seen)
 
 
@@ -142,13 +149,14 @@ def main(argv=None):
     corpus = read_corpus(args.corpus)
     design = read_design(args.design, corpus)
     out_dir = Path(args.output_dir or f"{Path(args.corpus).with_suffix('')}.estimates")
-    ensure_new_path(out_dir, what="--output_dir", inputs=(args.corpus, args.design, *args.sheet), can_overwrite=False)
-    by = corpus.column(args.by, "--by") if args.by else None
-    regress = (args.regress, {c: corpus.column(c, "--on") for c in args.on}) if args.regress else None
-    findings = Findings(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
-                          args.compare)
+    ensure_new_path(out_dir, what="--output_dir", inputs=(args.corpus, args.design, *args.sheet), can_overwrite=False,
+                    kind="dir")
     labelled, missing = read_sheets(args.sheet, args.label_column, corpus, design)
     sample = build_sample(design, corpus, labelled)
+    by = corpus.categories(args.by, "--by") if args.by else None
+    regress = (args.regress, {c: corpus.column(c, "--on") for c in args.on}) if args.regress else None
+    findings = Findings(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
+                        args.compare, labelled=sample.rows, drop_blank=args.drop_blank)
     if missing:
         print(f"warning: {missing} drawn rows have no human label and are left out; the intervals assume they "
               "are missing at random", file=sys.stderr)
@@ -159,7 +167,8 @@ def main(argv=None):
     summary = {"corpus": str(args.corpus), "corpus_sha256": corpus.sha256, "corpus_rows": corpus.size,
                "design": str(args.design), "strategy": design["strategy"], "labelled": len(sample.rows),
                "unlabelled_dropped": missing, "alpha": args.alpha, "model_output": findings.output,
-               "link": args.link if regress else None, "plan_half_width": args.plan}
+               "link": args.link if regress else None, "plan_half_width": args.plan,
+               "regression_rows": findings.regression_rows}
     write_estimates(out_dir, summary, results, n_eff, planned)
     print(f"{len(sample.rows)} human labels + the model's on {corpus.size} rows -> {out_dir}/estimates.md")
     for r in results:

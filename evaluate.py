@@ -274,7 +274,7 @@ def annotate(args, job, adapters, base):
     inputs = (args.predict_file, *map(str, adapters))
     ensure_new_path(output, args.overwrite, what="--output", inputs=inputs, kind="file")
     ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
-    input_sha256 = check_input(args.predict_file, args.text_column)
+    input_sha256, input_columns = check_input(args.predict_file, args.text_column)
     annotator = base or load_annotator(job, quantization=args.quantization, cpu_bf16=args.cpu_bf16,
                                        tie_margin=args.bf16_tie_margin)
     state = PartialState(cpu=device_name() == "cpu")
@@ -285,12 +285,12 @@ def annotate(args, job, adapters, base):
     if state.is_main_process:
         store.lock()  # one labeller per output; the processes of this launch share it
     try:
-        return label_parts(args, state, store, job, annotator, output)
+        return label_parts(args, state, store, job, annotator, output, input_columns)
     finally:
         store.unlock()
 
 
-def label_parts(args, state, store, job, annotator, output) -> int:
+def label_parts(args, state, store, job, annotator, output, input_columns) -> int:
     from annotune.corpus import annotate_file
     from annotune.files import remove_dir
 
@@ -300,7 +300,7 @@ def label_parts(args, state, store, job, annotator, output) -> int:
     store.open()  # every process reads the finished ranges
     result = annotate_file(job, annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
                            args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
-                           progress=not args.quiet, length_norm=args.length_norm,
+                           progress=not args.quiet, input_columns=input_columns, length_norm=args.length_norm,
                            max_new_tokens=args.max_new_tokens, sampling=sampling(args))
     if result["interrupted"]:
         print(f"stopped after {result['labelled']} rows; run the same command again to resume")
@@ -314,15 +314,18 @@ def label_parts(args, state, store, job, annotator, output) -> int:
 
 def annotation_fingerprint(args, adapters, job, annotator, input_sha256: str) -> dict:
     """Everything that changes a label: a resumed annotation must match it exactly."""
-    from annotune.models import weights_sha256
+    from annotune.models import tokenizer_sha256, weights_sha256
 
-    rule = job.rule
+    rule, tokenizer = job.rule, annotator.tokenizer
+    labels = job.scored.label_names if job.scored.type == "classification" else []
     return {"model": f"adapter sha256 {weights_sha256(Path(adapters[0]))}" if adapters else f"base {annotator.name}",
             "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
             "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
             "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
             "text_column": args.text_column, "labels": job.reported.label_names, "precision": annotator.precision,
-            "bf16_tie_margin": annotator.tie_margin}
+            "bf16_tie_margin": annotator.tie_margin, "tokenizer_sha256": tokenizer_sha256(tokenizer),
+            "label_token_ids": [tokenizer(annotator.prompter.completion(label), add_special_tokens=False)["input_ids"]
+                                for label in labels] if annotator.prompter is not None else None}
 
 
 def main(argv=None):
@@ -352,9 +355,7 @@ def main(argv=None):
     if args.annotations:  # read them now: a bad file fails before the evaluation, not after it
         load_annotations(args.annotations, spec, args.annotation_id_column, args.annotation_label_column)
     out_dir = Path(args.output_dir or Path("runs") / "eval" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} already holds results; choose another --output_dir")
-    ensure_new_path(out_dir, False, what="--output_dir", kind="dir")
+    ensure_new_path(out_dir, False, what="--output_dir", kind="dir", can_overwrite=False)
     staging = staging_dir(out_dir)
     try:
         results = evaluate_models(args, job, adapters, base, staging, bases)

@@ -140,7 +140,7 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.adapters import find_adapter
+    from annotune.adapters import find_adapter, tokenizer_source
     from annotune.contract import read_adapter_info
     from annotune.files import atomic_write_json, atomic_write_text, ensure_new_path, publish_dir, remove_dir, \
         staging_dir
@@ -150,11 +150,11 @@ def main(argv=None):
     record = read_adapter_info(adapter)
     out = Path(args.output_dir)
     ensure_new_path(out, args.overwrite, what="export folder", inputs=(adapter, record.base_model), kind="dir")
+    tokenizer = load_tokenizer(tokenizer_source(adapter, record.tokenizer_files, record.base_model))
     trained_4bit = record.quantization in ("4bit", "8bit")
     if trained_4bit:
         print(f"the adapter was trained on a {record.quantization} base: merging into the unquantized weights")
     model = merged_model(adapter, record, args.dtype)
-    tokenizer = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").exists() else record.base_model)
     meta = usage_info(adapter, record, tokenizer)
     tmp = staging_dir(out)
     try:

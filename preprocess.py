@@ -150,7 +150,7 @@ def write_starter(args, spec) -> int:
 
     if not args.data_path:
         raise UserError("--write_task needs --data_path with --text_column and --label_column")
-    ensure_new_path(args.write_task, args.overwrite, what="task file")
+    ensure_new_path(args.write_task, args.overwrite, what="task file", inputs=(args.data_path,), kind="file")
     atomic_write_text(args.write_task, starter_yaml(spec))
     print(f"wrote {args.write_task} ({len(spec.labels)} labels: {', '.join(spec.label_names)}); edit its TODOs, "
           f"then: python train.py --task {args.write_task}")

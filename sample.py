@@ -75,21 +75,19 @@ def output_paths(args):
     return Path(args.design or f"{base}.design.json"), Path(args.sheet or f"{base}.sheet.csv")
 
 
-def previous(args, corpus):
-    """(already-drawn mask, the earlier design or None) of a top-up, checked against the flags."""
+def previous(args, settings, corpus):
+    """(already-drawn positions in their drawn order, the earlier design or None) of a top-up,
+    checked against the flags."""
     from annotune.designs import read_design
 
     if not args.add:
-        return np.zeros(corpus.size, dtype=bool), None
+        return np.zeros(0, dtype=int), None
     design = read_design(args.design, corpus)
     for key in ("strategy", "target", "uniform_share", "stratify_by"):
-        if design[key] != getattr(args, key) and not (key in ("target", "uniform_share") and args.strategy == "uniform"):
+        if design[key] != settings[key]:
             raise UserError(f"--add keeps the design's {key} ({design[key]!r}); pass --{key} {design[key]} "
-                            f"(got {getattr(args, key)!r})")
-    position = {int(i): k for k, i in enumerate(corpus.ids)}
-    already = np.zeros(corpus.size, dtype=bool)
-    already[[position[i] for i in design["drawn"]]] = True
-    return already, design
+                            f"(got {settings[key]!r})")
+    return corpus.positions(design["drawn"], f"--design {args.design}"), design
 
 
 def write_sheet(path, corpus, rows, text_column, show_prediction):
@@ -106,38 +104,40 @@ def write_sheet(path, corpus, rows, text_column, show_prediction):
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.files import atomic_write_text, ensure_new_path
+    from annotune.files import atomic_write_text, distinct_outputs, ensure_new_path
     from annotune.designs import (check_strata, design_record, draw, inclusion_probabilities, read_corpus,
                                    strata_of)
 
-    if args.strategy == "uniform":
-        args.target, args.uniform_share = None, None
+    active = args.strategy == "active"
+    settings = {"strategy": args.strategy, "target": args.target if active else None,
+                "uniform_share": args.uniform_share if active else None, "stratify_by": args.stratify_by}
     corpus = read_corpus(args.corpus)
     corpus.column(args.text_column, "--text_column")
     design_path, sheet_path = output_paths(args)
+    distinct_outputs({"design": design_path, "sheet": sheet_path})
     for path, what in ((design_path, "design"), (sheet_path, "sheet")):
-        ensure_new_path(path, what=what, inputs=(args.corpus, args.design), can_overwrite=False)
-    already, old = previous(args, corpus)
+        ensure_new_path(path, what=what, inputs=(args.corpus, args.design), can_overwrite=False, kind="file")
+    before, old = previous(args, settings, corpus)
+    already = np.zeros(corpus.size, dtype=bool)
+    already[before] = True
     old_pi, phases = (np.array(old["pi"]), old["phases"]) if old else (None, [])
     total = int(round(old["expected_n"])) + args.add if old else args.n
     if total > corpus.size:
         raise UserError(f"--n {total} is more rows than the corpus has ({corpus.size})")
     strata, names = strata_of(corpus, args.stratify_by)
-    pi, per_stratum = inclusion_probabilities(corpus, args.strategy, total, strata, args.target, args.uniform_share)
+    pi, per_stratum = inclusion_probabilities(corpus, args.strategy, total, strata, settings["target"],
+                                              settings["uniform_share"])
     check_strata(per_stratum, np.bincount(strata), names, args.stratify_by)
     if old_pi is not None:
         pi = np.maximum(pi, old_pi)  # a row's chance never falls: the union keeps every earlier row's pi
     rng = np.random.default_rng([args.seed, len(phases)])
     new = draw(args.strategy, pi, strata, per_stratum, already, old_pi, rng)
-    new = new[rng.permutation(len(new))] if args.strategy == "active" else new
-    if args.strategy == "uniform":  # a stratum's pi is the share of its rows drawn so far
-        taken = np.bincount(strata[np.concatenate([np.flatnonzero(already), new])], minlength=len(names))
-        pi = (taken / np.bincount(strata))[strata]
-    order = np.concatenate([np.flatnonzero(already), new]).astype(int)
+    new = new[rng.permutation(len(new))] if active else new
+    order = np.concatenate([before, new]).astype(int)  # the earlier phases' rows stay in the order drawn
+    if not active:  # a stratum's pi is the share of its rows drawn so far
+        pi = (np.bincount(strata[order], minlength=len(names)) / np.bincount(strata))[strata]
     phases = phases + [{"seed": args.seed, "requested": args.add or args.n, "drawn": int(len(new))}]
-    design = design_record(corpus, args, pi, strata, names, order, phases)
-    if args.add:  # the earlier phases' rows stay in the order they were drawn
-        design["drawn"] = old["drawn"] + [int(corpus.ids[i]) for i in new]
+    design = design_record(corpus, settings, pi, strata, names, order, phases)
     design_text = json.dumps(design, indent=1) + "\n"  # serialised first: the two renames follow each other
     write_sheet(sheet_path, corpus, new, args.text_column, args.show_prediction)
     atomic_write_text(design_path, design_text)

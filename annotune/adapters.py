@@ -13,6 +13,10 @@ from .faults import crash_point
 from .files import atomic_write_json, publish_dir, remove_dir, staging_dir
 
 ADAPTER_INFO = "annotune.json"
+# Files a tokenizer may load from: an adapter's must be the ones train.py recorded (tokenizer_files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 PATH_KEYS = ("dataset", "run_dir")  # stored relative to the adapter folder
 RUNS_DIR = Path("runs")
 
@@ -33,7 +37,8 @@ def save_adapter(model, tokenizer, folder: Path, record) -> Path:
     tmp = staging_dir(folder)
     try:
         model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        saved = {Path(f).name for f in tokenizer.save_pretrained(str(tmp))}
+        info["tokenizer_files"] = tokenizer_hashes(tmp, sorted(n for n in saved if (tmp / n).is_file()))
         stable_config(tmp, (info.get("base") or {}).get("hub_id"))
         atomic_write_json(tmp / ADAPTER_INFO, info)
         crash_point("train.save")
@@ -43,6 +48,38 @@ def save_adapter(model, tokenizer, folder: Path, record) -> Path:
     finally:
         remove_dir(tmp)
     return folder
+
+
+def tokenizer_hashes(folder: Path, names) -> dict:
+    import hashlib
+
+    return {name: hashlib.sha256((Path(folder) / name).read_bytes()).hexdigest() for name in names}
+
+
+def tokenizer_source(folder: Path, recorded: dict | None, base_model: str) -> str:
+    """Where an adapter's tokenizer loads from. With train.py's record of its tokenizer files: the
+    adapter folder, once every recorded file is there with its bytes and no other tokenizer file was
+    added (else one line naming the file). An adapter older than that record: its base model's
+    tokenizer, with a note (evaluate.py and export.py alike)."""
+    folder = Path(folder)
+    if recorded is None:
+        import sys
+
+        print(f"note: adapter {folder} has no record of its tokenizer files (trained before annotune kept one); "
+              f"the base model {base_model}'s tokenizer is used", file=sys.stderr)
+        return base_model
+    present = {name for name in TOKENIZER_FILES if (folder / name).is_file()}
+    for name in sorted(set(recorded) | present):
+        if name not in recorded:
+            raise UserError(f"adapter {folder}: tokenizer file {name} was added after training (annotune.json's "
+                            "tokenizer_files does not list it); remove it to use the adapter as trained")
+        if name not in present:
+            raise UserError(f"adapter {folder}: tokenizer file {name} is missing; restore the adapter folder as "
+                            "train.py wrote it")
+        if tokenizer_hashes(folder, [name])[name] != recorded[name]:
+            raise UserError(f"adapter {folder}: tokenizer file {name} differs from the one it was trained with "
+                            "(SHA-256 in annotune.json's tokenizer_files); restore the adapter folder")
+    return str(folder)
 
 
 def stable_config(folder: Path, hub_id: str | None) -> None:

@@ -334,7 +334,10 @@ def load_annotator(job, base_model: str | None = None, quantization: str = "auto
         job = dataclasses.replace(job, kind=resolve_kind(load_config(base_model), "auto", spec.type))
     kind = job.kind
     if tokenizer is None:
-        tokenizer = load_tokenizer(adapter if adapter else base_model)
+        from .adapters import tokenizer_source
+
+        tokenizer = load_tokenizer(tokenizer_source(adapter, job.record.tokenizer_files, base_model) if adapter
+                                   else base_model)
     if model is None:
         model = load_model(base_model, kind, quantization, num_labels=len(spec.label_names) or None,
                            label_names=spec.label_names or None)

@@ -31,7 +31,7 @@ from .decision import DecisionRule
 RECORD_TYPES = {"base_model": str, "kind": str, "task_spec": dict, "labels": list, "prompt": dict, "base": dict,
                 "task": str, "merge": str, "merge_after": str, "epoch": int, "step": int, "validation_metrics": dict,
                 "decision_rule": dict, "train_ids": list, "split_ids": dict, "max_words": int, "quantization": str,
-                "dataset": str, "run_dir": str, "git_commit": str}  # what each key of annotune.json must hold
+                "dataset": str, "run_dir": str, "git_commit": str, "tokenizer_files": dict}  # what each key of annotune.json must hold
 OPTIONAL = set(RECORD_TYPES) - {"base_model", "kind", "task_spec", "labels"}  # these may also be null
 
 
@@ -59,6 +59,7 @@ class AdapterRecord:
     dataset: str | None = None  # the dataset folder (resolved against the adapter folder on reading)
     run_dir: str | None = None
     git_commit: str | None = None
+    tokenizer_files: dict | None = None  # file name -> SHA-256 of the tokenizer saved with the adapter
 
     @classmethod
     def from_dict(cls, data: dict, what: str) -> "AdapterRecord":

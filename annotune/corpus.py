@@ -5,9 +5,10 @@ a row twice. Under `accelerate launch` chunks are dealt round-robin to the proce
 Each finished range of rows is one CSV part, written atomically, in <output>.parts/ and named by its
 row range, so a resume with another --chunk_rows labels exactly the rows no part holds. The folder's
 settings.json holds the fingerprint of everything that changes a prediction (the model's weights,
-the decision rule, the mode and decoding settings, the input file's content): a resume with other
-settings refuses instead of mixing two models' labels in one file. When every row is in a part,
-the parts are joined in row order into the output and the folder is removed.
+the tokenizer and the label token ids, the decision rule, the mode and decoding settings, the input
+file's content): a resume with other settings refuses instead of mixing two models' labels in one
+file. When every row is in a part, the parts are joined in row order into the output and the
+folder is removed.
 """
 from __future__ import annotations
 
@@ -49,14 +50,19 @@ def iter_input(path: str, text_column: str, chunk_rows: int):
         yield chunk
 
 
-def check_input(path: str, text_column: str) -> str:
-    """Fail before any model work: the file exists, is UTF-8 and has the text column. Returns the
-    SHA-256 of its bytes (part of the run's fingerprint)."""
+def check_input(path: str, text_column: str) -> tuple:
+    """Fail before any model work: the file exists, is UTF-8, every row has the text column and no
+    row has a column named like one of ours. Returns the SHA-256 of its bytes (part of the run's
+    fingerprint) and the input's columns: the union of every row's keys, in the order first seen
+    (the rows of a JSON-lines file need not share theirs)."""
     import codecs
 
-    for chunk in iter_input(path, text_column, 1):
-        refuse_reserved(list(chunk[0][1]), path)
-        break
+    columns = {}
+    for chunk in iter_input(path, text_column, 4096):
+        for number, row in chunk:
+            if any(key not in columns for key in row):
+                refuse_reserved(list(row), f"{path}: row {number}")
+                columns.update(dict.fromkeys(row))
     decoder, digest = codecs.getincrementaldecoder("utf-8")(), hashlib.sha256()
     with open(path, "rb") as handle:
         try:
@@ -66,7 +72,7 @@ def check_input(path: str, text_column: str) -> str:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8; convert it, e.g. iconv -t UTF-8") from None
-    return digest.hexdigest()
+    return digest.hexdigest(), list(columns)
 
 
 def refuse_reserved(input_columns, path: str) -> None:
@@ -88,8 +94,8 @@ def output_columns(spec, input_columns, path: str = "--predict_file"):
 class PartStore:
     """The finished row ranges of one annotation run: <output>.parts/r<start>-<end>.csv (end
     exclusive, no header), each written whole or not at all, and settings.json (the fingerprint).
-    One labeller at a time: <output>.lock, created exclusively (O_EXCL) by the run's main process,
-    holds its pid and host; a second run on the same output is refused while the holder lives."""
+    One labeller at a time: the run's main process holds an flock on <output>.lock (which names its
+    pid and host); a second run on the same output is refused while the holder lives."""
 
     def __init__(self, output: Path, fingerprint: dict):
         self.folder = output.with_name(f"{output.name}.parts")
@@ -99,32 +105,50 @@ class PartStore:
         self.locked = False
 
     def lock(self) -> None:
-        """Take the output's lock, or refuse in one line naming its holder. A lock left by a dead
-        process on this host is stale and taken over; one from another host is reported."""
+        """Take the output's lock, or refuse in one line naming its holder. The lock is an flock on
+        <output>.lock, held while the run lives: the kernel drops it when the holder dies, so a stale
+        lock is taken over by the same atomic call that checks it (two racing takers cannot both win).
+        A lock file that names a live process on this host, or any process on another, is refused."""
+        import fcntl
         import socket
         import time
 
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
+        while True:
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            crash_point("lock.opened")
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(self.lock_path)
-                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                    print(f"removing a stale lock {self.lock_path} (pid {holder.get('pid')} is gone)")
-                    self.lock_path.unlink(missing_ok=True)
-                    continue
-                raise UserError(f"{self.lock_path.name[:-5]} is being labelled by pid {holder.get('pid')} on "
-                                f"{holder.get('host')} since {holder.get('since')} ({self.lock_path}); wait for it, "
-                                "or delete the lock file if that run is gone") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(me, handle)
-            self.locked = True
-            return
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self._refuse(_read_lock(self.lock_path))
+            try:  # the file locked must still be the one at the path (its holder unlinks it when done)
+                current = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        holder = _read_lock(self.lock_path)
+        pid = holder.get("pid")
+        if holder.get("host") not in (None, me["host"]) or (pid is not None and pid != me["pid"] and _alive(pid)):
+            os.close(fd)  # written by a run that does not flock (another host, an older version)
+            self._refuse(holder)
+        if pid is not None or holder.get("host"):
+            print(f"removing a stale lock {self.lock_path} (pid {holder.get('pid')} is gone)")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd, self.locked = fd, True
+
+    def _refuse(self, holder: dict) -> None:
+        raise UserError(f"{self.lock_path.name[:-5]} is being labelled by pid {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('since')} ({self.lock_path}); wait for it, "
+                        "or delete the lock file if that run is gone") from None
 
     def unlock(self) -> None:
         if self.locked:
-            self.lock_path.unlink(missing_ok=True)
+            self.lock_path.unlink(missing_ok=True)  # while still held: a waiter that opened it retries
+            os.close(self._fd)
             self.locked = False
 
     def _scan(self):
@@ -199,10 +223,10 @@ class PartStore:
 
 def _read_lock(path: Path) -> dict:
     try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-        return holder if isinstance(holder, dict) else {}
+        holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+        return holder if isinstance(holder, dict) else {"pid": None}
     except (OSError, ValueError):
-        return {}  # being written this instant, or torn: treat as held
+        return {"pid": None}  # torn or unreadable: named, never taken for ours
 
 
 def _alive(pid) -> bool:
@@ -241,11 +265,13 @@ def _csv_text(rows, columns, header: bool) -> str:
 
 def annotate_file(job, annotator, path: str, text_column: str, store: PartStore, batch_size: int = 16,
                   mode: str = "score", chunk_rows: int = 256, rank: int = 0, world: int = 1,
-                  stop_after_chunks: int = 0, progress: bool = True, **label_kwargs) -> dict:
+                  stop_after_chunks: int = 0, progress: bool = True, input_columns=None, **label_kwargs) -> dict:
     """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
     prediction, prob_<label>, truncated (1: the text was cut to fit the model), labelled through
     `job` (contract.Labelling.label); under a fitted decision rule the probabilities are its
-    calibrated ones. Returns the row count and the columns for the join."""
+    calibrated ones. input_columns: check_input's (default: read again). Returns the row count and
+    the columns for the join."""
+    input_columns = input_columns if input_columns is not None else check_input(path, text_column)[1]
     columns, bar, labelled, written, total = None, None, 0, 0, 0
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -254,7 +280,7 @@ def annotate_file(job, annotator, path: str, text_column: str, store: PartStore,
     for chunk_index, chunk in enumerate(iter_input(path, text_column, chunk_rows)):
         total += len(chunk)
         if columns is None:
-            columns = output_columns(job.reported, list(chunk[0][1].keys()), path)
+            columns = output_columns(job.reported, input_columns, path)
         todo = [(n, row) for n, row in chunk if not store.done(n)] if chunk_index % world == rank else []
         if bar is not None:
             bar.update(len(chunk) * (world if chunk_index % world == rank else 0))
@@ -277,7 +303,7 @@ def annotate_file(job, annotator, path: str, text_column: str, store: PartStore,
 
 
 def record_of(number: int, row: dict, pred: dict) -> dict:
-    record = {ROW: number, **row, PREDICTION: pred["prediction"], TRUNCATED: int(bool(pred.get("truncated")))}
+    record = {**row, ROW: number, PREDICTION: pred["prediction"], TRUNCATED: int(bool(pred.get("truncated")))}
     for label, value in (pred.get("probs") or {}).items():
         record[f"{PROB}{label}"] = value
     return record

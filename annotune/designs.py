@@ -13,11 +13,18 @@ number), `prediction`, `prob_<label>` per label and `truncated`; those names are
   drawn uniformly, so every row keeps a floor probability (active inference, Zrnic & Candes
   2024); pi is capped at 1. A top-up raises every pi to the larger design's and draws each
   undrawn row with (pi_new - pi_old) / (1 - pi_old): the union is Poisson with pi_new.
+
+The design file is the evidence behind every interval, so it is sealed (`seal`: a SHA-256 of the
+rest of the record, which shows an edit or an accident, not a forgery) and `read_design` checks
+every field against the corpus (`check_design`): an active design's pi is recomputed from its
+settings, an SRS design's from its drawn rows.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,47 @@ from .cli import UserError
 from .corpus import PREDICTION, PROB, ROW
 from .labels import norm_label
 
-DESIGN_FORMAT = "annotune-sample-design/1"
+DESIGN_FORMAT = "annotune-sample-design/2"   # sealed: "sha256" of the rest of the record
+UNSEALED_FORMATS = ("annotune-sample-design/1",)
+KIND_OF_STRATEGY = {"uniform": "srs", "active": "poisson"}
+BLANK = "(blank)"  # the group of blank (or NaN) cells of a --by / --stratify_by column
+MAX_DESIGN_BYTES = 1 << 30
+
+
+def row_id(value) -> int | None:
+    """A row number as a sheet or corpus may write it (7, "7", " 7", 7.0, "7.0"); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) and number.is_integer() else None
+
+
+def is_blank(value) -> bool:
+    """A missing cell: empty or white space, or NaN as pandas and R write it."""
+    text = str(value).strip()
+    return not text or text.lower() in ("nan", "na", "<na>")
+
+
+def group_names(values, what: str) -> np.ndarray:
+    """Values as group names: blank and NaN cells are the group "(blank)", a name no other value may
+    take (so no group can take the whole corpus's place, or another's)."""
+    values = np.array([str(v) for v in values], dtype=object)
+    blank = np.array([is_blank(v) for v in values], dtype=bool)
+    if blank.any() and (values[~blank] == BLANK).any():
+        raise UserError(f"{what}: the column holds both blank cells and the value {BLANK!r}, the name blank "
+                        "cells take; rename that value")
+    values[blank] = BLANK
+    return values.astype(str)
 
 
 @dataclass
@@ -49,6 +96,18 @@ class Corpus:
         if name not in self.table.columns:
             raise UserError(f"{flag} {name}: {self.path} has no such column (columns: {list(self.table.columns)[:20]})")
         return self.table[name].to_numpy()
+
+    def categories(self, name: str, flag: str) -> np.ndarray:
+        """A column's values as group names (group_names)."""
+        return group_names(self.column(name, flag), f"{flag} {name}")
+
+    def positions(self, ids, what: str) -> np.ndarray:
+        """Corpus positions of these row ids (each must be a row of the corpus)."""
+        position = {int(i): k for k, i in enumerate(self.ids)}
+        out = [position.get(i) for i in ids]
+        if None in out:
+            raise UserError(f"{what}: row {ids[out.index(None)]} is not a row of {self.path}")
+        return np.array(out, dtype=int)
 
     def label_index(self, value: str, context: str) -> int:
         keys = {norm_label(label): i for i, label in enumerate(self.labels)}
@@ -104,10 +163,12 @@ def read_corpus(path: str) -> Corpus:
 def _row_ids(table, path) -> np.ndarray:
     if ROW not in table.columns:
         return np.arange(len(table))
-    try:
-        ids = table[ROW].astype(int).to_numpy()
-    except ValueError:
-        raise UserError(f"--corpus {path}: column {ROW!r} must hold row numbers (integers)") from None
+    ids = [row_id(v) for v in table[ROW]]
+    if None in ids:
+        bad = ids.index(None)
+        raise UserError(f"--corpus {path}: column {ROW!r} line {bad + 2} holds {table[ROW].iloc[bad]!r}, not a row "
+                        "number (an integer)")
+    ids = np.array(ids, dtype=np.int64)
     if len(np.unique(ids)) != len(ids):
         raise UserError(f"--corpus {path}: column {ROW!r} repeats a row number")
     return ids
@@ -130,7 +191,7 @@ def strata_of(corpus: Corpus, column: str | None) -> tuple:
     """(stratum code per row, stratum names); one stratum without --stratify_by."""
     if not column:
         return np.zeros(corpus.size, dtype=int), ["all"]
-    names, codes = np.unique(corpus.column(column, "--stratify_by").astype(str), return_inverse=True)
+    names, codes = np.unique(corpus.categories(column, "--stratify_by"), return_inverse=True)
     return codes.reshape(-1), [str(n) for n in names]
 
 
@@ -194,32 +255,138 @@ def draw(strategy: str, pi: np.ndarray, strata: np.ndarray, per_stratum, already
     return np.flatnonzero(rng.random(len(pi)) < np.clip(r, 0, 1))
 
 
-def design_record(corpus: Corpus, args, pi, strata, names, drawn, phases) -> dict:
+def design_record(corpus: Corpus, settings: dict, pi, strata, names, drawn, phases) -> dict:
+    """The design file's record, sealed. settings: strategy, target, uniform_share, stratify_by;
+    drawn: corpus positions of every drawn row, in the order they were drawn."""
+    drawn = np.asarray(drawn, dtype=int)
     sizes = np.bincount(strata, minlength=len(names))
     taken = np.bincount(strata[drawn], minlength=len(names))
-    return {"format": DESIGN_FORMAT, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
-            "corpus_rows": corpus.size, "strategy": args.strategy,
-            "kind": "srs" if args.strategy == "uniform" else "poisson", "target": args.target,
-            "uniform_share": args.uniform_share, "stratify_by": args.stratify_by,
-            "expected_n": float(pi.sum()), "drawn_n": int(len(drawn)),
-            "strata": {name: {"rows": int(s), "drawn": int(t)} for name, s, t in zip(names, sizes, taken)},
-            "phases": phases, "drawn": [int(corpus.ids[i]) for i in drawn],
-            "pi": [round(float(p), 12) for p in pi]}
+    record = {"format": DESIGN_FORMAT, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
+              "corpus_rows": corpus.size, "strategy": settings["strategy"],
+              "kind": KIND_OF_STRATEGY[settings["strategy"]], "target": settings["target"],
+              "uniform_share": settings["uniform_share"], "stratify_by": settings["stratify_by"],
+              "expected_n": float(pi.sum()), "drawn_n": int(len(drawn)),
+              "strata": {name: {"rows": int(s), "drawn": int(t)} for name, s, t in zip(names, sizes, taken)},
+              "phases": phases, "drawn": [int(corpus.ids[i]) for i in drawn],
+              "pi": [round(float(p), 12) for p in pi]}
+    return {**record, "sha256": seal(record)}
+
+
+def seal(design: dict) -> str:
+    """SHA-256 of the record without its seal, in a canonical JSON form. It shows that a design was
+    edited after sample.py wrote it (by hand or by accident), not that nobody forged it: whoever
+    edits the file can compute a new seal."""
+    body = {k: v for k, v in design.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_design(path: str, corpus: Corpus) -> dict:
-    """A design file, checked against the corpus it was drawn from (same bytes, same rows)."""
+    """A design file, checked in full against the corpus it was drawn from: same bytes, its seal,
+    every field's type and range, and every field that the others determine (see check_design)."""
+    from .files import read_bounded
+
+    text = read_bounded(path, MAX_DESIGN_BYTES, "--design")
     try:
-        design = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"--design {path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        design = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         raise UserError(f"--design {path} is not JSON") from None
-    if not isinstance(design, dict) or design.get("format") != DESIGN_FORMAT:
+    if not isinstance(design, dict) or design.get("format") not in (DESIGN_FORMAT, *UNSEALED_FORMATS):
         raise UserError(f"--design {path} is not a design file written by sample.py")
     if design.get("corpus_sha256") != corpus.sha256:
         raise UserError(f"--design {path} was drawn from another corpus file (SHA-256 differs from "
                         f"{corpus.path}); estimates need the exact file the rows were drawn from")
-    if len(design.get("pi", [])) != corpus.size:
-        raise UserError(f"--design {path} lists {len(design.get('pi', []))} rows, the corpus has {corpus.size}")
+    if design["format"] == DESIGN_FORMAT and design.get("sha256") != seal(design):
+        raise UserError(f"--design {path} was changed after sample.py wrote it (its sha256 seal does not match "
+                        "its content); use the design file as written")
+    check_design(design, corpus, f"--design {path}")
+    if design["format"] in UNSEALED_FORMATS:
+        print(f"note: --design {path} is of the unsealed format {design['format']}: checked in full against the "
+              "corpus and accepted", file=sys.stderr)
     return design
+
+
+def _field(design: dict, key: str, types, where: str, optional: bool = False):
+    value = design.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise UserError(f"{where}: {key!r} is {json.dumps(value)[:40]}, not {_type_name(types)}")
+    return value
+
+
+def _type_name(types) -> str:
+    if types == (int, float):
+        return "a number"
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return " or ".join(names[t] for t in (types if isinstance(types, tuple) else (types,)))
+
+
+def check_design(design: dict, corpus: Corpus, where: str) -> None:
+    """Types and ranges of every field; drawn rows unique and in the corpus; drawn_n = len(drawn);
+    kind = the strategy's; expected_n = sum(pi); every pi in (0, 1] and equal to what the design's
+    own settings give: under SRS each stratum's drawn share, under an active design the inclusion
+    probabilities recomputed phase by phase from the model's probabilities."""
+    strategy = _field(design, "strategy", str, where)
+    if strategy not in KIND_OF_STRATEGY:
+        raise UserError(f"{where}: strategy {strategy!r} is not one of {', '.join(KIND_OF_STRATEGY)}")
+    if design.get("kind") != KIND_OF_STRATEGY[strategy]:
+        raise UserError(f"{where}: kind {design.get('kind')!r} does not match strategy {strategy!r} "
+                        f"({KIND_OF_STRATEGY[strategy]!r})")
+    stratify_by = _field(design, "stratify_by", str, where, optional=True)
+    pi = _field(design, "pi", list, where)
+    if len(pi) != corpus.size:
+        raise UserError(f"{where} lists {len(pi)} rows, the corpus has {corpus.size}")
+    if any(isinstance(p, bool) or not isinstance(p, (int, float)) for p in pi):
+        bad = next(k for k, p in enumerate(pi) if isinstance(p, bool) or not isinstance(p, (int, float)))
+        raise UserError(f"{where}: pi of row {corpus.ids[bad]} is {json.dumps(pi[bad])[:40]}, not a number")
+    pi = np.array(pi, dtype=float)
+    outside = np.flatnonzero(~np.isfinite(pi) | (pi <= 0) | (pi > 1))
+    if len(outside):
+        raise UserError(f"{where}: pi of row {corpus.ids[outside[0]]} is {pi[outside[0]]}, not in (0, 1]")
+    drawn = _field(design, "drawn", list, where)
+    ids = [row_id(v) if not isinstance(v, (str, float)) else None for v in drawn]
+    if None in ids:
+        raise UserError(f"{where}: drawn holds {json.dumps(drawn[ids.index(None)])[:40]}, not a row number")
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{where}: drawn lists a row twice")
+    positions = corpus.positions(ids, where)
+    if _field(design, "drawn_n", int, where) != len(ids):
+        raise UserError(f"{where}: drawn_n is {design['drawn_n']}, but drawn lists {len(ids)} rows")
+    if abs(_field(design, "expected_n", (int, float), where) - pi.sum()) > 1e-6 * max(1.0, pi.sum()):
+        raise UserError(f"{where}: expected_n is {design['expected_n']}, the sum of pi {pi.sum():.6f}")
+    phases = _field(design, "phases", list, where)
+    if not phases or any(not isinstance(p, dict) or not all(isinstance(p.get(k), int) and not isinstance(p.get(k), bool)
+                                                            for k in ("seed", "requested", "drawn")) for p in phases):
+        raise UserError(f"{where}: phases must list each draw's seed, requested and drawn counts (integers)")
+    if sum(p["drawn"] for p in phases) != len(ids):
+        raise UserError(f"{where}: its phases drew {sum(p['drawn'] for p in phases)} rows, drawn lists {len(ids)}")
+    strata, names = strata_of(corpus, stratify_by)
+    sizes, taken = np.bincount(strata, minlength=len(names)), np.bincount(strata[positions], minlength=len(names))
+    recorded = {name: {"rows": int(s), "drawn": int(t)} for name, s, t in zip(names, sizes, taken)}
+    if design.get("strata") != recorded:
+        raise UserError(f"{where}: its strata do not match the corpus's {stratify_by or 'rows'} and its drawn rows")
+    expected = (taken / sizes)[strata] if strategy == "uniform" else replay_active(corpus, design, strata, where)
+    wrong = np.flatnonzero(np.abs(pi - expected) > 1e-8)
+    if len(wrong):
+        k = wrong[0]
+        raise UserError(f"{where}: pi of row {corpus.ids[k]} is {pi[k]:.6g}, its {strategy} design gives "
+                        f"{expected[k]:.6g}; use the design file as sample.py wrote it")
+    if strategy == "active" and (pi[positions] <= 0).any():
+        raise UserError(f"{where}: a drawn row has inclusion probability 0")
+
+
+def replay_active(corpus: Corpus, design: dict, strata: np.ndarray, where: str) -> np.ndarray:
+    """An active design's pi recomputed from its settings: each phase's pi for its total, a row's
+    pi never falling across phases (as sample.py draws them)."""
+    target = _field(design, "target", str, where, optional=True)
+    tau = _field(design, "uniform_share", (int, float), where)
+    if not 0 < tau <= 1:
+        raise UserError(f"{where}: uniform_share {tau} is not in (0, 1]")
+    pi = None
+    for k, phase in enumerate(design["phases"]):
+        total = phase["requested"] if k == 0 else int(round(pi.sum())) + phase["requested"]
+        if not 1 <= total <= corpus.size:
+            raise UserError(f"{where}: phase {k + 1} asks for {total} rows of {corpus.size}")
+        now, _ = inclusion_probabilities(corpus, "active", total, strata, target, tau)
+        pi = now if pi is None else np.maximum(pi, now)
+    return pi

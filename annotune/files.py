@@ -56,6 +56,53 @@ def infer_format(path: str) -> str:
 
 
 # -------------------------------------------------------------------- reading tables
+MAX_DEPTH = 100  # nesting of a spec or record a reader accepts (lists and maps inside each other)
+
+
+def read_bounded(path, limit: int, what: str) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes. At most limit + 1 bytes are read
+    whatever stat says (/dev/zero has size 0); a FIFO, device or folder is refused without a read
+    (opened non-blocking, so a FIFO with no writer cannot hang the open)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except OSError as err:
+        raise UserError(f"{what} {path}: {err.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{what} {path} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{what} {path} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path} is not UTF-8 (byte {err.start})") from None
+
+
+def check_depth(value, what: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse lists and maps nested deeper than `limit` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                raise UserError(f"{what} is nested deeper than {limit} levels")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+
+
+def parse_json(text: str, what: str):
+    """JSON text, its nesting bounded (a deeply nested list is one line, not a RecursionError)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise UserError(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
+    check_depth(value, what)
+    return value
+
 def open_text(path: str, encoding: str):
     """A text handle on a file, or on archive.zip!member (read whole: members are small)."""
     encoding = "utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding
@@ -122,7 +169,7 @@ def _json_rows(handle, path, fmt):
         text = handle.read()
         if text.lstrip().startswith(("[", "{")):
             try:
-                data = json.loads(text)
+                data = parse_json(text, path)
             except json.JSONDecodeError:
                 data = None  # many ".json" files (Politosphere) are really JSON Lines
             if data is not None:
@@ -136,7 +183,7 @@ def _json_rows(handle, path, fmt):
     for number, line in enumerate(handle, 1):
         if line.strip():
             try:
-                row = json.loads(line)
+                row = parse_json(line, f"{path}: line {number}")
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
             if not isinstance(row, dict):
@@ -199,6 +246,9 @@ def ensure_new_path(path, overwrite: bool = False, what: str = "output", inputs=
     included), a folder to be replaced (overwrite) that holds an input, or an output of the wrong
     kind (kind 'file' or 'dir'): --overwrite replaces an earlier output, never the data it reads."""
     path = Path(path)
+    for folder in path.absolute().parents:
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{what} {path}: {folder} is a file, not a folder")
     for source in inputs:
         if not source or not Path(source).exists():
             continue
@@ -215,6 +265,17 @@ def ensure_new_path(path, overwrite: bool = False, what: str = "output", inputs=
             hint = " or pass --overwrite" if can_overwrite else ""
             raise UserError(f"{what} {path} already exists; choose another path{hint}")
     return path
+
+
+def distinct_outputs(outputs: dict) -> None:
+    """Refuse two outputs of one call at the same path ({what: path}; links and relative paths
+    resolved): the second write would destroy the first."""
+    seen = {}
+    for what, path in outputs.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UserError(f"{what} {path} is also the {seen[key]}; give each output its own path")
+        seen[key] = what
 
 
 def _umask() -> int:
@@ -301,6 +362,9 @@ def publish_dir(tmp_dir, final_dir) -> Path:
             raise UserError(f"{final_dir} appeared while writing; the new result is left in {tmp_dir}")
         final_dir.rmdir()
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    for inner in Path(tmp_dir).rglob("*"):  # what a library wrote through mkstemp (safetensors: 0600) too
+        if not inner.is_symlink():
+            publish_mode(inner)
     publish_mode(tmp_dir)
     os.replace(tmp_dir, final_dir)
     return final_dir

@@ -31,35 +31,81 @@ class Quantity:
         return f"share of {self.label}{where}" if self.kind == "share" else f"share of {self.label}: {self.group}"
 
 
-def design_matrix(columns: dict) -> tuple:
-    """Covariates -> (X with an intercept, term names). A column whose every value is a number is
-    numeric; any other is categorical, one indicator per level but the most frequent (the reference)."""
-    parts, names = [np.ones((len(next(iter(columns.values()))), 1))], ["intercept"]
-    for name, values in columns.items():
-        values = np.asarray(values).astype(str)
-        try:
-            numeric = values.astype(float)
-            if not np.isfinite(numeric).all():
-                raise UserError(f"--on {name}: the column holds a non-finite number")
-            parts.append(numeric[:, None])
+def design_matrix(columns: dict, labelled=None, drop_blank: bool = False) -> tuple:
+    """Covariates -> (X with an intercept, term names, the rows regressed on). A column is numeric
+    when every non-blank cell is a finite number, else categorical: one indicator per level but the
+    most frequent (the reference). Blank cells are refused unless drop_blank, which leaves their rows
+    out (X row 0: outside the regression's domain). labelled: corpus positions of the human-labelled
+    rows, to refuse a level with fewer than 2 of them before the matrix is built."""
+    from .designs import is_blank
+
+    size = len(next(iter(columns.values())))
+    values = {name: np.array([str(v) for v in column], dtype=object) for name, column in columns.items()}
+    blank = {name: np.array([is_blank(v) for v in column], dtype=bool) for name, column in values.items()}
+    keep = ~np.any(list(blank.values()), axis=0)
+    for name, missing in blank.items():
+        if missing.any() and not drop_blank:
+            raise UserError(f"--on {name}: {int(missing.sum())} of {size} rows are blank; fill them, or pass "
+                            "--drop_blank to regress on the rows where every --on column has a value")
+    parts, names = [np.ones((size, 1))], ["intercept"]
+    for name, column in values.items():
+        numeric = _numbers(column[keep])
+        if numeric is not None:
+            part = np.zeros(size)
+            part[keep] = numeric
+            parts.append(part[:, None])
             names.append(name)
             continue
-        except ValueError:
-            pass
-        levels, counts = np.unique(values, return_counts=True)
+        levels, counts = np.unique(column[keep].astype(str), return_counts=True)
+        if labelled is not None:
+            _check_levels(name, column, keep, levels, labelled)
         reference = levels[np.argmax(counts)]
         for level in levels:
             if level != reference:
-                parts.append((values == level).astype(float)[:, None])
+                parts.append(((column == level) & keep).astype(float)[:, None])
                 names.append(f"{name}={level} (vs {reference})")
-    return np.hstack(parts), names
+    return np.hstack(parts) * keep[:, None], names, keep
+
+
+def _numbers(column) -> np.ndarray | None:
+    try:
+        numbers = column.astype(float)
+    except ValueError:
+        return None
+    return numbers if np.isfinite(numbers).all() else None
+
+
+def _check_levels(name, column, keep, levels, labelled) -> None:
+    rows = np.asarray(labelled, dtype=int)
+    rows = rows[keep[rows]]
+    seen = dict(zip(*np.unique(column[rows].astype(str), return_counts=True)))
+    thin = [level for level in levels if seen.get(level, 0) < 2]
+    if thin:
+        raise UserError(f"--on {name}: level {thin[0]!r} has {seen.get(thin[0], 0)} labelled rows ({len(thin)} of its "
+                        f"{len(levels)} levels have fewer than 2); a category needs 2 labelled rows per level: "
+                        "merge rare levels, or regress on another column")
+
+
+def check_terms(xs: np.ndarray, terms: list) -> None:
+    """The labelled rows must identify every coefficient: each indicator on 2 rows or more, and
+    their design matrix of full column rank."""
+    for t, term in enumerate(terms):
+        column = xs[:, t]
+        if t and np.isin(column, (0.0, 1.0)).all() and (column == 1).sum() < 2:
+            raise UserError(f"--on: term {term!r} has {int((column == 1).sum())} labelled rows; a category "
+                            "level needs at least 2")
+    rank = np.linalg.matrix_rank(xs) if len(xs) else 0
+    if rank < xs.shape[1]:
+        raise UserError(f"--on: the labelled rows' design matrix has rank {rank} below its {xs.shape[1]} columns "
+                        f"({', '.join(terms)}): a covariate is constant or collinear where humans labelled")
 
 
 class Findings:
     """The quantities of one corpus: model outputs f on every row, the groups and the regression.
     output: 'probs' (f = the label's probability) or 'labels' (f = 1 if the model gave it)."""
 
-    def __init__(self, corpus, output: str = "probs", by=None, regress=None, link: str = "logistic", compare=None):
+    def __init__(self, corpus, output: str = "probs", by=None, regress=None, link: str = "logistic", compare=None,
+                 labelled=None, drop_blank: bool = False):
         if output == "probs" and corpus.probs is None:
             output = "labels"  # a corpus labelled by generation has no probabilities
         self.corpus, self.output, self.link = corpus, output, link
@@ -70,7 +116,9 @@ class Findings:
         self.domains = {"": np.ones((size, 1))}
         self.groups = []
         if by is not None:
-            values = np.asarray(by).astype(str)
+            from .designs import group_names
+
+            values = group_names(by, "--by")
             self.groups = sorted(set(values), key=lambda g: (-np.sum(values == g), g))
             for g in self.groups:
                 self.domains[g] = (values == g).astype(float)[:, None]
@@ -80,11 +128,12 @@ class Findings:
                 if g not in self.domains or not g:
                     raise UserError(f"--compare {g}: not a group of --by (groups: {', '.join(self.groups)})")
         self.compare = [tuple(p) for p in compare] if compare else None
-        self.regression = None
+        self.regression, self.regression_rows = None, None
         if regress is not None:
             label, columns = regress
-            x, terms = design_matrix(columns)
             j = corpus.label_index(label, "--regress")
+            x, terms, keep = design_matrix(columns, labelled, drop_blank)
+            self.regression_rows = int(keep.sum())
             self.regression = (j, x, terms, inf.compress(x, self.f[:, j]))
 
     def pairs(self):
@@ -106,24 +155,35 @@ class Findings:
 
     # ---------------------------------------------------------------- the three estimators
     def run(self, sample, gold, methods=METHODS, alpha: float = 0.1) -> list:
-        """Per quantity and method: estimate, interval, se, lam, the influence for planning.
+        """Per quantity and method: estimate, interval, se, lam, the influence for planning, and the
+        labelled rows it rests on. A share or difference whose group holds fewer than 2 labelled rows
+        is not estimable from the sample: its classical and ppi entries say so (estimate None).
         gold: the human label index of each sampled row (sample.rows order)."""
+        labelled = {g: 0 if sample is None else int((x[sample.rows, 0] != 0).sum()) for g, x in self.domains.items()}
         results = []
         for j, label in enumerate(self.corpus.labels):
             y = (gold == j).astype(float)
             for method in methods:
                 ests = {g: self._one(method, x, j, sample, y, "identity", self.census[(g, j)])
-                        for g, x in self.domains.items()}
-                for g, est in ests.items():
-                    results.append(self._record(Quantity("share", label, g), method, est, alpha))
+                        for g, x in self.domains.items() if method == "naive" or labelled[g] >= 2}
+                for g in self.domains:
+                    q = Quantity("share", label, g)
+                    results.append(self._record(q, method, ests[g], alpha, labelled[g]) if g in ests
+                                   else self._unknown(q, method, labelled[g]))
                 for a, b in self.pairs():
+                    q, n = Quantity("difference", label, f"{a} - {b}"), labelled[a] + labelled[b]
+                    if a not in ests or b not in ests:
+                        results.append(self._unknown(q, method, min(labelled[a], labelled[b])))
+                        continue
                     value, var = (inf.naive_contrast(ests[a], ests[b]) if method == "naive"
                                   else inf.contrast(ests[a], ests[b], sample))
+                    var = max(var, ests[a].extra.get("floor", 0.0) + ests[b].extra.get("floor", 0.0))
                     df = min(ests[a].df, ests[b].df)
-                    results.append(self._row(Quantity("difference", label, f"{a} - {b}"), method, value, var,
-                                             alpha, df, None, None))
+                    results.append(self._row(q, method, value, var, alpha, df, None, None, n))
         if self.regression:
             j, x, terms, census = self.regression
+            if sample is not None:
+                check_terms(x[sample.rows][np.any(x[sample.rows] != 0, axis=1)], terms)
             y = (gold == j).astype(float)
             for method in methods:
                 est = self._one(method, x, j, sample, y, self.link, census)
@@ -131,7 +191,8 @@ class Findings:
                     df = est.extra["term_df"][t] if "term_df" in est.extra else est.df
                     results.append(self._row(Quantity("coefficient", self.corpus.labels[j], term=term), method,
                                              float(est.value[t]), float(est.cov[t, t]), alpha, df, est.lam,
-                                             est.influence[:, [t]] if len(est.influence) else None))
+                                             est.influence[:, [t]] if len(est.influence) else None,
+                                             0 if sample is None else int(np.any(x[sample.rows] != 0, axis=1).sum())))
         return results
 
     def _one(self, method, x, j, sample, y, link, census):
@@ -139,19 +200,26 @@ class Findings:
             return inf.naive(x, self.hard[:, j], link)
         return inf.estimate(x, self.f[:, j], sample, y, link, method, census=census)
 
-    def _record(self, q, method, est, alpha):
+    def _record(self, q, method, est, alpha, labelled):
         return self._row(q, method, float(est.value[0]), float(est.cov[0, 0]), alpha, est.df, est.lam,
-                         est.influence if len(est.influence) else None)
+                         est.influence if len(est.influence) else None, labelled)
 
     @staticmethod
-    def _row(q, method, value, var, alpha, df, lam, influence):
+    def _unknown(q, method, labelled):
+        return {"quantity": q, "method": method, "estimate": None, "low": None, "high": None, "se": None,
+                "lam": None, "influence": None, "labelled": labelled,
+                "note": f"not estimable: {labelled} labelled rows in the group (at least 2 needed)"}
+
+    @staticmethod
+    def _row(q, method, value, var, alpha, df, lam, influence, labelled=None):
         scale = "wilson" if q.kind == "share" else "identity"
         low, high = inf.interval(value, var, alpha, df if method != "naive" else 0, scale)
         if q.kind != "coefficient":  # a share lies in [0, 1], a difference of two in [-1, 1]: reported within them
             least = 0.0 if q.kind == "share" else -1.0
             value, low, high = (float(np.clip(v, least, 1.0)) for v in (value, low, high))
         return {"quantity": q, "method": method, "estimate": value, "low": float(low), "high": float(high),
-                "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence}
+                "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence,
+                "labelled": None if method == "naive" else labelled}
 
     def truth(self, gold_all: np.ndarray) -> dict:
         """The census value of every quantity from gold labels on all rows (benchmarks only)."""
@@ -177,7 +245,7 @@ def effective_sizes(results: list, n: int, size: int) -> dict:
     for r in results:
         by.setdefault(r["quantity"].name, {})[r["method"]] = r
     return {name: inf.effective_n(m["classical"]["se"] ** 2, m["ppi"]["se"] ** 2, n, size)
-            for name, m in by.items() if "classical" in m and "ppi" in m}
+            for name, m in by.items() if "classical" in m and "ppi" in m and m["ppi"]["se"] is not None}
 
 
 # ---------------------------------------------------------------- output files
@@ -188,7 +256,7 @@ def write_estimates(out_dir, summary: dict, results: list, n_eff: dict, planned:
     rows = {}
     for r in results:
         entry = rows.setdefault(r["quantity"].name, {"quantity": r["quantity"].__dict__})
-        entry[r["method"]] = {k: r[k] for k in ("estimate", "low", "high", "se", "lam")}
+        entry[r["method"]] = {k: r[k] for k in ("estimate", "low", "high", "se", "lam", "labelled", "note") if k in r}
     for name, entry in rows.items():
         entry["effective_n"] = n_eff.get(name)
         if planned and name in planned:
@@ -201,6 +269,8 @@ def write_estimates(out_dir, summary: dict, results: list, n_eff: dict, planned:
 
 
 def _cell(m: dict) -> str:
+    if m["estimate"] is None:
+        return f"not estimable ({m['labelled']} labelled)"
     return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
@@ -246,6 +316,10 @@ def _forest(path, rows: dict, alpha: float) -> None:
         for i, name in enumerate(names):
             for k, method in enumerate(METHODS):
                 m, y = rows[name][method], -(i + 0.25 * (k - 1))
+                if m["estimate"] is None:
+                    ax.text(0.5, y, f"{method}: not estimable", transform=ax.get_yaxis_transform(), fontsize=6,
+                            va="center", ha="center", color=colours[method])
+                    continue
                 ax.errorbar(m["estimate"], y, xerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
                             fmt="o", ms=3, color=colours[method], label=method if i == 0 else None, capsize=2)
         ax.set_yticks([-i for i in range(len(names))], names, fontsize=8)

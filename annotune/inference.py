@@ -153,9 +153,11 @@ def estimate(x_all: np.ndarray, f_all: np.ndarray, sample: Sample, y: np.ndarray
     if tuned and rows_used > 2:  # lam was fit on these rows too: one more parameter, one less degree of freedom
         influence = influence * np.sqrt((rows_used - 1) / (rows_used - 2))
     cov = design_cov(sample, influence)
+    extra = {"term_df": term_df(xs)}
     if xs.shape[1] == 1 and link == "identity":
-        cov = np.maximum(cov, one_error_floor(sample, xs[:, 0] != 0, float(bread[0, 0])))
-    return Estimate(theta, cov, influence, lam, df=max(rows_used - xs.shape[1], 1), extra={"term_df": term_df(xs)})
+        extra["floor"] = one_error_floor(sample, xs[:, 0] != 0, float(bread[0, 0]))
+        cov = np.maximum(cov, extra["floor"])
+    return Estimate(theta, cov, influence, lam, df=max(rows_used - xs.shape[1], 1), extra=extra)
 
 
 def one_error_floor(sample: Sample, in_domain: np.ndarray, scale: float) -> float:

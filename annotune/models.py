@@ -88,7 +88,7 @@ def weights_sha256(folder: Path) -> str:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     memo = cache_dir() / "weights_sha256.json"
-    known = json.loads(memo.read_text()) if memo.exists() else {}
+    known = _read_memo(memo)
     key = f"{folder.resolve()}|{stamp}"
     if key not in known:
         digest = hashlib.sha256()
@@ -104,6 +104,22 @@ def weights_sha256(folder: Path) -> str:
         except OSError:
             pass  # a read-only cache: hash again next time
     return known[key]
+
+
+def _read_memo(memo: Path) -> dict:
+    """The hash cache; a damaged one (cut short, edited) is dropped with a note and rebuilt."""
+    if not memo.exists():
+        return {}
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        if isinstance(known, dict) and all(isinstance(v, str) for v in known.values()):
+            return known
+    except (OSError, ValueError):
+        pass
+    import sys
+
+    print(f"note: the hash cache {memo} is damaged; rebuilding it", file=sys.stderr)
+    return {}
 
 
 def _alias_folder(name: str) -> Path:
@@ -211,6 +227,23 @@ def load_tokenizer(name: str, for_generation: bool = True):
     if for_generation:
         tokenizer.padding_side = "left"
     return tokenizer
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """SHA-256 of what a loaded tokenizer does: its vocabulary and merges, special tokens and their
+    ids, padding and truncation sides, length limit and chat template (a resumed labelling must use
+    the same one)."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    core = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    state = {"class": type(tokenizer).__name__, "special": tokenizer.all_special_tokens,
+             "special_ids": tokenizer.all_special_ids, "ids": [tokenizer.bos_token_id, tokenizer.eos_token_id,
+                                                                tokenizer.pad_token_id, tokenizer.unk_token_id],
+             "padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side,
+             "model_max_length": min(int(tokenizer.model_max_length), 2**62),
+             "chat_template": getattr(tokenizer, "chat_template", None)}
+    return hashlib.sha256((core + json.dumps(state, sort_keys=True, default=str)).encode()).hexdigest()
 
 
 def device_name() -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import UserError
-from .files import REPO_ROOT, TABLE_FORMATS, infer_format
+from .files import MAX_DEPTH, REPO_ROOT, TABLE_FORMATS, infer_format, read_bounded
 from .labels import Label, build_merge, find_label, norm_label
 from .schema import SCHEMA, check_keys, check_types
 
@@ -206,7 +206,20 @@ def _yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
+        depth = 0
+
         def compose_node(self, parent, index):
+            # Nesting is bounded (the composer recurses once per level).
+            self.depth += 1
+            try:
+                if self.depth > MAX_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise UserError(f"task spec {self.name}: line {mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
+                return self._compose_checked(parent, index)
+            finally:
+                self.depth -= 1
+
+        def _compose_checked(self, parent, index):
             # An alias makes one node count many times: a few hundred bytes of nested aliases ("billion
             # laughs") expand to gigabytes as soon as the spec is walked or written. Specs refuse them.
             if self.check_event(yaml.AliasEvent):
@@ -233,18 +246,14 @@ def load_task(name_or_path: str, merge: str | None = None) -> TaskSpec:
     if not path.exists():
         raise UserError(f"unknown task {name_or_path!r}; shipped tasks: {', '.join(available_tasks())} "
                         "(or give the path of a task YAML file)")
-    if path.stat().st_size > MAX_SPEC_BYTES:
-        raise UserError(f"task spec {path}: {path.stat().st_size} bytes; a task spec is at most {MAX_SPEC_BYTES} "
-                        "(the rows belong in data files it names)")
+    text = read_bounded(path, MAX_SPEC_BYTES, "task spec")
     try:
-        loader = _yaml_loader()(path.read_text(encoding="utf-8"))
+        loader = _yaml_loader()(text)
         loader.name = str(path)
         try:
             raw = loader.get_single_data()
         finally:
             loader.dispose()
-    except UnicodeDecodeError:
-        raise UserError(f"task spec {path} is not UTF-8") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"task spec {path}: not valid YAML ({first})") from None

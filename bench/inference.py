@@ -187,11 +187,14 @@ def judged(task: str, n: int, size: int) -> bool:
 def simulate_setting(est, gold, draws, n, reps, truth, with_ppi_python: bool) -> dict:
     from annotune.inference import ppi_python_mean
 
-    hits, widths = {}, {}
+    hits, widths, unknown = {}, {}, {}
     for _ in range(reps):
         sample = draws.sample(n)
         for r in est.run(sample, gold[sample.rows], methods=("classical", "ppi"), alpha=ALPHA):
             key = (r["quantity"].name, r["method"])
+            if r["estimate"] is None:  # a group the sample left with under 2 labelled rows
+                unknown[key] = unknown.get(key, 0) + 1
+                continue
             hits[key] = hits.get(key, 0) + (r["low"] <= truth[key[0]] <= r["high"])
             widths[key] = widths.get(key, 0.0) + (r["high"] - r["low"])
         if with_ppi_python:  # ppi-python's infinite-population interval, overall shares only
@@ -205,7 +208,9 @@ def simulate_setting(est, gold, draws, n, reps, truth, with_ppi_python: bool) ->
                 widths[key] = widths.get(key, 0.0) + (high - low)
     out = {}
     for (name, method), h in hits.items():
-        out.setdefault(name, {})[method] = {"coverage": h / reps, "width": widths[(name, method)] / reps}
+        known = reps - unknown.get((name, method), 0)
+        out.setdefault(name, {})[method] = {"coverage": h / known, "width": widths[(name, method)] / known,
+                                            "not_estimable": unknown.get((name, method), 0)}
     return out
 
 

@@ -1,6 +1,7 @@
 """Hostile and broken input, class by class: each is refused with exit status 2 and one line on
 stderr that names the file and the fault, and leaves every input and earlier output byte-identical."""
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -335,3 +336,235 @@ def test_disk_full_while_training_is_one_line_and_the_run_resumes(in_tmp, capsys
     monkeypatch.delenv("ANNOTUNE_ENOSPC_AT")
     assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
     assert (in_tmp / "run" / next(p.name for p in (in_tmp / "run").iterdir() if p.name.endswith("epoch2"))).is_dir()
+
+
+# ---------------------------------------------------------------- second round (estimates aside: test_estimate_inputs.py)
+def test_every_row_of_a_jsonl_input_is_checked_and_its_columns_are_the_union(in_tmp, capsys, pol_run):
+    def write(rows):
+        (in_tmp / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    base = [{"body": "guns a"}, {"body": "guns b"}]
+    for key in ("prediction", "row", "prob_pol", "truncated"):
+        write(base + [{"body": "guns c", key: "x"}])
+        refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--predict_file", "p.jsonl", "--text_column",
+                                     "body", "--output", "o.csv", "--quiet"], f"row 2: column '{key}'", in_tmp)
+    write(base + [{"body": "guns c", "source": "gab"}])
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--predict_file", "p.jsonl", "--text_column", "body",
+                                   "--output", "o.csv", "--quiet", "--chunk_rows", 1]) == 0
+    with open(in_tmp / "o.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["row"] for r in rows] == ["0", "1", "2"] and [r["source"] for r in rows] == ["", "", "gab"]
+
+
+def test_an_adapter_whose_tokenizer_changed_is_refused_and_an_older_one_uses_its_base(in_tmp, capsys, pol_run):
+    adapter = in_tmp / "ad"
+    shutil.copytree(pol_run[-1], adapter)
+    recorded = json.loads((adapter / "annotune.json").read_text())["tokenizer_files"]
+    assert "tokenizer_config.json" in recorded and all(len(v) == 64 for v in recorded.values())
+    posts = write_posts(in_tmp / "posts.csv", 6)
+    label = ["--adapters_name", adapter, "--predict_file", posts, "--text_column", "body", "--output", "o.csv",
+             "--quiet", "--chunk_rows", 2]
+    assert run_script("evaluate", label + ["--stop_after_chunks", 1]) == 0  # a labelling left half done
+    config = (adapter / "tokenizer_config.json").read_text()
+    (adapter / "tokenizer_config.json").unlink()
+    for script, argv in (("evaluate", label), ("export", ["--adapters_name", adapter, "--output_dir", "merged"])):
+        refused(capsys, script, argv, "tokenizer file tokenizer_config.json is missing", in_tmp)
+    (adapter / "tokenizer_config.json").write_text(config + " ")
+    refused(capsys, "evaluate", label, "tokenizer file tokenizer_config.json differs", in_tmp)
+    from annotune.adapters import TOKENIZER_FILES
+
+    extra = next(name for name in TOKENIZER_FILES if name not in recorded)
+    (adapter / extra).write_text("{}")
+    (adapter / "tokenizer_config.json").write_text(config)
+    refused(capsys, "evaluate", label, f"tokenizer file {extra} was added", in_tmp)
+    (adapter / extra).unlink()
+    # The same files, recorded anew (a tokenizer that labels differently): the resume's fingerprint differs.
+    edited = json.loads(config)
+    edited["model_max_length"] = 77
+    (adapter / "tokenizer_config.json").write_text(json.dumps(edited))
+    info = json.loads((adapter / "annotune.json").read_text())
+    info["tokenizer_files"]["tokenizer_config.json"] = hashlib.sha256(
+        (adapter / "tokenizer_config.json").read_bytes()).hexdigest()
+    (adapter / "annotune.json").write_text(json.dumps(info))
+    refused(capsys, "evaluate", label, "tokenizer_sha256", in_tmp)
+    # An adapter older than the record: its base's tokenizer, with a note, in evaluate.py and export.py alike.
+    del info["tokenizer_files"]
+    (adapter / "annotune.json").write_text(json.dumps(info))
+    for name in recorded:
+        (adapter / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert run_script("evaluate", label + ["--output", "fresh.csv"]) == 0
+    assert "the base model" in capsys.readouterr().err
+    assert run_script("export", ["--adapters_name", adapter, "--output_dir", "merged"]) == 0
+    assert "the base model" in capsys.readouterr().err
+
+
+def test_the_labelling_fingerprint_holds_the_tokenizer(smol_tok):
+    from annotune.models import tokenizer_sha256
+
+    first = tokenizer_sha256(smol_tok)
+    assert tokenizer_sha256(smol_tok) == first
+    eos = smol_tok.eos_token
+    try:
+        smol_tok.eos_token = smol_tok.unk_token or "<|endoftext|>"
+        assert tokenizer_sha256(smol_tok) != first
+    finally:
+        smol_tok.eos_token = eos
+    side = smol_tok.padding_side
+    try:
+        smol_tok.padding_side = "left" if side == "right" else "right"
+        assert tokenizer_sha256(smol_tok) != first
+    finally:
+        smol_tok.padding_side = side
+
+
+def _take_lock(output, pause_marker, held_marker, release_marker, code):
+    """A labeller's lock, in its own process: exit 0 after holding it until release_marker is gone,
+    3 when refused."""
+    from annotune import faults
+    from annotune.cli import UserError
+    from annotune.corpus import PartStore
+
+    faults.reset()
+    if pause_marker:
+        os.environ["ANNOTUNE_PAUSE_AT"] = f"lock.opened:{pause_marker}"
+    else:
+        os.environ.pop("ANNOTUNE_PAUSE_AT", None)
+    store = PartStore(Path(output), {})
+    try:
+        store.lock()
+    except UserError:
+        os._exit(3)
+    with open(held_marker, "a") as handle:
+        handle.write(f"{code}\n")
+    while os.path.exists(release_marker):
+        time.sleep(0.01)
+    store.unlock()
+    os._exit(0)
+
+
+def _stale_lock(path):
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    Path(path).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+
+
+def _wait_for(path, seconds=30):
+    deadline = time.time() + seconds
+    while not os.path.exists(path):
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_a_stale_lock_is_taken_over_by_one_process_whatever_the_interleaving(tmp_path):
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    output, held = tmp_path / "out.csv", tmp_path / "held"
+    _stale_lock(tmp_path / "out.csv.lock")
+    release_b, release_c = tmp_path / "release_b", tmp_path / "release_c"
+    release_b.touch()
+    release_c.touch()
+    # A opens the stale lock file, then pauses before it tries to take it.
+    a = fork.Process(target=_take_lock, args=(output, tmp_path / "a.paused", held, tmp_path / "none", "a"))
+    a.start()
+    _wait_for(tmp_path / "a.paused")
+    # B takes the stale lock over, labels, and finishes (unlinking the file A has open); C takes a fresh one.
+    b = fork.Process(target=_take_lock, args=(output, None, held, release_b, "b"))
+    b.start()
+    _wait_for(held)
+    release_b.unlink()
+    b.join(30)
+    c = fork.Process(target=_take_lock, args=(output, None, held, release_c, "c"))
+    c.start()
+    deadline = time.time() + 30
+    while held.read_text().split() != ["b", "c"]:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    (tmp_path / "a.paused").unlink()  # A goes on: the file it opened is no longer the lock
+    a.join(30)
+    assert a.exitcode == 3 and b.exitcode == 0
+    release_c.unlink()
+    c.join(30)
+    assert c.exitcode == 0 and held.read_text().split() == ["b", "c"]
+    assert not (tmp_path / "out.csv.lock").exists()
+
+
+def test_racing_for_a_stale_lock_leaves_exactly_one_holder(tmp_path):
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    for trial in range(50):
+        folder = tmp_path / f"t{trial}"
+        folder.mkdir()
+        output, held, release = folder / "out.csv", folder / "held", folder / "release"
+        _stale_lock(folder / "out.csv.lock") if trial % 10 == 0 else (folder / "out.csv.lock").write_text(
+            json.dumps({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}))
+        release.touch()
+        racers = [fork.Process(target=_take_lock, args=(output, None, held, release, str(k))) for k in range(4)]
+        for p in racers:
+            p.start()
+        deadline = time.time() + 30
+        while sum(p.exitcode == 3 for p in racers) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        release.unlink()
+        for p in racers:
+            p.join(30)
+        assert sorted(p.exitcode for p in racers) == [0, 3, 3, 3], trial
+        assert len(held.read_text().split()) == 1, trial
+
+
+@pytest.mark.parametrize("make", ["dev_zero", "fifo", "deep"])
+def test_a_task_spec_that_never_ends_or_nests_without_end_is_one_line(tmp_path, make):
+    spec = tmp_path / "t.yaml"
+    if make == "dev_zero":
+        os.symlink("/dev/zero", spec)
+        message = "is not a regular file"
+    elif make == "fifo":
+        os.mkfifo(spec)
+        message = "is not a regular file"
+    else:
+        spec.write_text("name: x\nlabels: " + "[" * 20000 + "]" * 20000 + "\n")
+        message = "nested deeper than 100 levels"
+    done = subprocess.run([sys.executable, str(REPO / "preprocess.py"), "--task", str(spec), "--output_dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_json_rows_nested_without_end_are_one_line(tmp_path):
+    from annotune.cli import UserError
+    from annotune.files import read_table
+
+    (tmp_path / "deep.jsonl").write_text('{"text": ' + "[" * 20000 + "]" * 20000 + "}\n")
+    with pytest.raises(UserError, match="nested deeper than 100 levels"):
+        read_table(str(tmp_path / "deep.jsonl"))
+
+
+def test_a_damaged_hash_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys, pol_run):
+    from annotune.models import weights_sha256
+
+    monkeypatch.setenv("ANNOTUNE_CACHE", str(tmp_path))
+    good = weights_sha256(pol_run[-1])
+    memo = tmp_path / "weights_sha256.json"
+    memo.write_text(memo.read_text()[: len(memo.read_text()) // 2])  # half written
+    capsys.readouterr()
+    assert weights_sha256(pol_run[-1]) == good
+    assert "is damaged; rebuilding it" in capsys.readouterr().err
+    assert json.loads(memo.read_text())  # whole again
+    assert weights_sha256(pol_run[-1]) == good and "damaged" not in capsys.readouterr().err
+
+
+def test_files_a_library_writes_private_are_published_with_the_umask(in_tmp):
+    from annotune.files import publish_dir, staging_dir
+
+    old = os.umask(0o022)
+    try:
+        staging = staging_dir(in_tmp / "model")
+        fd = os.open(staging / "model.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)  # as safetensors does
+        os.close(fd)
+        publish_dir(staging, in_tmp / "model")
+    finally:
+        os.umask(old)
+    assert (in_tmp / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
