@@ -70,6 +70,8 @@ def parse_args(argv=None):
 def read_sheets(paths, column: str, corpus, design) -> tuple:
     """{corpus position: human label index} of the labelled rows, and the count left unlabelled.
     A row id may be written 7, "7", " 7" or 7.0; anything else is refused."""
+    from pathlib import Path
+
     import pandas as pd
 
     from annotune.designs import row_id
@@ -78,6 +80,8 @@ def read_sheets(paths, column: str, corpus, design) -> tuple:
     position = dict(zip(design["drawn"], corpus.positions(design["drawn"], "--design")))
     labelled, blank, seen = {}, 0, set()
     for path in paths:
+        if Path(path).exists() and not Path(path).is_file():
+            raise UserError(f"--sheet {path} is not a regular file")
         try:
             sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         except FileNotFoundError:

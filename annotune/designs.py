@@ -128,8 +128,10 @@ def read_corpus(path: str) -> Corpus:
     """The annotated corpus, checked: a prediction column, finite probabilities in [0, 1]."""
     import pandas as pd
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise UserError(f"--corpus {path} not found")
+    if not Path(path).is_file():
+        raise UserError(f"--corpus {path} is not a regular file")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

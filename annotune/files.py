@@ -59,7 +59,7 @@ def infer_format(path: str) -> str:
 MAX_DEPTH = 100  # nesting of a spec or record a reader accepts (lists and maps inside each other)
 
 
-def read_bounded(path, limit: int, what: str) -> str:
+def read_bounded(path, limit: int, what: str, too_big: str = "") -> str:
     """The UTF-8 text of a regular file of at most `limit` bytes. At most limit + 1 bytes are read
     whatever stat says (/dev/zero has size 0); a FIFO, device or folder is refused without a read
     (opened non-blocking, so a FIFO with no writer cannot hang the open)."""
@@ -76,7 +76,7 @@ def read_bounded(path, limit: int, what: str) -> str:
             raise UserError(f"{what} {path} is not a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise UserError(f"{what} {path} is larger than {limit} bytes")
+        raise UserError(f"{what} {path} is larger than {limit} bytes{'; ' + too_big if too_big else ''}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -116,6 +116,8 @@ def open_text(path: str, encoding: str):
             return io.StringIO(zf.read(member).decode(encoding), newline="")
     if Path(path).is_dir():
         raise UserError(f"{path} is a folder, not a data file")
+    if Path(path).exists() and not Path(path).is_file():
+        raise UserError(f"{path} is not a regular file (a FIFO or a device is never read)")
     if not Path(path).exists():
         raise UserError(f"data file {path} not found (set ANNOTUNE_DATA_DIR to the folder holding the "
                         "task data, or point the task spec at your copy)")

@@ -246,7 +246,8 @@ def load_task(name_or_path: str, merge: str | None = None) -> TaskSpec:
     if not path.exists():
         raise UserError(f"unknown task {name_or_path!r}; shipped tasks: {', '.join(available_tasks())} "
                         "(or give the path of a task YAML file)")
-    text = read_bounded(path, MAX_SPEC_BYTES, "task spec")
+    text = read_bounded(path, MAX_SPEC_BYTES, "task spec",
+                        f"a task spec is at most {MAX_SPEC_BYTES} (the rows belong in data files it names)")
     try:
         loader = _yaml_loader()(text)
         loader.name = str(path)

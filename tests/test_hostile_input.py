@@ -491,29 +491,49 @@ def test_a_stale_lock_is_taken_over_by_one_process_whatever_the_interleaving(tmp
     assert not (tmp_path / "out.csv.lock").exists()
 
 
+def _racer(k, root, trials, barrier, results):
+    """One of the racing labellers: in each trial, all take the same stale lock at once; the winner
+    holds it until every racer has tried."""
+    from annotune.cli import UserError
+    from annotune.corpus import PartStore
+
+    os.environ.pop("ANNOTUNE_PAUSE_AT", None)
+    for trial in range(trials):
+        store = PartStore(Path(root) / f"t{trial}" / "out.csv", {})
+        barrier.wait()
+        try:
+            store.lock()
+            got = True
+        except UserError:
+            got = False
+        results.put((trial, k, got))
+        barrier.wait()
+        if got:
+            store.unlock()
+    results.close()
+    results.join_thread()  # the queue's feeder thread flushes before the process ends
+    os._exit(0)
+
+
 def test_racing_for_a_stale_lock_leaves_exactly_one_holder(tmp_path):
     import multiprocessing
+    import socket
 
-    fork = multiprocessing.get_context("fork")
-    for trial in range(50):
-        folder = tmp_path / f"t{trial}"
-        folder.mkdir()
-        output, held, release = folder / "out.csv", folder / "held", folder / "release"
-        _stale_lock(folder / "out.csv.lock") if trial % 10 == 0 else (folder / "out.csv.lock").write_text(
-            json.dumps({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}))
-        release.touch()
-        racers = [fork.Process(target=_take_lock, args=(output, None, held, release, str(k))) for k in range(4)]
-        for p in racers:
-            p.start()
-        deadline = time.time() + 30
-        while sum(p.exitcode == 3 for p in racers) < 3 and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)
-        release.unlink()
-        for p in racers:
-            p.join(30)
-        assert sorted(p.exitcode for p in racers) == [0, 3, 3, 3], trial
-        assert len(held.read_text().split()) == 1, trial
+    fork, trials, racers = multiprocessing.get_context("fork"), 50, 4
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for trial in range(trials):  # a stale lock of a dead process on this host, in each trial's folder
+        (tmp_path / f"t{trial}").mkdir()
+        (tmp_path / f"t{trial}" / "out.csv.lock").write_text(
+            json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    barrier, results = fork.Barrier(racers), fork.Queue()
+    workers = [fork.Process(target=_racer, args=(k, tmp_path, trials, barrier, results)) for k in range(racers)]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=60) for _ in range(trials * racers)]
+    for w in workers:
+        w.join(60)
+    holders = [sum(got for t, _, got in outcomes if t == trial) for trial in range(trials)]
+    assert holders == [1] * trials
 
 
 @pytest.mark.parametrize("make", ["dev_zero", "fifo", "deep"])
@@ -568,3 +588,37 @@ def test_files_a_library_writes_private_are_published_with_the_umask(in_tmp):
     finally:
         os.umask(old)
     assert (in_tmp / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_fifo_given_as_data_sheet_or_corpus_is_refused_without_waiting(tmp_path):
+    from test_estimates import fill, write_corpus
+
+    gold, _ = write_corpus(tmp_path / "c.csv", size=200)
+    assert subprocess.run([sys.executable, str(REPO / "sample.py"), "--corpus", "c.csv", "--n", 20], cwd=tmp_path,
+                          capture_output=True, timeout=120).returncode == 0
+    fill(tmp_path / "c.sheet.csv", gold, tmp_path / "s.csv")
+    os.mkfifo(tmp_path / "pipe.csv")
+    runs = {
+        "is not a regular file": [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                                  "from annotune.cli import run_cli; from annotune.files import read_table; "
+                                  "sys.exit(run_cli(lambda argv: len(read_table('pipe.csv')) and 0, []))", str(REPO)],
+        "--sheet pipe.csv is not a regular file": [sys.executable, str(REPO / "estimate.py"), "--corpus", "c.csv",
+                                                   "--sheet", "pipe.csv", "--design", "c.design.json"],
+        "--corpus pipe.csv is not a regular file": [sys.executable, str(REPO / "sample.py"), "--corpus", "pipe.csv",
+                                                    "--n", 5],
+    }
+    for message, argv in runs.items():
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+            done.stderr
+
+
+def test_an_output_under_a_file_is_one_line_in_evaluate(in_tmp, capsys, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 3)
+    (in_tmp / "file.txt").write_text("mine")
+    refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body",
+                                 "--output", "file.txt/o.csv", "--quiet"], "file.txt is a file, not a folder", in_tmp)
+    refused(capsys, "evaluate", ["--adapters_name", pol_run[-1], "--output_dir", "file.txt/ev", "--quiet"],
+            "file.txt is a file, not a folder", in_tmp)
+    refused(capsys, "export", ["--adapters_name", pol_run[-1], "--output_dir", "file.txt/m"],
+            "file.txt is a file, not a folder", in_tmp)
