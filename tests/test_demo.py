@@ -14,3 +14,35 @@ def test_the_demo_runs_with_its_defaults_and_writes_the_comparison(in_tmp, tiny_
     comparison = (in_tmp / "d" / "eval" / "comparison.md").read_text().lower()
     for row in ("baseline: majority", "baseline: tf-idf", "base:", "-epoch1 (argmax)"):
         assert row in comparison
+    # Step 4: the test rows as a corpus, labelled, sampled, estimated, beside the truth of those rows.
+    from datasets import load_from_disk
+
+    test = load_from_disk(str(in_tmp / "d" / "dataset"))["test"]
+    names = getattr(test.features["label"], "names", None)
+    corpus_gold = [names[r["label"]] if names else r["label"] for r in test][:8]
+    labelled = (in_tmp / "d" / "corpus" / "reviews.labeled.csv").read_text().splitlines()
+    assert len(labelled) == 9 and labelled[0].startswith("row,id,text,prediction,prob_")
+    estimates = json.loads((in_tmp / "d" / "corpus" / "estimates" / "estimates.json").read_text())
+    assert estimates["corpus_rows"] == 8 and estimates["labelled"] == 4 and estimates["alpha"] == 0.05
+    table = (in_tmp / "d" / "corpus_estimate.md").read_text().splitlines()
+    assert table[2] == ("| label | naive (model's labels as gold) | classical (human sample alone) | prediction-powered "
+                        "| true share |")
+    shares = {line.split("|")[1].strip(): float(line.split("|")[5]) for line in table[4:]}
+    assert set(shares) == {"negative", "neutral", "positive"}
+    for label, share in shares.items():  # from the gold labels of the 8 corpus rows only
+        assert share == round(sum(g == label for g in corpus_gold) / 8, 3)
+
+
+def test_the_demo_table_marks_each_interval_against_the_true_share(tmp_path):
+    import demo
+
+    est = {"corpus_rows": 4, "labelled": 2, "estimates": [
+        {"quantity": {"kind": "share", "label": "pos", "group": "", "term": ""},
+         "naive": {"estimate": 0.9, "low": 0.8, "high": 0.95}, "classical": {"estimate": 0.5, "low": 0.1, "high": 0.9},
+         "ppi": {"estimate": 0.7, "low": 0.6, "high": 0.8}},
+        {"quantity": {"kind": "share", "label": "pos", "group": "g", "term": ""},
+         "naive": {}, "classical": {}, "ppi": {}}]}
+    (tmp_path / "e.json").write_text(json.dumps(est))
+    table = demo.estimate_table(tmp_path / "e.json", {"a": "pos", "b": "pos", "c": "neg", "d": "pos"})
+    row = table.splitlines()[-1]
+    assert row == "| pos | 0.900 [0.800, 0.950] misses | 0.500 [0.100, 0.900] holds | 0.700 [0.600, 0.800] holds | 0.750 |"
