@@ -594,7 +594,7 @@ def test_a_fifo_given_as_data_sheet_or_corpus_is_refused_without_waiting(tmp_pat
     from test_estimates import fill, write_corpus
 
     gold, _ = write_corpus(tmp_path / "c.csv", size=200)
-    assert subprocess.run([sys.executable, str(REPO / "sample.py"), "--corpus", "c.csv", "--n", 20], cwd=tmp_path,
+    assert subprocess.run([sys.executable, str(REPO / "sample.py"), "--corpus", "c.csv", "--n", "20"], cwd=tmp_path,
                           capture_output=True, timeout=120).returncode == 0
     fill(tmp_path / "c.sheet.csv", gold, tmp_path / "s.csv")
     os.mkfifo(tmp_path / "pipe.csv")
@@ -605,7 +605,7 @@ def test_a_fifo_given_as_data_sheet_or_corpus_is_refused_without_waiting(tmp_pat
         "--sheet pipe.csv is not a regular file": [sys.executable, str(REPO / "estimate.py"), "--corpus", "c.csv",
                                                    "--sheet", "pipe.csv", "--design", "c.design.json"],
         "--corpus pipe.csv is not a regular file": [sys.executable, str(REPO / "sample.py"), "--corpus", "pipe.csv",
-                                                    "--n", 5],
+                                                    "--n", "5"],
     }
     for message, argv in runs.items():
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
