@@ -239,6 +239,27 @@ class Findings:
         return out
 
 
+def coverage(findings: "Findings", gold_all: np.ndarray, n: int, reps: int, alpha: float, seed: int = 0) -> dict:
+    """How often the intervals hold: over `reps` simple random samples of n corpus rows (gold_all:
+    every row's true label index), the share of draws whose classical and ppi interval holds each
+    quantity's census value, {(quantity name, method): rate}; naive (no sample) holds it or not."""
+    from .inference import Sample
+
+    truth, rng, held, runs = findings.truth(gold_all), np.random.default_rng(seed), {}, {}
+    for _ in range(reps):
+        rows = np.sort(rng.choice(findings.corpus.size, n, replace=False))
+        sample = Sample(rows, np.full(n, n / findings.corpus.size), "srs", findings.corpus.size)
+        for r in findings.run(sample, gold_all[rows], methods=("classical", "ppi"), alpha=alpha):
+            key = (r["quantity"].name, r["method"])
+            if r["estimate"] is not None:
+                runs[key] = runs.get(key, 0) + 1
+                held[key] = held.get(key, 0) + int(r["low"] <= truth[key[0]] <= r["high"])
+    for r in findings.run(None, np.zeros(0, dtype=int), methods=("naive",), alpha=alpha):
+        runs[r["quantity"].name, "naive"] = 1
+        held[r["quantity"].name, "naive"] = int(r["low"] <= truth[r["quantity"].name] <= r["high"])
+    return {key: held[key] / runs[key] for key in runs}
+
+
 def effective_sizes(results: list, n: int, size: int) -> dict:
     """Per quantity: the human labels alone that ppi's interval is worth."""
     by = {}

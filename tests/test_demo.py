@@ -7,7 +7,7 @@ from conftest import run_script
 
 def test_the_demo_runs_with_its_defaults_and_writes_the_comparison(in_tmp, tiny_llama_dir):
     assert run_script("demo", ["--model_name", tiny_llama_dir, "--epochs", 1, "--test_samples", 8,
-                               "--output_dir", "d"]) == 0
+                               "--coverage_draws", 20, "--output_dir", "d"]) == 0
     train = json.loads((in_tmp / "d" / "train" / "manifest.json").read_text())
     assert train["args"]["max_train_samples"] is None  # the default 0 = every training row
     assert train["args"]["balance"] == "oversample"  # train.py's default for classification
@@ -27,10 +27,14 @@ def test_the_demo_runs_with_its_defaults_and_writes_the_comparison(in_tmp, tiny_
     table = (in_tmp / "d" / "corpus_estimate.md").read_text().splitlines()
     assert table[2] == ("| label | naive (model's labels as gold) | classical (human sample alone) | prediction-powered "
                         "| true share |")
-    shares = {line.split("|")[1].strip(): float(line.split("|")[5]) for line in table[4:]}
+    shares = {line.split("|")[1].strip(): float(line.split("|")[5]) for line in table[4:7]}
     assert set(shares) == {"negative", "neutral", "positive"}
     for label, share in shares.items():  # from the gold labels of the 8 corpus rows only
         assert share == round(sum(g == label for g in corpus_gold) / 8, 3)
+    assert table[8].startswith("Over 20 seeded draws of 4 human labels")
+    for line in table[12:15]:  # every label's coverage over the draws, a rate for classical and ppi
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[1] in ("holds", "misses") and all(0 <= float(c[:-1]) <= 100 for c in cells[2:])
 
 
 def test_the_demo_table_marks_each_interval_against_the_true_share(tmp_path):
