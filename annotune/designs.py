@@ -170,6 +170,8 @@ def _row_ids(table, path) -> np.ndarray:
         bad = ids.index(None)
         raise UserError(f"--corpus {path}: column {ROW!r} line {bad + 2} holds {table[ROW].iloc[bad]!r}, not a row "
                         "number (an integer)")
+    if any(abs(i) >= 2 ** 63 for i in ids):
+        raise UserError(f"--corpus {path}: column {ROW!r} holds a row number beyond 64 bits")
     ids = np.array(ids, dtype=np.int64)
     if len(np.unique(ids)) != len(ids):
         raise UserError(f"--corpus {path}: column {ROW!r} repeats a row number")
@@ -311,7 +313,7 @@ def _field(design: dict, key: str, types, where: str, optional: bool = False):
     value = design.get(key)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, types):
+    if isinstance(value, bool) or not isinstance(value, types) or isinstance(value, int) and abs(value) > 2 ** 62:
         raise UserError(f"{where}: {key!r} is {json.dumps(value)[:40]}, not {_type_name(types)}")
     return value
 
@@ -338,8 +340,11 @@ def check_design(design: dict, corpus: Corpus, where: str) -> None:
     pi = _field(design, "pi", list, where)
     if len(pi) != corpus.size:
         raise UserError(f"{where} lists {len(pi)} rows, the corpus has {corpus.size}")
-    if any(isinstance(p, bool) or not isinstance(p, (int, float)) for p in pi):
-        bad = next(k for k, p in enumerate(pi) if isinstance(p, bool) or not isinstance(p, (int, float)))
+    def not_a_number(p) -> bool:
+        return isinstance(p, bool) or not isinstance(p, (int, float)) or isinstance(p, int) and abs(p) > 2 ** 62
+
+    if any(not_a_number(p) for p in pi):
+        bad = next(k for k, p in enumerate(pi) if not_a_number(p))
         raise UserError(f"{where}: pi of row {corpus.ids[bad]} is {json.dumps(pi[bad])[:40]}, not a number")
     pi = np.array(pi, dtype=float)
     outside = np.flatnonzero(~np.isfinite(pi) | (pi <= 0) | (pi > 1))

@@ -272,6 +272,8 @@ EDITS = {
     "pi above 1": ("uniform", lambda d: d["pi"].__setitem__(0, 1.5), "not in (0, 1]"),
     "pi null": ("uniform", lambda d: d["pi"].__setitem__(0, None), "is null, not a number"),
     "pi text": ("uniform", lambda d: d["pi"].__setitem__(0, "0.2"), "not a number"),
+    "pi beyond a float": ("uniform", lambda d: d["pi"].__setitem__(0, 10 ** 400), "not a number"),
+    "expected_n beyond a float": ("uniform", lambda d: d.__setitem__("expected_n", 10 ** 400), "not a number"),
     "drawn null": ("uniform", lambda d: d.__setitem__("drawn", None), "'drawn' is null, not a list"),
     "unknown id": ("uniform", lambda d: (d["drawn"].append(10 ** 6), d.__setitem__("drawn_n", d["drawn_n"] + 1)),
                    "row 1000000 is not a row of"),
