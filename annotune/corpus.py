@@ -115,7 +115,10 @@ class PartStore:
 
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         while True:
-            fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+            except OSError as err:
+                raise UserError(f"cannot open the lock file {self.lock_path}: {err.strerror}") from None
             crash_point("lock.opened")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

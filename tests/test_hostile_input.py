@@ -622,3 +622,17 @@ def test_an_output_under_a_file_is_one_line_in_evaluate(in_tmp, capsys, pol_run)
             "file.txt is a file, not a folder", in_tmp)
     refused(capsys, "export", ["--adapters_name", pol_run[-1], "--output_dir", "file.txt/m"],
             "file.txt is a file, not a folder", in_tmp)
+
+
+def test_a_lock_path_that_is_a_link_or_a_folder_is_one_line_and_nothing_is_truncated(tmp_path):
+    from annotune.cli import UserError
+    from annotune.corpus import PartStore
+
+    (tmp_path / "mine.txt").write_text("keep me")
+    os.symlink(tmp_path / "mine.txt", tmp_path / "out.csv.lock")
+    with pytest.raises(UserError, match="cannot open the lock file"):
+        PartStore(tmp_path / "out.csv", {}).lock()
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    (tmp_path / "o2.csv.lock").mkdir()
+    with pytest.raises(UserError, match="Is a directory"):
+        PartStore(tmp_path / "o2.csv", {}).lock()
