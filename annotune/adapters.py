@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cli import UserError
 from .faults import crash_point
-from .files import atomic_write_json, publish_dir, remove_dir, staging_dir
+from .files import atomic_write_json, file_sha256, publish_dir, remove_dir, staging_dir
 
 ADAPTER_INFO = "annotune.json"
 # Files a tokenizer may load from: an adapter's must be the ones train.py recorded (tokenizer_files).
@@ -51,9 +51,7 @@ def save_adapter(model, tokenizer, folder: Path, record) -> Path:
 
 
 def tokenizer_hashes(folder: Path, names) -> dict:
-    import hashlib
-
-    return {name: hashlib.sha256((Path(folder) / name).read_bytes()).hexdigest() for name in names}
+    return {name: file_sha256(Path(folder) / name) for name in names}
 
 
 def tokenizer_source(folder: Path, recorded: dict | None, base_model: str) -> str:

@@ -13,7 +13,6 @@ folder is removed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from .cli import UserError
 from .faults import crash_point
-from .files import atomic_write_json, disk_space, infer_format, iter_rows, publish_mode
+from .files import atomic_write_json, disk_space, file_sha256, infer_format, iter_rows, publish_mode
 
 ROW, PREDICTION, TRUNCATED, PROB = "row", "prediction", "truncated", "prob_"
 SETTINGS = "settings.json"
@@ -55,24 +54,13 @@ def check_input(path: str, text_column: str) -> tuple:
     row has a column named like one of ours. Returns the SHA-256 of its bytes (part of the run's
     fingerprint) and the input's columns: the union of every row's keys, in the order first seen
     (the rows of a JSON-lines file need not share theirs)."""
-    import codecs
-
     columns = {}
     for chunk in iter_input(path, text_column, 4096):
         for number, row in chunk:
             if any(key not in columns for key in row):
                 refuse_reserved(list(row), f"{path}: row {number}")
                 columns.update(dict.fromkeys(row))
-    decoder, digest = codecs.getincrementaldecoder("utf-8")(), hashlib.sha256()
-    with open(path, "rb") as handle:
-        try:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                decoder.decode(block)
-                digest.update(block)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise UserError(f"{path} is not UTF-8; convert it, e.g. iconv -t UTF-8") from None
-    return digest.hexdigest(), list(columns)
+    return file_sha256(path), list(columns)  # iter_input decoded every byte: a file that is not UTF-8 is refused
 
 
 def refuse_reserved(input_columns, path: str) -> None:

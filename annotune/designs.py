@@ -32,6 +32,7 @@ import numpy as np
 
 from .cli import UserError
 from .corpus import PREDICTION, PROB, ROW
+from .files import file_sha256, parse_json, read_bounded
 from .labels import norm_label
 
 DESIGN_FORMAT = "annotune-sample-design/2"   # sealed: "sha256" of the rest of the record
@@ -114,14 +115,6 @@ class Corpus:
         if norm_label(value) not in keys:
             raise UserError(f"{context}: {value!r} is not a label of this corpus ({', '.join(self.labels)})")
         return keys[norm_label(value)]
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_corpus(path: str) -> Corpus:
@@ -263,17 +256,20 @@ def design_record(corpus: Corpus, settings: dict, pi, strata, names, drawn, phas
     """The design file's record, sealed. settings: strategy, target, uniform_share, stratify_by;
     drawn: corpus positions of every drawn row, in the order they were drawn."""
     drawn = np.asarray(drawn, dtype=int)
-    sizes = np.bincount(strata, minlength=len(names))
-    taken = np.bincount(strata[drawn], minlength=len(names))
     record = {"format": DESIGN_FORMAT, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
               "corpus_rows": corpus.size, "strategy": settings["strategy"],
               "kind": KIND_OF_STRATEGY[settings["strategy"]], "target": settings["target"],
               "uniform_share": settings["uniform_share"], "stratify_by": settings["stratify_by"],
               "expected_n": float(pi.sum()), "drawn_n": int(len(drawn)),
-              "strata": {name: {"rows": int(s), "drawn": int(t)} for name, s, t in zip(names, sizes, taken)},
-              "phases": phases, "drawn": [int(corpus.ids[i]) for i in drawn],
+              "strata": strata_record(strata, names, drawn), "phases": phases, "drawn": [int(corpus.ids[i]) for i in drawn],
               "pi": [round(float(p), 12) for p in pi]}
     return {**record, "sha256": seal(record)}
+
+
+def strata_record(strata: np.ndarray, names: list, drawn: np.ndarray) -> dict:
+    """{stratum name: its rows and drawn rows}, as the design file lists them."""
+    sizes, taken = np.bincount(strata, minlength=len(names)), np.bincount(strata[drawn], minlength=len(names))
+    return {name: {"rows": int(s), "drawn": int(t)} for name, s, t in zip(names, sizes, taken)}
 
 
 def seal(design: dict) -> str:
@@ -287,12 +283,9 @@ def seal(design: dict) -> str:
 def read_design(path: str, corpus: Corpus) -> dict:
     """A design file, checked in full against the corpus it was drawn from: same bytes, its seal,
     every field's type and range, and every field that the others determine (see check_design)."""
-    from .files import read_bounded
-
-    text = read_bounded(path, MAX_DESIGN_BYTES, "--design")
     try:
-        design = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        design = parse_json(read_bounded(path, MAX_DESIGN_BYTES, "--design"), f"--design {path}")
+    except json.JSONDecodeError:
         raise UserError(f"--design {path} is not JSON") from None
     if not isinstance(design, dict) or design.get("format") not in (DESIGN_FORMAT, *UNSEALED_FORMATS):
         raise UserError(f"--design {path} is not a design file written by sample.py")
@@ -313,9 +306,16 @@ def _field(design: dict, key: str, types, where: str, optional: bool = False):
     value = design.get(key)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, types) or isinstance(value, int) and abs(value) > 2 ** 62:
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (int in types or float in types) and not _is_number(value):
         raise UserError(f"{where}: {key!r} is {json.dumps(value)[:40]}, not {_type_name(types)}")
     return value
+
+
+def _is_number(value) -> bool:
+    """A JSON number a float holds (not a boolean, not an integer past 2**62)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (isinstance(value, int)
+                                                                                  and abs(value) > 2 ** 62)
 
 
 def _type_name(types) -> str:
@@ -340,11 +340,8 @@ def check_design(design: dict, corpus: Corpus, where: str) -> None:
     pi = _field(design, "pi", list, where)
     if len(pi) != corpus.size:
         raise UserError(f"{where} lists {len(pi)} rows, the corpus has {corpus.size}")
-    def not_a_number(p) -> bool:
-        return isinstance(p, bool) or not isinstance(p, (int, float)) or isinstance(p, int) and abs(p) > 2 ** 62
-
-    if any(not_a_number(p) for p in pi):
-        bad = next(k for k, p in enumerate(pi) if not_a_number(p))
+    if not all(_is_number(p) for p in pi):
+        bad = next(k for k, p in enumerate(pi) if not _is_number(p))
         raise UserError(f"{where}: pi of row {corpus.ids[bad]} is {json.dumps(pi[bad])[:40]}, not a number")
     pi = np.array(pi, dtype=float)
     outside = np.flatnonzero(~np.isfinite(pi) | (pi <= 0) | (pi > 1))
@@ -368,18 +365,15 @@ def check_design(design: dict, corpus: Corpus, where: str) -> None:
     if sum(p["drawn"] for p in phases) != len(ids):
         raise UserError(f"{where}: its phases drew {sum(p['drawn'] for p in phases)} rows, drawn lists {len(ids)}")
     strata, names = strata_of(corpus, stratify_by)
-    sizes, taken = np.bincount(strata, minlength=len(names)), np.bincount(strata[positions], minlength=len(names))
-    recorded = {name: {"rows": int(s), "drawn": int(t)} for name, s, t in zip(names, sizes, taken)}
-    if design.get("strata") != recorded:
+    if design.get("strata") != strata_record(strata, names, positions):
         raise UserError(f"{where}: its strata do not match the corpus's {stratify_by or 'rows'} and its drawn rows")
-    expected = (taken / sizes)[strata] if strategy == "uniform" else replay_active(corpus, design, strata, where)
+    taken = np.bincount(strata[positions], minlength=len(names))
+    expected = (taken / np.bincount(strata, minlength=len(names)))[strata] if strategy == "uniform" else replay_active(corpus, design, strata, where)
     wrong = np.flatnonzero(np.abs(pi - expected) > 1e-8)
     if len(wrong):
         k = wrong[0]
         raise UserError(f"{where}: pi of row {corpus.ids[k]} is {pi[k]:.6g}, its {strategy} design gives "
                         f"{expected[k]:.6g}; use the design file as sample.py wrote it")
-    if strategy == "active" and (pi[positions] <= 0).any():
-        raise UserError(f"{where}: a drawn row has inclusion probability 0")
 
 
 def replay_active(corpus: Corpus, design: dict, strata: np.ndarray, where: str) -> np.ndarray:

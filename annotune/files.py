@@ -83,6 +83,17 @@ def read_bounded(path, limit: int, what: str, too_big: str = "") -> str:
         raise UserError(f"{what} {path} is not UTF-8 (byte {err.start})") from None
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_depth(value, what: str, limit: int = MAX_DEPTH) -> None:
     """Refuse lists and maps nested deeper than `limit` (walked without recursion)."""
     stack = [(value, 1)]

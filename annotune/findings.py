@@ -182,8 +182,9 @@ class Findings:
                     results.append(self._row(q, method, value, var, alpha, df, None, None, n))
         if self.regression:
             j, x, terms, census = self.regression
+            used = np.zeros(0, dtype=bool) if sample is None else np.any(x[sample.rows] != 0, axis=1)
             if sample is not None:
-                check_terms(x[sample.rows][np.any(x[sample.rows] != 0, axis=1)], terms)
+                check_terms(x[sample.rows][used], terms)
             y = (gold == j).astype(float)
             for method in methods:
                 est = self._one(method, x, j, sample, y, self.link, census)
@@ -192,7 +193,7 @@ class Findings:
                     results.append(self._row(Quantity("coefficient", self.corpus.labels[j], term=term), method,
                                              float(est.value[t]), float(est.cov[t, t]), alpha, df, est.lam,
                                              est.influence[:, [t]] if len(est.influence) else None,
-                                             0 if sample is None else int(np.any(x[sample.rows] != 0, axis=1).sum())))
+                                             int(used.sum())))
         return results
 
     def _one(self, method, x, j, sample, y, link, census):
