@@ -176,7 +176,7 @@ def coverage_table(corpus_csv, gold: dict, n: int, draws: int) -> str:
 
     import numpy as np
 
-    from annotune.designs import read_corpus
+    from annotune.annotated import read_corpus
     from annotune.findings import Findings, coverage
 
     corpus = read_corpus(str(corpus_csv))

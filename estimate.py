@@ -27,7 +27,8 @@ import sys
 
 import numpy as np
 
-from annotune.cli import UserError, check_ranges, parser, run_cli
+from annotune.cli import UserError, add_parameters, check_ranges, parser, run_cli
+from annotune.estimators import describe, parameters
 
 
 def parse_args(argv=None):
@@ -48,11 +49,9 @@ def parse_args(argv=None):
     g.add_argument("--drop_blank", action="store_true",
                    help="regress on the rows whose every --on cell has a value: the estimand becomes the regression "
                         "in that part of the corpus (default: blank --on cells are refused)")
-    g = p.add_argument_group("method")
+    g = p.add_argument_group("method", "estimators (annotune/estimators.py): " + describe().replace("%", "%%"))
     g.add_argument("--alpha", type=float, default=0.1, help="1 - confidence level (default: 0.1, 90%% intervals)")
-    g.add_argument("--model_output", choices=["probs", "labels"], default="probs",
-                   help="what ppi uses: the model's probabilities or its 0/1 labels (default: probs; see "
-                        "docs/results.md, 'From labels to findings')")
+    add_parameters(g, parameters())  # each estimator's own settings
     g.add_argument("--plan", type=float, metavar="HALF_WIDTH", help="human labels needed for this half-width")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", help="results folder (default: <corpus>.estimates); never overwritten")
@@ -70,24 +69,14 @@ def parse_args(argv=None):
 def read_sheets(paths, column: str, corpus, design) -> tuple:
     """{corpus position: human label index} of the labelled rows, and the count left unlabelled.
     A row id may be written 7, "7", " 7" or 7.0; anything else is refused."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from annotune.designs import row_id
+    from annotune.annotated import row_id
+    from annotune.tables import read_frame
 
     drawn = set(design["drawn"])
     position = dict(zip(design["drawn"], corpus.positions(design["drawn"], "--design")))
     labelled, blank, seen = {}, 0, set()
     for path in paths:
-        if Path(path).exists() and not Path(path).is_file():
-            raise UserError(f"--sheet {path} is not a regular file")
-        try:
-            sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        except FileNotFoundError:
-            raise UserError(f"--sheet {path} not found") from None
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise UserError(f"--sheet {path} is not a readable UTF-8 CSV: {str(err).splitlines()[0]}") from None
+        sheet = read_frame(path, "--sheet")
         for need in ("row", column):
             if need not in sheet.columns:
                 raise UserError(f"--sheet {path} has no {need!r} column (columns: {list(sheet.columns)})")
@@ -108,31 +97,11 @@ def read_sheets(paths, column: str, corpus, design) -> tuple:
     return labelled, blank + len(drawn - seen)
 
 
-def build_sample(design, corpus, labelled: dict):
-    """The labelled rows as a sample of the design; unlabelled rows as missing at random (SRS: the
-    stratum's labelled share; Poisson: pi scaled by the response rate)."""
-    from annotune.inference import Sample
-    from annotune.designs import strata_of
-
-    rows = np.array(sorted(labelled), dtype=int)
-    if len(rows) < 2:
-        raise UserError(f"the sheets hold {len(rows)} labelled rows; at least 2 are needed")
-    pi_all = np.array(design["pi"], dtype=float)
-    if design["kind"] == "poisson":
-        rate = len(rows) / max(design["drawn_n"], 1)
-        return Sample(rows, pi_all[rows] * rate, "poisson", corpus.size)
-    strata, names = strata_of(corpus, design["stratify_by"])
-    sizes, taken = np.bincount(strata), np.bincount(strata[rows], minlength=strata.max() + 1)
-    short = [n for n, t, big in zip(names, taken, sizes) if t < 2 and t < big]
-    if short:
-        raise UserError(f"stratum {short[0]!r} of {design['stratify_by']} has fewer than 2 labelled rows: its "
-                        "variance is unknown; label more of its drawn rows (or top the draw up)")
-    return Sample(rows, (taken / sizes)[strata[rows]], "srs", corpus.size, strata)
-
-
 def plans(results, sample, design, corpus, half: float, alpha: float) -> dict:
-    from annotune.inference import plan_n
+    """Per quantity: the human labels of this design's strategy that reach half-width `half`."""
+    from annotune.designs import sampling_design
 
+    plan_n = sampling_design(design["strategy"]).plan
     shape = np.array(design["pi"]) / max(design["expected_n"], 1e-12)
     out = {}
     for r in results:
@@ -148,7 +117,8 @@ def main(argv=None):
 
     from annotune.files import ensure_new_path
     from annotune.findings import Findings, effective_sizes, write_estimates
-    from annotune.designs import read_corpus, read_design
+    from annotune.annotated import read_corpus
+    from annotune.designs import read_design, sample_of
 
     corpus = read_corpus(args.corpus)
     design = read_design(args.design, corpus)
@@ -156,11 +126,13 @@ def main(argv=None):
     ensure_new_path(out_dir, what="--output_dir", inputs=(args.corpus, args.design, *args.sheet), can_overwrite=False,
                     kind="dir")
     labelled, missing = read_sheets(args.sheet, args.label_column, corpus, design)
-    sample = build_sample(design, corpus, labelled)
+    sample = sample_of(design, corpus, labelled)
     by = corpus.categories(args.by, "--by") if args.by else None
     regress = (args.regress, {c: corpus.column(c, "--on") for c in args.on}) if args.regress else None
-    findings = Findings(corpus, args.model_output, by, regress, "identity" if args.link == "linear" else "logistic",
-                        args.compare, labelled=sample.rows, drop_blank=args.drop_blank)
+    options = {param.name: getattr(args, param.name) for param in parameters()}
+    findings = Findings(corpus, options.get("model_output", "probs"), by, regress,
+                        "identity" if args.link == "linear" else "logistic", args.compare, labelled=sample.rows,
+                        drop_blank=args.drop_blank, options=options)
     if missing:
         print(f"warning: {missing} drawn rows have no human label and are left out; the intervals assume they "
               "are missing at random", file=sys.stderr)
@@ -170,7 +142,7 @@ def main(argv=None):
     planned = plans(results, sample, design, corpus, args.plan, args.alpha) if args.plan else None
     summary = {"corpus": str(args.corpus), "corpus_sha256": corpus.sha256, "corpus_rows": corpus.size,
                "design": str(args.design), "strategy": design["strategy"], "labelled": len(sample.rows),
-               "unlabelled_dropped": missing, "alpha": args.alpha, "model_output": findings.output,
+               "unlabelled_dropped": missing, "alpha": args.alpha, "model_output": findings.output, "options": findings.options,
                "link": args.link if regress else None, "plan_half_width": args.plan,
                "regression_rows": findings.regression_rows}
     write_estimates(out_dir, summary, results, n_eff, planned)

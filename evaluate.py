@@ -28,6 +28,7 @@ from pathlib import Path
 from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
 from annotune.metrics import decision_objectives
 from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.prompts import template_names
 from annotune.task import DEFAULT_TASK
 
 
@@ -43,7 +44,8 @@ def parse_args(argv=None):
     g.add_argument("--merge", help="a named label merge of the task: a base-only run's labels; with adapters of the "
                                    "finer labels, their predictions merged (a merged label's probability: the sum)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py for a base-only run")
-    g.add_argument("--template", default="auto", help="prompt template for a base-only run (default: auto)")
+    g.add_argument("--template", default="auto", choices=template_names(),
+                   help="prompt template for a base-only run (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="base-only run: no label definitions")
     g.add_argument("--label_name", help="expected label list (JSON or Python literal); checked against the task")
     g = p.add_argument_group("data")
@@ -125,11 +127,11 @@ def labelling_of(args, adapters, rows: bool = True):
     from annotune.models import load_config, load_tokenizer, resolve_kind
 
     if adapters:
-        job = from_adapters(adapters, args.merge, rows)
-        if args.model_name and args.model_name != job.record.base_model:
-            raise UserError(f"adapter {adapters[0]} was trained on {job.record.base_model}, not on --model_name "
+        labelling = from_adapters(adapters, args.merge, rows)
+        if args.model_name and args.model_name != labelling.record.base_model:
+            raise UserError(f"adapter {adapters[0]} was trained on {labelling.record.base_model}, not on --model_name "
                             f"{args.model_name}")
-        return job
+        return labelling
     name = args.model_name or DEFAULT_CAUSAL_LM
     config = load_config(name)
     prompt = {"template": args.template, "with_definitions": not args.without_definitions}
@@ -137,19 +139,19 @@ def labelling_of(args, adapters, rows: bool = True):
                        lambda task_type: resolve_kind(config, "auto", task_type), seed=args.seed)
 
 
-def base_annotator(args, job, bases):
+def base_annotator(args, labelling, bases):
     """The untuned base model (with --base_only) prompted as the labelling says: as the adapters are."""
     from annotune.annotator import load_annotator
 
     if not args.base_only:
         return None
-    name = args.model_name or (job.record.base_model if job.record else DEFAULT_CAUSAL_LM)
-    model = bases.get(name, job.kind, job.scored.label_names)
-    return load_annotator(job.for_model(None), base_model=name, model=model, cpu_bf16=args.cpu_bf16,
+    name = args.model_name or (labelling.record.base_model if labelling.record else DEFAULT_CAUSAL_LM)
+    model = bases.get(name, labelling.kind, labelling.scored.label_names)
+    return load_annotator(labelling.for_model(None), base_model=name, model=model, cpu_bf16=args.cpu_bf16,
                           tie_margin=args.bf16_tie_margin)
 
 
-def evaluate_models(args, job, adapters, base, staging, bases):
+def evaluate_models(args, labelling, adapters, base, staging, bases):
     """Evaluate the base (if any) and every adapter on the chosen split(s) of the labelling's rows;
     per-model result files go into the staging folder that write_comparison publishes."""
     from peft import PeftModel
@@ -159,29 +161,29 @@ def evaluate_models(args, job, adapters, base, staging, bases):
     from annotune.models import resolve_model_path
     from annotune.report import add_baseline_differences, safe_name, write_model_results
 
-    spec, splits = job.reported, ["train", "validation"] if args.table else [args.split]
+    spec, splits = labelling.reported, ["train", "validation"] if args.table else [args.split]
     # BERTScore is for summaries only: a classification run needs no BERTScore model installed
     bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
         args.bertscore_model)
-    results = baselines(args, job, splits)
+    results = baselines(args, labelling, splits)
     names = distinct_names(adapters)  # results of two adapters with one name must not share a folder
     for adapter in ([None] if base else []) + list(adapters):
-        model_job, annotator = job.for_model(adapter), base
+        model_labelling, annotator = labelling.for_model(adapter), base
         if adapter is not None:
-            record = model_job.record
+            record = model_labelling.record
             base_model = bases.get(record.base_model, record.kind, record.labels)
-            annotator = load_annotator(model_job, model=PeftModel.from_pretrained(base_model, str(adapter)),
+            annotator = load_annotator(model_labelling, model=PeftModel.from_pretrained(base_model, str(adapter)),
                                        cpu_bf16=args.cpu_bf16, tie_margin=args.bf16_tie_margin)
         name = base.name if adapter is None else names[Path(adapter)]
         for split in splits:
-            result, split_job = evaluate_split(args, model_job, annotator, name, split, adapters, bert)
+            result, split_labelling = evaluate_split(args, model_labelling, annotator, name, split, adapters, bert)
             results.append(result)
         if args.annotations:  # the labels of the last split's rule
             from annotune.agreement import human_agreement
 
             results[-1]["agreement"] = human_agreement(
-                split_job, annotator, args.annotations, args.annotation_id_column,
-                args.annotation_label_column, [r["id"] for r in job.splits.get("train", [])], args.mode,
+                split_labelling, annotator, args.annotations, args.annotation_id_column,
+                args.annotation_label_column, [r["id"] for r in labelling.splits.get("train", [])], args.mode,
                 args.batch_size)
         if adapter is not None:
             unfold_lora(annotator.model)
@@ -194,7 +196,7 @@ def evaluate_models(args, job, adapters, base, staging, bases):
     return results
 
 
-def evaluate_split(args, model_job, annotator, name: str, split: str, adapters, bert) -> tuple:
+def evaluate_split(args, model_labelling, annotator, name: str, split: str, adapters, bert) -> tuple:
     """One model's results on one split, and its labelling with the split's rule (bert: the
     BERTScore model's path for a summary task, else None)."""
     from dataclasses import replace
@@ -203,10 +205,10 @@ def evaluate_split(args, model_job, annotator, name: str, split: str, adapters, 
     from annotune.contract import settle_rule
     from annotune.examples import pick_split
 
-    rows = pick_split(model_job.splits, split, args.max_samples, args.seed)
-    rule = settle_rule(args, model_job, annotator, split, lambda: validation_rows(args, adapters))
-    split_job = replace(model_job, rule=rule)
-    metrics, records = evaluate_rows(split_job, annotator, rows, args.mode, args.batch_size, args.length_norm,
+    rows = pick_split(model_labelling.splits, split, args.max_samples, args.seed)
+    rule = settle_rule(rule_settings(args), model_labelling, annotator, split, lambda: validation_rows(args, adapters))
+    split_labelling = replace(model_labelling, rule=rule)
+    metrics, records = evaluate_rows(split_labelling, annotator, rows, args.mode, args.batch_size, args.length_norm,
                                      args.max_new_tokens, progress=not args.quiet, n_boot=args.bootstrap,
                                      seed=args.seed, bertscore_model=bert, bertscore_layers=args.bertscore_layers,
                                      sampling=sampling(args))
@@ -214,22 +216,22 @@ def evaluate_split(args, model_job, annotator, name: str, split: str, adapters, 
         print(f"note: {metrics['truncated']} {split} texts were cut to fit {name}'s context "
               f"(flagged 'truncated' in predictions.jsonl)")
     return {"name": name, "split": split, "metrics": metrics, "records": records,
-            "epoch": model_job.record and model_job.record.epoch, "adapter": model_job.adapter}, split_job
+            "epoch": model_labelling.record and model_labelling.record.epoch, "adapter": model_labelling.adapter}, split_labelling
 
 
-def baselines(args, job, splits) -> list:
+def baselines(args, labelling, splits) -> list:
     """Majority and TF-IDF + LogReg rows, trained on exactly the rows the (first) adapter trained on
     (the whole train split for a base-only run)."""
     from annotune.baseline import baseline_results
     from annotune.examples import pick_split
 
-    if args.baseline == "none" or job.reported.type != "classification" or not job.splits.get("train"):
+    if args.baseline == "none" or labelling.reported.type != "classification" or not labelling.splits.get("train"):
         return []
-    train_ids = job.record.train_ids if job.record else None
+    train_ids = labelling.record.train_ids if labelling.record else None
     results = []
     for split in splits:
-        rows = pick_split(job.splits, split, args.max_samples, args.seed)
-        results += baseline_results(job.splits, train_ids, split, rows, job.reported.label_names, args.bootstrap,
+        rows = pick_split(labelling.splits, split, args.max_samples, args.seed)
+        results += baseline_results(labelling.splits, train_ids, split, rows, labelling.reported.label_names, args.bootstrap,
                                     args.seed)
     return results
 
@@ -245,6 +247,14 @@ def validation_rows(args, adapters) -> list:
         return []
 
 
+def rule_settings(args):
+    """How this run settles each model's decision rule (contract.settle_rule)."""
+    from annotune.contract import RuleSettings
+
+    return RuleSettings(decision=args.decision, objective=args.decision_objective, seed=args.seed, mode=args.mode,
+                        batch_size=args.batch_size, length_norm=args.length_norm)
+
+
 def sampling(args) -> dict:
     """Greedy unless --do_sample (then seeded, so a sampled evaluation can be repeated)."""
     if not args.do_sample:
@@ -255,7 +265,7 @@ def sampling(args) -> dict:
     return {"do_sample": True, "temperature": args.temperature}
 
 
-def annotate(args, job, adapters, base):
+def annotate(args, labelling, adapters, base):
     """Label --predict_file with one model, resumably; chunks dealt across accelerate processes."""
     from dataclasses import replace
 
@@ -263,7 +273,7 @@ def annotate(args, job, adapters, base):
 
     from annotune.annotator import load_annotator
     from annotune.contract import settle_rule
-    from annotune.corpus import PartStore, check_input
+    from annotune.corpus import PartStore, check_input, output_format
     from annotune.files import ensure_new_path
     from annotune.models import device_name
 
@@ -274,23 +284,25 @@ def annotate(args, job, adapters, base):
     inputs = (args.predict_file, *map(str, adapters))
     ensure_new_path(output, args.overwrite, what="--output", inputs=inputs, kind="file")
     ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
+    fmt = output_format(output)
     input_sha256, input_columns = check_input(args.predict_file, args.text_column)
-    annotator = base or load_annotator(job, quantization=args.quantization, cpu_bf16=args.cpu_bf16,
+    annotator = base or load_annotator(labelling, quantization=args.quantization, cpu_bf16=args.cpu_bf16,
                                        tie_margin=args.bf16_tie_margin)
     state = PartialState(cpu=device_name() == "cpu")
     # The adapter's own rule (refit if its precision differs); argmax for a base model
-    job = replace(job, rule=settle_rule(args, replace(job, splits={}), annotator, "predict",
+    labelling = replace(labelling, rule=settle_rule(rule_settings(args), replace(labelling, splits={}), annotator, "predict",
                                         lambda: validation_rows(args, adapters)))
-    store = PartStore(output, annotation_fingerprint(args, adapters, job, annotator, input_sha256))
+    store = PartStore(output, annotation_fingerprint(args, adapters, labelling, annotator, input_sha256),
+                      fmt)
     if state.is_main_process:
         store.lock()  # one labeller per output; the processes of this launch share it
     try:
-        return label_parts(args, state, store, job, annotator, output, input_columns)
+        return label_parts(args, state, store, labelling, annotator, output, input_columns)
     finally:
         store.unlock()
 
 
-def label_parts(args, state, store, job, annotator, output, input_columns) -> int:
+def label_parts(args, state, store, labelling, annotator, output, input_columns) -> int:
     from annotune.corpus import annotate_file
     from annotune.files import remove_dir
 
@@ -298,7 +310,7 @@ def label_parts(args, state, store, job, annotator, output, input_columns) -> in
         remove_dir(store.folder)
     state.wait_for_everyone()
     store.open()  # every process reads the finished ranges
-    result = annotate_file(job, annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
+    result = annotate_file(labelling, annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
                            args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
                            progress=not args.quiet, input_columns=input_columns, length_norm=args.length_norm,
                            max_new_tokens=args.max_new_tokens, sampling=sampling(args))
@@ -312,17 +324,17 @@ def label_parts(args, state, store, job, annotator, output, input_columns) -> in
     return 0
 
 
-def annotation_fingerprint(args, adapters, job, annotator, input_sha256: str) -> dict:
+def annotation_fingerprint(args, adapters, labelling, annotator, input_sha256: str) -> dict:
     """Everything that changes a label: a resumed annotation must match it exactly."""
     from annotune.models import tokenizer_sha256, weights_sha256
 
-    rule, tokenizer = job.rule, annotator.tokenizer
-    labels = job.scored.label_names if job.scored.type == "classification" else []
+    rule, tokenizer = labelling.rule, annotator.tokenizer
+    labels = labelling.scored.label_names if labelling.scored.type == "classification" else []
     return {"model": f"adapter sha256 {weights_sha256(Path(adapters[0]))}" if adapters else f"base {annotator.name}",
             "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
             "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
             "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
-            "text_column": args.text_column, "labels": job.reported.label_names, "precision": annotator.precision,
+            "text_column": args.text_column, "labels": labelling.reported.label_names, "precision": annotator.precision,
             "bf16_tie_margin": annotator.tie_margin, "tokenizer_sha256": tokenizer_sha256(tokenizer),
             "label_token_ids": [tokenizer(annotator.prompter.completion(label), add_special_tokens=False)["input_ids"]
                                 for label in labels] if annotator.prompter is not None else None}
@@ -346,11 +358,11 @@ def main(argv=None):
     given = list(found.values())
     adapters = given[:1] + [a for a in natural_order(given) if a not in given[:1]]
     bases = BaseModels(args.quantization)  # each base model loaded once, adapters attached in turn
-    job = labelling_of(args, adapters, rows=not args.predict_file)
-    base = base_annotator(args, job, bases)  # None unless --base_only
+    labelling = labelling_of(args, adapters, rows=not args.predict_file)
+    base = base_annotator(args, labelling, bases)  # None unless --base_only
     if args.predict_file:
-        return annotate(args, job, adapters, base)
-    spec = job.reported
+        return annotate(args, labelling, adapters, base)
+    spec = labelling.reported
     check_label_list(args.label_name, spec.label_names)
     if args.annotations:  # read them now: a bad file fails before the evaluation, not after it
         load_annotations(args.annotations, spec, args.annotation_id_column, args.annotation_label_column)
@@ -358,8 +370,8 @@ def main(argv=None):
     ensure_new_path(out_dir, False, what="--output_dir", kind="dir", can_overwrite=False)
     staging = staging_dir(out_dir)
     try:
-        results = evaluate_models(args, job, adapters, base, staging, bases)
-        print(write_comparison(args, spec, results, staging, out_dir, job.source))
+        results = evaluate_models(args, labelling, adapters, base, staging, bases)
+        print(write_comparison(vars(args), spec, results, staging, out_dir, labelling.source, args.table))
     finally:
         remove_dir(staging)  # gone already when published; removed on any error
     print(f"results in {out_dir}/")

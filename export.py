@@ -53,11 +53,11 @@ def usage_info(adapter, record, tokenizer) -> dict:
     from annotune.contract import from_adapter
     from annotune.prompts import encode_prompt
 
-    job = from_adapter(adapter)
-    out = {"exported_from": str(adapter), "kind": record.kind, **job.usage(), "base": record.base,
+    labelling = from_adapter(adapter)
+    out = {"exported_from": str(adapter), "kind": record.kind, **labelling.usage(), "base": record.base,
            "decision_rule": record.decision_rule, "validation_metrics": record.validation_metrics}
     if out["kind"] != "classifier":
-        spec, prompt, prompter = job.scored, job.prompt, job.prompter(tokenizer)
+        spec, prompt, prompter = labelling.scored, labelling.prompt, labelling.prompter(tokenizer)
         sentinel = "\u2063TEXT\u2063"  # invisible separators: no template contains them
         text_prompt = prompter.prompt(sentinel)
         annotator = Annotator(None, tokenizer, spec, prompter, out["kind"], adapter.name)  # tokenisation only
@@ -78,18 +78,25 @@ Task `{task}`, labels {labels}. Base model `{base}`; LoRA adapter `{adapter}` me
 Decision rule: {rule}
 """
 
-CAUSAL_HOW = """Label a text as annotune does (score every label's answer, add the decision rule's offsets):
+CAUSAL_HOW = """Label a text as annotune does (score every label's answer, merge the scored labels into the
+labels given, add the decision rule's offsets where its held-out check passed; {why}):
 
 ```python
-import json, torch
+import json
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 folder = "{folder}"
 meta = json.load(open(f"{{folder}}/annotune.json"))
 tok = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForCausalLM.from_pretrained(folder).eval()
-rule = meta["decision_rule"] or {{}}
-offsets = rule["offsets"] if {applied} else None  # {why}
+
+
+{rule_code}
+
+rule = meta["decision_rule"]
+offsets = rule["offsets"] if rule_applies(rule) else None
+
 
 @torch.no_grad()
 def label(text):
@@ -100,11 +107,8 @@ def label(text):
         answer = meta["answer_token_ids"][name]
         logits = model(torch.tensor([prompt_ids + answer])).logits[0].log_softmax(-1)
         scores.append(sum(logits[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
-    logp = torch.tensor(scores).log_softmax(0)
-    label_of = meta["label_of_scored"]  # scored label -> label given (a merge sums the finer labels)
-    given = [torch.logsumexp(logp[[i for i, f in enumerate(meta["scored_labels"]) if label_of[f] == name]], 0).item()
-             + (offsets[k] if offsets else 0.0) for k, name in enumerate(meta["labels"])]
-    return meta["labels"][max(range(len(given)), key=given.__getitem__)]
+    logp = torch.tensor(scores).log_softmax(0).tolist()
+    return given_label(logp, meta["scored_labels"], meta["labels"], meta["label_of_scored"], offsets)
 ```
 
 An engine that generates (vLLM, TGI, llama.cpp) can send `prompt_template` with the text in place of
@@ -119,14 +123,15 @@ order; without them, the plain argmax). Where annotune.json's `label_of_scored` 
 into the `labels` given before the log and offsets."""
 
 
-def readme(args, adapter, meta: dict, trained_4bit: bool) -> str:
-    from annotune.decision import DecisionRule
+def readme(output_dir, adapter, meta: dict, trained_4bit: bool) -> str:
+    """The README of the export; its labelling code is the decision rule's own (decision.py)."""
+    from annotune.decision import plain_python_source, rule_applies
 
     rule = meta.get("decision_rule") or {}
-    applied = DecisionRule.from_dict(meta.get("decision_rule"), meta["labels"]).fitted
-    why = "its held-out check passed" if applied else "no rule, or its held-out check failed: argmax"
-    how = (HEAD_HOW if meta["kind"] == "classifier" else CAUSAL_HOW).format(folder=args.output_dir, applied=applied,
-                                                                            why=why)
+    applied = rule_applies(meta.get("decision_rule"))
+    why = "this model's rule is applied" if applied else "this model has no rule, or its check failed: argmax"
+    how = (HEAD_HOW if meta["kind"] == "classifier" else CAUSAL_HOW).format(folder=output_dir, why=why,
+                                                                            rule_code=plain_python_source())
     return README.format(
         name=adapter.name, task=meta["task"], labels=", ".join(meta["labels"]),
         base=(meta.get("base") or {}).get("hub_id") or (meta.get("base") or {}).get("name"), adapter=adapter,
@@ -161,7 +166,7 @@ def main(argv=None):
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / "annotune.json", meta)
-        atomic_write_text(tmp / "README.md", readme(args, adapter, meta, trained_4bit))
+        atomic_write_text(tmp / "README.md", readme(args.output_dir, adapter, meta, trained_4bit))
         if out.exists():
             remove_dir(out)
         publish_dir(tmp, out)

@@ -78,7 +78,8 @@ def main(argv=None):
     from collections import Counter
     from pathlib import Path
 
-    from annotune.files import atomic_write_text, ensure_new_path, infer_format, read_table
+    from annotune.files import ensure_new_path
+    from annotune.tables import infer_format, read_table, write_table
     from annotune.task import load_task
 
     spec = load_task(args.task)
@@ -106,19 +107,9 @@ def main(argv=None):
         after[new] += 1
         row[args.label_column] = new
 
-    if fmt in ("csv", "tsv"):
-        import pandas as pd
-
-        text = pd.DataFrame(rows).to_csv(index=False, sep="," if fmt == "csv" else "\t")
-    elif fmt == "json" and source.read_text(encoding="utf-8").lstrip().startswith("["):
-        import json
-
-        text = json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
-    else:
-        import json
-
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    atomic_write_text(output, text)
+    if fmt == "json" and not source.read_text(encoding="utf-8").lstrip().startswith("["):
+        fmt = "jsonl"  # a ".json" file of JSON Lines (Politosphere's) is written back as it was
+    write_table(output, rows, list(dict.fromkeys(key for row in rows for key in row)), fmt)
 
     width = max(len(n) for n in list(before) + list(after))
     print(f"merge {merged.merge} of task {spec.name} over {len(rows)} rows")

@@ -17,6 +17,7 @@ import sys
 
 from annotune.cli import UserError, parser, quiet_libraries, run_cli
 from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.prompts import template_names
 from annotune.task import DEFAULT_TASK
 
 
@@ -38,7 +39,7 @@ def parse_args(argv=None):
     g.add_argument("--write_task", metavar="YAML", help="ad-hoc: write a starter task spec (the labels found in "
                                                         "the data, definitions to fill in) to this file and stop")
     g = p.add_argument_group("prompt")
-    g.add_argument("--template", default="auto", choices=["auto", "chat", "llama2-chat", "alpaca", "seq2seq"],
+    g.add_argument("--template", default="auto", choices=template_names(),
                    help="prompt layout (default: auto = the tokenizer's chat template if it has one, "
                         "seq2seq for encoder-decoder models, else llama2-chat)")
     g.add_argument("--with_definitions", dest="with_definitions", action="store_true", default=True,
@@ -95,7 +96,7 @@ def main(argv=None):
     from annotune.hub import push_dataset_to_hub
     from annotune.files import ensure_new_path, run_manifest
     from annotune.models import is_seq2seq_model, load_config, load_tokenizer
-    from annotune.prompts import resolve_template
+    from annotune.prompts import prompt_template, resolve_template
     from annotune.task import task_from_file
 
     if args.data_path:
@@ -112,7 +113,7 @@ def main(argv=None):
         spec.data["keep_empty"] = True
 
     tokenizer, is_seq2seq = None, False
-    if args.template in ("auto", "chat"):
+    if args.template == "auto" or prompt_template(args.template).needs_chat_template:
         is_seq2seq = is_seq2seq_model(load_config(args.model_name))
         tokenizer = load_tokenizer(args.model_name)
     suffix = "" if args.with_definitions or spec.type != "classification" else "-nodefs"
@@ -121,12 +122,12 @@ def main(argv=None):
     ensure_new_path(out_dir, args.overwrite, what="dataset folder", inputs=(args.data_path, args.task),
                     kind="dir")  # fail before the work
 
-    job = from_task(spec, {"template": args.template, "with_definitions": args.with_definitions}, tokenizer,
+    labelling = from_task(spec, {"template": args.template, "with_definitions": args.with_definitions}, tokenizer,
                     lambda task_type: "seq2seq" if is_seq2seq else "causal", args.seed, val_ratio=args.val_ratio,
                     test_ratio=args.test_ratio, balance=args.balance_per_label, max_samples=args.max_samples,
                     max_words=args.max_words, resplit=args.resplit)
-    splits, info = job.splits, job.source
-    manifest = run_manifest(args, model_name_for_template=args.model_name if tokenizer else None, **info)
+    splits, info = labelling.splits, labelling.source
+    manifest = run_manifest(vars(args), model_name_for_template=args.model_name if tokenizer else None, **info)
     preview = write_dataset_folder(out_dir, splits, manifest, args.overwrite, args.num_preview)
 
     print(f"task {spec.name} ({spec.type}), template {template}, "

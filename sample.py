@@ -22,7 +22,8 @@ import sys
 
 import numpy as np
 
-from annotune.cli import UserError, check_ranges, parser, run_cli
+from annotune.cli import UserError, add_parameters, check_ranges, parameter_limits, parser, run_cli
+from annotune import designs
 
 
 def parse_args(argv=None):
@@ -32,13 +33,10 @@ def parse_args(argv=None):
     g.add_argument("--text_column", default="text", help="corpus column shown to annotators (default: text)")
     g = p.add_argument_group("the draw")
     g.add_argument("--n", type=int, help="rows to draw (active: the expected number)")
-    g.add_argument("--strategy", choices=["uniform", "active"], default="uniform",
-                   help="uniform: simple random sample; active: Poisson draw weighted by the model's "
-                        "uncertainty (default: uniform)")
-    g.add_argument("--target", default="all", help="active: the label whose share matters most, or 'all' (default: all)")
-    g.add_argument("--uniform_share", type=float, default=0.5,
-                   help="active: share of the inclusion probability spread uniformly, a floor for every row; "
-                        "0 < value <= 1 (default: 0.5)")
+    g.add_argument("--strategy", choices=[d.name for d in designs.DESIGNS], default="uniform",
+                   help="; ".join(f"{d.name}: {d.help}" for d in designs.DESIGNS).replace("%", "%%")
+                   + " (default: uniform)")
+    add_parameters(g, designs.design_parameters())  # each design's own settings
     g.add_argument("--stratify_by", help="corpus column: draw within each of its values, in proportion to its rows")
     g.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
     g.add_argument("--add", type=int, help="top up: draw this many more rows than --design's (same strategy)")
@@ -52,7 +50,7 @@ def parse_args(argv=None):
                                                                    "annotators; off by default)")
     args = p.parse_args(argv)
     check_ranges(p, args, {"n": (1, None, "at least 1"), "add": (1, None, "at least 1"),
-                           "uniform_share": (1e-9, 1, "in (0, 1]")})
+                           **parameter_limits(designs.design_parameters())})
     if (args.n is None) == (args.add is None):
         p.error("give --n N for a new draw, or --add N --design OLD.json to top one up")
     if args.add and not args.design:
@@ -83,40 +81,41 @@ def previous(args, settings, corpus):
     if not args.add:
         return np.zeros(0, dtype=int), None
     design = read_design(args.design, corpus)
-    for key in ("strategy", "target", "uniform_share", "stratify_by"):
-        if design[key] != settings[key]:
+    for key in settings:
+        if design.get(key) != settings[key]:
             raise UserError(f"--add keeps the design's {key} ({design[key]!r}); pass --{key} {design[key]} "
                             f"(got {settings[key]!r})")
     return corpus.positions(design["drawn"], f"--design {args.design}"), design
 
 
 def write_sheet(path, corpus, rows, text_column, show_prediction):
-    import pandas as pd
+    """The sheet in the format its name says (tables.py): row id, text, an empty label."""
+    from annotune.tables import write_table
 
-    from annotune.files import atomic_write_text
-
-    sheet = pd.DataFrame({"row": corpus.ids[rows], text_column: corpus.table[text_column].to_numpy()[rows],
-                          "label": ""})
+    texts = corpus.table[text_column].to_numpy()
+    sheet = [{"row": int(corpus.ids[i]), text_column: texts[i], "label": ""} for i in rows]
     if show_prediction:
-        sheet["prediction"] = [corpus.labels[k] for k in corpus.prediction[rows]]
-    atomic_write_text(path, sheet.to_csv(index=False, lineterminator="\n"))
+        for entry, i in zip(sheet, rows):
+            entry["prediction"] = corpus.labels[corpus.prediction[i]]
+    write_table(path, sheet, ["row", text_column, "label"] + (["prediction"] if show_prediction else []))
 
 
 def main(argv=None):
     args = parse_args(argv)
     from annotune.files import atomic_write_text, distinct_outputs, ensure_new_path
-    from annotune.designs import (check_strata, design_record, draw, inclusion_probabilities, read_corpus,
-                                   strata_of)
+    from annotune.annotated import read_corpus
+    from annotune.designs import check_strata, design_record, design_settings, sampling_design, strata_of
+    from annotune.tables import infer_format, table_format
 
-    active = args.strategy == "active"
-    settings = {"strategy": args.strategy, "target": args.target if active else None,
-                "uniform_share": args.uniform_share if active else None, "stratify_by": args.stratify_by}
+    design = sampling_design(args.strategy)
+    settings = design_settings(args.strategy, args.stratify_by, vars(args))
     corpus = read_corpus(args.corpus)
     corpus.column(args.text_column, "--text_column")
     design_path, sheet_path = output_paths(args)
     distinct_outputs({"design": design_path, "sheet": sheet_path})
     for path, what in ((design_path, "design"), (sheet_path, "sheet")):
         ensure_new_path(path, what=what, inputs=(args.corpus, args.design), can_overwrite=False, kind="file")
+    table_format(infer_format(str(sheet_path)), f"--sheet {sheet_path}")  # a sheet is a table file
     before, old = previous(args, settings, corpus)
     already = np.zeros(corpus.size, dtype=bool)
     already[before] = True
@@ -125,23 +124,20 @@ def main(argv=None):
     if total > corpus.size:
         raise UserError(f"--n {total} is more rows than the corpus has ({corpus.size})")
     strata, names = strata_of(corpus, args.stratify_by)
-    pi, per_stratum = inclusion_probabilities(corpus, args.strategy, total, strata, settings["target"],
-                                              settings["uniform_share"])
+    pi, per_stratum = design.inclusion(corpus, total, strata, settings)
     check_strata(per_stratum, np.bincount(strata), names, args.stratify_by)
     if old_pi is not None:
         pi = np.maximum(pi, old_pi)  # a row's chance never falls: the union keeps every earlier row's pi
     rng = np.random.default_rng([args.seed, len(phases)])
-    new = draw(args.strategy, pi, strata, per_stratum, already, old_pi, rng)
-    new = new[rng.permutation(len(new))] if active else new
+    new = design.draw(pi, strata, per_stratum, already, old_pi, rng)
     order = np.concatenate([before, new]).astype(int)  # the earlier phases' rows stay in the order drawn
-    if not active:  # a stratum's pi is the share of its rows drawn so far
-        pi = (np.bincount(strata[order], minlength=len(names)) / np.bincount(strata))[strata]
+    pi = design.realised(pi, strata, order)
     phases = phases + [{"seed": args.seed, "requested": args.add or args.n, "drawn": int(len(new))}]
-    design = design_record(corpus, settings, pi, strata, names, order, phases)
-    design_text = json.dumps(design, indent=1) + "\n"  # serialised first: the two renames follow each other
+    record = design_record(corpus, settings, pi, strata, names, order, phases)
+    design_text = json.dumps(record, indent=1) + "\n"  # serialised first: the two renames follow each other
     write_sheet(sheet_path, corpus, new, args.text_column, args.show_prediction)
     atomic_write_text(design_path, design_text)
-    print(f"drew {len(new)} rows ({args.strategy}; {design['drawn_n']} in all, expected {design['expected_n']:.1f}) "
+    print(f"drew {len(new)} rows ({args.strategy}; {record['drawn_n']} in all, expected {record['expected_n']:.1f}) "
           f"-> {sheet_path}, design {design_path}")
 
 

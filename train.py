@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
 from annotune.metrics import decision_objectives
 from annotune.models import DEFAULT_CAUSAL_LM
+from annotune.prompts import template_names
 from annotune.task import DEFAULT_TASK
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ def add_data_and_model_flags(p):
                         "seq2seq mode where the rows keep their finer labels (folders of this preprocess.py do), "
                         "training for a classification head, where it measured no gain (default: auto)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py, a task name, or a hub dataset id")
-    g.add_argument("--template", default="auto", help="prompt template when building from a task (default: auto)")
+    g.add_argument("--template", default="auto", choices=template_names(),
+                   help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")
     g.add_argument("--max_train_samples", type=int, help="use a seeded sample of this many training examples (default: all)")
     g.add_argument("--max_eval_samples", type=int, default=200,
@@ -180,30 +182,55 @@ def add_saving_flags(p):
 def build_model(args, data: TrainingData, tokenizer):
     from annotune.models import add_lora, load_model
 
-    labels = data.job.scored.label_names if data.job.kind == "classifier" else None
-    model = load_model(args.model_name, data.job.kind, args.quantization, num_labels=len(labels) if labels else None,
+    labels = data.labelling.scored.label_names if data.labelling.kind == "classifier" else None
+    model = load_model(args.model_name, data.labelling.kind, args.quantization, num_labels=len(labels) if labels else None,
                        label_names=labels)
-    if data.job.kind == "classifier" and model.config.pad_token_id is None:
+    if data.labelling.kind == "classifier" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return add_lora(model, data.job.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
+    return add_lora(model, data.labelling.kind, args.lora_r, args.lora_alpha, args.lora_dropout, args.target_modules,
                     args.lora_speedups == "on")
 
 
-def resolve_defaults(args, data: TrainingData) -> None:
-    """The defaults that depend on the data, resolved before the run folder is opened, so that a
-    resume compares the values used: --balance auto, and --epoch's default (3, more on small data)."""
+def data_settings(args):
+    from annotune.training_set import DataSettings
+
+    return DataSettings(dataset_name=args.dataset_name, task=args.task, merge=args.merge, merge_at=args.merge_at,
+                        template=args.template, with_definitions=not args.without_definitions, mode=args.mode,
+                        seed=args.seed, max_train_samples=args.max_train_samples,
+                        max_eval_samples=args.max_eval_samples, max_seq_length=args.max_seq_length)
+
+
+def schedule_of(args):
+    from annotune.trainer import Schedule
+
+    return Schedule(batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+                    learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
+                    warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
+                    max_steps=args.steps if args.stop_condition == "steps" else -1, seed=args.seed,
+                    report_to=args.report_to, progress=not args.quiet)
+
+
+def resolved_arguments(args, data: TrainingData) -> argparse.Namespace:
+    """The flags with the defaults that depend on the data resolved (before the run folder is
+    opened, so that a resume compares the values used): --merge_at auto, --balance auto, and
+    --epoch's default (3, more on small data)."""
     from annotune.training_set import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
 
+    resolved = {"merge_at": data.merge_at}
     if args.balance == "auto":
-        args.balance = "oversample" if data.job.scored.type == "classification" and data.job.kind != "classifier" else "none"
+        scored = data.labelling.scored
+        resolved["balance"] = "oversample" if scored.type == "classification" and data.labelling.kind != "classifier" \
+            else "none"
+    balance = resolved.get("balance", args.balance)
     if args.epochs is None and args.stop_condition == "steps":
-        args.epochs = DEFAULT_EPOCHS  # unused: --steps ends the run
+        resolved["epochs"] = DEFAULT_EPOCHS  # unused: --steps ends the run
     elif args.epochs is None:
         per_step = args.train_batch_size * args.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", 1))
-        args.epochs = default_epochs(data.feats, args.balance, per_step)
-        if args.epochs > DEFAULT_EPOCHS:
-            print(f"{len(data.feats)} training examples: up to {args.epochs} epochs, so that training takes at least "
-                  f"{MIN_STEPS} optimizer steps (--epoch sets it)")
+        resolved["epochs"] = default_epochs(data.feats, balance, per_step)
+        if resolved["epochs"] > DEFAULT_EPOCHS:
+            print(f"{len(data.feats)} training examples: up to {resolved['epochs']} epochs, so that training takes at "
+                  f"least {MIN_STEPS} optimizer steps (--epoch sets it)")
+    return argparse.Namespace(**{**vars(args), **resolved})
 
 
 def save_plan(args, data: TrainingData):
@@ -215,8 +242,8 @@ def save_plan(args, data: TrainingData):
 
     last = args.epochs if args.stop_condition == "epochs" else None
     epochs, keep = parse_save_epochs(args.save_epochs, last)
-    classify = data.job.scored.type == "classification"
-    return SavePlan(metric=primary_metric(data.job.scored.type), eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
+    classify = data.labelling.scored.type == "classification"
+    return SavePlan(metric=primary_metric(data.labelling.scored.type), eval_strategy=args.eval_strategy, eval_steps=args.eval_steps,
                     save_epochs=epochs, keep="last" if last is None else keep, last_epoch=last,
                     select="selection_score" if classify else "", by_steps=last is None,
                     keep_best=args.keep_best, patience=args.early_stopping_patience,
@@ -229,46 +256,41 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
     from annotune.adapters import save_adapter
     from annotune.annotator import Annotator, evaluate_rows
-    from annotune.decision import expected_score, fit_rule, probs_matrix
+    from annotune.decision import epoch_rule
     from annotune.epoch_end import EvaluateAndSave
     from annotune.faults import crash_point
     from annotune.files import remove_dir
     from annotune.metrics import LABEL_METRICS
     from annotune.models import base_identity, cpu_autocast, resolved_quantization
 
-    job = data.job
+    labelling = data.labelling
 
     def evaluate_now():
         if not data.eval_rows:
             return {}
         # Validation scores in the arithmetic training runs in (bf16 autocast on a CPU with bf16
         # instructions): the decision rule saved with the adapter records it (evaluate.py checks).
-        annotator = Annotator(model, tokenizer, job.scored, data.prompter, job.kind, run_name,
+        annotator = Annotator(model, tokenizer, labelling.scored, data.prompter, labelling.kind, run_name,
                               autocast=cpu_autocast(args.cpu_bf16, model))
         crash_point("train.evaluate")
-        metrics, records = evaluate_rows(job, annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
+        metrics, records = evaluate_rows(labelling, annotator, data.eval_rows, "score", args.eval_batch_size, n_boot=200,
                                          max_new_tokens=128)
         model.train()
-        if job.reported.type == "classification":  # the decision rule saved with this epoch's adapter
-            labels = job.reported.label_names
-            probs = probs_matrix(records, labels)
-            rule = fit_rule(probs, [r["gold"] for r in records], labels, args.decision_objective,
-                            precision=annotator.precision)
-            given = rule.apply(probs)[1] if rule.fitted else [r["prediction"] for r in records]
-            metrics.update(decision_rule=rule.to_dict(), selection_score=expected_score(metrics, rule),
-                           collapsed=len(labels) > 1 and len(set(given)) == 1)
+        if labelling.reported.type == "classification":  # the decision rule saved with this epoch's adapter
+            metrics.update(epoch_rule(records, labelling.reported.label_names, args.decision_objective,
+                                      annotator.precision, metrics))
         kept = EPOCH_METRICS + tuple(m.key for m in LABEL_METRICS)
         return {k: v for k, v in metrics.items() if k in kept}
 
     base, quantization = base_identity(args.model_name), resolved_quantization(args.quantization)
-    split_ids = {name: [r["id"] for r in rows] for name, rows in job.splits.items()}
+    split_ids = {name: [r["id"] for r in rows] for name, rows in labelling.splits.items()}
 
     def save(suffix, epoch, step, metrics):
-        record = job.adapter_record(
+        record = labelling.adapter_record(
             base_model=args.model_name, base=base, epoch=epoch, step=step, validation_metrics=metrics,
             decision_rule=metrics.get("decision_rule"), train_ids=[f["id"] for f in data.feats], split_ids=split_ids,
-            max_words=job.source.get("max_words"), quantization=quantization,
-            dataset=job.source.get("dataset_folder") or str(out_dir / "dataset"), run_dir=str(out_dir),
+            max_words=labelling.source.get("max_words"), quantization=quantization,
+            dataset=labelling.source.get("dataset_folder") or str(out_dir / "dataset"), run_dir=str(out_dir),
             git_commit=manifest.get("git_commit"))
         save_adapter(model, tokenizer, out_dir / f"{run_name}-{suffix}", record)
 
@@ -320,15 +342,17 @@ def main(argv=None):
     started = time.time()
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
-    data = load_training_data(args, tokenizer, load_config(args.model_name), DEFAULT_TASK)
-    resolve_defaults(args, data)
-    if (args.balance != "none" or args.class_weights != "none") and data.job.scored.type != "classification":
+    data = load_training_data(data_settings(args), tokenizer, load_config(args.model_name), DEFAULT_TASK)
+    args = resolved_arguments(args, data)
+    if (args.balance != "none" or args.class_weights != "none") and data.labelling.scored.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")
-    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.job.reported.name}{'-at_prediction' * data.job.merges}"
+    run_name = f"{Path(args.model_name.rstrip('/')).name}-{data.labelling.reported.name}{'-at_prediction' * data.labelling.merges}"
     plan = save_plan(args, data)
-    targs = trainer_arguments(args, Path(args.output_dir or Path("runs") / run_name))
+    out_dir = Path(args.output_dir or Path("runs") / run_name)
+    targs = trainer_arguments(schedule_of(args), out_dir)
     is_main = targs.process_index == 0
-    folder = open_run_folder(args, run_name, Path(targs.output_dir), ADDED_LATER)
+    folder = open_run_folder(out_dir, vars(args), Path(targs.output_dir), args.overwrite_output_dir,
+                             args.resume_from_checkpoint, (args.dataset_name, args.model_name, args.task), ADDED_LATER)
     if folder.finished:
         print(f"{folder.path} finished already ({folder.finished['steps']} steps; adapters: "
               f"{', '.join(Path(a).name for a in folder.finished['adapters'])}): nothing to resume")
@@ -337,8 +361,8 @@ def main(argv=None):
     model = build_model(args, data, tokenizer)
     manifest = run_manifest_of(args, data, targs, folder)
     callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
-    options = LossOptions(kind=data.job.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
-                          n_labels=len(data.job.scored.label_names), record_examples=args.record_examples,
+    options = LossOptions(kind=data.labelling.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
+                          n_labels=len(data.labelling.scored.label_names), record_examples=args.record_examples,
                           balance=args.balance, cpu_bf16=args.cpu_bf16,
                           gradient_checkpointing=args.gradient_checkpointing)
     trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
@@ -373,12 +397,12 @@ def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
     from annotune.files import run_manifest
     from annotune.resume import resumed_manifest
 
-    job = data.job
-    manifest = run_manifest(args, task=job.reported.name, merge=job.reported.merge, kind=job.kind,
-                            labels=job.reported.label_names, prompt=data.prompter.describe(), device=str(targs.device),
+    labelling = data.labelling
+    manifest = run_manifest(vars(args), task=labelling.reported.name, merge=labelling.reported.merge, kind=labelling.kind,
+                            labels=labelling.reported.label_names, prompt=data.prompter.describe(), device=str(targs.device),
                             num_processes=targs.world_size, quantization=args.quantization, features=data.stats,
                             train_examples=len(data.feats), eval_examples=[r["id"] for r in data.eval_rows],
-                            data=job.source)
+                            data=labelling.source)
     return resumed_manifest(folder.manifest, manifest, folder.checkpoint) if folder.resuming else manifest
 
 
@@ -389,9 +413,9 @@ def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokeni
 
     folder.create(args.overwrite_output_dir)
     atomic_write_json(folder.path / "manifest.json", manifest)
-    job = data.job
-    if "dataset_folder" not in job.source and not (folder.path / "dataset").exists():
-        write_dataset_folder(folder.path / "dataset", job.splits, run_manifest(args, **job.source), num_preview=3)
+    labelling = data.labelling
+    if "dataset_folder" not in labelling.source and not (folder.path / "dataset").exists():
+        write_dataset_folder(folder.path / "dataset", labelling.splits, run_manifest(vars(args), **labelling.source), num_preview=3)
     if folder.resuming and not folder.checkpoint:
         print(f"no checkpoint in {folder.path} yet: training again from the start")
     describe_start(data, model, tokenizer, args.model_name, args.max_seq_length)

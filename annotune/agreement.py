@@ -8,7 +8,7 @@ from itertools import combinations
 from pathlib import Path
 
 from .cli import UserError
-from .files import read_table
+from .tables import read_table
 from .metrics import cohen_kappa
 
 
@@ -56,13 +56,13 @@ def agreement_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def human_agreement(job, annotator, files, id_column, label_column, train_ids, mode, batch_size) -> dict:
+def human_agreement(labelling, annotator, files, id_column, label_column, train_ids, mode, batch_size) -> dict:
     """The model's labels (through its labelling: contract.Labelling.label) on the rows every human
     annotated (training rows left out) and kappa for every pair of raters."""
-    humans, texts = load_annotations(files, job.reported, id_column, label_column)
+    humans, texts = load_annotations(files, labelling.reported, id_column, label_column)
     ids = agreement_rows(humans, train_ids)
     if not ids:
         raise UserError("no row is annotated by every --annotations file outside the training split")
-    preds = job.label(annotator, [{"id": i, "text": texts[i]} for i in ids], mode, batch_size)
+    preds = labelling.label(annotator, [{"id": i, "text": texts[i]} for i in ids], mode, batch_size)
     predictions = {i: p["prediction"] for i, p in zip(ids, preds)}
-    return agreement_table(annotator.name, predictions, humans, ids, job.reported.label_names)
+    return agreement_table(annotator.name, predictions, humans, ids, labelling.reported.label_names)

@@ -217,27 +217,27 @@ class Annotator:
         return prompts, cut
 
 
-def evaluate_rows(job, annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
+def evaluate_rows(labelling, annotator, rows, mode: str = "score", batch_size: int = 16, length_norm: bool = False,
                   max_new_tokens: int | None = None, progress: bool = False, n_boot: int = 1000, seed: int = 0,
                   bertscore_model: str | None = None, bertscore_layers: int | None = None,
                   sampling: dict | None = None):
-    """(metrics, predictions) of an annotator on labelled rows, labelled through `job`
+    """(metrics, predictions) of an annotator on labelled rows, labelled through `labelling`
     (contract.Labelling.label: scored, merged, then its rule). Under a fitted rule the predictions
     and metrics are the rule's; the argmax ones are kept beside them."""
     if not rows:
         raise UserError("the split to evaluate is empty")
-    preds = job.label(annotator, rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
+    preds = labelling.label(annotator, rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
     records = [dict({"id": row["id"], "text": row["text"], "gold": row.get("label", row.get("target"))}, **pred)
                for row, pred in zip(rows, preds)]
-    if job.reported.type == "classification":
-        metrics = label_metrics(records, job.reported.label_names, job.rule, n_boot, seed)
+    if labelling.reported.type == "classification":
+        metrics = label_metrics(records, labelling.reported.label_names, labelling.rule, n_boot, seed)
     else:
         refs = [row.get("references") or [row.get("target", "")] for row in rows]
         metrics, per_example = generation_metrics([r["prediction"] for r in records], refs, bertscore_model,
                                                   bertscore_layers, n_boot, seed)
         for record, scores in zip(records, per_example):
             record["scores"] = {k: round(v, 6) for k, v in scores.items()}
-    metrics["mode"] = "generate" if job.reported.type == "generation" else (
+    metrics["mode"] = "generate" if labelling.reported.type == "generation" else (
         "head" if annotator.kind == "classifier" else mode)
     metrics["truncated"] = sum(1 for r in records if r.get("truncated"))  # texts cut to fit (fit_prompts)
     return metrics, records
@@ -316,27 +316,27 @@ def unfold_lora(model):
         model.unmerge_adapter()
 
 
-def load_annotator(job, base_model: str | None = None, quantization: str = "auto", model=None, tokenizer=None,
+def load_annotator(labelling, base_model: str | None = None, quantization: str = "auto", model=None, tokenizer=None,
                    cpu_bf16: str = "off", tie_margin: float = TIE_MARGIN):
     """An Annotator of a labelling's scored labels, prompted as it says: the adapter's
-    (job.adapter, on its recorded base model) or, without one, base_model's (the zero-shot
+    (labelling.adapter, on its recorded base model) or, without one, base_model's (the zero-shot
     baseline). `model` may be given already loaded (a base model, or a base with the adapter
     attached). cpu_bf16: evaluate.py's --cpu_bf16 (auto, on, off; models.cpu_autocast); tie_margin:
     its --bf16_tie_margin (TIE_MARGIN)."""
     from .models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
 
-    adapter, spec = job.adapter, job.scored
+    adapter, spec = labelling.adapter, labelling.scored
     if adapter:
-        if base_model and base_model != job.record.base_model:
-            raise UserError(f"adapter {adapter} was trained on {job.record.base_model}, not on {base_model}")
-        base_model = job.record.base_model
-    if job.kind is None:
-        job = dataclasses.replace(job, kind=resolve_kind(load_config(base_model), "auto", spec.type))
-    kind = job.kind
+        if base_model and base_model != labelling.record.base_model:
+            raise UserError(f"adapter {adapter} was trained on {labelling.record.base_model}, not on {base_model}")
+        base_model = labelling.record.base_model
+    if labelling.kind is None:
+        labelling = dataclasses.replace(labelling, kind=resolve_kind(load_config(base_model), "auto", spec.type))
+    kind = labelling.kind
     if tokenizer is None:
         from .adapters import tokenizer_source
 
-        tokenizer = load_tokenizer(tokenizer_source(adapter, job.record.tokenizer_files, base_model) if adapter
+        tokenizer = load_tokenizer(tokenizer_source(adapter, labelling.record.tokenizer_files, base_model) if adapter
                                    else base_model)
     if model is None:
         model = load_model(base_model, kind, quantization, num_labels=len(spec.label_names) or None,
@@ -350,4 +350,4 @@ def load_annotator(job, base_model: str | None = None, quantization: str = "auto
     if kind == "classifier" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     name = Path(adapter).name if adapter else f"base:{Path(str(base_model).rstrip('/')).name}"
-    return Annotator(model, tokenizer, spec, job.prompter(tokenizer), kind, name, autocast=cpu_autocast(cpu_bf16, model), tie_margin=tie_margin)
+    return Annotator(model, tokenizer, spec, labelling.prompter(tokenizer), kind, name, autocast=cpu_autocast(cpu_bf16, model), tie_margin=tie_margin)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 
 class UserError(Exception):
@@ -21,6 +23,37 @@ class ArgumentParser(argparse.ArgumentParser):
 def parser(doc: str) -> ArgumentParser:
     """The parser every script starts from: its docstring is the help text."""
     return ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A setting that a registry entry declares (an estimator's, a sampling design's): the script's
+    flag --NAME, with its type, choices, default and help (units and default stated); `low` and
+    `high`, when set, the range a number must lie in (check_ranges)."""
+    name: str
+    default: object
+    help: str
+    choices: tuple | None = None
+    type: Callable = str
+    low: float | None = None
+    high: float | None = None
+    range_text: str = ""  # the range in words, for its error ("in (0, 1]")
+
+
+def add_parameters(group, params) -> None:
+    """A flag per Parameter (one per name: two entries may share a setting)."""
+    seen = set()
+    for param in params:
+        if param.name not in seen:
+            seen.add(param.name)
+            group.add_argument(f"--{param.name}", type=param.type, choices=param.choices, default=param.default,
+                               help=param.help.replace("%", "%%"))
+
+
+def parameter_limits(params) -> dict:
+    """check_ranges' limits of the Parameters that declare a range."""
+    return {p.name: (p.low, p.high, p.range_text or f"in [{p.low}, {p.high}]") for p in params
+            if p.low is not None or p.high is not None}
 
 
 def check_ranges(p: ArgumentParser, args, limits: dict) -> None:

@@ -183,17 +183,29 @@ class Labelling:
 
 
 # -------------------------------------------------------------------- the rule a labelling's labels go through
-def settle_rule(args, job: Labelling, annotator, split: str, more_rows=list):
-    """The rule `job`'s labels go through on `split` (args: evaluate.py's --decision, --mode,
-    --decision_objective, --seed, --batch_size, --length_norm): the adapter's own (fit on validation
-    in training), else one fit now on up to 400 validation rows; none with --decision argmax, for
+@dataclasses.dataclass(frozen=True)
+class RuleSettings:
+    """How a run settles its decision rule (evaluate.py builds it from --decision, --decision_objective,
+    --seed, --mode, --batch_size, --length_norm): `decision` 'fitted' or 'argmax'; a rule fit now is
+    fit to `objective` on up to 400 validation rows drawn with `seed`, labelled in `mode`."""
+    decision: str = "fitted"
+    objective: str = "macro_f1"
+    seed: int = 42
+    mode: str = "score"
+    batch_size: int = 16
+    length_norm: bool = False
+
+
+def settle_rule(settings: RuleSettings, labelling: Labelling, annotator, split: str, more_rows=list):
+    """The rule `labelling`'s labels go through on `split`: the adapter's own (fit on validation in
+    training), else one fit now on up to 400 validation rows; none with decision 'argmax', for
     generation, or on the validation split itself (a rule is never reported on the rows it was fit
     on). The adapter's rule is applied to scores of the precision it was fit on; in another (bf16
-    here, fp32 there) it is refit on the validation rows (job.splits', else more_rows()), or refused
-    when there are none."""
-    labels, record = job.reported.label_names, job.record
-    if args.decision == "argmax" or job.reported.type != "classification" or split == "validation" \
-            or (args.mode == "generate" and annotator.kind != "classifier"):
+    here, fp32 there) it is refit on the validation rows (labelling.splits', else more_rows()), or
+    refused when there are none."""
+    labels, record = labelling.reported.label_names, labelling.record
+    if settings.decision == "argmax" or labelling.reported.type != "classification" or split == "validation" \
+            or (settings.mode == "generate" and annotator.kind != "classifier"):
         return None
     if record and record.decision_rule:
         rule = DecisionRule.from_dict(record.decision_rule, labels)
@@ -201,30 +213,31 @@ def settle_rule(args, job: Labelling, annotator, split: str, more_rows=list):
         fitted_in = rule.precision or ("fp32" if record.quantization in (None, "none") else annotator.precision)
         if not rule.fitted_on or fitted_in == annotator.precision:
             return rule
-        rows = job.splits.get("validation") or more_rows()
+        rows = labelling.splits.get("validation") or more_rows()
         if not rows:
             matching = {"bf16-autocast": "--cpu_bf16 on", "fp32": "--cpu_bf16 off"}.get(fitted_in)
             raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
                             f"{annotator.precision}; its validation rows are not here to refit it: pass "
                             + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
-        rule = fit_rule_now(args, job, annotator, rows)
+        rule = fit_rule_now(settings, labelling, annotator, rows)
         print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
               f"{rule.fitted_on} validation rows scored in {annotator.precision}")
         return rule
-    if not job.splits.get("validation"):
+    if not labelling.splits.get("validation"):
         return None
-    return fit_rule_now(args, job, annotator, job.splits["validation"])
+    return fit_rule_now(settings, labelling, annotator, labelling.splits["validation"])
 
 
-def fit_rule_now(args, job: Labelling, annotator, validation_rows):
+def fit_rule_now(settings: RuleSettings, labelling: Labelling, annotator, validation_rows):
     """A decision rule fit on up to 400 seeded validation rows, labelled as this run labels them."""
-    from .decision import fit_rule, probs_matrix
+    from .decision import fit_rule_on
     from .examples import sample_rows
 
-    val, labels = sample_rows(validation_rows, 400, args.seed), job.reported.label_names
-    preds = dataclasses.replace(job, rule=None).label(annotator, val, args.mode, args.batch_size, args.length_norm)
-    return fit_rule(probs_matrix(preds, labels), [r["label"] for r in val], labels, args.decision_objective,
-                    precision=annotator.precision)
+    val = sample_rows(validation_rows, 400, settings.seed)
+    preds = dataclasses.replace(labelling, rule=None).label(annotator, val, settings.mode, settings.batch_size,
+                                                            settings.length_norm)
+    return fit_rule_on(preds, [r["label"] for r in val], labelling.reported.label_names, settings.objective,
+                       annotator.precision)
 
 
 # -------------------------------------------------------------------- resolving a labelling
@@ -295,52 +308,32 @@ def from_adapters(adapters, merge: str | None = None, rows: bool = True) -> Labe
     given = {(j.record.task, tuple(j.record.labels), j.reported.merge) for j in jobs}
     if len(given) > 1:
         raise UserError(f"the adapters were trained on different tasks or label sets: {sorted(map(str, given))}")
-    job = jobs[0]
+    labelling = jobs[0]
     if rows:
-        job.splits, job.source = adapter_rows(job)
-    return job
+        labelling.splits, labelling.source = adapter_rows(labelling)
+    return labelling
 
 
-def adapter_rows(job: Labelling) -> tuple:
+def adapter_rows(labelling: Labelling) -> tuple:
     """({split: rows}, source) an adapter was trained on, with labels of the labels it gives."""
     from .examples import load_dataset_folder, rows_by_ids, split_summary
 
-    record, folder = job.record, job.record.dataset
+    record, folder = labelling.record, labelling.record.dataset
     if not Path(folder).is_dir():
         if not record.split_ids:
-            raise UserError(f"the dataset of adapter {job.adapter} is gone ({folder})")
+            raise UserError(f"the dataset of adapter {labelling.adapter} is gone ({folder})")
         print(f"note: {folder} is gone; the rows are rebuilt from the task's data by the adapter's recorded ids")
-        rows = rows_by_ids(job.reported, record.split_ids, record.max_words)
-        return rows, {"dataset": f"task {job.reported.name}, recorded ids", "splits": split_summary(rows)}
+        rows = rows_by_ids(labelling.reported, record.split_ids, record.max_words)
+        return rows, {"dataset": f"task {labelling.reported.name}, recorded ids", "splits": split_summary(rows)}
     rows, manifest, spec = load_dataset_folder(folder)
-    if job.merges and spec.merge != job.reported.merge:  # a folder of the finer labels, merged after prediction
-        mapping = job.reported.merge_map
+    if labelling.merges and spec.merge != labelling.reported.merge:  # a folder of the finer labels, merged after prediction
+        mapping = labelling.reported.merge_map
         rows = {split: [dict(r, fine_label=r["label"], label=mapping[r["label"]]) for r in split_rows]
                 for split, split_rows in rows.items()}
     return rows, {"dataset": folder, "splits": manifest.get("splits")}
 
 
-def for_training(args, tokenizer, config, default_task: str) -> Labelling:
-    """train.py's labelling: --dataset_name (a dataset folder, a task, a hub id) or --task, with
-    --merge, prompted by --template and --without_definitions; --merge_at resolved into args (the
-    manifest records what was done)."""
-    from .models import resolve_kind
-    from .task import TASKS_DIR
-
-    name = args.dataset_name
-    if name and not Path(name).is_dir() and "/" not in name and not name.endswith((".yaml", ".yml")) \
-            and not (TASKS_DIR / f"{name}.yaml").exists():
-        raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
-    prompt = {"template": args.template, "with_definitions": not args.without_definitions}
-    job = from_source(name or args.task or default_task, args.merge, prompt, tokenizer,
-                      lambda task_type: resolve_kind(config, args.mode, task_type), seed=args.seed)
-    if not job.splits.get("train"):
-        raise UserError("the train split is empty")
-    args.merge_at = merge_at(getattr(args, "merge_at", "training"), job)
-    return scoring_finer(job) if args.merge_at == "prediction" else job
-
-
-def merge_at(asked: str, job: Labelling) -> str:
+def merge_at(asked: str, labelling: Labelling) -> str:
     """train.py --merge_at auto: instruction tuning learns a merge's finer labels where the rows
     keep them. Measured on both merged tasks of bench/quality.py (docs/results.md): drug_reviews'
     neutral vs the rest, test macro-F1 0.526 -> 0.601 and balanced accuracy 0.523 -> 0.616;
@@ -349,26 +342,26 @@ def merge_at(asked: str, job: Labelling) -> str:
     Politosphere one label either way), so a head trains on the merged labels."""
     if asked != "auto":
         return asked
-    if not job.scored.merge_map or job.kind == "classifier":
+    if not labelling.scored.merge_map or labelling.kind == "classifier":
         return "training"  # nothing is merged (the same either way), or a head (no gain measured)
-    if any("fine_label" not in r for rows in job.splits.values() for r in rows):
-        print(f"note: {job.source.get('dataset_folder')} keeps no labels from before the merge (an older "
+    if any("fine_label" not in r for rows in labelling.splits.values() for r in rows):
+        print(f"note: {labelling.source.get('dataset_folder')} keeps no labels from before the merge (an older "
               "preprocess.py): training on the merged labels; build it again to learn the finer ones")
         return "training"
     return "prediction"
 
 
-def scoring_finer(job: Labelling) -> Labelling:
+def scoring_finer(labelling: Labelling) -> Labelling:
     """train.py --merge_at prediction: the model learns and scores the task's labels before the
     merge (prompt, answers, balance), on the same rows; validation, the decision rule and the epoch
     kept use the merge."""
-    if not job.scored.merge_map:
+    if not labelling.scored.merge_map:
         raise UserError("--merge_at prediction needs a merge of the task's labels: give --merge NAME")
-    unknown = [r["id"] for rows in job.splits.values() for r in rows if "fine_label" not in r]
+    unknown = [r["id"] for rows in labelling.splits.values() for r in rows if "fine_label" not in r]
     if unknown:
-        raise UserError(f"{job.source.get('dataset_folder')}: row {unknown[0]} has no label from before the merge "
+        raise UserError(f"{labelling.source.get('dataset_folder')}: row {unknown[0]} has no label from before the merge "
                         "(a folder of an older preprocess.py): build it again for --merge_at prediction")
-    return dataclasses.replace(job, scored=job.scored.unmerged)
+    return dataclasses.replace(labelling, scored=labelling.scored.unmerged)
 
 
 def of_spec(spec, prompt: dict | None = None, kind: str | None = None, rule=None) -> Labelling:

@@ -12,7 +12,6 @@ folder is removed.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -20,7 +19,8 @@ from pathlib import Path
 
 from .cli import UserError
 from .faults import crash_point
-from .files import atomic_write_json, disk_space, file_sha256, infer_format, iter_rows, publish_mode
+from .files import atomic_write_json, disk_space, file_sha256, publish_mode
+from .tables import infer_format, iter_rows, streaming_formats, table_format, table_names
 
 ROW, PREDICTION, TRUNCATED, PROB = "row", "prediction", "truncated", "prob_"
 SETTINGS = "settings.json"
@@ -35,8 +35,8 @@ def iter_input(path: str, text_column: str, chunk_rows: int):
     """Chunks (lists of (row_number, row_dict)) of a CSV/TSV/JSONL file, streamed."""
     if not Path(path).is_file():
         raise UserError(f"--predict_file {path} not found")
-    if infer_format(path) not in ("csv", "tsv", "jsonl", "json"):
-        raise UserError(f"--predict_file must be .csv, .tsv or .jsonl, got {path}")
+    if infer_format(path) not in table_names():
+        raise UserError(f"--predict_file must be a table file ({', '.join(table_names())}), got {path}")
     chunk = []
     for number, row in enumerate(iter_rows(path)):
         if text_column not in row:
@@ -47,6 +47,16 @@ def iter_input(path: str, text_column: str, chunk_rows: int):
             chunk = []
     if chunk:
         yield chunk
+
+
+def output_format(output) -> str:
+    """The format a labelled corpus is written in: its name's, one written in parts (csv, tsv, jsonl)."""
+    fmt = infer_format(str(output))
+    streaming = streaming_formats()
+    if fmt not in streaming:
+        raise UserError(f"--output {output}: a labelled corpus is written as {', '.join(streaming)} (its name's "
+                        "ending says which)")
+    return fmt
 
 
 def check_input(path: str, text_column: str) -> tuple:
@@ -85,7 +95,8 @@ class PartStore:
     One labeller at a time: the run's main process holds an flock on <output>.lock (which names its
     pid and host); a second run on the same output is refused while the holder lives."""
 
-    def __init__(self, output: Path, fingerprint: dict):
+    def __init__(self, output: Path, fingerprint: dict, fmt: str = "csv"):
+        self.format = table_format(fmt)  # a format whose parts follow each other (TableFormat.streams)
         self.folder = output.with_name(f"{output.name}.parts")
         self.lock_path = output.with_name(f"{output.name}.lock")
         self.fingerprint = fingerprint
@@ -180,7 +191,7 @@ class PartStore:
         with disk_space(tmp, "a part of the labelled output"):
             self.start()
             with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                handle.write(_csv_text(rows, columns, header=False))
+                handle.write(self.format.text(rows, columns, header=False))
                 crash_point("annotate.write")
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -200,7 +211,7 @@ class PartStore:
         tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         with disk_space(tmp, str(output)):
             with open(tmp, "w", encoding="utf-8", newline="") as out:
-                out.write(_csv_text([], columns, header=True))
+                out.write(self.format.text([], columns, header=True))
                 for start, end in ranges:
                     with open(self.folder / f"r{start:012d}-{end:012d}.csv", encoding="utf-8", newline="") as part:
                         shutil.copyfileobj(part, out)
@@ -241,60 +252,3 @@ def runs_of(numbers: list) -> list:
         else:
             out.append([n])
     return out
-
-
-def _csv_text(rows, columns, header: bool) -> str:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def annotate_file(job, annotator, path: str, text_column: str, store: PartStore, batch_size: int = 16,
-                  mode: str = "score", chunk_rows: int = 256, rank: int = 0, world: int = 1,
-                  stop_after_chunks: int = 0, progress: bool = True, input_columns=None, **label_kwargs) -> dict:
-    """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
-    prediction, prob_<label>, truncated (1: the text was cut to fit the model), labelled through
-    `job` (contract.Labelling.label); under a fitted decision rule the probabilities are its
-    calibrated ones. input_columns: check_input's (default: read again). Returns the row count and
-    the columns for the join."""
-    input_columns = input_columns if input_columns is not None else check_input(path, text_column)[1]
-    columns, bar, labelled, written, total = None, None, 0, 0, 0
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="annotating", unit="row")
-    for chunk_index, chunk in enumerate(iter_input(path, text_column, chunk_rows)):
-        total += len(chunk)
-        if columns is None:
-            columns = output_columns(job.reported, input_columns, path)
-        todo = [(n, row) for n, row in chunk if not store.done(n)] if chunk_index % world == rank else []
-        if bar is not None:
-            bar.update(len(chunk) * (world if chunk_index % world == rank else 0))
-        if not todo:
-            continue
-        rows = [{"text": str(row[text_column] or ""), "id": str(n)} for n, row in todo]
-        preds = [dict(p, probs=p["calibrated_probs"]) if "calibrated_probs" in p else p
-                 for p in job.label(annotator, rows, mode, batch_size, **label_kwargs)]
-        records = {n: record_of(n, row, pred) for (n, row), pred in zip(todo, preds)}
-        for numbers in runs_of([n for n, _ in todo]):
-            store.write([records[n] for n in numbers], columns)
-        labelled, written = labelled + len(todo), written + 1
-        if stop_after_chunks and written >= stop_after_chunks:
-            return {"interrupted": True, "labelled": labelled}
-    if bar is not None:
-        bar.close()
-    if columns is None:
-        raise UserError(f"--predict_file {path} has no rows")
-    return {"interrupted": False, "labelled": labelled, "columns": columns, "total": total}
-
-
-def record_of(number: int, row: dict, pred: dict) -> dict:
-    record = {**row, ROW: number, PREDICTION: pred["prediction"], TRUNCATED: int(bool(pred.get("truncated")))}
-    for label, value in (pred.get("probs") or {}).items():
-        record[f"{PROB}{label}"] = value
-    return record

@@ -53,18 +53,21 @@ class DecisionRule:
     @property
     def fitted(self) -> bool:
         """True when the rule is to be applied: fit, and better than argmax out of sample by MIN_GAIN."""
-        return self.fitted_on > 0 and (self.heldout_gain is None or self.heldout_gain >= MIN_GAIN)
+        return rule_applies(self.to_dict())
 
     def scores(self, probs) -> np.ndarray:
         logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
         return (logp + np.asarray(self.offsets)) / self.temperature
 
     def apply(self, probs) -> tuple:
-        """(calibrated probabilities [n, K], predicted labels) under this rule."""
+        """(calibrated probabilities [n, K], predicted labels) under this rule; the label is
+        given_label's, the function export.py's README prints."""
         z = self.scores(probs)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         calibrated = z / z.sum(axis=1, keepdims=True)
-        return calibrated, [self.labels[i] for i in calibrated.argmax(axis=1)]
+        logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
+        same = {label: label for label in self.labels}
+        return calibrated, [given_label(row, self.labels, self.labels, same, self.offsets) for row in logp.tolist()]
 
     def relabel(self, predictions) -> list:
         """Predictions (dicts with 'prediction' and 'probs') under this rule: its label, the argmax
@@ -84,6 +87,39 @@ class DecisionRule:
         if list(data["labels"]) != list(labels):
             raise ValueError(f"decision rule labels {data['labels']} differ from the task's {list(labels)}")
         return cls(**data)
+
+
+# ---------------------------------------------------------------- the rule in plain Python
+# rule_applies and given_label are the rule as a user of an exported model runs it: export.py's
+# README prints their source (with MIN_GAIN) and tests/test_export.py executes it.
+def rule_applies(rule) -> bool:
+    """Whether a saved decision rule (annotune.json's dict) is applied: fit on validation rows, and
+    better than argmax out of sample by MIN_GAIN."""
+    return bool(rule) and rule["fitted_on"] > 0 and (rule["heldout_gain"] is None
+                                                    or rule["heldout_gain"] >= MIN_GAIN)
+
+
+def given_label(logp_scored, scored_labels, labels, label_of, offsets=None):
+    """The label given to one text: each label's log-probability is the log of the summed
+    probabilities of the scored labels merged into it (label_of: scored label -> label given),
+    plus the rule's offset for it; the largest wins (the first on a tie)."""
+    import math
+
+    best, best_score = None, -math.inf
+    for k, name in enumerate(labels):
+        parts = [lp for lp, scored in zip(logp_scored, scored_labels) if label_of[scored] == name]
+        top = max(parts)
+        score = top + math.log(sum(math.exp(lp - top) for lp in parts)) + (offsets[k] if offsets else 0.0)
+        if score > best_score:
+            best, best_score = name, score
+    return best
+
+
+def plain_python_source() -> str:
+    """The rule as self-contained Python, for export.py's README."""
+    import inspect
+
+    return f"MIN_GAIN = {MIN_GAIN}\n\n\n" + "\n\n".join(inspect.getsource(f) for f in (rule_applies, given_label))
 
 
 def probs_matrix(predictions, labels) -> list:
@@ -156,6 +192,21 @@ def fit_rule(probs, gold, labels, objective: str = "macro_f1", min_rows: int = M
     return DecisionRule(labels, [float(x) for x in offsets], temperature, objective, len(gold), round(gain, 4),
                         note=f"offsets and temperature fit on {len(gold)} validation rows ({objective}); "
                              f"held-out gain {gain:+.3f}: {verdict}", precision=precision)
+
+
+def fit_rule_on(predictions, gold, labels, objective: str = "macro_f1", precision: str | None = None) -> DecisionRule:
+    """fit_rule on predictions (dicts with 'probs': {label: p}) and their gold labels."""
+    return fit_rule(probs_matrix(predictions, labels), list(gold), labels, objective, precision=precision)
+
+
+def epoch_rule(records, labels, objective: str, precision: str | None, metrics: dict) -> dict:
+    """What train.py keeps with an epoch's validation metrics: the rule fit on its validation
+    records (dicts with 'probs', 'gold', 'prediction'), the score of the labels it will give
+    (expected_score), and whether those labels collapse onto one label."""
+    rule = fit_rule_on(records, [r["gold"] for r in records], labels, objective, precision)
+    given = rule.apply(probs_matrix(records, labels))[1] if rule.fitted else [r["prediction"] for r in records]
+    return {"decision_rule": rule.to_dict(), "selection_score": expected_score(metrics, rule),
+            "collapsed": len(labels) > 1 and len(set(given)) == 1}
 
 
 def heldout_gain(logp, gold, labels, objective: str, seed: int = 0) -> float:

@@ -1,9 +1,9 @@
-"""The annotated corpus as a table of model outputs, and the human sample drawn from it: which rows
-humans label, with what inclusion probability, written as a design file that estimate.py checks.
-
-The corpus file is evaluate.py --predict_file's output: the input columns plus `row` (the row
-number), `prediction`, `prob_<label>` per label and `truncated`; those names are ours
-(`corpus.reserved_column`). Designs:
+"""The human sample drawn from an annotated corpus: which rows humans label, with what inclusion
+probability, written as a design file that estimate.py checks. The sampling designs are one
+registry (DESIGNS); an entry declares its parameters (sample.py's flags), how pi is computed, how
+rows are drawn, how a design file of it is checked, and its variance; adding one there is all a new
+design needs (tests/test_estimates.py registers one, draws with sample.py and estimates with
+estimate.py).
 - uniform: a simple random sample without replacement of n rows (stratified with proportional
   allocation under --stratify_by); a top-up draws more rows from those not drawn, so the union is
   again a simple random sample (per stratum) of the larger size.
@@ -16,159 +16,28 @@ number), `prediction`, `prob_<label>` per label and `truncated`; those names are
 
 The design file is the evidence behind every interval, so it is sealed (`seal`: a SHA-256 of the
 rest of the record, which shows an edit or an accident, not a forgery) and `read_design` checks
-every field against the corpus (`check_design`): an active design's pi is recomputed from its
-settings, an SRS design's from its drawn rows.
+every field against the corpus (`check_design`): pi is recomputed from the design's own settings
+and drawn rows (its entry's `replay`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from .cli import UserError
-from .corpus import PREDICTION, PROB, ROW
-from .files import file_sha256, parse_json, read_bounded
-from .labels import norm_label
+from . import inference
+from .annotated import Corpus, row_id
+from .cli import Parameter, UserError
+from .corpus import PROB
+from .files import parse_json, read_bounded
 
 DESIGN_FORMAT = "annotune-sample-design/2"   # sealed: "sha256" of the rest of the record
 UNSEALED_FORMATS = ("annotune-sample-design/1",)
-KIND_OF_STRATEGY = {"uniform": "srs", "active": "poisson"}
-BLANK = "(blank)"  # the group of blank (or NaN) cells of a --by / --stratify_by column
 MAX_DESIGN_BYTES = 1 << 30
-
-
-def row_id(value) -> int | None:
-    """A row number as a sheet or corpus may write it (7, "7", " 7", 7.0, "7.0"); None if it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return int(number) if math.isfinite(number) and number.is_integer() else None
-
-
-def is_blank(value) -> bool:
-    """A missing cell: empty or white space, or NaN as pandas and R write it."""
-    text = str(value).strip()
-    return not text or text.lower() in ("nan", "na", "<na>")
-
-
-def group_names(values, what: str) -> np.ndarray:
-    """Values as group names: blank and NaN cells are the group "(blank)", a name no other value may
-    take (so no group can take the whole corpus's place, or another's)."""
-    values = np.array([str(v) for v in values], dtype=object)
-    blank = np.array([is_blank(v) for v in values], dtype=bool)
-    if blank.any() and (values[~blank] == BLANK).any():
-        raise UserError(f"{what}: the column holds both blank cells and the value {BLANK!r}, the name blank "
-                        "cells take; rename that value")
-    values[blank] = BLANK
-    return values.astype(str)
-
-
-@dataclass
-class Corpus:
-    """An annotated corpus: every row's id, the model's label and (when scored) its probabilities."""
-    path: str
-    sha256: str
-    table: object            # pandas DataFrame of strings
-    ids: np.ndarray          # row ids (the `row` column, else 0..N-1)
-    labels: list             # label names, in prob_ column order
-    prediction: np.ndarray   # label index per row
-    probs: np.ndarray | None  # (N, K), or None for a corpus labelled by generation
-
-    @property
-    def size(self) -> int:
-        return len(self.ids)
-
-    def column(self, name: str, flag: str) -> np.ndarray:
-        if name not in self.table.columns:
-            raise UserError(f"{flag} {name}: {self.path} has no such column (columns: {list(self.table.columns)[:20]})")
-        return self.table[name].to_numpy()
-
-    def categories(self, name: str, flag: str) -> np.ndarray:
-        """A column's values as group names (group_names)."""
-        return group_names(self.column(name, flag), f"{flag} {name}")
-
-    def positions(self, ids, what: str) -> np.ndarray:
-        """Corpus positions of these row ids (each must be a row of the corpus)."""
-        position = {int(i): k for k, i in enumerate(self.ids)}
-        out = [position.get(i) for i in ids]
-        if None in out:
-            raise UserError(f"{what}: row {ids[out.index(None)]} is not a row of {self.path}")
-        return np.array(out, dtype=int)
-
-    def label_index(self, value: str, context: str) -> int:
-        keys = {norm_label(label): i for i, label in enumerate(self.labels)}
-        if norm_label(value) not in keys:
-            raise UserError(f"{context}: {value!r} is not a label of this corpus ({', '.join(self.labels)})")
-        return keys[norm_label(value)]
-
-
-def read_corpus(path: str) -> Corpus:
-    """The annotated corpus, checked: a prediction column, finite probabilities in [0, 1]."""
-    import pandas as pd
-
-    if not Path(path).exists():
-        raise UserError(f"--corpus {path} not found")
-    if not Path(path).is_file():
-        raise UserError(f"--corpus {path} is not a regular file")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"--corpus {path} is not a readable UTF-8 CSV: {str(err).splitlines()[0]}") from None
-    if PREDICTION not in table.columns or table.empty:
-        raise UserError(f"--corpus {path} has no {PREDICTION!r} column or no rows: give the CSV that "
-                        "evaluate.py --predict_file wrote")
-    ids = _row_ids(table, path)
-    labels = [c[len(PROB):] for c in table.columns if c.startswith(PROB)]
-    probs = None
-    if labels:
-        probs = np.empty((len(table), len(labels)))
-        for k, label in enumerate(labels):
-            values = pd.to_numeric(table[PROB + label], errors="coerce").to_numpy(dtype=float)
-            bad = np.flatnonzero(~np.isfinite(values) | (values < -1e-9) | (values > 1 + 1e-9))
-            if len(bad):
-                raise UserError(f"--corpus {path}: column {PROB + label} row {ids[bad[0]]} holds "
-                                f"{table[PROB + label].iloc[bad[0]]!r}, not a probability in [0, 1]")
-            probs[:, k] = np.clip(values, 0, 1)
-    else:
-        labels = sorted(set(table[PREDICTION]) - {""})
-    keys = {norm_label(label): i for i, label in enumerate(labels)}
-    pred = np.array([keys.get(norm_label(v), -1) for v in table[PREDICTION]])
-    if (pred < 0).any():
-        bad = int(np.flatnonzero(pred < 0)[0])
-        raise UserError(f"--corpus {path}: row {ids[bad]} has prediction {table[PREDICTION].iloc[bad]!r}, "
-                        f"not one of its labels ({', '.join(labels)})")
-    return Corpus(path, file_sha256(path), table, ids, labels, pred, probs)
-
-
-def _row_ids(table, path) -> np.ndarray:
-    if ROW not in table.columns:
-        return np.arange(len(table))
-    ids = [row_id(v) for v in table[ROW]]
-    if None in ids:
-        bad = ids.index(None)
-        raise UserError(f"--corpus {path}: column {ROW!r} line {bad + 2} holds {table[ROW].iloc[bad]!r}, not a row "
-                        "number (an integer)")
-    if any(abs(i) >= 2 ** 63 for i in ids):
-        raise UserError(f"--corpus {path}: column {ROW!r} holds a row number beyond 64 bits")
-    ids = np.array(ids, dtype=np.int64)
-    if len(np.unique(ids)) != len(ids):
-        raise UserError(f"--corpus {path}: column {ROW!r} repeats a row number")
-    return ids
 
 
 # ---------------------------------------------------------------- designs
@@ -217,19 +86,6 @@ def active_pi(u: np.ndarray, n: float, tau: float) -> np.ndarray:
     return np.minimum(pi, 1.0)
 
 
-def inclusion_probabilities(corpus: Corpus, strategy: str, n: int, strata: np.ndarray,
-                            target: str | None, tau: float) -> tuple:
-    """(pi per corpus row, rows per stratum) of a design of expected size n."""
-    sizes = np.bincount(strata)
-    per_stratum = allocate(n, sizes)
-    pi = np.zeros(corpus.size)
-    u = uncertainty(corpus, target) if strategy == "active" else None
-    for h, nh in enumerate(per_stratum):
-        mine = strata == h
-        pi[mine] = nh / sizes[h] if strategy == "uniform" else active_pi(u[mine], nh, tau)
-    return pi, per_stratum
-
-
 def check_strata(per_stratum, sizes, names, column) -> None:
     for nh, big, name in zip(per_stratum, sizes, names):
         if nh < 2 and nh < big:
@@ -237,29 +93,148 @@ def check_strata(per_stratum, sizes, names, column) -> None:
                             "at least 2 per stratum are needed for an interval: raise --n or merge strata")
 
 
-def draw(strategy: str, pi: np.ndarray, strata: np.ndarray, per_stratum, already: np.ndarray,
-         old_pi: np.ndarray | None, rng) -> np.ndarray:
-    """Positions of the newly drawn rows (never one already drawn)."""
-    if strategy == "uniform":
-        new = []
-        for h, nh in enumerate(per_stratum):
-            pool = np.flatnonzero((strata == h) & ~already)
-            take = max(nh - int((already & (strata == h)).sum()), 0)
-            new.extend(rng.choice(pool, size=take, replace=False).tolist())
-        return np.array(new, dtype=int)
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class SamplingDesign:
+    """A way to draw the rows humans label. name: sample.py --strategy NAME and the design file's
+    `strategy`; kind: the design file's `kind`; parameters: its own settings (sample.py flags, kept
+    in the design file). The functions:
+    inclusion(corpus, n, strata, settings) -> (pi per corpus row, rows per stratum) for n rows;
+    draw(pi, strata, per_stratum, already, old_pi, rng) -> corpus positions newly drawn, in the
+      order the sheet lists them (never one already drawn; old_pi: an earlier phase's pi);
+    realised(pi, strata, drawn) -> the pi the design file records once `drawn` are drawn;
+    replay(corpus, design, strata, drawn, where) -> the pi check_design expects of a design file;
+    sample(rows, design, corpus, strata) -> the inference.Sample of the labelled corpus positions
+      (drawn rows left unlabelled taken as missing at random);
+    variance(sample, d) -> the design covariance of the Horvitz-Thompson mean of per-row values d;
+    plan(sample, influence, half_width, alpha, shape) -> the labels that reach half_width."""
+    name: str
+    kind: str
+    help: str
+    inclusion: Callable
+    draw: Callable
+    realised: Callable
+    replay: Callable
+    sample: Callable
+    variance: Callable
+    plan: Callable
+    parameters: tuple = ()
+
+
+def _uniform_inclusion(corpus: Corpus, n: int, strata: np.ndarray, settings: dict) -> tuple:
+    sizes = np.bincount(strata)
+    per_stratum = allocate(n, sizes)
+    return (per_stratum / sizes)[strata], per_stratum
+
+
+def _srs_draw(pi, strata, per_stratum, already, old_pi, rng) -> np.ndarray:
+    new = []
+    for h, nh in enumerate(per_stratum):
+        pool = np.flatnonzero((strata == h) & ~already)
+        take = max(nh - int((already & (strata == h)).sum()), 0)
+        new.extend(rng.choice(pool, size=take, replace=False).tolist())
+    return np.array(new, dtype=int)
+
+
+def _drawn_share(pi, strata, drawn) -> np.ndarray:
+    """Under SRS a row's pi is its stratum's share of rows drawn so far."""
+    sizes = np.bincount(strata)
+    return (np.bincount(strata[drawn], minlength=len(sizes)) / sizes)[strata]
+
+
+def _srs_sample(rows, design: dict, corpus: Corpus, strata) -> inference.Sample:
+    sizes, taken = np.bincount(strata), np.bincount(strata[rows], minlength=strata.max() + 1)
+    _, names = strata_of(corpus, design["stratify_by"])
+    short = [n for n, t, big in zip(names, taken, sizes) if t < 2 and t < big]
+    if short:
+        raise UserError(f"stratum {short[0]!r} of {design['stratify_by']} has fewer than 2 labelled rows: its "
+                        "variance is unknown; label more of its drawn rows (or top the draw up)")
+    return inference.Sample(rows, (taken / sizes)[strata[rows]], "srs", corpus.size, strata)
+
+
+def _active_inclusion(corpus: Corpus, n: int, strata: np.ndarray, settings: dict) -> tuple:
+    sizes = np.bincount(strata)
+    per_stratum = allocate(n, sizes)
+    u, pi = uncertainty(corpus, settings["target"]), np.zeros(corpus.size)
+    for h, nh in enumerate(per_stratum):
+        mine = strata == h
+        pi[mine] = active_pi(u[mine], nh, settings["uniform_share"])
+    return pi, per_stratum
+
+
+def _poisson_draw(pi, strata, per_stratum, already, old_pi, rng) -> np.ndarray:
     base = np.zeros_like(pi) if old_pi is None else old_pi
     r = np.where(already, 0.0, (pi - base) / np.maximum(1 - base, 1e-12))
-    return np.flatnonzero(rng.random(len(pi)) < np.clip(r, 0, 1))
+    new = np.flatnonzero(rng.random(len(pi)) < np.clip(r, 0, 1))
+    return new[rng.permutation(len(new))]  # the sheet in random order, not the corpus's
 
 
+def _poisson_sample(rows, design: dict, corpus: Corpus, strata) -> inference.Sample:
+    rate = len(rows) / max(design["drawn_n"], 1)  # the labelled share of the drawn rows scales every pi
+    return inference.Sample(rows, np.array(design["pi"], dtype=float)[rows] * rate, "poisson", corpus.size)
+
+
+DESIGNS = (
+    SamplingDesign("uniform", "srs", "a simple random sample of n rows (per stratum, in proportion)",
+                   _uniform_inclusion, _srs_draw, _drawn_share,
+                   lambda corpus, design, strata, drawn, where: _drawn_share(None, strata, drawn),
+                   _srs_sample, inference.srs_cov, inference.plan_n),
+    SamplingDesign("active", "poisson", "a Poisson draw weighted by the model's uncertainty about --target, with a "
+                                        "uniform floor (--uniform_share)",
+                   _active_inclusion, _poisson_draw, lambda pi, strata, drawn: pi,
+                   lambda corpus, design, strata, drawn, where: replay_active(corpus, design, strata, where),
+                   _poisson_sample, inference.poisson_cov, inference.plan_n,
+                   (Parameter("target", "all", "active: the label whose share matters most, or 'all' (default: all)"),
+                    Parameter("uniform_share", 0.5, "active: share of the inclusion probability spread uniformly, a "
+                                                    "floor for every row; 0 < value <= 1 (default: 0.5)",
+                              type=float, low=1e-9, high=1.0, range_text="in (0, 1]"))),
+)
+
+
+def sampling_design(name: str, where: str = "--strategy") -> SamplingDesign:
+    for design in DESIGNS:
+        if design.name == name:
+            return design
+    raise UserError(f"{where}: strategy {name!r} is not one of {', '.join(d.name for d in DESIGNS)}")
+
+
+def design_parameters() -> list:
+    """Every registered design's parameters (sample.py's flags)."""
+    return [p for design in DESIGNS for p in design.parameters]
+
+
+def design_settings(name: str, stratify_by: str | None, values: dict) -> dict:
+    """What a design file keeps of the draw's settings: the strategy, the stratifying column and
+    every registered parameter (null where another design's)."""
+    own = {p.name for p in sampling_design(name).parameters}
+    return {"strategy": name, "stratify_by": stratify_by,
+            **{p.name: (values[p.name] if p.name in own else None) for p in design_parameters()}}
+
+
+def inclusion_probabilities(corpus: Corpus, strategy: str, n: int, strata: np.ndarray, settings: dict) -> tuple:
+    """(pi per corpus row, rows per stratum) of a design of expected size n."""
+    return sampling_design(strategy).inclusion(corpus, n, strata, settings)
+
+
+def sample_of(design: dict, corpus: Corpus, labelled_rows) -> inference.Sample:
+    """The labelled corpus positions as a sample of the design file's draw, with its variance."""
+    rows = np.array(sorted(labelled_rows), dtype=int)
+    if len(rows) < 2:
+        raise UserError(f"the sheets hold {len(rows)} labelled rows; at least 2 are needed")
+    entry = sampling_design(design["strategy"])
+    strata, _ = strata_of(corpus, design["stratify_by"])
+    sample = entry.sample(rows, design, corpus, strata)
+    sample.variance = entry.variance
+    return sample
+
+
+# ---------------------------------------------------------------- design files
 def design_record(corpus: Corpus, settings: dict, pi, strata, names, drawn, phases) -> dict:
-    """The design file's record, sealed. settings: strategy, target, uniform_share, stratify_by;
-    drawn: corpus positions of every drawn row, in the order they were drawn."""
+    """The design file's record, sealed. settings: design_settings(); drawn: corpus positions of
+    every drawn row, in the order they were drawn."""
     drawn = np.asarray(drawn, dtype=int)
     record = {"format": DESIGN_FORMAT, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
-              "corpus_rows": corpus.size, "strategy": settings["strategy"],
-              "kind": KIND_OF_STRATEGY[settings["strategy"]], "target": settings["target"],
-              "uniform_share": settings["uniform_share"], "stratify_by": settings["stratify_by"],
+              "corpus_rows": corpus.size, **settings, "kind": sampling_design(settings["strategy"]).kind,
               "expected_n": float(pi.sum()), "drawn_n": int(len(drawn)),
               "strata": strata_record(strata, names, drawn), "phases": phases, "drawn": [int(corpus.ids[i]) for i in drawn],
               "pi": [round(float(p), 12) for p in pi]}
@@ -331,11 +306,10 @@ def check_design(design: dict, corpus: Corpus, where: str) -> None:
     own settings give: under SRS each stratum's drawn share, under an active design the inclusion
     probabilities recomputed phase by phase from the model's probabilities."""
     strategy = _field(design, "strategy", str, where)
-    if strategy not in KIND_OF_STRATEGY:
-        raise UserError(f"{where}: strategy {strategy!r} is not one of {', '.join(KIND_OF_STRATEGY)}")
-    if design.get("kind") != KIND_OF_STRATEGY[strategy]:
+    entry = sampling_design(strategy, where)
+    if design.get("kind") != entry.kind:
         raise UserError(f"{where}: kind {design.get('kind')!r} does not match strategy {strategy!r} "
-                        f"({KIND_OF_STRATEGY[strategy]!r})")
+                        f"({entry.kind!r})")
     stratify_by = _field(design, "stratify_by", str, where, optional=True)
     pi = _field(design, "pi", list, where)
     if len(pi) != corpus.size:
@@ -367,8 +341,7 @@ def check_design(design: dict, corpus: Corpus, where: str) -> None:
     strata, names = strata_of(corpus, stratify_by)
     if design.get("strata") != strata_record(strata, names, positions):
         raise UserError(f"{where}: its strata do not match the corpus's {stratify_by or 'rows'} and its drawn rows")
-    taken = np.bincount(strata[positions], minlength=len(names))
-    expected = (taken / np.bincount(strata, minlength=len(names)))[strata] if strategy == "uniform" else replay_active(corpus, design, strata, where)
+    expected = entry.replay(corpus, design, strata, positions, where)
     wrong = np.flatnonzero(np.abs(pi - expected) > 1e-8)
     if len(wrong):
         k = wrong[0]
@@ -388,6 +361,6 @@ def replay_active(corpus: Corpus, design: dict, strata: np.ndarray, where: str) 
         total = phase["requested"] if k == 0 else int(round(pi.sum())) + phase["requested"]
         if not 1 <= total <= corpus.size:
             raise UserError(f"{where}: phase {k + 1} asks for {total} rows of {corpus.size}")
-        now, _ = inclusion_probabilities(corpus, "active", total, strata, target, tau)
+        now, _ = _active_inclusion(corpus, total, strata, {"target": target, "uniform_share": tau})
         pi = now if pi is None else np.maximum(pi, now)
     return pi

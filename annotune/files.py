@@ -1,14 +1,12 @@
-"""Files in and out: where data and packages are, one reader for every table format, atomic
-writes and folders, run manifests.
+"""Files in and out: where data and packages are, bounded reads of JSON records, atomic writes and
+folders, run manifests (tables themselves: tables.py).
 
 Writers go through `atomic_write_*` / `staging_dir` + `publish_dir`, so an interrupted run or a
 repeated command never leaves a half-written file or silently replaces an earlier result.
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import json
 import os
 import platform
@@ -17,14 +15,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from .cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "textdir", "lines")
-csv.field_size_limit(2**31 - 1)  # a pasted article in one cell is a row, not an error
 
 
 # -------------------------------------------------------------------- where things are
@@ -45,14 +40,6 @@ def resolve_path(template: str) -> str:
     """A data path with {data_dir} and {package:NAME} filled in."""
     path = re.sub(r"\{package:([A-Za-z0-9_\.]+)\}", lambda m: str(package_dir(m.group(1))), template)
     return path.replace("{data_dir}", str(data_dir()))
-
-
-def infer_format(path: str) -> str:
-    name = path.split("!")[-1].lower()
-    for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "json")):
-        if name.endswith(suffix):
-            return fmt
-    return "textdir" if not Path(name).suffix else Path(name).suffix.lstrip(".")
 
 
 # -------------------------------------------------------------------- reading tables
@@ -113,142 +100,6 @@ def parse_json(text: str, what: str):
         raise UserError(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
     check_depth(value, what)
     return value
-
-def open_text(path: str, encoding: str):
-    """A text handle on a file, or on archive.zip!member (read whole: members are small)."""
-    encoding = "utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding
-    if "!" in path:
-        archive, member = path.split("!", 1)
-        if not Path(archive).is_file():
-            raise UserError(f"data file {archive} not found")
-        with zipfile.ZipFile(archive) as zf:
-            if member not in zf.namelist():
-                raise UserError(f"{archive} has no member {member} (members: {zf.namelist()})")
-            return io.StringIO(zf.read(member).decode(encoding), newline="")
-    if Path(path).is_dir():
-        raise UserError(f"{path} is a folder, not a data file")
-    if Path(path).exists() and not Path(path).is_file():
-        raise UserError(f"{path} is not a regular file (a FIFO or a device is never read)")
-    if not Path(path).exists():
-        raise UserError(f"data file {path} not found (set ANNOTUNE_DATA_DIR to the folder holding the "
-                        "task data, or point the task spec at your copy)")
-    return open(path, encoding=encoding, newline="")
-
-
-def iter_rows(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8"):
-    """Rows (dicts of column -> value, values as read) of a CSV/TSV/JSONL/JSON file, streamed, of a
-    folder of <label>/*.txt files, or of a plain text file (`lines`: one 'text' per line). CSV/TSV
-    values are strings; blank lines are no rows, except in `lines`."""
-    fmt = fmt or infer_format(path)
-    if fmt == "textdir":
-        yield from _read_textdir(path, encoding)
-        return
-    if fmt == "lines":
-        yield from ({"text": line} for line in read_lines(path, encoding))
-        return
-    if fmt not in TABLE_FORMATS:
-        raise UserError(f"{path}: format must be one of {TABLE_FORMATS}, got {fmt!r}")
-    try:
-        with open_text(path, encoding) as handle:
-            if fmt in ("csv", "tsv"):
-                yield from _csv_rows(handle, path, "," if fmt == "csv" else "\t", columns)
-            else:
-                yield from _json_rows(handle, path, fmt)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not {encoding.upper()} (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
-    except csv.Error as err:
-        raise UserError(f"{path}: cannot parse as {fmt.upper()} ({err})") from None
-
-
-def _csv_rows(handle, path, delimiter, columns):
-    reader = csv.reader(handle, delimiter=delimiter)
-    header = list(columns) if columns else next(reader, None)
-    if header is None:
-        return
-    # An unnamed leading column is the row index that pandas/R wrote: call it "index".
-    header = ["index" if (i == 0 and name in ("", "Unnamed: 0")) else name for i, name in enumerate(header)]
-    for record in reader:
-        if not record:
-            continue
-        if len(record) > len(header):
-            raise UserError(f"{path}: line {reader.line_num} has {len(record)} fields, the header {len(header)}")
-        yield dict(zip(header, record + [""] * (len(header) - len(record))))
-
-
-def _json_rows(handle, path, fmt):
-    """Rows of a JSON list or JSON Lines file; each row must be an object (one line names the first
-    that is not: its line number, or its index in the list)."""
-    if fmt == "json":
-        text = handle.read()
-        if text.lstrip().startswith(("[", "{")):
-            try:
-                data = parse_json(text, path)
-            except json.JSONDecodeError:
-                data = None  # many ".json" files (Politosphere) are really JSON Lines
-            if data is not None:
-                for i, row in enumerate(data if isinstance(data, list) else [data]):
-                    if not isinstance(row, dict):
-                        raise UserError(f"{path}: entry {i} of the JSON list is {_kind(row)}, not an object "
-                                        "({\"column\": value, ...})")
-                    yield row
-                return
-        handle = io.StringIO(text)
-    for number, line in enumerate(handle, 1):
-        if line.strip():
-            try:
-                row = parse_json(line, f"{path}: line {number}")
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {number} is {_kind(row)}, not a JSON object ({{\"column\": value, ...}})")
-            yield row
-
-
-def _kind(value) -> str:
-    return {str: "a string", list: "a list", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-def _read_textdir(path: str, encoding: str):
-    root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"data folder {path} not found")
-    found = False
-    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for file in sorted(label_dir.glob("*.txt")):
-            try:
-                text = file.read_text(encoding=encoding).strip()
-            except UnicodeDecodeError as err:
-                raise UserError(f"{file} is not {encoding} (byte {err.start})") from None
-            title, _, body = text.partition("\n")
-            found = True
-            yield {"id": f"{label_dir.name}/{file.stem}", "label": label_dir.name, "title": title.strip(),
-                   "body": body.strip(), "text": text}
-    if not found:
-        raise UserError(f"data folder {path} holds no <label>/*.txt files")
-
-
-def read_lines(path: str, encoding: str = "utf-8") -> list:
-    """Every line of a text file as it is (no quote processing; a blank line is an empty row), the
-    count checked against the file's newlines."""
-    try:
-        with open_text(path, encoding) as handle:
-            text = handle.read()
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not {encoding.upper()} (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    expected = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-    if len(lines) != expected:
-        raise UserError(f"{path}: read {len(lines)} lines, the file has {expected}")
-    return lines
-
-
-def read_table(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8") -> list:
-    """All rows of a table file (see iter_rows)."""
-    return list(iter_rows(path, fmt, columns, encoding))
 
 
 # -------------------------------------------------------------------- writing
@@ -421,13 +272,14 @@ def library_versions() -> dict:
     return versions
 
 
-def run_manifest(args, **extra) -> dict:
-    """What a result needs to be reproduced: arguments, versions, git commit, command line."""
+def run_manifest(arguments: dict, **extra) -> dict:
+    """What a result needs to be reproduced: the script's arguments ({flag: value}), versions, git
+    commit, command line."""
     import datetime
 
     return {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-        "args": vars(args) if hasattr(args, "__dict__") else dict(args),
+        "args": dict(arguments),
         "versions": library_versions(),
         "git_commit": git_commit(),
         "platform": platform.platform(),

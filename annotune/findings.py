@@ -1,7 +1,8 @@
-"""What a study reports about a corpus, each estimated three ways (annotune.inference): every
-label's share, its share in each group and the difference between groups, and the coefficients
-of a regression of one label on corpus columns. Built once per corpus (`Findings`), then run on
-any human sample: estimate.py runs it once, bench/inference.py thousands of times.
+"""What a study reports about a corpus, each estimated by every registered estimator
+(estimators.ESTIMATORS: naive, classical, ppi, ...): every label's share, its share in each group
+and the difference between groups, and the coefficients of a regression of one label on corpus
+columns. Built once per corpus (`Findings`), then run on any human sample: estimate.py runs it
+once, bench/inference.py thousands of times.
 """
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from itertools import combinations
 
 import numpy as np
 
-from . import inference as inf
+from . import estimators, inference
 from .cli import UserError
-
-METHODS = ("naive", "classical", "ppi")
 
 
 @dataclass
@@ -37,7 +36,7 @@ def design_matrix(columns: dict, labelled=None, drop_blank: bool = False) -> tup
     most frequent (the reference). Blank cells are refused unless drop_blank, which leaves their rows
     out (X row 0: outside the regression's domain). labelled: corpus positions of the human-labelled
     rows, to refuse a level with fewer than 2 of them before the matrix is built."""
-    from .designs import is_blank
+    from .annotated import is_blank
 
     size = len(next(iter(columns.values())))
     values = {name: np.array([str(v) for v in column], dtype=object) for name, column in columns.items()}
@@ -101,28 +100,28 @@ def check_terms(xs: np.ndarray, terms: list) -> None:
 
 
 class Findings:
-    """The quantities of one corpus: model outputs f on every row, the groups and the regression.
-    output: 'probs' (f = the label's probability) or 'labels' (f = 1 if the model gave it)."""
+    """The quantities of one corpus: the model's outputs on every row, the groups and the
+    regression. output: what ppi uses, 'probs' (f = the label's probability) or 'labels' (f = 1
+    if the model gave it); options: every estimator's parameters (estimators.default_options())."""
 
     def __init__(self, corpus, output: str = "probs", by=None, regress=None, link: str = "logistic", compare=None,
-                 labelled=None, drop_blank: bool = False):
-        if output == "probs" and corpus.probs is None:
-            output = "labels"  # a corpus labelled by generation has no probabilities
-        self.corpus, self.output, self.link = corpus, output, link
+                 labelled=None, drop_blank: bool = False, options: dict | None = None):
+        self.options = {**estimators.default_options(), "model_output": output, **(options or {})}
+        if self.options["model_output"] == "probs" and corpus.probs is None:
+            self.options["model_output"] = "labels"  # a corpus labelled by generation has no probabilities
+        self.corpus, self.output, self.link = corpus, self.options["model_output"], link
         size, k = corpus.size, len(corpus.labels)
-        hard = np.eye(k)[corpus.prediction]
-        self.f = corpus.probs if output == "probs" else hard
-        self.hard = hard
+        self.outputs = estimators.ModelOutputs(corpus.probs, np.eye(k)[corpus.prediction], corpus)
+        self.cache = {}  # census cells per (domain, label, output): reused by every sample run
         self.domains = {"": np.ones((size, 1))}
         self.groups = []
         if by is not None:
-            from .designs import group_names
+            from .annotated import group_names
 
             values = group_names(by, "--by")
             self.groups = sorted(set(values), key=lambda g: (-np.sum(values == g), g))
             for g in self.groups:
                 self.domains[g] = (values == g).astype(float)[:, None]
-        self.census = {(d, j): inf.compress(x, self.f[:, j]) for d, x in self.domains.items() for j in range(k)}
         for pair in compare or []:
             for g in pair:
                 if g not in self.domains or not g:
@@ -134,7 +133,7 @@ class Findings:
             j = corpus.label_index(label, "--regress")
             x, terms, keep = design_matrix(columns, labelled, drop_blank)
             self.regression_rows = int(keep.sum())
-            self.regression = (j, x, terms, inf.compress(x, self.f[:, j]))
+            self.regression = (j, x, terms)
 
     def pairs(self):
         if self.compare:
@@ -149,57 +148,61 @@ class Findings:
             out += [Quantity("share", label, g) for g in self.domains]
             out += [Quantity("difference", label, f"{a} - {b}") for a, b in self.pairs()]
         if self.regression:
-            j, _, terms, _ = self.regression
+            j, _, terms = self.regression
             out += [Quantity("coefficient", self.corpus.labels[j], term=t) for t in terms]
         return out
 
-    # ---------------------------------------------------------------- the three estimators
-    def run(self, sample, gold, methods=METHODS, alpha: float = 0.1) -> list:
-        """Per quantity and method: estimate, interval, se, lam, the influence for planning, and the
-        labelled rows it rests on. A share or difference whose group holds fewer than 2 labelled rows
-        is not estimable from the sample: its classical and ppi entries say so (estimate None).
-        gold: the human label index of each sampled row (sample.rows order)."""
+    # ---------------------------------------------------------------- every registered estimator
+    def run(self, sample, gold, methods=None, alpha: float = 0.1) -> list:
+        """Per quantity and estimator (methods: their names; default every registered one): estimate,
+        interval, se, lam, the influence for planning, and the labelled rows it rests on. A share or
+        difference whose group holds fewer than 2 labelled rows is not estimable from the sample: the
+        entries of estimators that use it say so (estimate None). gold: the human label index of each
+        sampled row (sample.rows order)."""
         labelled = {g: 0 if sample is None else int((x[sample.rows, 0] != 0).sum()) for g, x in self.domains.items()}
         results = []
         for j, label in enumerate(self.corpus.labels):
             y = (gold == j).astype(float)
-            for method in methods:
-                ests = {g: self._one(method, x, j, sample, y, "identity", self.census[(g, j)])
-                        for g, x in self.domains.items() if method == "naive" or labelled[g] >= 2}
+            for e in estimators.registered(methods):
+                ests = {g: e.fit(self._inputs(g, x, j, sample, y, "identity")) for g, x in self.domains.items()
+                        if not e.uses_sample or labelled[g] >= 2}
+                rests = None if not e.uses_sample else labelled
                 for g in self.domains:
                     q = Quantity("share", label, g)
-                    results.append(self._record(q, method, ests[g], alpha, labelled[g]) if g in ests
-                                   else self._unknown(q, method, labelled[g]))
+                    results.append(self._record(q, e.name, ests[g], alpha, rests and rests[g]) if g in ests
+                                   else self._unknown(q, e.name, labelled[g]))
                 for a, b in self.pairs():
-                    q, n = Quantity("difference", label, f"{a} - {b}"), labelled[a] + labelled[b]
+                    q = Quantity("difference", label, f"{a} - {b}")
                     if a not in ests or b not in ests:
-                        results.append(self._unknown(q, method, min(labelled[a], labelled[b])))
+                        results.append(self._unknown(q, e.name, min(labelled[a], labelled[b])))
                         continue
-                    value, var = (inf.naive_contrast(ests[a], ests[b]) if method == "naive"
-                                  else inf.contrast(ests[a], ests[b], sample))
+                    value, var = (inference.contrast(ests[a], ests[b], sample) if e.uses_sample
+                                  else inference.naive_contrast(ests[a], ests[b]))
                     var = max(var, ests[a].extra.get("floor", 0.0) + ests[b].extra.get("floor", 0.0))
-                    df = min(ests[a].df, ests[b].df)
-                    results.append(self._row(q, method, value, var, alpha, df, None, None, n))
+                    results.append(self._row(q, e.name, value, var, alpha, min(ests[a].df, ests[b].df), None, None,
+                                             rests and rests[a] + rests[b]))
         if self.regression:
-            j, x, terms, census = self.regression
-            used = np.zeros(0, dtype=bool) if sample is None else np.any(x[sample.rows] != 0, axis=1)
-            if sample is not None:
-                check_terms(x[sample.rows][used], terms)
-            y = (gold == j).astype(float)
-            for method in methods:
-                est = self._one(method, x, j, sample, y, self.link, census)
-                for t, term in enumerate(terms):
-                    df = est.extra["term_df"][t] if "term_df" in est.extra else est.df
-                    results.append(self._row(Quantity("coefficient", self.corpus.labels[j], term=term), method,
-                                             float(est.value[t]), float(est.cov[t, t]), alpha, df, est.lam,
-                                             est.influence[:, [t]] if len(est.influence) else None,
-                                             int(used.sum())))
+            results += self._regression_rows(sample, gold, methods, alpha)
         return results
 
-    def _one(self, method, x, j, sample, y, link, census):
-        if method == "naive":
-            return inf.naive(x, self.hard[:, j], link)
-        return inf.estimate(x, self.f[:, j], sample, y, link, method, census=census)
+    def _regression_rows(self, sample, gold, methods, alpha) -> list:
+        j, x, terms = self.regression
+        used = np.zeros(0, dtype=bool) if sample is None else np.any(x[sample.rows] != 0, axis=1)
+        if sample is not None:
+            check_terms(x[sample.rows][used], terms)
+        y, results = (gold == j).astype(float), []
+        for e in estimators.registered(methods):
+            est = e.fit(self._inputs("(regression)", x, j, sample, y, self.link))
+            for t, term in enumerate(terms):
+                df = est.extra["term_df"][t] if "term_df" in est.extra else est.df
+                results.append(self._row(Quantity("coefficient", self.corpus.labels[j], term=term), e.name,
+                                         float(est.value[t]), float(est.cov[t, t]), alpha, df, est.lam,
+                                         est.influence[:, [t]] if len(est.influence) else None,
+                                         int(used.sum()) if e.uses_sample else None))
+        return results
+
+    def _inputs(self, domain, x, j, sample, y, link) -> estimators.Inputs:
+        return estimators.Inputs(x, j, self.outputs, sample, y, link, self.options, domain, self.cache)
 
     def _record(self, q, method, est, alpha, labelled):
         return self._row(q, method, float(est.value[0]), float(est.cov[0, 0]), alpha, est.df, est.lam,
@@ -213,14 +216,14 @@ class Findings:
 
     @staticmethod
     def _row(q, method, value, var, alpha, df, lam, influence, labelled=None):
+        """labelled: the human-labelled rows it rests on (None for an estimator without a sample)."""
         scale = "wilson" if q.kind == "share" else "identity"
-        low, high = inf.interval(value, var, alpha, df if method != "naive" else 0, scale)
+        low, high = inference.interval(value, var, alpha, df, scale)
         if q.kind != "coefficient":  # a share lies in [0, 1], a difference of two in [-1, 1]: reported within them
             least = 0.0 if q.kind == "share" else -1.0
             value, low, high = (float(np.clip(v, least, 1.0)) for v in (value, low, high))
         return {"quantity": q, "method": method, "estimate": value, "low": float(low), "high": float(high),
-                "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence,
-                "labelled": None if method == "naive" else labelled}
+                "se": float(np.sqrt(max(var, 0.0))), "lam": lam, "influence": influence, "labelled": labelled}
 
     def truth(self, gold_all: np.ndarray) -> dict:
         """The census value of every quantity from gold labels on all rows (benchmarks only)."""
@@ -233,8 +236,8 @@ class Findings:
             for a, b in self.pairs():
                 out[Quantity("difference", label, f"{a} - {b}").name] = shares[a] - shares[b]
         if self.regression:
-            j, x, terms, _ = self.regression
-            theta = inf.naive(x, (gold_all == j).astype(float), self.link).value
+            j, x, terms = self.regression
+            theta = inference.naive(x, (gold_all == j).astype(float), self.link).value
             for t, term in enumerate(terms):
                 out[Quantity("coefficient", self.corpus.labels[j], term=term).name] = float(theta[t])
         return out
@@ -242,22 +245,23 @@ class Findings:
 
 def coverage(findings: "Findings", gold_all: np.ndarray, n: int, reps: int, alpha: float, seed: int = 0) -> dict:
     """How often the intervals hold: over `reps` simple random samples of n corpus rows (gold_all:
-    every row's true label index), the share of draws whose classical and ppi interval holds each
-    quantity's census value, {(quantity name, method): rate}; naive (no sample) holds it or not."""
-    from .inference import Sample
-
+    every row's true label index), the share of draws whose interval holds each quantity's census
+    value, per estimator that uses the sample, {(quantity name, method): rate}; one without a
+    sample (naive) holds it or not."""
     truth, rng, held, runs = findings.truth(gold_all), np.random.default_rng(seed), {}, {}
+    with_sample = [e.name for e in estimators.registered() if e.uses_sample]
     for _ in range(reps):
         rows = np.sort(rng.choice(findings.corpus.size, n, replace=False))
-        sample = Sample(rows, np.full(n, n / findings.corpus.size), "srs", findings.corpus.size)
-        for r in findings.run(sample, gold_all[rows], methods=("classical", "ppi"), alpha=alpha):
+        sample = inference.Sample(rows, np.full(n, n / findings.corpus.size), "srs", findings.corpus.size)
+        for r in findings.run(sample, gold_all[rows], methods=with_sample, alpha=alpha):
             key = (r["quantity"].name, r["method"])
             if r["estimate"] is not None:
                 runs[key] = runs.get(key, 0) + 1
                 held[key] = held.get(key, 0) + int(r["low"] <= truth[key[0]] <= r["high"])
-    for r in findings.run(None, np.zeros(0, dtype=int), methods=("naive",), alpha=alpha):
-        runs[r["quantity"].name, "naive"] = 1
-        held[r["quantity"].name, "naive"] = int(r["low"] <= truth[r["quantity"].name] <= r["high"])
+    without = [e.name for e in estimators.registered() if not e.uses_sample]
+    for r in findings.run(None, np.zeros(0, dtype=int), methods=without, alpha=alpha):
+        runs[r["quantity"].name, r["method"]] = 1
+        held[r["quantity"].name, r["method"]] = int(r["low"] <= truth[r["quantity"].name] <= r["high"])
     return {key: held[key] / runs[key] for key in runs}
 
 
@@ -266,7 +270,7 @@ def effective_sizes(results: list, n: int, size: int) -> dict:
     by = {}
     for r in results:
         by.setdefault(r["quantity"].name, {})[r["method"]] = r
-    return {name: inf.effective_n(m["classical"]["se"] ** 2, m["ppi"]["se"] ** 2, n, size)
+    return {name: inference.effective_n(m["classical"]["se"] ** 2, m["ppi"]["se"] ** 2, n, size)
             for name, m in by.items() if "classical" in m and "ppi" in m and m["ppi"]["se"] is not None}
 
 
@@ -296,33 +300,41 @@ def _cell(m: dict) -> str:
     return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
+def _shown(rows: dict) -> list:
+    """The registered estimators that the results hold, in registry order."""
+    present = {method for entry in rows.values() for method in entry}
+    return [e for e in estimators.registered() if e.name in present]
+
+
 def _markdown(summary: dict, rows: dict) -> str:
     level = round(100 * (1 - summary["alpha"]))
+    shown = _shown(rows)
+    plan = bool(summary["plan_half_width"])
     lines = [f"# Estimates: {summary['corpus']}", "",
              f"{summary['labelled']} human labels ({summary['strategy']} design; {summary['unlabelled_dropped']} drawn "
              f"rows unlabelled, left out) and the model's {summary['model_output']} on {summary['corpus_rows']} rows; "
-             f"{level}% intervals. naive: the model's labels as gold; classical: the human labels alone; ppi: "
-             "both (prediction-powered). effective n: human labels alone worth ppi's interval.", "",
-             "| quantity | naive | classical | ppi | lam | effective n |" + (" plan: n classical / ppi |" if summary[
-                 "plan_half_width"] else ""),
-             "|---|---|---|---|---|---|" + ("---|" if summary["plan_half_width"] else "")]
-    for name, e in rows.items():
-        lam, n_eff = e["ppi"]["lam"], e["effective_n"]
+             f"{level}% intervals. " + "; ".join(f"{e.name}: {e.title}" for e in shown)
+             + ". effective n: human labels alone worth ppi's interval.", "",
+             "| quantity | " + " | ".join(e.name for e in shown) + " | lam | effective n |"
+             + (" plan: n classical / ppi |" if plan else ""),
+             "|---|" + "---|" * len(shown) + "---|---|" + ("---|" if plan else "")]
+    for name, entry in rows.items():
+        lam, n_eff = entry.get("ppi", {}).get("lam"), entry["effective_n"]
         lam_text = "" if lam is None else f"{lam:.2f}"
         n_text = "" if n_eff is None or not np.isfinite(n_eff) else f"{n_eff:.0f}"
-        line = f"| {name} | {_cell(e['naive'])} | {_cell(e['classical'])} | {_cell(e['ppi'])} | {lam_text} | {n_text} |"
-        if summary["plan_half_width"]:
-            plan = e.get("plan")
-            line += f" {plan.get('classical', '')} / {plan.get('ppi', '')} |" if plan else " |"
+        line = f"| {name} | " + " | ".join(_cell(entry[e.name]) for e in shown) + f" | {lam_text} | {n_text} |"
+        if plan:
+            planned = entry.get("plan")
+            line += f" {planned.get('classical', '')} / {planned.get('ppi', '')} |" if planned else " |"
         lines.append(line)
-    if summary["plan_half_width"]:
+    if plan:
         lines += ["", f"plan: human labels (this design's strategy) for a half-width of {summary['plan_half_width']}."]
     return "\n".join(lines) + "\n"
 
 
 def _forest(path, rows: dict, alpha: float) -> None:
-    """The three intervals of every quantity: shares and differences in one panel, regression
-    coefficients (another scale) in a second."""
+    """Every estimator's interval of every quantity, in its registered colour: shares and
+    differences in one panel, regression coefficients (another scale) in a second."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,19 +343,20 @@ def _forest(path, rows: dict, alpha: float) -> None:
     panels = [[n for n, e in rows.items() if e["quantity"]["kind"] != "coefficient"],
               [n for n, e in rows.items() if e["quantity"]["kind"] == "coefficient"]]
     panels = [names for names in panels if names]
+    shown = _shown(rows)
+    step = 0.75 / max(len(shown), 1)
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.34 * sum(map(len, panels)) * 2 + 1.5), squeeze=False,
                              gridspec_kw={"height_ratios": [len(names) for names in panels]})
-    colours = {"naive": "tab:gray", "classical": "tab:blue", "ppi": "tab:red"}
     for ax, names in zip(axes[:, 0], panels):
         for i, name in enumerate(names):
-            for k, method in enumerate(METHODS):
-                m, y = rows[name][method], -(i + 0.25 * (k - 1))
+            for k, e in enumerate(shown):
+                m, y = rows[name][e.name], -(i + step * (k - (len(shown) - 1) / 2))
                 if m["estimate"] is None:
-                    ax.text(0.5, y, f"{method}: not estimable", transform=ax.get_yaxis_transform(), fontsize=6,
-                            va="center", ha="center", color=colours[method])
+                    ax.text(0.5, y, f"{e.name}: not estimable", transform=ax.get_yaxis_transform(), fontsize=6,
+                            va="center", ha="center", color=e.colour)
                     continue
                 ax.errorbar(m["estimate"], y, xerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
-                            fmt="o", ms=3, color=colours[method], label=method if i == 0 else None, capsize=2)
+                            fmt="o", ms=3, color=e.colour, label=e.name if i == 0 else None, capsize=2)
         ax.set_yticks([-i for i in range(len(names))], names, fontsize=8)
         ax.set_ylim(-len(names) + 0.4, 0.6)
         ax.grid(axis="x", alpha=0.3)

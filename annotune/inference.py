@@ -27,6 +27,7 @@ drawn independently with probability pi_i) has sum_S (1 - pi_i) / pi_i^2 d_i^2 /
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from scipy import stats
@@ -45,6 +46,7 @@ class Sample:
     kind: str
     size: int  # N, the corpus size
     strata: np.ndarray | None = None
+    variance: Callable | None = None  # its design's variance (designs.SamplingDesign), else the kind's
 
 
 @dataclass
@@ -91,11 +93,22 @@ def _solve(census, xs, ys, fs, ws, lam: float, link: str, theta=None, iters: int
 
 
 def design_cov(sample: Sample, d: np.ndarray) -> np.ndarray:
-    """Design covariance of the HT mean (1/N) sum_S d_i / pi_i of per-row values d (n, k)."""
+    """Design covariance of the HT mean (1/N) sum_S d_i / pi_i of per-row values d (n, k): the
+    sample's own variance where its design gives one, else its kind's (srs, poisson)."""
+    if sample.variance is not None:
+        return sample.variance(sample, d)
+    return (poisson_cov if sample.kind == "poisson" else srs_cov)(sample, d)
+
+
+def poisson_cov(sample: Sample, d: np.ndarray) -> np.ndarray:
+    """A Poisson sample: sum_S (1 - pi_i) / pi_i^2 d_i d_i' / N^2."""
+    w = (1.0 - sample.pi) / sample.pi ** 2
+    return (d * w[:, None]).T @ d / sample.size ** 2
+
+
+def srs_cov(sample: Sample, d: np.ndarray) -> np.ndarray:
+    """A stratified simple random sample: sum_h W_h^2 (1 - n_h / N_h) s_h^2 / n_h."""
     n_total = sample.size
-    if sample.kind == "poisson":
-        w = (1.0 - sample.pi) / sample.pi ** 2
-        return (d * w[:, None]).T @ d / n_total ** 2
     strata = np.zeros(n_total, dtype=int) if sample.strata is None else sample.strata
     mine = strata[sample.rows]
     out = np.zeros((d.shape[1], d.shape[1]))
@@ -130,12 +143,15 @@ def tuned_lam(sample, bread, a, b, clip: tuple | None) -> float:
 
 
 def estimate(x_all: np.ndarray, f_all: np.ndarray, sample: Sample, y: np.ndarray, link: str = "identity",
-             method: str = "ppi", lam: float | None = None, census=None) -> Estimate:
+             method: str = "ppi", lam: float | None = None, census=None, f_sample=None) -> Estimate:
     """The census coefficients of regressing y on x, from f on all rows and y on the sampled ones.
     method 'ppi' (lam tuned unless given) or 'classical' (lam = 0). x_all (N, k), f_all (N,), y (n,);
-    census: compress(x_all, f_all), when the caller reuses it across samples."""
+    census: compress(x_all, f_all), when the caller reuses it across samples; f_sample: the model's
+    outputs on the sampled rows where they are not f_all's (out-of-fold predictions of the rows a
+    model was trained on: cross-fitting), default f_all[sample.rows]."""
     census = compress(x_all, f_all) if census is None else census
-    xs, fs = x_all[sample.rows], f_all[sample.rows]
+    xs = x_all[sample.rows]
+    fs = f_all[sample.rows] if f_sample is None else np.asarray(f_sample, dtype=float)
     ws = 1.0 / (sample.size * sample.pi)
     if method == "classical":
         lam = 0.0

@@ -1,7 +1,7 @@
 """Prompt rendering and tokenisation, shared by preprocess.py, train.py and evaluate.py so that the
 prompt a model is trained on is the prompt it is evaluated with.
 
-Templates:
+Templates (one registry, TEMPLATES: a new one added there is accepted by every script's --template):
 - llama2-chat: `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{input} [/INST] {label} </s>` (the Politosphere
   layout). BOS and EOS are tokens added at tokenisation, never literal text, so there is exactly one
   BOS (the source project had two: a literal "<s>" plus the tokenizer's own).
@@ -14,9 +14,11 @@ A rendered example is a (prompt, completion) pair; the completion is what carrie
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 from .cli import UserError
 
-TEMPLATES = ("auto", "chat", "llama2-chat", "alpaca", "seq2seq")
 ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further "
                  "context. Write a response that appropriately completes the request.")
 
@@ -29,12 +31,51 @@ def quoted_list(names) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt layout: render(prompter, system, user) -> the prompt text; answer_prefix goes before
+    the answer (the completion); needs_chat_template: it renders with the tokenizer's own."""
+    name: str
+    render: Callable
+    answer_prefix: str = ""
+    needs_chat_template: bool = False
+
+
+def _chat(prompter, system: str, user: str) -> str:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user})
+    return prompter.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+TEMPLATES = (
+    PromptTemplate("chat", _chat, needs_chat_template=True),
+    # llama2-chat puts one space between [/INST] and the answer; the others start the answer fresh.
+    PromptTemplate("llama2-chat", lambda prompter, system, user: f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]",
+                   answer_prefix=" "),
+    PromptTemplate("alpaca", lambda prompter, system, user:
+                   f"{ALPACA_HEADER}\n\n### Instruction:\n{system}\n\n### Input:\n{user}\n\n### Response:\n"),
+    PromptTemplate("seq2seq", lambda prompter, system, user: f"{prompter.spec.prompt.get('seq2seq_prefix', '')}{user}"),
+)
+
+
+def template_names() -> list:
+    """Every --template value: auto and the registered templates."""
+    return ["auto"] + [t.name for t in TEMPLATES]
+
+
+def prompt_template(name: str) -> PromptTemplate:
+    for template in TEMPLATES:
+        if template.name == name:
+            return template
+    raise UserError(f"unknown template {name!r}; choose one of {', '.join(template_names())}")
+
+
 def resolve_template(template: str, tokenizer=None, is_seq2seq: bool = False) -> str:
-    if template not in TEMPLATES:
-        raise UserError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    """auto: seq2seq for an encoder-decoder, else the tokenizer's chat template if it has one,
+    else llama2-chat."""
     if template != "auto":
-        if template == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise UserError("template 'chat' needs a tokenizer with a chat template; use llama2-chat or alpaca")
+        if prompt_template(template).needs_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"template {template!r} needs a tokenizer with a chat template; use llama2-chat or alpaca")
         return template
     if is_seq2seq:
         return "seq2seq"
@@ -69,21 +110,10 @@ class Prompter:
         return self.spec.prompt.get("input", "{text}").replace("{text}", text)
 
     def prompt(self, text: str) -> str:
-        system, user = self.system_text(), self.user_text(text)
-        if self.template == "llama2-chat":
-            return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-        if self.template == "alpaca":
-            return f"{ALPACA_HEADER}\n\n### Instruction:\n{system}\n\n### Input:\n{user}\n\n### Response:\n"
-        if self.template == "seq2seq":
-            prefix = self.spec.prompt.get("seq2seq_prefix", "")
-            return f"{prefix}{user}"
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": user})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt_template(self.template).render(self, self.system_text(), self.user_text(text))
 
     def completion(self, target: str) -> str:
-        # llama2-chat puts one space between [/INST] and the answer; the others start the answer fresh.
-        return f" {target}" if self.template == "llama2-chat" else target
+        return prompt_template(self.template).answer_prefix + target
 
     def render(self, example: dict) -> dict:
         target = example.get("label", example.get("target"))

@@ -245,16 +245,17 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: dict) -> str:
-    """comparison.md (one row per model and split; the per-epoch table with --table; kappa with
-    humans; generation boxplots and win rates) and manifest.json into the staging folder, then
-    publish it as out_dir."""
+def write_comparison(arguments: dict, spec, results, staging: Path, out_dir: Path, info: dict,
+                     epoch_table_too: bool = False) -> str:
+    """comparison.md (one row per model and split; the per-epoch table with epoch_table_too, evaluate.py's
+    --table; kappa with humans; generation boxplots and win rates) and manifest.json (arguments:
+    evaluate.py's, {flag: value}) into the staging folder, then publish it as out_dir."""
     from .agreement import agreement_markdown
 
     differences = baseline_difference_table(results)
     parts = [f"# {spec.name}: {', '.join(sorted({r['split'] for r in results}))} split\n",
              comparison_table(results, spec.type)] + (["\n" + differences] if differences else [])
-    if args.table:
+    if epoch_table_too:
         by_model = {}
         for r in results:
             by_model.setdefault(r["name"], {"epoch": r["epoch"], "row_label": r.get("row_label"), "train": {}, "val": {}})
@@ -268,7 +269,7 @@ def write_comparison(args, spec, results, staging: Path, out_dir: Path, info: di
         parts += generation_comparison(results, staging)
     text = "\n".join(parts) + "\n"
     atomic_write_text(staging / "comparison.md", text)
-    manifest = run_manifest(args, task=spec.name, data=info,
+    manifest = run_manifest(arguments, task=spec.name, data=info,
                             models=[{"name": r["name"], "split": r["split"], "adapter": r["adapter"],
                                      "ids": [rec["id"] for rec in r["records"]]} for r in results])
     atomic_write_json(staging / "manifest.json", manifest)

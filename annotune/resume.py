@@ -40,37 +40,40 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
 
 
-def open_run_folder(args, run_name: str, checkpoints: Path, added_later: dict | None = None) -> RunFolder:
-    """The run folder of train.py's flags, checked; nothing is written (RunFolder.create does that,
-    once every other check has passed, so a refused run leaves nothing that blocks the rerun)."""
+def open_run_folder(out: Path, arguments: dict, checkpoints: Path, overwrite: bool = False,
+                    resume_from: str | None = None, inputs=(), added_later: dict | None = None) -> RunFolder:
+    """The run folder `out`, checked; nothing is written (RunFolder.create does that, once every
+    other check has passed, so a refused run leaves nothing that blocks the rerun). arguments:
+    train.py's ({flag: value}; a resume's must match the manifest's); overwrite: replace a folder
+    that holds a run; resume_from: 'latest' or a checkpoint folder; inputs: paths that a replaced
+    folder must not hold."""
     from .files import ensure_new_path
 
-    out = Path(args.output_dir or Path("runs") / run_name)
-    replacing = args.overwrite_output_dir and not args.resume_from_checkpoint
-    ensure_new_path(out, True, what="--output_dir", kind="dir",
-                    inputs=(args.dataset_name, args.model_name, args.task) if replacing else ())
-    if args.resume_from_checkpoint:
-        return resumed_folder(args, out, checkpoints, added_later or {})
-    if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
+    out = Path(out)
+    replacing = overwrite and not resume_from
+    ensure_new_path(out, True, what="--output_dir", kind="dir", inputs=inputs if replacing else ())
+    if resume_from:
+        return resumed_folder(arguments, resume_from, out, checkpoints, added_later or {})
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} already holds a run; pass --overwrite_output_dir, --resume_from_checkpoint "
                         "or another --output_dir")
     return RunFolder(out)
 
 
-def resumed_folder(args, out: Path, checkpoints: Path, added_later: dict) -> RunFolder:
+def resumed_folder(arguments: dict, resume_from: str, out: Path, checkpoints: Path, added_later: dict) -> RunFolder:
     from transformers.trainer_utils import get_last_checkpoint
 
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
         raise UserError(f"--resume_from_checkpoint: {out} holds no run (no manifest.json)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    check_same_arguments(vars(args), {**added_later, **manifest.get("args", {})})
+    check_same_arguments(arguments, {**added_later, **manifest.get("args", {})})
     if manifest.get("result"):
         return RunFolder(out, resuming=True, finished=manifest["result"], manifest=manifest)
-    if args.resume_from_checkpoint == "latest":
+    if resume_from == "latest":
         checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     else:
-        checkpoint = args.resume_from_checkpoint
+        checkpoint = resume_from
         if not (Path(checkpoint) / "trainer_state.json").exists():
             raise UserError(f"--resume_from_checkpoint {checkpoint} is not a Trainer checkpoint")
     if checkpoint:

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from .cli import UserError
-from .files import read_lines, read_table, resolve_path
+from .files import resolve_path
+from .tables import read_lines, read_table
 
 
 def load_source_rows(spec) -> dict:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import UserError
-from .files import MAX_DEPTH, REPO_ROOT, TABLE_FORMATS, infer_format, read_bounded
+from .files import MAX_DEPTH, REPO_ROOT, read_bounded
+from .tables import format_names, infer_format
 from .labels import Label, build_merge, find_label, norm_label
 from .schema import SCHEMA, check_keys, check_types
 
@@ -86,8 +87,9 @@ class TaskSpec:
             if not isinstance(file_spec, dict) or "path" not in file_spec:
                 raise UserError(f"task spec {src}: data.splits.{split} needs a 'path'")
             fmt = file_spec.get("format") or infer_format(file_spec["path"])
-            if fmt not in TABLE_FORMATS:
-                raise UserError(f"task spec {src}: data.splits.{split}: format must be one of {TABLE_FORMATS}, got {fmt!r}")
+            if fmt not in format_names():
+                raise UserError(f"task spec {src}: data.splits.{split}: format must be one of {format_names()}, "
+                                f"got {fmt!r}")
         for step in self.data.get("text_cleanup") or []:
             if step not in CLEANUPS:
                 raise UserError(f"task spec {src}: unknown text_cleanup step {step!r}; known: {CLEANUPS}")
@@ -299,7 +301,7 @@ def task_from_file(data_path: str, text_column: str, label_column: str | None = 
                    id_column: str | None = None, task_type: str = "classification", system_prompt: str | None = None,
                    instruction: str | None = None) -> TaskSpec:
     """preprocess.py --data_path: a task spec from a file's columns; labels are its distinct values."""
-    from .files import read_table
+    from .tables import read_table
 
     if not label_column:
         raise UserError("--data_path needs --label_column (and --text_column)")

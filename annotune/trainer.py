@@ -326,9 +326,28 @@ class QuietProgress(ProgressCallback):
 
 
 # -------------------------------------------------------------------- the Trainer's arguments and the run's result
-def trainer_arguments(args, out_dir: Path):
-    """train.py's flags (an argparse namespace) as transformers.TrainingArguments; the Trainer's
-    checkpoints go to <run>/checkpoints."""
+@dataclass(frozen=True)
+class Schedule:
+    """How train.py optimises (its training flags): micro-batch size per process, accumulation,
+    AdamW's learning rate and weight decay, the scheduler after warmup (linear, cosine, constant),
+    warmup as a fraction of the steps, gradient clipping (0 = off), epochs, or max_steps (> 0 ends
+    the run there), the seed, a tracker ('none', wandb, ...) and progress bars."""
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    epochs: int = 3
+    max_steps: int = -1
+    seed: int = 42
+    report_to: str = "none"
+    progress: bool = True
+
+
+def trainer_arguments(schedule: Schedule, out_dir: Path):
+    """A Schedule as transformers.TrainingArguments; the Trainer's checkpoints go to <run>/checkpoints."""
     import os
 
     from transformers import TrainingArguments
@@ -338,14 +357,14 @@ def trainer_arguments(args, out_dir: Path):
     fp16 = device_name() == "cuda" and cuda_compute_dtype() == torch.float16  # loss scaling on a card without bf16
     schedulers = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
     return TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=args.train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, lr_scheduler_type=schedulers[args.lr_scheduler],
-        warmup_steps=args.warmup_ratio, max_grad_norm=args.max_grad_norm, num_train_epochs=args.epochs,
-        max_steps=args.steps if args.stop_condition == "steps" else -1, seed=args.seed,
-        save_strategy="epoch", save_total_limit=1, eval_strategy="no", report_to=args.report_to,
-        logging_strategy="no" if args.report_to == "none" else "steps", logging_steps=1,
-        disable_tqdm=args.quiet or not os.isatty(2), use_cpu=device_name() == "cpu", remove_unused_columns=False,
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=schedule.batch_size,
+        gradient_accumulation_steps=schedule.gradient_accumulation_steps, learning_rate=schedule.learning_rate,
+        weight_decay=schedule.weight_decay, lr_scheduler_type=schedulers[schedule.lr_scheduler],
+        warmup_steps=schedule.warmup_ratio, max_grad_norm=schedule.max_grad_norm, num_train_epochs=schedule.epochs,
+        max_steps=schedule.max_steps, seed=schedule.seed,
+        save_strategy="epoch", save_total_limit=1, eval_strategy="no", report_to=schedule.report_to,
+        logging_strategy="no" if schedule.report_to == "none" else "steps", logging_steps=1,
+        disable_tqdm=not schedule.progress or not os.isatty(2), use_cpu=device_name() == "cpu", remove_unused_columns=False,
         dataloader_num_workers=0, ddp_find_unused_parameters=False, fp16=fp16)
 
 

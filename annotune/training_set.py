@@ -51,18 +51,18 @@ def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int)
     from .examples import data_report
     from .prompts import mark_loss_span
 
-    job, prompter, stats, example = data.job, data.prompter, data.stats, data.train_rows[0]
-    spec, kind = job.reported, job.kind
+    labelling, prompter, stats, example = data.labelling, data.prompter, data.stats, data.train_rows[0]
+    spec, kind = labelling.reported, labelling.kind
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"task {spec.name} ({kind}), model {model_name}, template {prompter.template}, "
           f"{len(data.feats)} training examples, {len(data.eval_rows)} validation examples")
-    if job.merges:
-        print(f"learning the {len(job.scored.labels)} labels before the merge ({', '.join(job.scored.label_names)}); "
+    if labelling.merges:
+        print(f"learning the {len(labelling.scored.labels)} labels before the merge ({', '.join(labelling.scored.label_names)}); "
               f"validation and the labels given are the merge's ({', '.join(spec.label_names)})")
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    for line in data_report(job.source):
+    for line in data_report(labelling.source):
         print(f"note: {line}")
     if stats["dropped_too_long"]:
         print(f"dropped {stats['dropped_too_long']} examples longer than --max_seq_length {max_seq_length}")
@@ -106,34 +106,76 @@ def default_epochs(feats, balance: str, examples_per_step: int) -> int:
 class TrainingData:
     """What train.py trains and validates on: the labelling (contract.Labelling: the labels scored
     and given, the prompt, the splits and where they were read from) and the rows drawn from it."""
-    job: object  # contract.Labelling
+    labelling: object  # contract.Labelling
     prompter: object  # prompts.Prompter of the scored labels
+    merge_at: str = "training"  # where a merge is applied: 'prediction' (the finer labels learnt) or 'training'
     train_rows: list = field(default_factory=list)  # answered with the scored labels
     eval_rows: list = field(default_factory=list)  # labels given (validation scores them)
     feats: list = field(default_factory=list)  # tokenised training examples
     stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
 
 
-def load_training_data(args, tokenizer, config, default_task: str) -> TrainingData:
-    """The labelling of train.py's data (contract.for_training), the sampled training and
-    validation rows, and the tokenised training examples (args: train.py's)."""
-    from .examples import sample_rows
-    from .contract import for_training
+@dataclass(frozen=True)
+class DataSettings:
+    """Where train.py's rows come from and how many it uses (its data flags): a dataset folder,
+    task or hub id (`dataset_name`) or a task, a named merge and where it is applied ('auto',
+    'prediction', 'training'), the prompt (template, definitions), the mode ('auto', 'causal',
+    'classifier', 'seq2seq'), the seed, the training rows sampled (None = all), the validation rows
+    (0 = all) and the longest example in tokens."""
+    dataset_name: str | None = None
+    task: str | None = None
+    merge: str | None = None
+    merge_at: str = "auto"
+    template: str = "auto"
+    with_definitions: bool = True
+    mode: str = "auto"
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int = 200
+    max_seq_length: int = 1024
 
-    job = for_training(args, tokenizer, config, default_task)
-    data = TrainingData(job, job.prompter(tokenizer))
-    data.train_rows = job.training_rows(sample_rows(job.splits["train"], args.max_train_samples, args.seed),
-                                        data.prompter)
-    data.eval_rows = sample_rows(job.splits.get("validation") or [], args.max_eval_samples, args.seed)
-    if job.scored.type == "classification":
-        for row, labels in [(r, job.scored.label_names) for r in data.train_rows] + \
-                [(r, job.reported.label_names) for r in data.eval_rows]:
+
+def for_training(settings: DataSettings, tokenizer, config, default_task: str):
+    """(train.py's labelling, where its merge is applied): the dataset folder, task or hub id with
+    the merge, prompted as the settings say; merge_at 'auto' resolved (contract.merge_at)."""
+    from pathlib import Path
+
+    from .contract import from_source, merge_at, scoring_finer
+    from .models import resolve_kind
+    from .task import TASKS_DIR
+
+    name = settings.dataset_name
+    if name and not Path(name).is_dir() and "/" not in name and not name.endswith((".yaml", ".yml")) \
+            and not (TASKS_DIR / f"{name}.yaml").exists():
+        raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
+    prompt = {"template": settings.template, "with_definitions": settings.with_definitions}
+    labelling = from_source(name or settings.task or default_task, settings.merge, prompt, tokenizer,
+                            lambda task_type: resolve_kind(config, settings.mode, task_type), seed=settings.seed)
+    if not labelling.splits.get("train"):
+        raise UserError("the train split is empty")
+    where = merge_at(settings.merge_at, labelling)
+    return (scoring_finer(labelling) if where == "prediction" else labelling), where
+
+
+def load_training_data(settings: DataSettings, tokenizer, config, default_task: str) -> TrainingData:
+    """The labelling of train.py's data (for_training), the sampled training and validation rows,
+    and the tokenised training examples."""
+    from .examples import sample_rows
+
+    labelling, where = for_training(settings, tokenizer, config, default_task)
+    data = TrainingData(labelling, labelling.prompter(tokenizer), merge_at=where)
+    data.train_rows = labelling.training_rows(sample_rows(labelling.splits["train"], settings.max_train_samples,
+                                                          settings.seed), data.prompter)
+    data.eval_rows = sample_rows(labelling.splits.get("validation") or [], settings.max_eval_samples, settings.seed)
+    if labelling.scored.type == "classification":
+        for row, labels in [(r, labelling.scored.label_names) for r in data.train_rows] + \
+                [(r, labelling.reported.label_names) for r in data.eval_rows]:
             if row["label"] not in labels:
                 raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set {labels}")
-    data.feats, data.stats = build_features(job.kind, tokenizer, data.train_rows, job.scored.label_names,
-                                            args.max_seq_length)
+    data.feats, data.stats = build_features(labelling.kind, tokenizer, data.train_rows, labelling.scored.label_names,
+                                            settings.max_seq_length)
     if not data.feats:
-        raise UserError(f"no training example fits --max_seq_length {args.max_seq_length}")
+        raise UserError(f"no training example fits --max_seq_length {settings.max_seq_length}")
     lengths = [len(f["input_ids"]) for f in data.feats]
     data.stats.update(longest=max(lengths), mean_length=sum(lengths) / len(lengths))
     return data

@@ -245,15 +245,11 @@ def train_seed(args, folder, tokenizer, spec, rows, batch: int, checkpoint: bool
 def ours_training_args(args, batch: int):
     """train.py's own TrainingArguments (trainer_arguments), for a fixed number of steps, no saving."""
     import dataclasses
-    from types import SimpleNamespace
 
-    from annotune.trainer import trainer_arguments
+    from annotune.trainer import Schedule, trainer_arguments
 
-    flags = SimpleNamespace(train_batch_size=batch, gradient_accumulation_steps=1, learning_rate=2e-4,
-                            weight_decay=0.0, lr_scheduler="linear", warmup_ratio=0.03, max_grad_norm=1.0, epochs=100,
-                            stop_condition="steps", steps=args.warmup + args.steps, seed=42, report_to="none",
-                            quiet=True)
-    return dataclasses.replace(trainer_arguments(flags, REPO / args.work / "ours"), save_strategy="no")
+    schedule = Schedule(batch_size=batch, epochs=100, max_steps=args.warmup + args.steps, progress=False)
+    return dataclasses.replace(trainer_arguments(schedule, REPO / args.work / "ours"), save_strategy="no")
 
 
 def training_args(args, batch, name, cls, **extra):

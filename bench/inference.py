@@ -148,7 +148,7 @@ class Draws:
         self.corpus, self.strategy, self.rng = corpus, strategy, rng
         self.strata = np.zeros(corpus.size, dtype=int)
         self._pi = {}
-        self._inclusion = lambda n: inclusion_probabilities(corpus, "active", n, self.strata, "all", 0.5)[0]
+        self._inclusion = lambda n: inclusion_probabilities(corpus, "active", n, self.strata, {"target": "all", "uniform_share": 0.5})[0]
 
     def pi(self, n: int) -> np.ndarray:
         if n not in self._pi:
@@ -170,7 +170,7 @@ class Draws:
 
 def load(task: str):
     from annotune.findings import Findings
-    from annotune.designs import read_corpus
+    from annotune.annotated import read_corpus
 
     corpus = read_corpus(str(RESULTS / "inference" / f"{task}.csv.gz"))
     gold = np.array([corpus.label_index(v, f"{task} gold") for v in corpus.table["gold"]])

@@ -242,8 +242,8 @@ def quality(task: str, adapter: Path, test_rows: int) -> dict:
     preds, out = {}, {}
     for cpu_bf16 in ("off", "on"):
         annotator = annotator_for(adapter, cpu_bf16)
-        job = of_spec(annotator.spec, rule=refit(annotator, rows_by_split))  # the tasks here have no merge
-        metrics, records = evaluate_rows(job, annotator, rows, "score", 16, n_boot=0)
+        labelling = of_spec(annotator.spec, rule=refit(annotator, rows_by_split))  # the tasks here have no merge
+        metrics, records = evaluate_rows(labelling, annotator, rows, "score", 16, n_boot=0)
         preds[cpu_bf16] = [r["prediction"] for r in records]
         out[annotator.precision] = round(metrics["macro_f1"], 4)
     gold, labels = [r["label"] for r in rows], annotator.spec.label_names

@@ -192,17 +192,17 @@ def worker(spec_json: str) -> dict:
     from annotune.models import load_tokenizer
 
     global SHOW_OPERATORS
-    job = json.loads(spec_json)
-    SHOW_OPERATORS = bool(job.get("profile"))
+    labelling = json.loads(spec_json)
+    SHOW_OPERATORS = bool(labelling.get("profile"))
     quiet_libraries()
     tokenizer = load_tokenizer("smollm2-135m", for_generation=False)
-    _, rows, feats = chosen_examples(job["task"], job["batch"], tokenizer)
-    model = random_model(job["layers"], tokenizer, job["tiny"])
+    _, rows, feats = chosen_examples(labelling["task"], labelling["batch"], tokenizer)
+    model = random_model(labelling["layers"], tokenizer, labelling["tiny"])
     with tempfile.TemporaryDirectory() as work:
-        if job["arm"] == "trl+ckpt":
+        if labelling["arm"] == "trl+ckpt":
             out = arm_trl(model, tokenizer, rows, Path(work))
         else:
-            out = arm_ours(model, tokenizer, feats, job["arm"] == "ours+ckpt", Path(work))
+            out = arm_ours(model, tokenizer, feats, labelling["arm"] == "ours+ckpt", Path(work))
     own = [len(f["input_ids"]) for f in feats]
     return dict(out, peak_rss_bytes=peak_rss(), example_tokens=sum(own), longest_example=max(own))
 
@@ -214,13 +214,13 @@ def peak_rss() -> int:
     return 0
 
 
-def run_job(job: dict) -> dict:
+def run_job(labelling: dict) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(labelling)], cwd=REPO, env=env,
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"{job} failed:\n{out.stderr[-3000:]}")
-    if job.get("profile"):
+        raise SystemExit(f"{labelling} failed:\n{out.stderr[-3000:]}")
+    if labelling.get("profile"):
         print(out.stderr[out.stderr.find("-----"):], end="")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -314,8 +314,8 @@ def main(argv=None):
             for arm in args.arms.split(","):
                 cells = {}
                 for layers in depths:
-                    job = {"task": task, "batch": batch, "arm": arm, "layers": layers, "tiny": args.tiny}
-                    cells[str(layers)] = run_job(job)
+                    labelling = {"task": task, "batch": batch, "arm": arm, "layers": layers, "tiny": args.tiny}
+                    cells[str(layers)] = run_job(labelling)
                     print(f"{task} batch {batch} {arm} {layers} layers: {cells[str(layers)]}", flush=True)
                 record["cells"][f"{task}|{batch}|{arm}"] = cells
                 atomic_write_json(out, record)  # each result kept as it comes

@@ -30,12 +30,12 @@ def test_a_card_without_bf16_trains_with_loss_scaling(gpu, monkeypatch):
 
     import train
 
-    args = train.parse_args(["--task", "sst2", "--output_dir", "o"])
+    args = train.parse_args(["--task", "sst2", "--output_dir", "o", "--epoch", "3"])
     seen = {}
     monkeypatch.setattr("transformers.TrainingArguments", lambda **kw: seen.update(kw) or argparse.Namespace(**kw))
     for capability, fp16 in (((7, 5), True), ((8, 0), False)):
         gpu(*capability)
-        trainer.trainer_arguments(args, Path("o"))
+        trainer.trainer_arguments(train.schedule_of(args), Path("o"))
         assert seen["fp16"] is fp16
 
 

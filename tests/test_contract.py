@@ -30,58 +30,58 @@ class FakeAnnotator:
 def finer_job(rule=None):
     """drug_reviews' three labels scored, neutral_vs_rest's two given (train.py --merge_at prediction)."""
     rows = [{"id": "a", "text": "fine", "label": "neutral", "fine_label": "neutral", "prompt": "merged prompt"}]
-    job = Labelling(MERGED, MERGED, {}, "causal", {"validation": rows})
-    return dataclasses.replace(scoring_finer(job), rule=rule)
+    labelling = Labelling(MERGED, MERGED, {}, "causal", {"validation": rows})
+    return dataclasses.replace(scoring_finer(labelling), rule=rule)
 
 
 def test_without_a_merge_the_labels_scored_are_the_labels_given():
-    job = of_spec(MERGED)
-    assert not job.merges and job.label_of_scored() == {"neutral": "neutral", "not neutral": "not neutral"}
+    labelling = of_spec(MERGED)
+    assert not labelling.merges and labelling.label_of_scored() == {"neutral": "neutral", "not neutral": "not neutral"}
     ann = FakeAnnotator({"neutral": 0.3, "not neutral": 0.7})
-    [pred] = job.label(ann, [{"text": "x", "prompt": "its own prompt"}])
+    [pred] = labelling.label(ann, [{"text": "x", "prompt": "its own prompt"}])
     assert pred["prediction"] == "not neutral" and "fine_prediction" not in pred
     assert ann.calls[0]["rows"][0]["prompt"] == "its own prompt"  # a row's own prompt is used as it is
 
 
 def test_a_merge_after_scoring_sums_the_finer_labels_then_the_rule_decides():
-    job = finer_job()
-    assert job.merges and job.scored.label_names == ["negative", "neutral", "positive"]
-    assert job.reported.label_names == ["neutral", "not neutral"]
-    assert job.label_of_scored() == {"negative": "not neutral", "neutral": "neutral", "positive": "not neutral"}
+    labelling = finer_job()
+    assert labelling.merges and labelling.scored.label_names == ["negative", "neutral", "positive"]
+    assert labelling.reported.label_names == ["neutral", "not neutral"]
+    assert labelling.label_of_scored() == {"negative": "not neutral", "neutral": "neutral", "positive": "not neutral"}
     ann = FakeAnnotator({"negative": 0.35, "neutral": 0.4, "positive": 0.25})
-    [pred] = job.label(ann, [{"id": "a", "text": "fine", "prompt": "merged prompt"}])
+    [pred] = labelling.label(ann, [{"id": "a", "text": "fine", "prompt": "merged prompt"}])
     # the finer argmax is neutral; its merge says not neutral (0.6)
     assert pred["prediction"] == "not neutral" and pred["fine_prediction"] == "neutral"
     assert pred["probs"] == pytest.approx({"neutral": 0.4, "not neutral": 0.6})
     # the model is prompted with the finer labels (the row's prompt has the merged ones), offsets not passed
     assert ann.calls[0]["rows"] == [{"text": "fine"}] and ann.calls[0]["offsets"] is None
     # a fitted rule decides after the merge, over the labels given, keeping the argmax beside it
-    rule = DecisionRule(job.reported.label_names, [2.0, 0.0], fitted_on=100, heldout_gain=0.1)
+    rule = DecisionRule(labelling.reported.label_names, [2.0, 0.0], fitted_on=100, heldout_gain=0.1)
     [ruled] = finer_job(rule).label(ann, [{"id": "a", "text": "fine"}])
     assert ruled["prediction"] == "neutral" and ruled["argmax_prediction"] == "not neutral"
     assert set(ruled["calibrated_probs"]) == {"neutral", "not neutral"}
     # a rule that failed its held-out check is consulted, not applied
-    unfit = DecisionRule(job.reported.label_names, [2.0, 0.0], fitted_on=100, heldout_gain=0.0)
+    unfit = DecisionRule(labelling.reported.label_names, [2.0, 0.0], fitted_on=100, heldout_gain=0.0)
     assert finer_job(unfit).label(ann, [{"id": "a", "text": "fine"}])[0]["prediction"] == "not neutral"
 
 
 def test_training_rows_are_answered_with_the_scored_labels():
     from annotune.prompts import Prompter
 
-    job = finer_job()
-    prompter = Prompter(job.scored, "alpaca")
-    [row] = job.training_rows(job.splits["validation"], prompter)
+    labelling = finer_job()
+    prompter = Prompter(labelling.scored, "alpaca")
+    [row] = labelling.training_rows(labelling.splits["validation"], prompter)
     assert row["label"] == "neutral" and row["completion"] == prompter.completion("neutral")
     assert row["prompt"] != "merged prompt"  # rendered again for the finer labels
     plain = of_spec(MERGED)
-    assert plain.training_rows(job.splits["validation"], prompter) == job.splits["validation"]
+    assert plain.training_rows(labelling.splits["validation"], prompter) == labelling.splits["validation"]
 
 
 def test_for_model_none_keeps_the_rows_and_drops_the_record_and_rule():
     rule = DecisionRule(MERGED.label_names, [1.0, 0.0], fitted_on=100, heldout_gain=0.1)
-    job = finer_job(rule)
-    base = job.for_model(None)
-    assert base.splits is job.splits and base.rule is None and base.record is None and base.merges
+    labelling = finer_job(rule)
+    base = labelling.for_model(None)
+    assert base.splits is labelling.splits and base.rule is None and base.record is None and base.merges
 
 
 def test_the_adapter_record_names_the_merge_after_scoring():

@@ -63,7 +63,7 @@ def api_corpus(size=400, seed=0):
     """A Corpus object built in memory, its hidden gold labels and the model's probabilities."""
     import pandas as pd
 
-    from annotune.designs import Corpus
+    from annotune.annotated import Corpus
 
     rng = np.random.default_rng(seed)
     gold = (rng.random(size) < 0.3).astype(int)
@@ -116,7 +116,7 @@ def test_a_group_with_fewer_than_two_labelled_rows_is_not_estimable(tmp_path):
 
 
 def test_a_group_estimate_is_the_filtered_corpus_estimate_with_the_domain_interval():
-    from annotune.designs import Corpus
+    from annotune.annotated import Corpus
     from annotune.findings import Findings
 
     corpus, gold = api_corpus(size=500, seed=2)
@@ -153,7 +153,7 @@ def test_a_group_estimate_is_the_filtered_corpus_estimate_with_the_domain_interv
 
 
 def test_estimates_do_not_depend_on_the_order_of_the_corpus_rows():
-    from annotune.designs import Corpus
+    from annotune.annotated import Corpus
     from annotune.findings import Findings
 
     corpus, gold = api_corpus(size=300, seed=5)

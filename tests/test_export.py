@@ -2,6 +2,7 @@
 with its documented recipe, annotune's labels; an adapter folder copied away from its deleted run
 evaluates the same; names under runs/ are found at any depth."""
 import json
+import math
 import shutil
 
 import pytest
@@ -45,30 +46,36 @@ def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annot
     with torch.no_grad():
         got = merged(input_ids=ids).logits
     assert torch.allclose(got, peft_logits(tiny_llama_dir, causal_adapter, "causal", ids), atol=1e-4)
-    # The README's recipe (annotune.json: template, answer token ids, rule) reproduces score mode.
-    meta = json.loads((in_tmp / "merged" / "annotune.json").read_text())
-    tok = AutoTokenizer.from_pretrained(str(in_tmp / "merged"))
+    # The README's code, as written (generated from decision.py), reproduces score mode: argmax
+    # here (8 validation rows fit no rule), and the rule's labels once annotune.json holds one.
+    from annotune.decision import DecisionRule, probs_matrix
+
+    readme = (in_tmp / "merged" / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     texts = ["ban all guns now", "I own three rifles and vote", "what a nice day", "they will never take them"]
-
-    @torch.no_grad()
-    def label(text):
-        prompt = meta["prompt_template"].replace("{text}", text)
-        prompt_ids = tok(prompt, add_special_tokens=meta["add_special_tokens"])["input_ids"]
-        scores = []
-        for name in meta["labels"]:
-            answer = meta["answer_token_ids"][name]
-            logp = merged(torch.tensor([prompt_ids + answer])).logits[0].log_softmax(-1)
-            scores.append(sum(logp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
-        return meta["labels"][max(range(len(scores)), key=scores.__getitem__)], scores
-
     annotator = load_annotator(from_adapter(causal_adapter))
     preds = annotator.predict([{"id": str(i), "text": t} for i, t in enumerate(texts)], "score")
-    for text, pred in zip(texts, preds):
-        ours, scores = label(text)
-        probs = torch.softmax(torch.tensor(scores), -1)
-        assert ours == pred["prediction"]
-        assert torch.allclose(probs, torch.tensor([pred["probs"][l] for l in meta["labels"]]), atol=1e-4)
-    readme = (in_tmp / "merged" / "README.md").read_text()
+    recipe = {}
+    exec(compile(code, "README.md", "exec"), recipe)  # our own generated file, not user input
+    assert [recipe["label"](t) for t in texts] == [p["prediction"] for p in preds]
+    meta_path = in_tmp / "merged" / "annotune.json"
+    meta = json.loads(meta_path.read_text())
+    labels = meta["labels"]
+    probs = probs_matrix(preds, labels)
+    argmax = [labels[max(range(len(labels)), key=row.__getitem__)] for row in probs]
+    # An offset that turns every label into one the model never gives (of a probability that the
+    # rounded probabilities still resolve), by a margin of 1 in log-probability.
+    k = max((j for j, l in enumerate(labels) if l not in argmax), key=lambda j: min(row[j] for row in probs))
+    loser, gap = labels[k], max(math.log(max(row)) - math.log(row[k]) for row in probs)
+    assert math.isfinite(gap)
+    rule = DecisionRule(labels, [gap + 1 if j == k else 0.0 for j in range(len(labels))], 1.0, "macro_f1", 100, 0.5,
+                        "test")
+    meta["decision_rule"] = rule.to_dict()
+    meta_path.write_text(json.dumps(meta))
+    recipe = {}
+    exec(compile(code, "README.md", "exec"), recipe)
+    ruled = [recipe["label"](t) for t in texts]
+    assert ruled == rule.apply(probs)[1] == [loser] * len(texts)
     assert "answer_token_ids" in readme and "Decision rule" in readme
     # Never replaced without --overwrite.
     assert run_script("export", ["--adapters_name", causal_adapter, "--output_dir", "merged"]) == 2

@@ -555,7 +555,7 @@ def test_a_task_spec_that_never_ends_or_nests_without_end_is_one_line(tmp_path, 
 
 def test_json_rows_nested_without_end_are_one_line(tmp_path):
     from annotune.cli import UserError
-    from annotune.files import read_table
+    from annotune.tables import read_table
 
     (tmp_path / "deep.jsonl").write_text('{"text": ' + "[" * 20000 + "]" * 20000 + "}\n")
     with pytest.raises(UserError, match="nested deeper than 100 levels"):
@@ -600,7 +600,7 @@ def test_a_fifo_given_as_data_sheet_or_corpus_is_refused_without_waiting(tmp_pat
     os.mkfifo(tmp_path / "pipe.csv")
     runs = {
         "is not a regular file": [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                                  "from annotune.cli import run_cli; from annotune.files import read_table; "
+                                  "from annotune.cli import run_cli; from annotune.tables import read_table; "
                                   "sys.exit(run_cli(lambda argv: len(read_table('pipe.csv')) and 0, []))", str(REPO)],
         "--sheet pipe.csv is not a regular file": [sys.executable, str(REPO / "estimate.py"), "--corpus", "c.csv",
                                                    "--sheet", "pipe.csv", "--design", "c.design.json"],

@@ -92,7 +92,7 @@ def test_plain_lines_with_ratios_in_the_yaml_train_and_evaluate_without_flags(in
 
 def test_lines_format_reads_a_plain_text_file_line_by_line(tmp_path):
     (tmp_path / "posts.txt").write_text('"a quote opens the line\n\nplain line\r\nlast without newline')
-    from annotune.files import read_table
+    from annotune.tables import read_table
 
     assert [r["text"] for r in read_table(str(tmp_path / "posts.txt"), "lines")] == [
         '"a quote opens the line', "", "plain line", "last without newline"]

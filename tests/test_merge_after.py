@@ -185,8 +185,8 @@ def test_the_exported_models_recipe_gives_the_merged_labels_annotune_gives(in_tm
     recipe = {}
     exec(readme.split("```python\n")[1].split("```")[0], recipe)
     texts = ["ban all guns now", "I own three rifles and vote", "what a nice day", "they will never take them"]
-    job = from_adapter(adapter)  # no rule settled: the merged argmax, relabelled below as the recipe does
-    preds = job.label(load_annotator(job), [{"text": t} for t in texts], "score")
+    labelling = from_adapter(adapter)  # no rule settled: the merged argmax, relabelled below as the recipe does
+    preds = labelling.label(load_annotator(labelling), [{"text": t} for t in texts], "score")
     rule = DecisionRule.from_dict(meta["decision_rule"], meta["labels"])
     expected = rule.relabel(preds) if rule.fitted else preds
     assert [recipe["label"](t) for t in texts] == [p["prediction"] for p in expected]
