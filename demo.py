@@ -22,9 +22,9 @@ Each run goes to a new folder runs/demo/<time>/; nothing earlier is touched.
 import sys
 import time
 
-from annotune.cli import parser, quiet_libraries, run_cli
-from annotune.models import DEFAULT_CAUSAL_LM
-from annotune.task import DEFAULT_TASK
+from annotune.base.cli import parser, quiet_libraries, run_cli
+from annotune.model.models import DEFAULT_CAUSAL_LM
+from annotune.data.task import DEFAULT_TASK
 
 
 def parse_args(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None):
     import evaluate
     import preprocess
     import train
-    from annotune.adapters import adapters_in
+    from annotune.model.adapters import adapters_in
 
     start, times = time.time(), {}
     out = Path(args.output_dir or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}")
@@ -176,8 +176,8 @@ def coverage_table(corpus_csv, gold: dict, n: int, draws: int) -> str:
 
     import numpy as np
 
-    from annotune.annotated import read_corpus
-    from annotune.findings import Findings, coverage
+    from annotune.estimation.annotated import read_corpus
+    from annotune.estimation.findings import Findings, coverage
 
     corpus = read_corpus(str(corpus_csv))
     with open(corpus_csv, newline="", encoding="utf-8") as handle:
@@ -199,7 +199,7 @@ def estimate_table(estimates_json, gold: dict) -> str:
     import json
     from collections import Counter
 
-    from annotune.labels import norm_label
+    from annotune.data.labels import norm_label
 
     result = json.loads(estimates_json.read_text(encoding="utf-8"))
     counts = Counter(norm_label(label) for label in gold.values())

@@ -14,7 +14,7 @@ on corpus columns) three estimates with (1 - alpha) intervals, side by side:
 - ppi: prediction-powered (PPI++ with its weight lam tuned; inverse-probability weighted under an
   active design), valid whatever the model's quality, narrower than classical when the model is good.
 The estimand is the value on this corpus, so the intervals carry the finite-population
-correction (annotune/inference.py). "effective n" is how many human labels alone (a simple random
+correction (annotune/estimation/inference.py). "effective n" is how many human labels alone (a simple random
 sample) would give ppi's interval. --plan H prints how many human labels reach a half-width of H
 with and without the model. Writes estimates.json, estimates.md and forest.png to --output_dir
 (default <corpus>.estimates/; never overwritten).
@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 
-from annotune.cli import UserError, add_parameters, check_ranges, parser, run_cli
-from annotune.estimators import describe, parameters
+from annotune.base.cli import UserError, add_parameters, check_ranges, parser, run_cli
+from annotune.estimation.estimators import describe, parameters
 
 
 def parse_args(argv=None):
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     g.add_argument("--drop_blank", action="store_true",
                    help="regress on the rows whose every --on cell has a value: the estimand becomes the regression "
                         "in that part of the corpus (default: blank --on cells are refused)")
-    g = p.add_argument_group("method", "estimators (annotune/estimators.py): " + describe().replace("%", "%%"))
+    g = p.add_argument_group("method", "estimators (annotune/estimation/estimators.py): " + describe().replace("%", "%%"))
     g.add_argument("--alpha", type=float, default=0.1, help="1 - confidence level (default: 0.1, 90%% intervals)")
     add_parameters(g, parameters())  # each estimator's own settings
     g.add_argument("--plan", type=float, metavar="HALF_WIDTH", help="human labels needed for this half-width")
@@ -69,8 +69,8 @@ def parse_args(argv=None):
 def read_sheets(paths, column: str, corpus, design) -> tuple:
     """{corpus position: human label index} of the labelled rows, and the count left unlabelled.
     A row id may be written 7, "7", " 7" or 7.0; anything else is refused."""
-    from annotune.annotated import row_id
-    from annotune.tables import read_frame
+    from annotune.estimation.annotated import row_id
+    from annotune.base.tables import read_frame
 
     drawn = set(design["drawn"])
     position = dict(zip(design["drawn"], corpus.positions(design["drawn"], "--design")))
@@ -99,7 +99,7 @@ def read_sheets(paths, column: str, corpus, design) -> tuple:
 
 def plans(results, sample, design, corpus, half: float, alpha: float) -> dict:
     """Per quantity: the human labels of this design's strategy that reach half-width `half`."""
-    from annotune.designs import sampling_design
+    from annotune.estimation.designs import sampling_design
 
     plan_n = sampling_design(design["strategy"]).plan
     shape = np.array(design["pi"]) / max(design["expected_n"], 1e-12)
@@ -115,10 +115,10 @@ def main(argv=None):
     args = parse_args(argv)
     from pathlib import Path
 
-    from annotune.files import ensure_new_path
-    from annotune.findings import Findings, effective_sizes, write_estimates
-    from annotune.annotated import read_corpus
-    from annotune.designs import read_design, sample_of
+    from annotune.base.files import ensure_new_path
+    from annotune.estimation.findings import Findings, effective_sizes, write_estimates
+    from annotune.estimation.annotated import read_corpus
+    from annotune.estimation.designs import read_design, sample_of
 
     corpus = read_corpus(args.corpus)
     design = read_design(args.design, corpus)

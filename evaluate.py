@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
-from annotune.metrics import decision_objectives
-from annotune.models import DEFAULT_CAUSAL_LM
-from annotune.prompts import template_names
-from annotune.task import DEFAULT_TASK
+from annotune.base.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
+from annotune.labelling.metrics import decision_objectives
+from annotune.model.models import DEFAULT_CAUSAL_LM
+from annotune.data.prompts import template_names
+from annotune.data.task import DEFAULT_TASK
 
 
 
@@ -44,8 +44,7 @@ def parse_args(argv=None):
     g.add_argument("--merge", help="a named label merge of the task: a base-only run's labels; with adapters of the "
                                    "finer labels, their predictions merged (a merged label's probability: the sum)")
     g.add_argument("--dataset_name", help="a dataset folder from preprocess.py for a base-only run")
-    g.add_argument("--template", default="auto", choices=template_names(),
-                   help="prompt template for a base-only run (default: auto)")
+    g.add_argument("--template", default="auto", choices=template_names(), help="base-only prompt (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="base-only run: no label definitions")
     g.add_argument("--label_name", help="expected label list (JSON or Python literal); checked against the task")
     g = p.add_argument_group("data")
@@ -123,8 +122,8 @@ def labelling_of(args, adapters, rows: bool = True):
     """The labelling evaluated (contract.py): the adapters' (their rows and labels given; --merge
     on adapters of the finer labels merges their predictions), or a base-only run's --dataset_name
     or --task, prompted by --template and --without_definitions."""
-    from annotune.contract import from_adapters, from_source
-    from annotune.models import load_config, load_tokenizer, resolve_kind
+    from annotune.labelling.contract import from_adapters, from_source
+    from annotune.model.models import load_config, load_tokenizer, resolve_kind
 
     if adapters:
         labelling = from_adapters(adapters, args.merge, rows)
@@ -141,7 +140,7 @@ def labelling_of(args, adapters, rows: bool = True):
 
 def base_annotator(args, labelling, bases):
     """The untuned base model (with --base_only) prompted as the labelling says: as the adapters are."""
-    from annotune.annotator import load_annotator
+    from annotune.labelling.annotator import load_annotator
 
     if not args.base_only:
         return None
@@ -156,10 +155,10 @@ def evaluate_models(args, labelling, adapters, base, staging, bases):
     per-model result files go into the staging folder that write_comparison publishes."""
     from peft import PeftModel
 
-    from annotune.adapters import distinct_names
-    from annotune.annotator import load_annotator, unfold_lora
-    from annotune.models import resolve_model_path
-    from annotune.report import add_baseline_differences, safe_name, write_model_results
+    from annotune.model.adapters import distinct_names
+    from annotune.labelling.annotator import load_annotator, unfold_lora
+    from annotune.model.models import resolve_model_path
+    from annotune.labelling.report import add_baseline_differences, safe_name, write_model_results
 
     spec, splits = labelling.reported, ["train", "validation"] if args.table else [args.split]
     # BERTScore is for summaries only: a classification run needs no BERTScore model installed
@@ -179,7 +178,7 @@ def evaluate_models(args, labelling, adapters, base, staging, bases):
             result, split_labelling = evaluate_split(args, model_labelling, annotator, name, split, adapters, bert)
             results.append(result)
         if args.annotations:  # the labels of the last split's rule
-            from annotune.agreement import human_agreement
+            from annotune.labelling.agreement import human_agreement
 
             results[-1]["agreement"] = human_agreement(
                 split_labelling, annotator, args.annotations, args.annotation_id_column,
@@ -201,9 +200,9 @@ def evaluate_split(args, model_labelling, annotator, name: str, split: str, adap
     BERTScore model's path for a summary task, else None)."""
     from dataclasses import replace
 
-    from annotune.annotator import evaluate_rows
-    from annotune.contract import settle_rule
-    from annotune.examples import pick_split
+    from annotune.labelling.annotator import evaluate_rows
+    from annotune.labelling.contract import settle_rule
+    from annotune.data.examples import pick_split
 
     rows = pick_split(model_labelling.splits, split, args.max_samples, args.seed)
     rule = settle_rule(rule_settings(args), model_labelling, annotator, split, lambda: validation_rows(args, adapters))
@@ -222,8 +221,8 @@ def evaluate_split(args, model_labelling, annotator, name: str, split: str, adap
 def baselines(args, labelling, splits) -> list:
     """Majority and TF-IDF + LogReg rows, trained on exactly the rows the (first) adapter trained on
     (the whole train split for a base-only run)."""
-    from annotune.baseline import baseline_results
-    from annotune.examples import pick_split
+    from annotune.labelling.baseline import baseline_results
+    from annotune.data.examples import pick_split
 
     if args.baseline == "none" or labelling.reported.type != "classification" or not labelling.splits.get("train"):
         return []
@@ -249,7 +248,7 @@ def validation_rows(args, adapters) -> list:
 
 def rule_settings(args):
     """How this run settles each model's decision rule (contract.settle_rule)."""
-    from annotune.contract import RuleSettings
+    from annotune.labelling.contract import RuleSettings
 
     return RuleSettings(decision=args.decision, objective=args.decision_objective, seed=args.seed, mode=args.mode,
                         batch_size=args.batch_size, length_norm=args.length_norm)
@@ -271,11 +270,11 @@ def annotate(args, labelling, adapters, base):
 
     from accelerate import PartialState
 
-    from annotune.annotator import load_annotator
-    from annotune.contract import settle_rule
-    from annotune.corpus import PartStore, check_input, output_format
-    from annotune.files import ensure_new_path
-    from annotune.models import device_name
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import settle_rule
+    from annotune.labelling.corpus import PartStore, check_input, output_format
+    from annotune.base.files import ensure_new_path
+    from annotune.model.models import device_name
 
     if len(adapters) + (1 if base else 0) != 1:
         raise UserError("--predict_file labels with one model: one adapter, or --base_only")
@@ -303,8 +302,8 @@ def annotate(args, labelling, adapters, base):
 
 
 def label_parts(args, state, store, labelling, annotator, output, input_columns) -> int:
-    from annotune.corpus import annotate_file
-    from annotune.files import remove_dir
+    from annotune.labelling.corpus import annotate_file
+    from annotune.base.files import remove_dir
 
     if state.is_main_process and args.overwrite:
         remove_dir(store.folder)
@@ -326,7 +325,7 @@ def label_parts(args, state, store, labelling, annotator, output, input_columns)
 
 def annotation_fingerprint(args, adapters, labelling, annotator, input_sha256: str) -> dict:
     """Everything that changes a label: a resumed annotation must match it exactly."""
-    from annotune.models import tokenizer_sha256, weights_sha256
+    from annotune.model.models import tokenizer_sha256, weights_sha256
 
     rule, tokenizer = labelling.rule, annotator.tokenizer
     labels = labelling.scored.label_names if labelling.scored.type == "classification" else []
@@ -343,12 +342,12 @@ def annotation_fingerprint(args, adapters, labelling, annotator, input_sha256: s
 def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
-    from annotune.adapters import find_adapter, natural_order
-    from annotune.agreement import load_annotations
-    from annotune.annotator import BaseModels
-    from annotune.files import ensure_new_path, remove_dir, staging_dir
-    from annotune.labels import check_label_list
-    from annotune.report import write_comparison
+    from annotune.model.adapters import find_adapter, natural_order
+    from annotune.labelling.agreement import load_annotations
+    from annotune.labelling.annotator import BaseModels
+    from annotune.base.files import ensure_new_path, remove_dir, staging_dir
+    from annotune.data.labels import check_label_list
+    from annotune.labelling.report import write_comparison
 
     found = {}
     for name in args.adapters_name:  # one adapter given twice (by name and by path) is evaluated once

@@ -17,7 +17,7 @@ unless --overwrite is given.
 """
 import sys
 
-from annotune.cli import parser, quiet_libraries, run_cli
+from annotune.base.cli import parser, quiet_libraries, run_cli
 
 
 def parse_args(argv=None):
@@ -35,7 +35,7 @@ def merged_model(adapter, record, dtype: str):
     import torch
     from peft import PeftModel
 
-    from annotune.models import load_model
+    from annotune.model.models import load_model
 
     kind = record.kind
     labels = record.labels if kind == "classifier" else None
@@ -49,9 +49,9 @@ def usage_info(adapter, record, tokenizer) -> dict:
     """annotune.json of the export: what a user of the merged model needs to label as annotune does:
     the prompt template, the token ids of each scored answer (EOS included), the merge of the scored
     labels into the labels given (contract.Labelling.usage), the rule."""
-    from annotune.annotator import Annotator
-    from annotune.contract import from_adapter
-    from annotune.prompts import encode_prompt
+    from annotune.labelling.annotator import Annotator
+    from annotune.labelling.contract import from_adapter
+    from annotune.data.prompts import encode_prompt
 
     labelling = from_adapter(adapter)
     out = {"exported_from": str(adapter), "kind": record.kind, **labelling.usage(), "base": record.base,
@@ -125,7 +125,7 @@ into the `labels` given before the log and offsets."""
 
 def readme(output_dir, adapter, meta: dict, trained_4bit: bool) -> str:
     """The README of the export; its labelling code is the decision rule's own (decision.py)."""
-    from annotune.decision import plain_python_source, rule_applies
+    from annotune.labelling.decision import plain_python_source, rule_applies
 
     rule = meta.get("decision_rule") or {}
     applied = rule_applies(meta.get("decision_rule"))
@@ -145,11 +145,11 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.adapters import find_adapter, tokenizer_source
-    from annotune.contract import read_adapter_info
-    from annotune.files import atomic_write_json, atomic_write_text, ensure_new_path, publish_dir, remove_dir, \
+    from annotune.model.adapters import find_adapter, tokenizer_source
+    from annotune.labelling.contract import read_adapter_info
+    from annotune.base.files import atomic_write_json, atomic_write_text, ensure_new_path, publish_dir, remove_dir, \
         staging_dir
-    from annotune.models import load_tokenizer
+    from annotune.model.models import load_tokenizer
 
     adapter = find_adapter(args.adapters_name)
     record = read_adapter_info(adapter)

@@ -15,7 +15,7 @@ names it. Counts before and after are printed. The flag values are parsed as lit
 """
 import sys
 
-from annotune.cli import UserError, parser, run_cli
+from annotune.base.cli import UserError, parser, run_cli
 
 
 def parse_args(argv=None):
@@ -78,9 +78,9 @@ def main(argv=None):
     from collections import Counter
     from pathlib import Path
 
-    from annotune.files import ensure_new_path
-    from annotune.tables import infer_format, read_table, write_table
-    from annotune.task import load_task
+    from annotune.base.files import ensure_new_path
+    from annotune.base.tables import infer_format, read_table, write_table
+    from annotune.data.task import load_task
 
     spec = load_task(args.task)
     if args.merge:

@@ -15,10 +15,10 @@ preview.jsonl (a few rendered examples) and task.yaml. An existing output is nev
 """
 import sys
 
-from annotune.cli import UserError, parser, quiet_libraries, run_cli
-from annotune.models import DEFAULT_CAUSAL_LM
-from annotune.prompts import template_names
-from annotune.task import DEFAULT_TASK
+from annotune.base.cli import UserError, parser, quiet_libraries, run_cli
+from annotune.model.models import DEFAULT_CAUSAL_LM
+from annotune.data.prompts import template_names
+from annotune.data.task import DEFAULT_TASK
 
 
 
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     for name in ("val_ratio", "test_ratio"):
         if getattr(args, name) is not None and not 0.0 <= getattr(args, name) < 1.0:
             p.error(f"--{name} must be in [0, 1)")
-    from annotune.examples import parse_caps
+    from annotune.data.examples import parse_caps
     try:
         parse_caps(args.max_samples)
     except UserError as err:
@@ -91,13 +91,13 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    from annotune.contract import from_task, task_spec
-    from annotune.examples import data_report, write_dataset_folder
-    from annotune.hub import push_dataset_to_hub
-    from annotune.files import ensure_new_path, run_manifest
-    from annotune.models import is_seq2seq_model, load_config, load_tokenizer
-    from annotune.prompts import prompt_template, resolve_template
-    from annotune.task import task_from_file
+    from annotune.labelling.contract import from_task, task_spec
+    from annotune.data.examples import data_report, write_dataset_folder
+    from annotune.base.hub import push_dataset_to_hub
+    from annotune.base.files import ensure_new_path, run_manifest
+    from annotune.model.models import is_seq2seq_model, load_config, load_tokenizer
+    from annotune.data.prompts import prompt_template, resolve_template
+    from annotune.data.task import task_from_file
 
     if args.data_path:
         if args.task:
@@ -146,8 +146,8 @@ def main(argv=None):
 
 
 def write_starter(args, spec) -> int:
-    from annotune.files import atomic_write_text, ensure_new_path
-    from annotune.task import starter_yaml
+    from annotune.base.files import atomic_write_text, ensure_new_path
+    from annotune.data.task import starter_yaml
 
     if not args.data_path:
         raise UserError("--write_task needs --data_path with --text_column and --label_column")

@@ -9,7 +9,7 @@ corpus (evaluate.py --predict_file's output), written as a sheet for annotators 
 uniform draws n rows without replacement. active draws each row independently with a probability
 that grows with the model's uncertainty about --target (or about all labels), mixed with a uniform
 floor (--uniform_share), so the same number of human labels gives narrower intervals where the
-model is unsure (annotune/designs.py has the formulas). The sheet (default <corpus>.sheet.csv) has
+model is unsure (annotune/estimation/designs.py has the formulas). The sheet (default <corpus>.sheet.csv) has
 the row id, the text and an empty `label` column to fill in, in random order; the model's label is
 left out unless --show_prediction (seeing it anchors annotators). The design file (default
 <corpus>.design.json) holds the strategy, the seed, every row's inclusion probability and the
@@ -22,8 +22,8 @@ import sys
 
 import numpy as np
 
-from annotune.cli import UserError, add_parameters, check_ranges, parameter_limits, parser, run_cli
-from annotune import designs
+from annotune.base.cli import UserError, add_parameters, check_ranges, parameter_limits, parser, run_cli
+from annotune.estimation import designs
 
 
 def parse_args(argv=None):
@@ -76,7 +76,7 @@ def output_paths(args):
 def previous(args, settings, corpus):
     """(already-drawn positions in their drawn order, the earlier design or None) of a top-up,
     checked against the flags."""
-    from annotune.designs import read_design
+    from annotune.estimation.designs import read_design
 
     if not args.add:
         return np.zeros(0, dtype=int), None
@@ -90,7 +90,7 @@ def previous(args, settings, corpus):
 
 def write_sheet(path, corpus, rows, text_column, show_prediction):
     """The sheet in the format its name says (tables.py): row id, text, an empty label."""
-    from annotune.tables import write_table
+    from annotune.base.tables import write_table
 
     texts = corpus.table[text_column].to_numpy()
     sheet = [{"row": int(corpus.ids[i]), text_column: texts[i], "label": ""} for i in rows]
@@ -102,10 +102,10 @@ def write_sheet(path, corpus, rows, text_column, show_prediction):
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.files import atomic_write_text, distinct_outputs, ensure_new_path
-    from annotune.annotated import read_corpus
-    from annotune.designs import check_strata, design_record, design_settings, sampling_design, strata_of
-    from annotune.tables import infer_format, table_format
+    from annotune.base.files import atomic_write_text, distinct_outputs, ensure_new_path
+    from annotune.estimation.annotated import read_corpus
+    from annotune.estimation.designs import check_strata, design_record, design_settings, sampling_design, strata_of
+    from annotune.base.tables import infer_format, table_format
 
     design = sampling_design(args.strategy)
     settings = design_settings(args.strategy, args.stratify_by, vars(args))

@@ -13,7 +13,7 @@
 Modes (picked from the task and the model, --mode overrides): causal = instruction SFT with the loss
 on the answer tokens (and EOS) only; classifier = a sequence-classification head (class-weighted
 cross-entropy); seq2seq = an encoder-decoder LM. Quantization `auto` is 4-bit NF4 on CUDA, none on CPU.
-The loop is transformers.Trainer (annotune/trainer.py): checkpoints, resume, accumulation, DDP and
+The loop is transformers.Trainer (annotune/training/trainer.py): checkpoints, resume, accumulation, DDP and
 trackers (--report_to) are the library's.
 
 Writes to --output_dir (default runs/<model>-<task>): the adapter of the epoch with the best
@@ -32,14 +32,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from annotune.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
-from annotune.metrics import decision_objectives
-from annotune.models import DEFAULT_CAUSAL_LM
-from annotune.prompts import template_names
-from annotune.task import DEFAULT_TASK
+from annotune.base.cli import UserError, check_ranges, note_ignored, parser, quiet_libraries, run_cli
+from annotune.labelling.metrics import decision_objectives
+from annotune.model.models import DEFAULT_CAUSAL_LM
+from annotune.data.prompts import template_names
+from annotune.data.task import DEFAULT_TASK
 
 if TYPE_CHECKING:
-    from annotune.training_set import TrainingData
+    from annotune.training.training_set import TrainingData
 
 # what log.jsonl and annotune.json keep of a validation pass (and every metric of metrics.LABEL_METRICS)
 EPOCH_METRICS = ("n", "invalid", "rouge1", "rouge2", "rougeL", "exact_match", "ci95", "mode", "decision_rule",
@@ -180,7 +180,7 @@ def add_saving_flags(p):
 
 
 def build_model(args, data: TrainingData, tokenizer):
-    from annotune.models import add_lora, load_model
+    from annotune.model.models import add_lora, load_model
 
     labels = data.labelling.scored.label_names if data.labelling.kind == "classifier" else None
     model = load_model(args.model_name, data.labelling.kind, args.quantization, num_labels=len(labels) if labels else None,
@@ -192,7 +192,7 @@ def build_model(args, data: TrainingData, tokenizer):
 
 
 def data_settings(args):
-    from annotune.training_set import DataSettings
+    from annotune.training.training_set import DataSettings
 
     return DataSettings(dataset_name=args.dataset_name, task=args.task, merge=args.merge, merge_at=args.merge_at,
                         template=args.template, with_definitions=not args.without_definitions, mode=args.mode,
@@ -201,7 +201,7 @@ def data_settings(args):
 
 
 def schedule_of(args):
-    from annotune.trainer import Schedule
+    from annotune.training.trainer import Schedule
 
     return Schedule(batch_size=args.train_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
                     learning_rate=args.learning_rate, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
@@ -210,11 +210,19 @@ def schedule_of(args):
                     report_to=args.report_to, progress=not args.quiet)
 
 
+def loss_options(args, data: TrainingData):
+    from annotune.training.trainer import LossOptions
+
+    return LossOptions(kind=data.labelling.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
+                       n_labels=len(data.labelling.scored.label_names), record_examples=args.record_examples,
+                       balance=args.balance, cpu_bf16=args.cpu_bf16, gradient_checkpointing=args.gradient_checkpointing)
+
+
 def resolved_arguments(args, data: TrainingData) -> argparse.Namespace:
     """The flags with the defaults that depend on the data resolved (before the run folder is
     opened, so that a resume compares the values used): --merge_at auto, --balance auto, and
     --epoch's default (3, more on small data)."""
-    from annotune.training_set import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
+    from annotune.training.training_set import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
 
     resolved = {"merge_at": data.merge_at}
     if args.balance == "auto":
@@ -237,8 +245,8 @@ def save_plan(args, data: TrainingData):
     """When to evaluate, save adapters and stop, from the flags (checked before anything is written).
     By default the adapter kept is the epoch with the best validation score: for classification the
     macro-F1 of the labels it will give (with its decision rule where that is applied)."""
-    from annotune.metrics import primary_metric
-    from annotune.epoch_end import SavePlan, parse_save_epochs
+    from annotune.labelling.metrics import primary_metric
+    from annotune.training.epoch_end import SavePlan, parse_save_epochs
 
     last = args.epochs if args.stop_condition == "epochs" else None
     epochs, keep = parse_save_epochs(args.save_epochs, last)
@@ -254,14 +262,14 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
                  is_main):
     """EvaluateAndSave with the real evaluation (annotator.evaluate_rows on the validation rows) and
     the adapter writer (annotune.json: base model, task spec, prompt, metrics)."""
-    from annotune.adapters import save_adapter
-    from annotune.annotator import Annotator, evaluate_rows
-    from annotune.decision import epoch_rule
-    from annotune.epoch_end import EvaluateAndSave
-    from annotune.faults import crash_point
-    from annotune.files import remove_dir
-    from annotune.metrics import LABEL_METRICS
-    from annotune.models import base_identity, cpu_autocast, resolved_quantization
+    from annotune.model.adapters import save_adapter
+    from annotune.labelling.annotator import Annotator, evaluate_rows
+    from annotune.labelling.decision import epoch_rule
+    from annotune.training.epoch_end import EvaluateAndSave
+    from annotune.base.faults import crash_point
+    from annotune.base.files import remove_dir
+    from annotune.labelling.metrics import LABEL_METRICS
+    from annotune.model.models import base_identity, cpu_autocast, resolved_quantization
 
     labelling = data.labelling
 
@@ -302,10 +310,10 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
 
 def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> None:
     """The result summary into manifest.json, the learning curve, and what was written."""
-    from annotune.faults import crash_point
-    from annotune.files import atomic_write_json, read_jsonl
-    from annotune.report import plot_learning_curve
-    from annotune.trainer import run_result
+    from annotune.base.faults import crash_point
+    from annotune.base.files import atomic_write_json, read_jsonl
+    from annotune.labelling.report import plot_learning_curve
+    from annotune.training.trainer import run_result
 
     crash_point("train.finish")
     result = manifest["result"] = run_result(trainer, callback, out_dir, time.time() - started)
@@ -332,12 +340,12 @@ def main(argv=None):
     quiet_libraries()
     from transformers import set_seed
 
-    from annotune.files import atomic_write_json
-    from annotune.models import load_config, load_tokenizer
-    from annotune.resume import check_same_precision, checkpoint_step, open_run_folder
-    from annotune.epoch_end import stop_on_ctrl_c
-    from annotune.trainer import AnnotuneTrainer, LossOptions, trainer_arguments
-    from annotune.training_set import load_training_data
+    from annotune.base.files import atomic_write_json
+    from annotune.model.models import load_config, load_tokenizer
+    from annotune.training.resume import check_same_precision, checkpoint_step, open_run_folder
+    from annotune.training.epoch_end import stop_on_ctrl_c
+    from annotune.training.trainer import AnnotuneTrainer, trainer_arguments
+    from annotune.training.training_set import load_training_data
 
     started = time.time()
     set_seed(args.seed)
@@ -361,11 +369,7 @@ def main(argv=None):
     model = build_model(args, data, tokenizer)
     manifest = run_manifest_of(args, data, targs, folder)
     callback = callback_for(args, data, plan, model, tokenizer, out_dir, manifest, run_name, is_main)
-    options = LossOptions(kind=data.labelling.kind, shared_prefix=args.shared_prefix, class_weights=args.class_weights,
-                          n_labels=len(data.labelling.scored.label_names), record_examples=args.record_examples,
-                          balance=args.balance, cpu_bf16=args.cpu_bf16,
-                          gradient_checkpointing=args.gradient_checkpointing)
-    trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, options, [callback])
+    trainer = AnnotuneTrainer(model, targs, data.feats, tokenizer, loss_options(args, data), [callback])
     if folder.resuming:
         check_same_precision(folder.manifest, trainer.autocast)
     manifest.setdefault("bf16_autocast", trainer.autocast)  # a resumed run's stays its first
@@ -394,8 +398,8 @@ def main(argv=None):
 
 def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
     """manifest.json: arguments, versions, data and split ids; a resumed run keeps its first one."""
-    from annotune.files import run_manifest
-    from annotune.resume import resumed_manifest
+    from annotune.base.files import run_manifest
+    from annotune.training.resume import resumed_manifest
 
     labelling = data.labelling
     manifest = run_manifest(vars(args), task=labelling.reported.name, merge=labelling.reported.merge, kind=labelling.kind,
@@ -407,9 +411,9 @@ def run_manifest_of(args, data: TrainingData, targs, folder) -> dict:
 
 
 def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokenizer) -> None:
-    from annotune.examples import write_dataset_folder
-    from annotune.files import atomic_write_json, run_manifest
-    from annotune.training_set import describe_start
+    from annotune.data.examples import write_dataset_folder
+    from annotune.base.files import atomic_write_json, run_manifest
+    from annotune.training.training_set import describe_start
 
     folder.create(args.overwrite_output_dir)
     atomic_write_json(folder.path / "manifest.json", manifest)

@@ -43,7 +43,7 @@ out = {'ref': rev('$REF'), 'this': rev('$HERE'), 'extra_flags': '$EXTRA', 'rows'
        'ref_over_arm': {a: mean['ref'] / s for a, s in mean.items()}, 'machine': platform.machine(),
        'command': 'bash bench/epoch_ab.sh $REF $ROUNDS \"$EXTRA\"'}
 sys.path.insert(0, '$HERE')
-from annotune.files import atomic_write_json
+from annotune.base.files import atomic_write_json
 atomic_write_json('$HERE/bench/results/epoch_ab.json', out)
 print(json.dumps({'mean_seconds': mean, 'ref_over_arm': out['ref_over_arm']}))
 "

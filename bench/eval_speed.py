@@ -41,14 +41,14 @@ def parse_args(argv=None):
 
 def seed_parse(text, labels):
     """The seeds' parsing: exact match after strip and lower-case, else invalid."""
-    from annotune.labels import INVALID
+    from annotune.data.labels import INVALID
 
     answer = text.strip().lower()
     return next((l for l in labels if l.lower() == answer), INVALID)
 
 
 def result_row(gold, preds, labels, seconds, **extra) -> dict:
-    from annotune.metrics import classification_metrics
+    from annotune.labelling.metrics import classification_metrics
 
     m = classification_metrics(gold, preds, labels)
     return {"seconds": seconds, "invalid": m["invalid"], "macro_f1": m["macro_f1"], "ci": m["ci95"]["macro_f1"],
@@ -57,11 +57,11 @@ def result_row(gold, preds, labels, seconds, **extra) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.annotator import load_annotator
-    from annotune.contract import from_adapter, read_adapter_info
-    from annotune.cli import quiet_libraries
-    from annotune.examples import load_dataset_folder, pick_split
-    from annotune.files import atomic_write_json
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import from_adapter, read_adapter_info
+    from annotune.base.cli import quiet_libraries
+    from annotune.data.examples import load_dataset_folder, pick_split
+    from annotune.base.files import atomic_write_json
 
     quiet_libraries()
     annotator = load_annotator(from_adapter(args.adapter))

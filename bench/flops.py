@@ -80,9 +80,9 @@ def main(argv=None):
     from transformers import AutoModelForCausalLM
 
     import train
-    from annotune.cli import run_cli
-    from annotune.files import atomic_write_json
-    from annotune.models import load_config
+    from annotune.base.cli import run_cli
+    from annotune.base.files import atomic_write_json
+    from annotune.model.models import load_config
 
     peaks_before = {dtype: matmul_peak(dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
     run_dir = Path(tempfile.mkdtemp(prefix="annotune-flops-"))

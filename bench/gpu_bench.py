@@ -94,9 +94,9 @@ def random_model_folder(args, tokenizer) -> Path:
 
 def examples(tokenizer):
     """The rendered Politosphere-with-definitions examples (llama2-chat), as train.py builds them."""
-    from annotune.examples import prepare_splits
-    from annotune.prompts import Prompter
-    from annotune.task import load_task
+    from annotune.data.examples import prepare_splits
+    from annotune.data.prompts import Prompter
+    from annotune.data.task import load_task
 
     spec = load_task("politosphere")
     splits, _ = prepare_splits(spec, Prompter(spec, "llama2-chat", True, tokenizer), val_ratio=0.0)
@@ -182,9 +182,9 @@ def reset_memory():
 
 
 def train_ours(args, folder, tokenizer, spec, rows, batch: int, checkpoint: bool) -> dict:
-    from annotune.models import add_lora, load_model
-    from annotune.trainer import AnnotuneTrainer, LossOptions
-    from annotune.training_set import build_features
+    from annotune.model.models import add_lora, load_model
+    from annotune.training.trainer import AnnotuneTrainer, LossOptions
+    from annotune.training.training_set import build_features
 
     model = add_lora(load_model(str(folder), "causal", quantization()), "causal", 16, 32, 0.05, "all-linear")
     memory = memory_after_load()
@@ -246,7 +246,7 @@ def ours_training_args(args, batch: int):
     """train.py's own TrainingArguments (trainer_arguments), for a fixed number of steps, no saving."""
     import dataclasses
 
-    from annotune.trainer import Schedule, trainer_arguments
+    from annotune.training.trainer import Schedule, trainer_arguments
 
     schedule = Schedule(batch_size=batch, epochs=100, max_steps=args.warmup + args.steps, progress=False)
     return dataclasses.replace(trainer_arguments(schedule, REPO / args.work / "ours"), save_strategy="no")
@@ -264,10 +264,10 @@ def training_args(args, batch, name, cls, **extra):
 
 def label_speed(args, folder, tokenizer, spec, rows) -> dict:
     """Examples/s: score mode, greedy generation of the answer's length, and of 80 tokens."""
-    from annotune import lm
-    from annotune.annotator import Annotator
-    from annotune.models import load_model
-    from annotune.prompts import Prompter, encode_prompt
+    from annotune.model import lm
+    from annotune.labelling.annotator import Annotator
+    from annotune.model.models import load_model
+    from annotune.data.prompts import Prompter, encode_prompt
 
     model = load_model(str(folder), "causal", quantization()).eval()
     prompter = Prompter(spec, "llama2-chat", True, tokenizer)
@@ -309,9 +309,9 @@ def label_speed(args, folder, tokenizer, spec, rows) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.cli import quiet_libraries
-    from annotune.files import atomic_write_json
-    from annotune.models import load_tokenizer
+    from annotune.base.cli import quiet_libraries
+    from annotune.base.files import atomic_write_json
+    from annotune.model.models import load_tokenizer
 
     quiet_libraries()
     out = Path(args.out)

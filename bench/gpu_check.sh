@@ -28,7 +28,7 @@ if [ "${1:-}" = "--pack" ]; then
   zip -q -d .whl/bitsandbytes-*.whl 'bitsandbytes/libbitsandbytes_cuda1[12]*' 'bitsandbytes/libbitsandbytes_rocm*' \
     'bitsandbytes/libbitsandbytes_xpu*'
   $py - <<'EOF'
-from annotune.models import load_tokenizer
+from annotune.model.models import load_tokenizer
 load_tokenizer("smollm2-135m", for_generation=False).save_pretrained(".gpu/tokenizer")
 EOF
   cp -r "${ANNOTUNE_DATA_DIR:-../shared/data}/politosphere" .gpu/data/

@@ -68,7 +68,7 @@ def corpus_rows(task: str, run: Path) -> list:
     """[{id, text, gold[, group]}]: the rows the adapter never saw."""
     import csv
 
-    from annotune.examples import load_dataset_folder
+    from annotune.data.examples import load_dataset_folder
 
     rows_by_split = load_dataset_folder(run / "dataset")[0]
     if task == "sst2":
@@ -82,10 +82,10 @@ def corpus_rows(task: str, run: Path) -> list:
                                 "gold": {"0": "negative", "1": "positive"}[row["label"]]})
         return out
     if task in ("ag_news", "imdb"):  # every row of the task's files that the adapter did not train or validate on
-        from annotune.contract import read_adapter_info
-        from annotune.examples import build_examples
-        from annotune.sources import load_source_rows
-        from annotune.task import load_task
+        from annotune.labelling.contract import read_adapter_info
+        from annotune.data.examples import build_examples
+        from annotune.data.sources import load_source_rows
+        from annotune.data.task import load_task
 
         record = read_adapter_info(sorted(p for p in run.iterdir() if (p / "annotune.json").exists())[0])
         seen = set(record.train_ids) | set(record.split_ids["validation"])
@@ -143,7 +143,7 @@ class Draws:
     """Seeded human samples of one corpus under one design."""
 
     def __init__(self, corpus, strategy: str, rng):
-        from annotune.designs import inclusion_probabilities
+        from annotune.estimation.designs import inclusion_probabilities
 
         self.corpus, self.strategy, self.rng = corpus, strategy, rng
         self.strata = np.zeros(corpus.size, dtype=int)
@@ -157,7 +157,7 @@ class Draws:
         return self._pi[n]
 
     def sample(self, n: int):
-        from annotune.inference import Sample
+        from annotune.estimation.inference import Sample
 
         size = self.corpus.size
         if self.strategy == "uniform":
@@ -169,8 +169,8 @@ class Draws:
 
 
 def load(task: str):
-    from annotune.findings import Findings
-    from annotune.annotated import read_corpus
+    from annotune.estimation.findings import Findings
+    from annotune.estimation.annotated import read_corpus
 
     corpus = read_corpus(str(RESULTS / "inference" / f"{task}.csv.gz"))
     gold = np.array([corpus.label_index(v, f"{task} gold") for v in corpus.table["gold"]])
@@ -185,7 +185,7 @@ def judged(task: str, n: int, size: int) -> bool:
 
 
 def simulate_setting(est, gold, draws, n, reps, truth, with_ppi_python: bool) -> dict:
-    from annotune.inference import ppi_python_mean
+    from annotune.estimation.inference import ppi_python_mean
 
     hits, widths, unknown = {}, {}, {}
     for _ in range(reps):
@@ -233,7 +233,7 @@ def correlations(est, gold) -> dict:
 def plan_check(est, gold, draws, truth, reps: int, pilot: int = 100) -> dict:
     """From pilots of `pilot` rows, --plan's n for a half-width 0.75x the pilot's mean ppi half-width;
     then a fresh draw of that n: the mean half-width reached, against the one asked for."""
-    from annotune.inference import plan_n
+    from annotune.estimation.inference import plan_n
 
     name = f"share of {est.corpus.labels[0]}"
     halves = []
@@ -372,7 +372,7 @@ def main(argv=None):
         for task in tasks:
             label_task(task, REPO / args.runs)
         return
-    from annotune.files import atomic_write_json
+    from annotune.base.files import atomic_write_json
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}

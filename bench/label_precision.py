@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 
 def adapter_for(task: str, runs: Path) -> Path:
-    from annotune.adapters import adapters_in
+    from annotune.model.adapters import adapters_in
 
     run, (rows, epochs, val) = runs / task, TASKS[task]
     if not run.is_dir():
@@ -68,22 +68,22 @@ def adapter_for(task: str, runs: Path) -> Path:
 
 
 def annotator_for(adapter: Path, cpu_bf16: str):
-    from annotune.annotator import load_annotator
-    from annotune.contract import from_adapter
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import from_adapter
 
     return load_annotator(from_adapter(adapter), cpu_bf16=cpu_bf16)
 
 
 def rows_of(adapter: Path):
-    from annotune.contract import read_adapter_info
-    from annotune.examples import load_dataset_folder
+    from annotune.labelling.contract import read_adapter_info
+    from annotune.data.examples import load_dataset_folder
 
     return load_dataset_folder(read_adapter_info(adapter).dataset)[0]
 
 
 def refit(annotator, rows_by_split):
-    from annotune.decision import fit_rule, probs_matrix
-    from annotune.examples import sample_rows
+    from annotune.labelling.decision import fit_rule, probs_matrix
+    from annotune.data.examples import sample_rows
 
     val = sample_rows(rows_by_split["validation"], 200, 42)
     preds = annotator.predict(val, "score", 16)
@@ -93,9 +93,9 @@ def refit(annotator, rows_by_split):
 
 # ---------------------------------------------------------------- speed on a corpus
 def write_corpus(path: Path, source: str, n: int) -> None:
-    from annotune.examples import build_examples
-    from annotune.sources import load_source_rows
-    from annotune.task import load_task
+    from annotune.data.examples import build_examples
+    from annotune.data.sources import load_source_rows
+    from annotune.data.task import load_task
 
     if source == "sbic posts":
         with open(REPO.parent / "shared/data/sbic/SBIC.v2.agg.tst.csv", encoding="utf-8") as handle:
@@ -113,9 +113,9 @@ def write_corpus(path: Path, source: str, n: int) -> None:
 
 def label_corpus(annotator, corpus: Path, out: Path, rule) -> tuple:
     """(seconds, rows) of corpus.annotate_file with this annotator and rule, as evaluate.py runs it."""
-    from annotune.corpus import PartStore, annotate_file
-    from annotune.files import remove_dir
-    from annotune.contract import of_spec
+    from annotune.labelling.corpus import PartStore, annotate_file
+    from annotune.base.files import remove_dir
+    from annotune.labelling.contract import of_spec
 
     for stale in (out, out.with_name(out.name + ".parts")):
         remove_dir(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
@@ -154,8 +154,8 @@ def profiled(annotator, corpus: Path, out: Path, rule) -> dict:
 def speed(source: str, adapter: Path, runs: Path, n: int, profile: bool) -> dict:
     import numpy as np
 
-    from annotune.decision import DecisionRule
-    from annotune.contract import read_adapter_info
+    from annotune.labelling.decision import DecisionRule
+    from annotune.labelling.contract import read_adapter_info
 
     corpus = runs / "corpora" / f"{source.replace(' ', '_')}.csv"
     write_corpus(corpus, source, n)
@@ -212,7 +212,7 @@ def counting_ties(annotator):
 
 def training_budget(adapter: Path) -> dict:
     """The examples and epochs the adapter trained on (annotune.json), its validation macro-F1."""
-    from annotune.contract import read_adapter_info
+    from annotune.labelling.contract import read_adapter_info
 
     record = read_adapter_info(adapter)
     return {"examples": len(record.train_ids or []), "epochs": record.epoch,
@@ -232,10 +232,10 @@ def seed_style(annotator, corpus: Path, n: int) -> dict:
 
 # ---------------------------------------------------------------- quality on test rows
 def quality(task: str, adapter: Path, test_rows: int) -> dict:
-    from annotune.annotator import evaluate_rows
-    from annotune.examples import pick_split
-    from annotune.contract import of_spec
-    from annotune.metrics import macro_f1, paired_difference
+    from annotune.labelling.annotator import evaluate_rows
+    from annotune.data.examples import pick_split
+    from annotune.labelling.contract import of_spec
+    from annotune.labelling.metrics import macro_f1, paired_difference
 
     rows_by_split = rows_of(adapter)
     rows = pick_split(rows_by_split, "test", test_rows, 42)
@@ -297,9 +297,9 @@ def main(argv=None):
     if args.report:
         print(report(json.loads(out.read_text())))
         return 0
-    from annotune.cli import quiet_libraries
-    from annotune.files import atomic_write_json
-    from annotune.models import native_bf16_cpu
+    from annotune.base.cli import quiet_libraries
+    from annotune.base.files import atomic_write_json
+    from annotune.model.models import native_bf16_cpu
 
     quiet_libraries()
     runs = REPO / args.runs

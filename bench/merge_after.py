@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import cell  # noqa: E402  (bench/quality.py, which also puts the repository on the path)
 
-from annotune.cli import UserError, parser, run_cli  # noqa: E402
+from annotune.base.cli import UserError, parser, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,8 +31,8 @@ def parse_args(argv=None):
 def merged_metrics(records: list, spec) -> dict:
     """classification_metrics of the records (gold, prediction, probs over the finer labels) under
     spec's merge (spec = the merged TaskSpec)."""
-    from annotune.labels import merged_prediction
-    from annotune.metrics import classification_metrics
+    from annotune.data.labels import merged_prediction
+    from annotune.labelling.metrics import classification_metrics
 
     labels, to = spec.label_names, spec.merge_map
     gold = [to[r["gold"]] for r in records]
@@ -45,8 +45,8 @@ def merged_metrics(records: list, spec) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.files import read_jsonl
-    from annotune.task import load_task
+    from annotune.base.files import read_jsonl
+    from annotune.data.task import load_task
 
     spec = load_task(args.task).merged(args.merge)
     path = Path(args.predictions)

@@ -145,8 +145,8 @@ def metrics_of(path: Path) -> dict:
 
 def baseline_rows(data: Path) -> dict:
     """Majority and TF-IDF, trained on the dataset's training rows, timed in this process."""
-    from annotune.baseline import baseline_results
-    from annotune.examples import load_dataset_folder
+    from annotune.labelling.baseline import baseline_results
+    from annotune.data.examples import load_dataset_folder
 
     rows_by_split, _, spec = load_dataset_folder(data)
     start = time.time()
@@ -166,8 +166,8 @@ def train_and_score(args, data: Path, folder: Path, name: str, train_argv: list)
     """train.py with these flags, then evaluate.py on the test rows: the row of the adapter train.py
     keeps (its best validation epoch; raw and with its decision rule). With --save_epochs in the
     flags every saved epoch is scored too (per_epoch), for choosing the number of epochs."""
-    from annotune.adapters import adapters_in
-    from annotune.contract import read_adapter_info
+    from annotune.model.adapters import adapters_in
+    from annotune.labelling.contract import read_adapter_info
 
     run_dir, eval_dir = folder / name, folder / f"{name}-eval"
     # train.py was stopped mid-run: continue it. A finished run without a record is trained afresh (its
@@ -224,7 +224,7 @@ def load_results(path: Path) -> dict:
 
 
 def save_record(path: Path, record: dict) -> None:
-    from annotune.files import atomic_write_json
+    from annotune.base.files import atomic_write_json
 
     results = load_results(path)
     results["records"] = [r for r in results["records"] if r["key"] != record["key"]] + [record]
@@ -328,7 +328,7 @@ def verdict(rows: dict) -> str:
         words.append(f"best own ({best}) {own[best]:.3f} {mark} TF-IDF")
         paired = (rows[best].get("vs_tfidf") or {}).get("macro_f1")
         if paired:  # the sharper test: the difference on the same rows, with its own interval
-            from annotune.report import difference_word
+            from annotune.labelling.report import difference_word
 
             lo, hi = paired["ci95"]
             words[-1] += f" (paired difference {paired['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]: {difference_word((lo, hi))})"

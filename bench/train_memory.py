@@ -66,10 +66,10 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------- one arm in its own process
 def chosen_examples(task: str, batch: int, tokenizer):
     """(spec, rows, feats): the task's `batch` longest training examples, as train.py renders them."""
-    from annotune.examples import prepare_splits
-    from annotune.prompts import Prompter
-    from annotune.task import load_task
-    from annotune.training_set import build_features
+    from annotune.data.examples import prepare_splits
+    from annotune.data.prompts import Prompter
+    from annotune.data.task import load_task
+    from annotune.training.training_set import build_features
 
     spec = load_task(task)
     splits, _ = prepare_splits(spec, Prompter(spec, TEMPLATES[task], True, tokenizer), val_ratio=0.0)
@@ -147,9 +147,9 @@ class Measured:
 def arm_ours(model, tokenizer, feats, checkpoint: bool, work: Path):
     from transformers import TrainingArguments
 
-    from annotune import prefix_attention
-    from annotune.models import add_lora
-    from annotune.trainer import AnnotuneTrainer, LossOptions
+    from annotune.model import prefix_attention
+    from annotune.model.models import add_lora
+    from annotune.training.trainer import AnnotuneTrainer, LossOptions
 
     prefix_attention.supported = lambda *a, **k: False  # the cache path, as CUDA trains
     model = add_lora(model, "causal", 16, 32, 0.05, "all-linear")
@@ -188,8 +188,8 @@ def arm_trl(model, tokenizer, rows, work: Path):
 def worker(spec_json: str) -> dict:
     import tempfile
 
-    from annotune.cli import quiet_libraries
-    from annotune.models import load_tokenizer
+    from annotune.base.cli import quiet_libraries
+    from annotune.model.models import load_tokenizer
 
     global SHOW_OPERATORS
     labelling = json.loads(spec_json)
@@ -294,7 +294,7 @@ def main(argv=None):
     if args.report:
         print(report(json.loads(out.read_text())))
         return 0
-    from annotune.files import atomic_write_json
+    from annotune.base.files import atomic_write_json
     from label_precision import cpu_name  # bench/ is on the path: this script's folder
 
     depths = [int(d) for d in args.layers.split(",")]

@@ -55,7 +55,7 @@ def peak_rss_gib() -> float:
 
 def worker_ours(args):
     import train
-    from annotune.cli import run_cli
+    from annotune.base.cli import run_cli
 
     # --balance none: both arms train on the same examples (oversampling, the default, repeats some).
     code = run_cli(train.main, ["--dataset_name", args.dataset, "--epoch", str(args.epochs), "--eval_strategy", "no",
@@ -74,11 +74,11 @@ def worker_seed(args):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from annotune.adapters import ADAPTER_INFO
-    from annotune.cli import quiet_libraries
-    from annotune.examples import load_dataset_folder
-    from annotune.files import atomic_write_json
-    from annotune.models import load_tokenizer, resolve_model_path
+    from annotune.model.adapters import ADAPTER_INFO
+    from annotune.base.cli import quiet_libraries
+    from annotune.data.examples import load_dataset_folder
+    from annotune.base.files import atomic_write_json
+    from annotune.model.models import load_tokenizer, resolve_model_path
 
     quiet_libraries()
     torch.manual_seed(42)
@@ -133,7 +133,7 @@ def macro_f1(adapter, out_dir):
 
 def prepare(task, folder, sst2_samples):
     import preprocess
-    from annotune.cli import run_cli
+    from annotune.base.cli import run_cli
 
     argv = ["--task", task, "--output_dir", str(folder), "--num_preview", "0"]
     if task == "sst2":
@@ -151,7 +151,7 @@ def main(argv=None):
     import platform
     import shutil
 
-    from annotune.files import atomic_write_json
+    from annotune.base.files import atomic_write_json
 
     out = REPO / args.out
     work = REPO / "runs" / "bench" / "train_speed"  # scratch: the two arms' data and runs

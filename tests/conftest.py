@@ -6,7 +6,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from annotune.files import data_dir  # noqa: E402  (the tests read the data where the scripts do)
+from annotune.base.files import data_dir  # noqa: E402  (the tests read the data where the scripts do)
 
 DATA = data_dir()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +57,7 @@ def run_script(name, argv):
     """Call a top-level script's main(argv) as the command line would; returns the exit status."""
     import importlib
 
-    from annotune.cli import run_cli
+    from annotune.base.cli import run_cli
 
     module = importlib.import_module(name)
     return run_cli(module.main, [str(a) for a in argv])

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from annotune.contract import AdapterRecord, read_adapter_info
-from annotune.cli import UserError
+from annotune.labelling.contract import AdapterRecord, read_adapter_info
+from annotune.base.cli import UserError
 
 # Written by train.py in the test suite's runs, at 08e6dac (a causal LM trained on a merge, one from
 # before --merge_at, a head, a seq2seq model; a CSV task with a fitted rule) and at 03ef217 (a causal

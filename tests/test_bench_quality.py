@@ -181,7 +181,7 @@ def test_merge_after_prediction_scores_the_fine_labels_through_the_named_merge(t
     each merged label's probability is the sum of its finer labels'."""
     import json
 
-    from annotune.cli import run_cli
+    from annotune.base.cli import run_cli
 
     rows = [("positive", "negative", {"negative": 0.6, "neutral": 0.1, "positive": 0.3}),
             ("neutral", "neutral", {"negative": 0.2, "neutral": 0.5, "positive": 0.3}),
@@ -191,7 +191,7 @@ def test_merge_after_prediction_scores_the_fine_labels_through_the_named_merge(t
     path.write_text("".join(json.dumps({"id": str(i), "gold": g, "prediction": p, "probs": pr}) + "\n"
                             for i, (g, p, pr) in enumerate(rows)))
     module = bench_module("merge_after")
-    from annotune.task import load_task
+    from annotune.data.task import load_task
 
     m = module.merged_metrics([json.loads(l) for l in path.read_text().splitlines()],
                               load_task("drug_reviews").merged("neutral_vs_rest"))

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from annotune.cli import UserError
-from annotune.epoch_end import EvaluateAndSave, SavePlan, parse_save_epochs
+from annotune.base.cli import UserError
+from annotune.training.epoch_end import EvaluateAndSave, SavePlan, parse_save_epochs
 
 
 class FakeRun:

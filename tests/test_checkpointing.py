@@ -1,4 +1,4 @@
-"""Activation checkpointing (train.py --gradient_checkpointing, annotune/checkpointing.py): the same
+"""Activation checkpointing (train.py --gradient_checkpointing, annotune/model/checkpointing.py): the same
 loss and LoRA gradients as keeping the activations, on the plain, cache and split paths, with and
 without LoRA dropout; fewer bytes kept for the backward; the shared prefix run once per batch; a
 resumed run equal to the uninterrupted one."""
@@ -9,14 +9,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from annotune import lm
+from annotune.model import lm
 from test_faults import adapter_files, assert_same_run, train_here
 from test_lm import batch_of, grads, spy_on_split
 
 
 def lora_model(tiny_llama_dir, dropout, cheap=False):
     """A tiny Llama with LoRA; cheap: train.py's LoraInputDropout in place of PEFT's nn.Dropout."""
-    from annotune.lora_dropout import cheap_lora_dropout
+    from annotune.model.lora_dropout import cheap_lora_dropout
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
@@ -112,7 +112,7 @@ def test_the_split_path_is_recomputed_through_the_split_attention(tiny_llama_dir
 
 
 def test_checkpointing_leaves_no_patched_layer_behind(tiny_llama_dir, smol_tok):
-    from annotune.checkpointing import checkpointed
+    from annotune.model.checkpointing import checkpointed
 
     model = lora_model(tiny_llama_dir, 0.0)
     decoder = lm.decoder_and_head(model)[0]
@@ -167,7 +167,7 @@ def test_the_head_and_seq2seq_paths_checkpoint_by_transformers(tmp_path, request
 
 
 def test_auto_checkpoints_on_cuda_only(tiny_llama_dir, monkeypatch):
-    from annotune import trainer
+    from annotune.training import trainer
 
     model = lora_model(tiny_llama_dir, 0.0)
     assert trainer.gradient_checkpointing("auto", model, "causal") is False  # the CPU: speed, not memory

@@ -4,7 +4,9 @@ fp32 trained weights under fp16."""
 import pytest
 import torch
 
-from annotune import models, trainer
+from annotune.model import models
+
+from annotune.training import trainer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The labelling contract (annotune/contract.py) on its own: which labels are scored and given, the
+"""The labelling contract (annotune/labelling/contract.py) on its own: which labels are scored and given, the
 one call that labels rows (score, then merge, then the rule), and that a merge lives in three
 modules. The end-to-end paths through train.py and evaluate.py are in tests/test_merge_after.py."""
 import dataclasses
@@ -8,9 +8,9 @@ import pytest
 
 from conftest import REPO
 
-from annotune.contract import Labelling, of_spec, scoring_finer
-from annotune.decision import DecisionRule
-from annotune.task import load_task
+from annotune.labelling.contract import Labelling, of_spec, scoring_finer
+from annotune.labelling.decision import DecisionRule
+from annotune.data.task import load_task
 
 MERGED = load_task("drug_reviews").merged("neutral_vs_rest")
 
@@ -66,7 +66,7 @@ def test_a_merge_after_scoring_sums_the_finer_labels_then_the_rule_decides():
 
 
 def test_training_rows_are_answered_with_the_scored_labels():
-    from annotune.prompts import Prompter
+    from annotune.data.prompts import Prompter
 
     labelling = finer_job()
     prompter = Prompter(labelling.scored, "alpaca")

@@ -8,10 +8,10 @@ import torch
 from peft.tuners.lora.layer import Linear
 from transformers import AutoModelForCausalLM
 
-from annotune import lm, models, prefix_attention
-from annotune.cli import UserError
-from annotune.lora_update import fuse_lora_update
-from annotune.trainer import LossModule
+from annotune.model import lm, models, prefix_attention
+from annotune.base.cli import UserError
+from annotune.model.lora_update import fuse_lora_update
+from annotune.training.trainer import LossModule
 from test_lm import batch_of, grads, spy_on_split
 from test_lora_update import lora_model
 

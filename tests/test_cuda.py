@@ -21,7 +21,7 @@ def test_4bit_nf4_with_bf16_compute_really_quantizes_the_linear_layers(tiny_llam
     needs_bitsandbytes()
     from bitsandbytes.nn import Linear4bit
 
-    from annotune.models import cuda_compute_dtype, load_model
+    from annotune.model.models import cuda_compute_dtype, load_model
 
     model = load_model(tiny_llama_dir, "causal", "auto")  # auto = 4-bit NF4 on CUDA
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
@@ -34,7 +34,7 @@ def test_shared_prefix_loss_and_gradients_match_the_plain_forward_in_bf16(tiny_l
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from annotune import lm
+    from annotune.model import lm
     from test_lm import batch_of, grads
 
     torch.manual_seed(0)
@@ -64,9 +64,9 @@ def test_shared_prefix_loss_and_gradients_match_the_plain_forward_in_bf16(tiny_l
 def test_label_scores_on_cuda_match_the_slow_reference(tiny_llama_dir, smol_tok):
     from transformers import AutoModelForCausalLM
 
-    from annotune import lm
-    from annotune.prompts import Prompter, encode_completion, encode_prompt
-    from annotune.task import load_task
+    from annotune.model import lm
+    from annotune.data.prompts import Prompter, encode_completion, encode_prompt
+    from annotune.data.task import load_task
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).cuda().eval()
     prompter = Prompter(load_task("politosphere"), "llama2-chat")

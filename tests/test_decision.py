@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from annotune.baseline import TfidfBaseline, majority_label
-from annotune.decision import MIN_GAIN, DecisionRule, expected_score, fit_rule
-from annotune.metrics import balanced_accuracy, macro_f1
+from annotune.labelling.baseline import TfidfBaseline, majority_label
+from annotune.labelling.decision import MIN_GAIN, DecisionRule, expected_score, fit_rule
+from annotune.labelling.metrics import balanced_accuracy, macro_f1
 
 LABELS = ["neither", "offensive", "hate"]
 
@@ -107,7 +107,7 @@ def test_the_decision_rule_is_decision_py_alone(in_tmp, tiny_llama_dir, monkeypa
     train.py saves with the adapter and the labels evaluate.py gives follow."""
     import json
 
-    from annotune import decision
+    from annotune.labelling import decision
     from conftest import run_script
     from test_train import write_colour_task
 

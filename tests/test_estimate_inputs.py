@@ -63,7 +63,7 @@ def api_corpus(size=400, seed=0):
     """A Corpus object built in memory, its hidden gold labels and the model's probabilities."""
     import pandas as pd
 
-    from annotune.annotated import Corpus
+    from annotune.estimation.annotated import Corpus
 
     rng = np.random.default_rng(seed)
     gold = (rng.random(size) < 0.3).astype(int)
@@ -76,14 +76,14 @@ def api_corpus(size=400, seed=0):
 
 
 def srs(rows, size):
-    from annotune.inference import Sample
+    from annotune.estimation.inference import Sample
 
     rows = np.array(sorted(rows), dtype=int)
     return Sample(rows, np.full(len(rows), len(rows) / size), "srs", size)
 
 
 def test_a_group_with_fewer_than_two_labelled_rows_is_not_estimable(tmp_path):
-    from annotune.findings import Findings, effective_sizes, write_estimates
+    from annotune.estimation.findings import Findings, effective_sizes, write_estimates
 
     corpus, gold = api_corpus()
     rng = np.random.default_rng(1)
@@ -116,8 +116,8 @@ def test_a_group_with_fewer_than_two_labelled_rows_is_not_estimable(tmp_path):
 
 
 def test_a_group_estimate_is_the_filtered_corpus_estimate_with_the_domain_interval():
-    from annotune.annotated import Corpus
-    from annotune.findings import Findings
+    from annotune.estimation.annotated import Corpus
+    from annotune.estimation.findings import Findings
 
     corpus, gold = api_corpus(size=500, seed=2)
     rng = np.random.default_rng(3)
@@ -129,7 +129,7 @@ def test_a_group_estimate_is_the_filtered_corpus_estimate_with_the_domain_interv
     sub = Corpus("sub.csv", "0" * 64, corpus.table.iloc[keep], corpus.ids[keep], corpus.labels,
                  corpus.prediction[keep], corpus.probs[keep])
     sub_rows = np.searchsorted(keep, rows[group[rows] == "g"])
-    from annotune.inference import Sample, estimate
+    from annotune.estimation.inference import Sample, estimate
 
     sub_sample = Sample(sub_rows, np.full(len(sub_rows), 120 / corpus.size), "srs", len(keep))
     sub_results = {(r["quantity"].name, r["method"]): r
@@ -153,8 +153,8 @@ def test_a_group_estimate_is_the_filtered_corpus_estimate_with_the_domain_interv
 
 
 def test_estimates_do_not_depend_on_the_order_of_the_corpus_rows():
-    from annotune.annotated import Corpus
-    from annotune.findings import Findings
+    from annotune.estimation.annotated import Corpus
+    from annotune.estimation.findings import Findings
 
     corpus, gold = api_corpus(size=300, seed=5)
     rng = np.random.default_rng(6)
@@ -175,7 +175,7 @@ def test_estimates_do_not_depend_on_the_order_of_the_corpus_rows():
 
 
 def test_every_interval_over_labels_that_differ_has_positive_width():
-    from annotune.findings import Findings
+    from annotune.estimation.findings import Findings
 
     corpus, gold = api_corpus(size=200, seed=8)
     rng = np.random.default_rng(9)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from annotune.labels import INVALID, parse_label
+from annotune.data.labels import INVALID, parse_label
 from conftest import DATA, run_script
 
 
@@ -56,7 +56,7 @@ def test_epoch_table_from_one_runs_adapters(in_tmp, pol_run, capsys):
 def test_a_metric_added_to_the_registry_alone_reaches_every_output(in_tmp, pol_run, capsys, monkeypatch):
     """metrics.LABEL_METRICS is the one place a label metric is defined: metrics.json (with its
     interval), comparison.md, the per-epoch table, the paired differences and the decision objectives."""
-    from annotune import metrics as registry
+    from annotune.labelling import metrics as registry
 
     share = registry.LabelMetric("share_right", "share right", lambda gold, pred, labels: registry.accuracy(gold, pred),
                                  paired=True, objective=True)
@@ -79,8 +79,8 @@ def test_a_metric_added_to_the_registry_alone_reaches_every_output(in_tmp, pol_r
 def test_kappa_model_vs_humans_beside_human_vs_human(in_tmp, pol_run):
     from sklearn.metrics import cohen_kappa_score
 
-    from annotune.agreement import load_annotations
-    from annotune.task import load_task
+    from annotune.labelling.agreement import load_annotations
+    from annotune.data.task import load_task
 
     files = [DATA / "politosphere" / "annotated_data_leo.json", DATA / "politosphere" / "annotated_data_yifei_v2.json"]
     assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--annotations", *files, "--output_dir", "agr",
@@ -266,7 +266,7 @@ def test_sampling_only_when_asked_and_seeded(in_tmp, pol_run):
 
 
 def test_adapters_are_evaluated_in_epoch_order_not_glob_order():
-    from annotune.adapters import natural_order
+    from annotune.model.adapters import natural_order
 
     glob_order = [Path("runs/x/m-t-epoch10"), Path("runs/x/m-t-epoch20"), Path("runs/x/m-t-epoch5")]
     assert [p.name for p in natural_order(glob_order)] == ["m-t-epoch5", "m-t-epoch10", "m-t-epoch20"]
@@ -279,9 +279,9 @@ def test_lora_folded_for_scoring_gives_the_same_scores_and_unfolds_to_the_base(p
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from annotune.contract import read_adapter_info
-    from annotune.annotator import BaseModels, load_annotator, unfold_lora
-    from annotune.contract import from_adapter
+    from annotune.labelling.contract import read_adapter_info
+    from annotune.labelling.annotator import BaseModels, load_annotator, unfold_lora
+    from annotune.labelling.contract import from_adapter
 
     record = read_adapter_info(pol_run[-1])
     base = BaseModels("none").get(record.base_model, "causal", record.labels)

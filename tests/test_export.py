@@ -25,7 +25,7 @@ def causal_adapter(tmp_path_factory, tiny_llama_dir):
 def peft_logits(base_dir, adapter, kind, ids, labels=None):
     from peft import PeftModel
 
-    from annotune.models import load_model
+    from annotune.model.models import load_model
 
     base = load_model(str(base_dir), kind, "none", num_labels=len(labels) if labels else None, label_names=labels)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
@@ -37,8 +37,8 @@ def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annot
         in_tmp, causal_adapter, tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from annotune.annotator import load_annotator
-    from annotune.contract import from_adapter
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import from_adapter
 
     assert run_script("export", ["--adapters_name", causal_adapter, "--output_dir", "merged"]) == 0
     merged = AutoModelForCausalLM.from_pretrained(str(in_tmp / "merged")).eval()
@@ -48,7 +48,7 @@ def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annot
     assert torch.allclose(got, peft_logits(tiny_llama_dir, causal_adapter, "causal", ids), atol=1e-4)
     # The README's code, as written (generated from decision.py), reproduces score mode: argmax
     # here (8 validation rows fit no rule), and the rule's labels once annotune.json holds one.
-    from annotune.decision import DecisionRule, probs_matrix
+    from annotune.labelling.decision import DecisionRule, probs_matrix
 
     readme = (in_tmp / "merged" / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
@@ -117,7 +117,7 @@ def test_copied_adapter_evaluates_the_same_after_its_run_is_deleted(in_tmp, caus
 
 
 def test_adapter_names_are_found_at_any_depth_under_runs(in_tmp, causal_adapter, capsys):
-    from annotune.adapters import find_adapter
+    from annotune.model.adapters import find_adapter
 
     import os
     import time

@@ -1,4 +1,4 @@
-"""Fault injection: train.py killed at chosen points (annotune/faults.py: the process ends
+"""Fault injection: train.py killed at chosen points (annotune/base/faults.py: the process ends
 with status 137 at once, as kill -9) and resumed must end exactly where the uninterrupted run ends:
 the same adapters, bit for bit, and the same evaluation history; resumes with other arguments, bad
 values and non-finite training are refused with one line and exit 2."""
@@ -33,7 +33,7 @@ def train_here(cwd, argv, crash=None, monkeypatch=None):
     import contextlib
     import io
 
-    from annotune import faults
+    from annotune.base import faults
     from conftest import run_script
 
     faults.reset()
@@ -198,11 +198,11 @@ def test_non_finite_training_stops_with_one_line_and_no_adapter(in_tmp, tiny_lla
 def test_unreachable_hub_is_one_line_without_retries(in_tmp, tiny_llama_dir, capsys, monkeypatch, flags):
     import time
 
-    import annotune.hub
+    import annotune.base.hub
     from conftest import run_script
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(annotune.hub, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(annotune.base.hub, "hub_reachable", lambda timeout=5.0: False)
     argv = ["--model_name", tiny_llama_dir, "--output_dir", "o", "--quiet"] + flags
     start = time.time()
     assert run_script("train", argv) == 2
@@ -213,10 +213,10 @@ def test_unreachable_hub_is_one_line_without_retries(in_tmp, tiny_llama_dir, cap
 
 def test_a_text_longer_than_the_context_is_cut_flagged_and_labelled(in_tmp, tiny_llama_dir, monkeypatch):
     """Case 12: a pasted article is labelled from its beginning, flagged, and never crashes."""
-    import annotune.annotator as annotator_module
-    from annotune.annotator import load_annotator
-    from annotune.contract import of_spec
-    from annotune.task import load_task
+    import annotune.labelling.annotator as annotator_module
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import of_spec
+    from annotune.data.task import load_task
 
     monkeypatch.setattr(annotator_module, "MAX_PROMPT_TOKENS", 200)
     ann = load_annotator(of_spec(load_task("politosphere", "pol_unpol_oth"),
@@ -227,7 +227,7 @@ def test_a_text_longer_than_the_context_is_cut_flagged_and_labelled(in_tmp, tiny
         assert [bool(p.get("truncated")) for p in preds] == [False, True]
         assert all(p["prediction"] for p in preds)
     prompts, cut = ann.fit_prompts(rows, ann.max_label_tokens() + 1)
-    from annotune.prompts import encode_prompt
+    from annotune.data.prompts import encode_prompt
 
     assert cut == [False, True] and len(encode_prompt(ann.tokenizer, prompts[1])) <= 200 - ann.max_label_tokens() - 1
     assert prompts[1].count("word") > 10  # labelled from its beginning, not emptied
@@ -237,10 +237,10 @@ def test_evaluation_refuses_non_finite_scores_and_bad_values(in_tmp, tiny_llama_
     """Case 6 (evaluation side) and case 7 (evaluate.py --max_samples -1)."""
     import torch
 
-    from annotune.annotator import load_annotator
-    from annotune.contract import of_spec
-    from annotune.cli import UserError
-    from annotune.task import load_task
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import of_spec
+    from annotune.base.cli import UserError
+    from annotune.data.task import load_task
     from conftest import run_script
 
     ann = load_annotator(of_spec(load_task("politosphere", "pol_unpol_oth"),

@@ -121,8 +121,8 @@ def test_splits_of_the_wrong_type(in_tmp, capsys):
 
 
 def test_billion_laughs_is_refused_in_under_a_second(in_tmp, capsys):
-    from annotune.cli import UserError
-    from annotune.task import load_task
+    from annotune.base.cli import UserError
+    from annotune.data.task import load_task
 
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip("abcdefgh", "bcdefghi"):
@@ -218,7 +218,7 @@ def test_disk_full_while_annotating_is_one_line_and_the_rerun_resumes(in_tmp, ca
     posts = write_posts(in_tmp / "posts.csv", 12)
     argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--output", "out.csv",
             "--chunk_rows", 4, "--quiet"]
-    from annotune import faults
+    from annotune.base import faults
 
     faults.reset()
     monkeypatch.setenv("ANNOTUNE_ENOSPC_AT", "annotate.write@2")
@@ -292,7 +292,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(in_tmp, capsys, pol_run):
 
 # ---------------------------------------------------------------- smaller ones
 def test_published_outputs_take_the_users_umask(in_tmp):
-    from annotune.files import atomic_write_json, publish_dir, staging_dir
+    from annotune.base.files import atomic_write_json, publish_dir, staging_dir
 
     old = os.umask(0o022)
     try:
@@ -321,7 +321,7 @@ def test_adapter_config_lists_its_modules_sorted(pol_run):
 
 
 def test_disk_full_while_training_is_one_line_and_the_run_resumes(in_tmp, capsys, tiny_llama_dir, monkeypatch):
-    from annotune import faults
+    from annotune.base import faults
 
     argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--model_name",
             tiny_llama_dir, "--epoch", 2, "--quiet", "--eval_strategy", "no", "--save_epochs", "1,2",
@@ -371,7 +371,7 @@ def test_an_adapter_whose_tokenizer_changed_is_refused_and_an_older_one_uses_its
         refused(capsys, script, argv, "tokenizer file tokenizer_config.json is missing", in_tmp)
     (adapter / "tokenizer_config.json").write_text(config + " ")
     refused(capsys, "evaluate", label, "tokenizer file tokenizer_config.json differs", in_tmp)
-    from annotune.adapters import TOKENIZER_FILES
+    from annotune.model.adapters import TOKENIZER_FILES
 
     extra = next(name for name in TOKENIZER_FILES if name not in recorded)
     (adapter / extra).write_text("{}")
@@ -400,7 +400,7 @@ def test_an_adapter_whose_tokenizer_changed_is_refused_and_an_older_one_uses_its
 
 
 def test_the_labelling_fingerprint_holds_the_tokenizer(smol_tok):
-    from annotune.models import tokenizer_sha256
+    from annotune.model.models import tokenizer_sha256
 
     first = tokenizer_sha256(smol_tok)
     assert tokenizer_sha256(smol_tok) == first
@@ -421,9 +421,9 @@ def test_the_labelling_fingerprint_holds_the_tokenizer(smol_tok):
 def _take_lock(output, pause_marker, held_marker, release_marker, code):
     """A labeller's lock, in its own process: exit 0 after holding it until release_marker is gone,
     3 when refused."""
-    from annotune import faults
-    from annotune.cli import UserError
-    from annotune.corpus import PartStore
+    from annotune.base import faults
+    from annotune.base.cli import UserError
+    from annotune.labelling.corpus import PartStore
 
     faults.reset()
     if pause_marker:
@@ -494,8 +494,8 @@ def test_a_stale_lock_is_taken_over_by_one_process_whatever_the_interleaving(tmp
 def _racer(k, root, trials, barrier, results):
     """One of the racing labellers: in each trial, all take the same stale lock at once; the winner
     holds it until every racer has tried."""
-    from annotune.cli import UserError
-    from annotune.corpus import PartStore
+    from annotune.base.cli import UserError
+    from annotune.labelling.corpus import PartStore
 
     os.environ.pop("ANNOTUNE_PAUSE_AT", None)
     for trial in range(trials):
@@ -554,8 +554,8 @@ def test_a_task_spec_that_never_ends_or_nests_without_end_is_one_line(tmp_path, 
 
 
 def test_json_rows_nested_without_end_are_one_line(tmp_path):
-    from annotune.cli import UserError
-    from annotune.tables import read_table
+    from annotune.base.cli import UserError
+    from annotune.base.tables import read_table
 
     (tmp_path / "deep.jsonl").write_text('{"text": ' + "[" * 20000 + "]" * 20000 + "}\n")
     with pytest.raises(UserError, match="nested deeper than 100 levels"):
@@ -563,7 +563,7 @@ def test_json_rows_nested_without_end_are_one_line(tmp_path):
 
 
 def test_a_damaged_hash_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, capsys, pol_run):
-    from annotune.models import weights_sha256
+    from annotune.model.models import weights_sha256
 
     monkeypatch.setenv("ANNOTUNE_CACHE", str(tmp_path))
     good = weights_sha256(pol_run[-1])
@@ -577,7 +577,7 @@ def test_a_damaged_hash_cache_is_rebuilt_with_a_note(tmp_path, monkeypatch, caps
 
 
 def test_files_a_library_writes_private_are_published_with_the_umask(in_tmp):
-    from annotune.files import publish_dir, staging_dir
+    from annotune.base.files import publish_dir, staging_dir
 
     old = os.umask(0o022)
     try:
@@ -600,7 +600,7 @@ def test_a_fifo_given_as_data_sheet_or_corpus_is_refused_without_waiting(tmp_pat
     os.mkfifo(tmp_path / "pipe.csv")
     runs = {
         "is not a regular file": [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                                  "from annotune.cli import run_cli; from annotune.tables import read_table; "
+                                  "from annotune.base.cli import run_cli; from annotune.base.tables import read_table; "
                                   "sys.exit(run_cli(lambda argv: len(read_table('pipe.csv')) and 0, []))", str(REPO)],
         "--sheet pipe.csv is not a regular file": [sys.executable, str(REPO / "estimate.py"), "--corpus", "c.csv",
                                                    "--sheet", "pipe.csv", "--design", "c.design.json"],
@@ -625,8 +625,8 @@ def test_an_output_under_a_file_is_one_line_in_evaluate(in_tmp, capsys, pol_run)
 
 
 def test_a_lock_path_that_is_a_link_or_a_folder_is_one_line_and_nothing_is_truncated(tmp_path):
-    from annotune.cli import UserError
-    from annotune.corpus import PartStore
+    from annotune.base.cli import UserError
+    from annotune.labelling.corpus import PartStore
 
     (tmp_path / "mine.txt").write_text("keep me")
     os.symlink(tmp_path / "mine.txt", tmp_path / "out.csv.lock")

@@ -1,9 +1,9 @@
-"""The estimators of annotune.inference: equal to ppi-python where both apply, exact in the limits,
+"""The estimators of annotune.estimation.inference: equal to ppi-python where both apply, exact in the limits,
 unbiased and of the right width in simulation."""
 import numpy as np
 import pytest
 
-from annotune import inference as inf
+from annotune.estimation import inference as inf
 
 
 def corpus(rng, size=20000, share=0.3, signal=0.5, noise=0.2):
@@ -88,7 +88,7 @@ def test_the_classical_estimate_is_the_sample_mean_with_the_finite_population_co
 def test_the_active_estimator_is_unbiased_and_its_intervals_cover():
     """Poisson draws weighted by the model's uncertainty, 2,000 times: the mean estimate within 3
     standard errors of the corpus share, 90% intervals covering about 90%."""
-    from annotune.designs import active_pi
+    from annotune.estimation.designs import active_pi
 
     rng = np.random.default_rng(6)
     y, f = corpus(rng, size=10000)
@@ -178,7 +178,7 @@ def test_a_share_interval_at_a_binomial_variance_is_wilsons_and_near_symmetric_a
 
 
 def test_shares_and_differences_are_reported_inside_their_range():
-    from annotune.findings import Findings, Quantity
+    from annotune.estimation.findings import Findings, Quantity
 
     share = Findings._row(Quantity("share", "a"), "ppi", -0.02, 0.05 ** 2, 0.1, 30, 0.5, None)
     assert share["estimate"] == 0.0 and share["low"] == 0.0 and 0.0 < share["high"] < 0.2

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from annotune import models
-from annotune.annotator import load_annotator
-from annotune.contract import of_spec
-from annotune.task import load_task
+from annotune.model import models
+from annotune.labelling.annotator import load_annotator
+from annotune.labelling.contract import of_spec
+from annotune.data.task import load_task
 from conftest import run_script
 from test_hostile_input import write_posts
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from annotune.cli import UserError
-from annotune.examples import build_examples, prepare_splits
-from annotune.prompts import Prompter
-from annotune.schema import documented_paths
-from annotune.sources import load_source_rows
-from annotune.task import load_task
+from annotune.base.cli import UserError
+from annotune.data.examples import build_examples, prepare_splits
+from annotune.data.prompts import Prompter
+from annotune.data.schema import documented_paths
+from annotune.data.sources import load_source_rows
+from annotune.data.task import load_task
 from conftest import REPO, run_script
 
 LABELS = [{"name": "negative"}, {"name": "neutral"}, {"name": "positive"}]
@@ -92,7 +92,7 @@ def test_plain_lines_with_ratios_in_the_yaml_train_and_evaluate_without_flags(in
 
 def test_lines_format_reads_a_plain_text_file_line_by_line(tmp_path):
     (tmp_path / "posts.txt").write_text('"a quote opens the line\n\nplain line\r\nlast without newline')
-    from annotune.tables import read_table
+    from annotune.base.tables import read_table
 
     assert [r["text"] for r in read_table(str(tmp_path / "posts.txt"), "lines")] == [
         '"a quote opens the line', "", "plain line", "last without newline"]

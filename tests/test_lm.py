@@ -4,9 +4,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from annotune import lm, prefix_attention
-from annotune.prompts import Prompter, encode_completion, encode_prompt
-from annotune.task import load_task
+from annotune.model import lm, prefix_attention
+from annotune.data.prompts import Prompter, encode_completion, encode_prompt
+from annotune.data.task import load_task
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def grads(model):
 
 @pytest.mark.parametrize("split,attention", [(False, "sdpa"), (True, "sdpa"), (True, "eager")])
 def test_shared_prefix_gives_the_same_loss_and_gradients(lora_model, smol_tok, split, attention, monkeypatch):
-    """The prefix through an expanded cache, or split (annotune.prefix_attention: no per-example copy,
+    """The prefix through an expanded cache, or split (annotune.model.prefix_attention: no per-example copy,
     one softmax over prefix and own keys, own tokens packed without padding), equals the plain padded
     batch, with grouped-query heads."""
     ids, mask, labels = batch_of(smol_tok)
@@ -96,7 +96,7 @@ def test_split_prefix_handles_left_padding_and_a_row_of_one_token(lora_model):
 def test_a_model_the_split_path_does_not_serve_trains_through_the_cache(lora_model, smol_tok, monkeypatch, capsys):
     """Checked once per model: an attention that ignores the split (here: a broken one) falls back,
     with a note, and the loss is the cache path's."""
-    from annotune.trainer import LossModule
+    from annotune.training.trainer import LossModule
 
     ids, mask, labels = batch_of(smol_tok)
     plen = lm.common_prefix_length([row[row != smol_tok.pad_token_id].tolist() for row in ids])

@@ -1,11 +1,11 @@
-"""LoRA's input dropout (annotune.lora_dropout): the rate, sharing across layers that read one input,
+"""LoRA's input dropout (annotune.model.lora_dropout): the rate, sharing across layers that read one input,
 identity outside training, gradients through the kept elements only."""
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from annotune import lora_dropout
-from annotune.models import add_lora
+from annotune.model import lora_dropout
+from annotune.model.models import add_lora
 
 
 def test_the_mask_drops_the_asked_fraction_in_every_lane():

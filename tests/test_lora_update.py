@@ -1,4 +1,4 @@
-"""LoRA's update inside the GEMM (annotune.lora_update): equal to PEFT's forward in outputs and
+"""LoRA's update inside the GEMM (annotune.model.lora_update): equal to PEFT's forward in outputs and
 gradients, taken for plain adapters, and PEFT's own forward wherever more is asked of the layer."""
 import pytest
 import torch
@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear
 from transformers import AutoModelForCausalLM
 
-from annotune.lora_update import fuse_lora_update
+from annotune.model.lora_update import fuse_lora_update
 
 
 def lora_model(folder, dtype=torch.float32, **config):

@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 from datasets import load_from_disk
 
-from annotune.labels import INVALID, merged_prediction
-from annotune.task import load_task
+from annotune.data.labels import INVALID, merged_prediction
+from annotune.data.task import load_task
 from conftest import run_script
 
 FINE = load_task("politosphere").label_names  # 7 labels, merged into 3 by pol_unpol_oth
@@ -102,7 +102,7 @@ def test_how_a_merge_maps_a_prediction_is_labels_py_alone(in_tmp, after_run, mon
     """docs/architecture.md names labels.py for a label merge: changed there alone (here: every merged
     label equally likely and the first one given, which the model's own scores never produce),
     evaluate.py's outputs follow."""
-    from annotune import labels
+    from annotune.data import labels
 
     real = labels.merged_prediction
 
@@ -171,9 +171,9 @@ def test_an_adapter_of_the_finer_labels_evaluated_under_a_named_merge(in_tmp, af
 
 
 def test_the_exported_models_recipe_gives_the_merged_labels_annotune_gives(in_tmp, after_run):
-    from annotune.annotator import load_annotator
-    from annotune.contract import from_adapter
-    from annotune.decision import DecisionRule
+    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.contract import from_adapter
+    from annotune.labelling.decision import DecisionRule
 
     _, adapter, _ = after_run
     assert run_script("export", ["--adapters_name", adapter, "--output_dir", "exported"]) == 0
@@ -211,7 +211,7 @@ def test_agreement_with_humans_is_on_the_merged_labels(in_tmp, after_run):
 
     from sklearn.metrics import cohen_kappa_score
 
-    from annotune.agreement import load_annotations
+    from annotune.labelling.agreement import load_annotations
     from conftest import DATA
 
     _, adapter, _ = after_run

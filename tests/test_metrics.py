@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score
 
-from annotune.labels import INVALID, parse_label
-from annotune.decision import DecisionRule
-from annotune.metrics import classification_metrics, expected_calibration_error, generation_metrics, ranking_auc
+from annotune.data.labels import INVALID, parse_label
+from annotune.labelling.decision import DecisionRule
+from annotune.labelling.metrics import classification_metrics, expected_calibration_error, generation_metrics, ranking_auc
 
 LABELS = ["neg", "neu", "pos"]
 
@@ -33,7 +33,7 @@ def test_the_bootstrapped_metrics_equal_scikit_learns_on_odd_samples():
     a label never in gold, one row."""
     from warnings import catch_warnings, simplefilter
 
-    from annotune.metrics import accuracy, balanced_accuracy, macro_f1
+    from annotune.labelling.metrics import accuracy, balanced_accuracy, macro_f1
 
     rng = np.random.default_rng(1)
     for trial in range(300):
@@ -108,7 +108,7 @@ def test_parse_label(text, expected):
 
 
 def test_paired_difference_is_the_difference_on_the_same_rows_with_its_own_interval():
-    from annotune.metrics import balanced_accuracy, paired_difference
+    from annotune.labelling.metrics import balanced_accuracy, paired_difference
 
     rng = np.random.default_rng(0)
     gold = list(rng.choice(["a", "b"], 300))
@@ -126,7 +126,7 @@ def test_paired_difference_is_the_difference_on_the_same_rows_with_its_own_inter
 
 
 def test_no_bootstrap_gives_the_metrics_without_intervals():
-    from annotune.metrics import classification_metrics
+    from annotune.labelling.metrics import classification_metrics
 
     m = classification_metrics(["a", "b", "a", "b"], ["a", "b", "b", "b"], ["a", "b"], n_boot=0)  # --bootstrap 0
     assert m["accuracy"] == 0.75 and all(np.isnan(v).all() for v in m["ci95"].values())

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from annotune.task import available_tasks
+from annotune.data.task import available_tasks
 from conftest import run_script
 
 

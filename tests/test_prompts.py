@@ -2,10 +2,10 @@
 import pytest
 from transformers import AutoTokenizer
 
-from annotune.models import resolve_model_path
-from annotune.prompts import (Prompter, encode_completion, encode_example, encode_label_after, encode_prompt,
+from annotune.model.models import resolve_model_path
+from annotune.data.prompts import (Prompter, encode_completion, encode_example, encode_label_after, encode_prompt,
                               quoted_list)
-from annotune.task import load_task
+from annotune.data.task import load_task
 
 
 def test_llama2_chat_layout_matches_the_politosphere_template_without_literal_bos():
@@ -41,8 +41,8 @@ def test_alpaca_chat_and_seq2seq_templates(smol_tok):
 
 
 def test_the_shared_prefix_trained_once_is_the_system_prompt_and_stops_before_the_answer(smol_tok):
-    from annotune.trainer import shared_prefix_ids
-    from annotune.training_set import build_features
+    from annotune.training.trainer import shared_prefix_ids
+    from annotune.training.training_set import build_features
 
     prompter = Prompter(load_task("politosphere"), "llama2-chat", tokenizer=smol_tok)
     rows = [dict(prompter.render({"text": t, "label": "Neutral"}), id=str(i)) for i, t in enumerate(["xylophone", "a b"])]

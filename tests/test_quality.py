@@ -7,7 +7,7 @@ import pytest
 from datasets import load_from_disk
 
 from conftest import run_script
-from annotune.decision import DecisionRule
+from annotune.labelling.decision import DecisionRule
 from test_train import write_colour_task
 
 

@@ -28,7 +28,7 @@ def test_smollm2_instruction_tuning_and_scoring(in_tmp):
     assert info["base"]["hub_id"] == hub_id and len(info["base"]["weights_sha256"]) == 64
     assert "GGUF" in info["base"]["weights"]
     # Standard PEFT loads it by that id: here from a hub-style cache, offline.
-    from annotune.models import resolve_model_path
+    from annotune.model.models import resolve_model_path
 
     snapshot = in_tmp / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots" / ("0" * 40)
     snapshot.parent.parent.joinpath("refs").mkdir(parents=True)

@@ -18,8 +18,8 @@ def test_an_estimator_registered_alone_reaches_estimates_json_md_and_the_forest_
     (as cross-fitting's out-of-fold predictions are): the registry entry alone must carry that."""
     import matplotlib.image
 
-    from annotune import estimators, inference
-    from annotune.cli import Parameter
+    from annotune.estimation import estimators, inference
+    from annotune.base.cli import Parameter
 
     def fit(inputs):
         f = inputs.outputs.values("probs")[:, inputs.label]
@@ -42,7 +42,7 @@ def test_an_estimator_registered_alone_reaches_estimates_json_md_and_the_forest_
     toy_entry, ppi_entry = share["outoffold"], share["ppi"]
     assert toy_entry["low"] < toy_entry["estimate"] < toy_entry["high"] and toy_entry["labelled"] == len(rows)
     # By hand: the same estimator on the same rows, and not ppi's (the labelled rows' outputs differ).
-    from annotune.annotated import read_corpus
+    from annotune.estimation.annotated import read_corpus
 
     corpus = read_corpus(str(in_tmp / "c.csv"))
     positions = np.sort(corpus.positions(rows, "sheet"))
@@ -65,8 +65,8 @@ def test_a_design_registered_alone_is_drawn_by_sample_and_estimated_with_its_var
     """A Bernoulli design (every row with the same pi = n/N, drawn independently) with its own
     variance function and parameter: sample.py draws it, the design file is checked against it,
     estimate.py's intervals use its variance."""
-    from annotune import designs, inference
-    from annotune.cli import Parameter
+    from annotune.estimation import designs, inference
+    from annotune.base.cli import Parameter
 
     calls = []
 
@@ -108,7 +108,7 @@ def test_a_design_registered_alone_is_drawn_by_sample_and_estimated_with_its_var
 def test_a_table_format_registered_alone_is_read_as_a_corpus_and_a_sheet_and_written_as_a_sheet(in_tmp, monkeypatch):
     """A pipe-separated format: the corpus in it is sampled, the sheet is written in it, and the
     filled sheet in it is read by estimate.py."""
-    from annotune import tables
+    from annotune.base import tables
 
     pipe = tables.TableFormat("psv", (".psv",), lambda handle, path, columns: tables._csv_rows(handle, path, "|", columns),
                               tables._delimited_text("|"))
@@ -126,13 +126,13 @@ def test_a_table_format_registered_alone_is_read_as_a_corpus_and_a_sheet_and_wri
 
 
 def test_a_prompt_template_registered_alone_is_accepted_by_preprocess_and_train(in_tmp, monkeypatch, tiny_llama_dir):
-    from annotune import prompts
+    from annotune.data import prompts
 
     plain = prompts.PromptTemplate("plain", lambda prompter, system, user: f"{system}\n\nText: {user}\nAnswer:",
                                    answer_prefix=" ")
     monkeypatch.setattr(prompts, "TEMPLATES", prompts.TEMPLATES + (plain,))
     assert run_script("preprocess", ["--task", "politosphere", "--template", "plain", "--output_dir", "ds"]) == 0
-    from annotune.examples import load_dataset_folder
+    from annotune.data.examples import load_dataset_folder
 
     rows, _, _ = load_dataset_folder(str(in_tmp / "ds"))
     first = rows["train"][0]

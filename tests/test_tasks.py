@@ -3,10 +3,10 @@ from collections import Counter
 
 import pytest
 
-from annotune.cli import UserError
-from annotune.examples import build_examples, split_examples
-from annotune.sources import load_source_rows
-from annotune.task import available_tasks, load_task
+from annotune.base.cli import UserError
+from annotune.data.examples import build_examples, split_examples
+from annotune.data.sources import load_source_rows
+from annotune.data.task import available_tasks, load_task
 
 
 def examples_of(name, merge=None):

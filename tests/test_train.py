@@ -119,7 +119,7 @@ def test_classifier_head_with_class_weights_on_an_imbalanced_task(in_tmp, tiny_b
 
 
 def test_inverse_frequency_class_weights():
-    from annotune.trainer import class_weights
+    from annotune.training.trainer import class_weights
 
     w = class_weights("auto", [0, 0, 0, 1], 2)
     assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))
@@ -130,8 +130,8 @@ def test_inverse_frequency_class_weights():
 def test_class_weights_reach_the_loss_the_trainer_minimises(tiny_bert_dir, tmp_path):
     from transformers import AutoTokenizer, TrainingArguments
 
-    from annotune.models import add_lora, load_model
-    from annotune.trainer import AnnotuneTrainer, LossOptions, collate
+    from annotune.model.models import add_lora, load_model
+    from annotune.training.trainer import AnnotuneTrainer, LossOptions, collate
 
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     model = add_lora(load_model(tiny_bert_dir, "classifier", "none", num_labels=2), "classifier", 4, 8, 0.0)
@@ -150,7 +150,7 @@ def test_class_weights_reach_the_loss_the_trainer_minimises(tiny_bert_dir, tmp_p
 
 
 def test_oversampling_balances_every_epoch_with_fresh_repeats():
-    from annotune.trainer import LengthGroupedBatches
+    from annotune.training.trainer import LengthGroupedBatches
 
     labels = [0] * 9 + [1] * 3 + [2] * 1
     sampler = LengthGroupedBatches([10] * 13, 4, seed=0, oversample_labels=labels)
@@ -167,8 +167,8 @@ def test_oversampling_balances_every_epoch_with_fresh_repeats():
 def test_default_epochs_give_small_data_enough_optimizer_steps():
     """--epoch's default is 3, raised on small data to reach MIN_STEPS optimizer steps (at most 50 epochs),
     counting the epoch as the sampler does (oversampled epochs are longer)."""
-    from annotune.trainer import LengthGroupedBatches
-    from annotune.training_set import default_epochs
+    from annotune.training.trainer import LengthGroupedBatches
+    from annotune.training.training_set import default_epochs
 
     labels = [0] * 9 + [1] * 3 + [2] * 1
     feats = [{"label": label} for label in labels]
@@ -199,7 +199,7 @@ def test_train_without_epoch_resolves_the_default_before_the_manifest(in_tmp, ti
 def test_answer_weights_weight_each_answers_tokens(tiny_llama_dir, smol_tok):
     from transformers import AutoModelForCausalLM
 
-    from annotune.trainer import LossModule, collate
+    from annotune.training.trainer import LossModule, collate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     p = [smol_tok("Text: a b c\nLabel:")["input_ids"], smol_tok("Text: d\nLabel:")["input_ids"]]
@@ -236,7 +236,7 @@ def test_balance_oversample_trains_on_balanced_epochs_and_weights_run(in_tmp, ti
 def test_4bit_loads_real_4bit_linear_layers_on_cpu(tiny_llama_dir):
     import bitsandbytes as bnb
 
-    from annotune.models import add_lora, load_model
+    from annotune.model.models import add_lora, load_model
 
     model = add_lora(load_model(tiny_llama_dir, "causal", "4bit"), "causal", 4, 8, 0.0)
     linear4 = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -250,7 +250,7 @@ def test_seq2seq_on_a_tiny_t5(in_tmp, tiny_t5_dir):
     assert run_script("train", argv) == 0
     adapter = next(p for p in (in_tmp / "s2s").iterdir() if p.name.endswith("epoch1"))
     assert json.loads((adapter / "annotune.json").read_text())["kind"] == "seq2seq"
-    from annotune.trainer import collate
+    from annotune.training.trainer import collate
 
     batch = collate("seq2seq", [{"input_ids": [5, 6, 7], "labels": [8, 1]}, {"input_ids": [5], "labels": [9, 9, 1]}], 0)
     assert batch["labels"].tolist() == [[8, 1, -100], [9, 9, 1]]  # padded with -100, never the pad id
@@ -328,7 +328,7 @@ def test_eval_every_n_steps_early_stopping_and_keep_best(in_tmp, tiny_llama_dir)
 
 
 def test_classifier_head_is_trainable(tiny_bert_dir):
-    from annotune.models import add_lora, load_model
+    from annotune.model.models import add_lora, load_model
 
     model = add_lora(load_model(tiny_bert_dir, "classifier", "none", num_labels=3), "classifier", 4, 8, 0.0)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

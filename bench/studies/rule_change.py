@@ -4,7 +4,7 @@
     .venv/bin/python bench/studies/rule_change.py --tasks sst2,ag_news --dry_run
     .venv/bin/python bench/studies/rule_change.py --would_have    # what the old test (any gain) would have given
 
-A rule's acceptance test (annotune.decision: MIN_GAIN) is applied when labels are given, not when it
+A rule's acceptance test (annotune.labelling.decision: MIN_GAIN) is applied when labels are given, not when it
 is fit, so a stricter test changes which rows get their rule without changing any probability.
 For each untuned-base and tuned record this reads the evaluation already on disk and rewrites the
 row: a rule that no longer passes gives the row of the argmax labels (recorded beside it). A tuned
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 
 def rule_applies(metrics: dict) -> bool:
-    from annotune.decision import DecisionRule
+    from annotune.labelling.decision import DecisionRule
 
     rule = metrics.get("decision_rule")
     return isinstance(rule, dict) and DecisionRule.from_dict(rule, rule["labels"]).fitted
@@ -44,7 +44,7 @@ def rule_applies(metrics: dict) -> bool:
 
 def kept_epoch(history: list, k: int):
     """train.py's choice over a recorded history under the current rule test; None if unknowable."""
-    from annotune.decision import DecisionRule, expected_score
+    from annotune.labelling.decision import DecisionRule, expected_score
 
     ranks = {}
     for h in history:
@@ -75,16 +75,16 @@ def rescored(record: dict, folder: Path):
     if "argmax" not in metrics or rule_applies(metrics):  # no rule was applied, or it still is
         return row, "unchanged"
     new = dict(row, **scores_of(metrics["argmax"]))
-    new["rule"] = f"{row['rule']} -> held-out gain below annotune.decision.MIN_GAIN: not applied (argmax is used)"
+    new["rule"] = f"{row['rule']} -> held-out gain below annotune.labelling.decision.MIN_GAIN: not applied (argmax is used)"
     return new, f"rule dropped: macro-F1 {row['macro_f1']:.3f} -> {new['macro_f1']:.3f}"
 
 
 def would_have(record: dict, folder: Path):
     """(argmax, with the rule) test macro-F1 of a tuned record whose rule the MIN_GAIN test turned
     away (0 < held-out gain < MIN_GAIN); None for any other record."""
-    from annotune.decision import DecisionRule
-    from annotune.files import read_jsonl
-    from annotune.metrics import macro_f1
+    from annotune.labelling.decision import DecisionRule
+    from annotune.base.files import read_jsonl
+    from annotune.labelling.metrics import macro_f1
 
     (kind, row), = record["rows"].items()
     adapters = list((folder / f"tuned-{record['tag']}").glob(f"*-epoch{row.get('epoch_kept')}/annotune.json"))
@@ -103,7 +103,7 @@ def would_have(record: dict, folder: Path):
 
 
 def main(argv=None):
-    from annotune.files import atomic_write_json
+    from annotune.base.files import atomic_write_json
 
     args = parse_args(argv)
     out = REPO / args.out

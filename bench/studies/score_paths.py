@@ -27,13 +27,13 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from annotune import lm
-    from annotune.annotator import Annotator
-    from annotune.cli import quiet_libraries
-    from annotune.examples import prepare_splits
-    from annotune.models import load_model, load_tokenizer
-    from annotune.prompts import Prompter, encode_completion, encode_prompt
-    from annotune.task import load_task
+    from annotune.model import lm
+    from annotune.labelling.annotator import Annotator
+    from annotune.base.cli import quiet_libraries
+    from annotune.data.examples import prepare_splits
+    from annotune.model.models import load_model, load_tokenizer
+    from annotune.data.prompts import Prompter, encode_completion, encode_prompt
+    from annotune.data.task import load_task
 
     quiet_libraries()
     tok = load_tokenizer(args.model_name, for_generation=False)

@@ -9,8 +9,8 @@ falls on every variant alike.
 Variants of LoRA's layer forward and dropout mask (issue 14):
 - peft, old mask: PEFT's forward (base(x) + B(A(drop(x))) * scaling); the mask compared with a
   Python-number threshold, converted to float and scaled (three passes);
-- fused, old mask: annotune.lora_update's in-place addmm; the old mask;
-- fused, new mask: what train.py runs (annotune.lora_dropout's one-pass float mask).
+- fused, old mask: annotune.model.lora_update's in-place addmm; the old mask;
+- fused, new mask: what train.py runs (annotune.model.lora_dropout's one-pass float mask).
 Prints the median and the minimum seconds of each variant over the repeats (four batches of 8 a
 step, the 309-token shared prefix run once per batch, as train.py does).
 
@@ -38,11 +38,11 @@ def parse_args(argv=None):
 
 
 def old_keep_mask(x, p: float, out=None):
-    """annotune.lora_dropout.keep_mask before the one-pass mask: a bool compare, then a conversion
+    """annotune.model.lora_dropout.keep_mask before the one-pass mask: a bool compare, then a conversion
     pass to floats (`out` is ignored)."""
     import torch
 
-    from annotune.lora_dropout import LANES
+    from annotune.model.lora_dropout import LANES
 
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, None)
@@ -53,10 +53,10 @@ def batches_and_loss():
     import preprocess
     from datasets import load_from_disk
 
-    from annotune import lm
-    from annotune.cli import run_cli
-    from annotune.models import add_lora, load_model, load_tokenizer
-    from annotune.trainer import LossModule
+    from annotune.model import lm
+    from annotune.base.cli import run_cli
+    from annotune.model.models import add_lora, load_model, load_tokenizer
+    from annotune.training.trainer import LossModule
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="annotune-steps-")) / "data"
@@ -80,7 +80,7 @@ def main(argv=None):
     import torch
     from peft.tuners.lora.layer import Linear
 
-    from annotune import lora_dropout
+    from annotune.model import lora_dropout
 
     torch.manual_seed(0)
     model, loss_module, batches = batches_and_loss()

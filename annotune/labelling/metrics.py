@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .labels import INVALID
+from ..data.labels import INVALID
 
 PRIMARY_METRIC = {"classification": "macro_f1", "generation": "rougeL"}
 

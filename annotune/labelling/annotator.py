@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from .cli import UserError
+from ..base.cli import UserError
 from .decision import probs_matrix
-from .labels import INVALID, parse_label
+from ..data.labels import INVALID, parse_label
 from .metrics import classification_metrics, generation_metrics
-from .prompts import encode_label_after, encode_prompt
+from ..data.prompts import encode_label_after, encode_prompt
 
 
 MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longer texts are cut and flagged
@@ -54,7 +54,7 @@ class Annotator:
     @property
     def precision(self) -> str:
         """What its scores are computed in (models.compute_precision); a decision rule records it."""
-        from .models import compute_precision
+        from ..model.models import compute_precision
 
         return compute_precision(self.model, self.autocast)
 
@@ -77,7 +77,7 @@ class Annotator:
               offsets=None):
         """Per-label probabilities [n, n_labels] from label log-likelihoods (score mode). Under bf16
         autocast the near ties (`tie_margin`, judged after a decision rule's `offsets`) are fp32's."""
-        from . import lm
+        from ..model import lm
 
         prompt_ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         completions = [self.label_completions(p, ids) for p, ids in zip(prompts, prompt_ids)]
@@ -135,7 +135,7 @@ class Annotator:
             if self.kind == "seq2seq":
                 enc = tok([prompts[i] for i in idx], padding=True, truncation=True, max_length=1024, return_tensors="pt")
             else:
-                from .lm import pad_batch
+                from ..model.lm import pad_batch
 
                 ids, mask = pad_batch([encode_prompt(tok, prompts[i]) for i in idx], tok.pad_token_id, "left")
                 enc = {"input_ids": ids, "attention_mask": mask}
@@ -289,7 +289,7 @@ class BaseModels:
         self.quantization, self.loaded = quantization, {}
 
     def get(self, name: str, kind: str, labels):
-        from .models import load_model
+        from ..model.models import load_model
 
         key = (name, kind, tuple(labels) if kind == "classifier" else None)
         if key not in self.loaded:
@@ -323,7 +323,7 @@ def load_annotator(labelling, base_model: str | None = None, quantization: str =
     baseline). `model` may be given already loaded (a base model, or a base with the adapter
     attached). cpu_bf16: evaluate.py's --cpu_bf16 (auto, on, off; models.cpu_autocast); tie_margin:
     its --bf16_tie_margin (TIE_MARGIN)."""
-    from .models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
+    from ..model.models import cpu_autocast, load_config, load_model, load_tokenizer, resolve_kind
 
     adapter, spec = labelling.adapter, labelling.scored
     if adapter:
@@ -334,7 +334,7 @@ def load_annotator(labelling, base_model: str | None = None, quantization: str =
         labelling = dataclasses.replace(labelling, kind=resolve_kind(load_config(base_model), "auto", spec.type))
     kind = labelling.kind
     if tokenizer is None:
-        from .adapters import tokenizer_source
+        from ..model.adapters import tokenizer_source
 
         tokenizer = load_tokenizer(tokenizer_source(adapter, labelling.record.tokenizer_files, base_model) if adapter
                                    else base_model)

@@ -14,9 +14,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import UserError
-from .files import MAX_DEPTH, REPO_ROOT, read_bounded
-from .tables import format_names, infer_format
+from ..base.cli import UserError
+from ..base.files import MAX_DEPTH, REPO_ROOT, read_bounded
+from ..base.tables import format_names, infer_format
 from .labels import Label, build_merge, find_label, norm_label
 from .schema import SCHEMA, check_keys, check_types
 
@@ -301,7 +301,7 @@ def task_from_file(data_path: str, text_column: str, label_column: str | None = 
                    id_column: str | None = None, task_type: str = "classification", system_prompt: str | None = None,
                    instruction: str | None = None) -> TaskSpec:
     """preprocess.py --data_path: a task spec from a file's columns; labels are its distinct values."""
-    from .tables import read_table
+    from ..base.tables import read_table
 
     if not label_column:
         raise UserError("--data_path needs --label_column (and --text_column)")

@@ -23,11 +23,11 @@ import torch
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from . import prefix_attention
-from .cli import UserError
-from .files import read_jsonl
-from .lm import common_prefix_length, completion_loss, hidden_states, pad_batch, run_prefix
-from .models import cpu_autocast
+from ..model import prefix_attention
+from ..base.cli import UserError
+from ..base.files import read_jsonl
+from ..model.lm import common_prefix_length, completion_loss, hidden_states, pad_batch, run_prefix
+from ..model.models import cpu_autocast
 from .training_set import epoch_size
 
 MIN_SHARED_PREFIX = 16  # below this many tokens a shared prefix is not worth a separate forward
@@ -200,13 +200,13 @@ def gradient_checkpointing(mode: str, model, kind: str) -> bool:
     auto = on for a model on CUDA (memory is what is short there), off on the CPU (speed is). The
     causal path checkpoints its own way (annotune.checkpointing, keeping the shared prefix); the
     classification-head and seq2seq paths by transformers' (they have no prefix)."""
-    from .checkpointing import supported
+    from ..model.checkpointing import supported
 
     cuda = any(p.device.type == "cuda" for p in model.parameters())
     if mode == "off" or (mode == "auto" and not cuda):
         return False
     if kind == "causal":
-        from .lm import decoder_and_head
+        from ..model.lm import decoder_and_head
 
         if supported(decoder_and_head(model)[0]):
             return True
@@ -352,7 +352,7 @@ def trainer_arguments(schedule: Schedule, out_dir: Path):
 
     from transformers import TrainingArguments
 
-    from .models import cuda_compute_dtype, device_name
+    from ..model.models import cuda_compute_dtype, device_name
 
     fp16 = device_name() == "cuda" and cuda_compute_dtype() == torch.float16  # loss scaling on a card without bf16
     schedulers = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -370,7 +370,7 @@ def trainer_arguments(schedule: Schedule, out_dir: Path):
 
 def run_result(trainer, callback, out_dir: Path, wall_seconds: float) -> dict:
     """What manifest.json records of a finished run: steps, speed, adapters, best epoch, history."""
-    from .adapters import adapters_in
+    from ..model.adapters import adapters_in
 
     totals, rows = trainer.totals, read_jsonl(out_dir / "log.jsonl")
     speed = [r["tokens_per_s"] for r in rows if r["type"] == "step" and r.get("tokens_per_s")]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .cli import UserError
-from .files import resolve_path
-from .tables import read_lines, read_table
+from ..base.cli import UserError
+from ..base.files import resolve_path
+from ..base.tables import read_lines, read_table
 
 
 def load_source_rows(spec) -> dict:
@@ -111,7 +111,7 @@ def load_hub_rows(hub: dict) -> dict:
     """Rows from a hub dataset; fails fast with one line when the hub cannot be reached."""
     import datasets
 
-    from .hub import require_hub
+    from ..base.hub import require_hub
 
     splits = hub.get("splits") or {"train": "train"}
     out = {}

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from . import inference
-from .cli import Parameter
+from ..base.cli import Parameter
 
 
 @dataclass

@@ -31,9 +31,9 @@ import numpy as np
 
 from . import inference
 from .annotated import Corpus, row_id
-from .cli import Parameter, UserError
-from .corpus import PROB
-from .files import parse_json, read_bounded
+from ..base.cli import Parameter, UserError
+from ..labelling.corpus import PROB
+from ..base.files import parse_json, read_bounded
 
 DESIGN_FORMAT = "annotune-sample-design/2"   # sealed: "sha256" of the rest of the record
 UNSEALED_FORMATS = ("annotune-sample-design/1",)

@@ -22,8 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .cli import UserError
-from .files import package_dir
+from ..base.cli import UserError
+from ..base.files import package_dir
 
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")
 ALIASES = {
@@ -58,7 +58,7 @@ def resolve_model_path(name: str) -> str:
         raise UserError(f"model {name} is a file, not a model folder")
     if name.startswith((".", "/", "~")):
         raise UserError(f"model folder {name} not found")
-    from .hub import cached_model, hub_reachable, offline, require_hub
+    from ..base.hub import cached_model, hub_reachable, offline, require_hub
 
     if offline() or not hub_reachable():  # a hub id: the cached copy, else transformers fetches it (HF_TOKEN)
         cached = cached_model(name)
@@ -98,7 +98,7 @@ def weights_sha256(folder: Path) -> str:
                     digest.update(block)
         known[key] = digest.hexdigest()
         try:
-            from .files import atomic_write_json
+            from ..base.files import atomic_write_json
 
             atomic_write_json(memo, known)
         except OSError:

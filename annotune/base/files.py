@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .cli import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -------------------------------------------------------------------- where things are

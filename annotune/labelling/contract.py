@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .adapters import ADAPTER_INFO, PATH_KEYS, check_safetensors, read_json_object
-from .cli import UserError
+from ..model.adapters import ADAPTER_INFO, PATH_KEYS, check_safetensors, read_json_object
+from ..base.cli import UserError
 from .decision import DecisionRule
 
 
@@ -120,7 +120,7 @@ class Labelling:
 
     def prompter(self, tokenizer):
         """The Prompter of the scored labels (a head reads the text: its template is immaterial)."""
-        from .prompts import Prompter
+        from ..data.prompts import Prompter
 
         template = "auto" if self.kind == "classifier" else self.prompt.get("template", "auto")
         return Prompter(self.scored, template, self.prompt.get("with_definitions", True), tokenizer,
@@ -136,7 +136,7 @@ class Labelling:
         `reported`, then decided by `rule` where it is fitted (its label; `argmax_prediction` and
         the calibrated probabilities beside it). A merged prediction keeps its finer ones
         (`fine_prediction`, `fine_probs`)."""
-        from . import labels
+        from ..data import labels
 
         rule = self.rule if self.rule is not None and self.rule.fitted else None
         offsets = rule.offsets if rule is not None else None
@@ -231,7 +231,7 @@ def settle_rule(settings: RuleSettings, labelling: Labelling, annotator, split: 
 def fit_rule_now(settings: RuleSettings, labelling: Labelling, annotator, validation_rows):
     """A decision rule fit on up to 400 seeded validation rows, labelled as this run labels them."""
     from .decision import fit_rule_on
-    from .examples import sample_rows
+    from ..data.examples import sample_rows
 
     val = sample_rows(validation_rows, 400, settings.seed)
     preds = dataclasses.replace(labelling, rule=None).label(annotator, val, settings.mode, settings.batch_size,
@@ -244,8 +244,8 @@ def fit_rule_now(settings: RuleSettings, labelling: Labelling, annotator, valida
 def task_spec(name: str, merge: str | None = None):
     """A task by name (tasks/NAME.yaml), by a YAML file's path, or a hub dataset id (owner/name)
     with 'text' and 'label' columns; merged by `merge`."""
-    from .examples import hub_task
-    from .task import TASKS_DIR, load_task
+    from ..data.examples import hub_task
+    from ..data.task import TASKS_DIR, load_task
 
     if "/" in name and not name.endswith((".yaml", ".yml")) and not (TASKS_DIR / f"{name}.yaml").exists():
         return hub_task(name).merged(merge)
@@ -257,7 +257,7 @@ def from_source(name: str, merge: str | None, prompt: dict, tokenizer, kind_of, 
     """A labelling of a dataset folder (its rows, prompt and merge as built), or of a task spec
     (`task_spec`; its rows split by examples.prepare_splits with `seed` and `split_options`,
     rendered with `prompt`). kind_of(task type) -> kind (models.resolve_kind on the model's config)."""
-    from .examples import load_dataset_folder
+    from ..data.examples import load_dataset_folder
 
     if Path(name).is_dir():
         splits, manifest, spec = load_dataset_folder(name)
@@ -273,8 +273,8 @@ def from_source(name: str, merge: str | None, prompt: dict, tokenizer, kind_of, 
 def from_task(spec, prompt: dict, tokenizer, kind_of, seed: int = 42, **split_options) -> Labelling:
     """A labelling of a task spec's rows: split by examples.prepare_splits (`seed`, `split_options`:
     its ratios, balancing, caps, max_words, resplit) and rendered with `prompt`."""
-    from .examples import prepare_splits
-    from .prompts import Prompter
+    from ..data.examples import prepare_splits
+    from ..data.prompts import Prompter
 
     kind = kind_of(spec.type)
     prompter = Prompter(spec, prompt.get("template", "auto"), prompt.get("with_definitions", True), tokenizer,
@@ -286,7 +286,7 @@ def from_task(spec, prompt: dict, tokenizer, kind_of, seed: int = 42, **split_op
 def from_adapter(folder, merge: str | None = None) -> Labelling:
     """An adapter's labelling without rows: its record, the labels it scores and gives (a merge
     after prediction: its own, or `merge` for an adapter of the finer labels)."""
-    from .task import spec_from_saved
+    from ..data.task import spec_from_saved
 
     record = read_adapter_info(folder)
     if merge and record.merge:
@@ -316,7 +316,7 @@ def from_adapters(adapters, merge: str | None = None, rows: bool = True) -> Labe
 
 def adapter_rows(labelling: Labelling) -> tuple:
     """({split: rows}, source) an adapter was trained on, with labels of the labels it gives."""
-    from .examples import load_dataset_folder, rows_by_ids, split_summary
+    from ..data.examples import load_dataset_folder, rows_by_ids, split_summary
 
     record, folder = labelling.record, labelling.record.dataset
     if not Path(folder).is_dir():

@@ -12,7 +12,7 @@ from itertools import combinations
 import numpy as np
 
 from . import estimators, inference
-from .cli import UserError
+from ..base.cli import UserError
 
 
 @dataclass
@@ -277,7 +277,7 @@ def effective_sizes(results: list, n: int, size: int) -> dict:
 # ---------------------------------------------------------------- output files
 def write_estimates(out_dir, summary: dict, results: list, n_eff: dict, planned: dict | None) -> None:
     """estimates.json, estimates.md and forest.png, staged and published together."""
-    from .files import atomic_write_json, atomic_write_text, publish_dir, staging_dir
+    from ..base.files import atomic_write_json, atomic_write_text, publish_dir, staging_dir
 
     rows = {}
     for r in results:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cli import UserError
-from .corpus import PREDICTION, PROB, ROW
-from .files import file_sha256
-from .labels import norm_label
-from .tables import read_frame
+from ..base.cli import UserError
+from ..labelling.corpus import PREDICTION, PROB, ROW
+from ..base.files import file_sha256
+from ..data.labels import norm_label
+from ..base.tables import read_frame
 
 BLANK = "(blank)"  # the group of blank (or NaN) cells of a --by / --stratify_by column
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .cli import UserError
+from ..base.cli import UserError
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .cli import UserError
-from .faults import crash_point
-from .files import append_jsonl, read_jsonl
+from ..base.cli import UserError
+from ..base.faults import crash_point
+from ..base.files import append_jsonl, read_jsonl
 
 
 def parse_save_epochs(text, last) -> tuple:

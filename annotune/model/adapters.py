@@ -8,9 +8,9 @@ import os
 import re
 from pathlib import Path
 
-from .cli import UserError
-from .faults import crash_point
-from .files import atomic_write_json, file_sha256, publish_dir, remove_dir, staging_dir
+from ..base.cli import UserError
+from ..base.faults import crash_point
+from ..base.files import atomic_write_json, file_sha256, publish_dir, remove_dir, staging_dir
 
 ADAPTER_INFO = "annotune.json"
 # Files a tokenizer may load from: an adapter's must be the ones train.py recorded (tokenizer_files).

@@ -8,8 +8,8 @@ import io
 import os
 from pathlib import Path
 
-from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, run_manifest
-from .labels import INVALID
+from ..base.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, run_manifest
+from ..data.labels import INVALID
 
 
 def _fmt(value, digits=3):

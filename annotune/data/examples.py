@@ -17,7 +17,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from .cli import UserError
+from ..base.cli import UserError
 from .labels import raw_key
 from .sources import load_hub_rows, load_source_rows
 from .task import TaskSpec, adhoc_spec, sorted_labels, spec_from_saved, template_fields
@@ -428,7 +428,7 @@ def write_dataset_folder(out_dir: Path, splits: dict, manifest: dict, overwrite:
     """Write the dataset, manifest.json, preview.jsonl and task.yaml atomically; returns the preview."""
     import yaml
 
-    from .files import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
+    from ..base.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, ensure_new_path, publish_dir, \
         remove_dir, staging_dir
 
     out_dir = Path(out_dir)

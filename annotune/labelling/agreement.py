@@ -7,14 +7,14 @@ from __future__ import annotations
 from itertools import combinations
 from pathlib import Path
 
-from .cli import UserError
-from .tables import read_table
+from ..base.cli import UserError
+from ..base.tables import read_table
 from .metrics import cohen_kappa
 
 
 def load_annotations(paths, spec, id_column: str = "id", label_column: str = "User label") -> tuple:
     """({annotator: {id: label}}, {id: text}) with labels mapped into the task's (merged) label set."""
-    from .examples import text_of
+    from ..data.examples import text_of
 
     humans, texts = {}, {}
     for path in paths:

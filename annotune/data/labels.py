@@ -7,7 +7,7 @@ import ast
 import json
 from dataclasses import dataclass
 
-from .cli import UserError
+from ..base.cli import UserError
 
 INVALID = "<invalid>"  # a generated answer that names no label: counted, scored as wrong
 

@@ -17,10 +17,10 @@ import os
 import shutil
 from pathlib import Path
 
-from .cli import UserError
-from .faults import crash_point
-from .files import atomic_write_json, disk_space, file_sha256, publish_mode
-from .tables import infer_format, iter_rows, streaming_formats, table_format, table_names
+from ..base.cli import UserError
+from ..base.faults import crash_point
+from ..base.files import atomic_write_json, disk_space, file_sha256, publish_mode
+from ..base.tables import infer_format, iter_rows, streaming_formats, table_format, table_names
 
 ROW, PREDICTION, TRUNCATED, PROB = "row", "prediction", "truncated", "prob_"
 SETTINGS = "settings.json"
@@ -252,3 +252,49 @@ def runs_of(numbers: list) -> list:
         else:
             out.append([n])
     return out
+
+
+def annotate_file(labelling, annotator, path: str, text_column: str, store: PartStore, batch_size: int = 16,
+                  mode: str = "score", chunk_rows: int = 256, rank: int = 0, world: int = 1,
+                  stop_after_chunks: int = 0, progress: bool = True, input_columns=None, **label_kwargs) -> dict:
+    """Label the rows of `path` that no part holds yet, this process's chunks only: input columns,
+    prediction, prob_<label>, truncated (1: the text was cut to fit the model), labelled through
+    `labelling` (contract.Labelling.label); under a fitted decision rule the probabilities are its
+    calibrated ones. input_columns: check_input's (default: read again). Returns the row count and
+    the columns for the join."""
+    input_columns = input_columns if input_columns is not None else check_input(path, text_column)[1]
+    columns, bar, labelled, written, total = None, None, 0, 0, 0
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="annotating", unit="row")
+    for chunk_index, chunk in enumerate(iter_input(path, text_column, chunk_rows)):
+        total += len(chunk)
+        if columns is None:
+            columns = output_columns(labelling.reported, input_columns, path)
+        todo = [(n, row) for n, row in chunk if not store.done(n)] if chunk_index % world == rank else []
+        if bar is not None:
+            bar.update(len(chunk) * (world if chunk_index % world == rank else 0))
+        if not todo:
+            continue
+        rows = [{"text": str(row[text_column] or ""), "id": str(n)} for n, row in todo]
+        preds = [dict(p, probs=p["calibrated_probs"]) if "calibrated_probs" in p else p
+                 for p in labelling.label(annotator, rows, mode, batch_size, **label_kwargs)]
+        records = {n: record_of(n, row, pred) for (n, row), pred in zip(todo, preds)}
+        for numbers in runs_of([n for n, _ in todo]):
+            store.write([records[n] for n in numbers], columns)
+        labelled, written = labelled + len(todo), written + 1
+        if stop_after_chunks and written >= stop_after_chunks:
+            return {"interrupted": True, "labelled": labelled}
+    if bar is not None:
+        bar.close()
+    if columns is None:
+        raise UserError(f"--predict_file {path} has no rows")
+    return {"interrupted": False, "labelled": labelled, "columns": columns, "total": total}
+
+
+def record_of(number: int, row: dict, pred: dict) -> dict:
+    record = {**row, ROW: number, PREDICTION: pred["prediction"], TRUNCATED: int(bool(pred.get("truncated")))}
+    for label, value in (pred.get("probs") or {}).items():
+        record[f"{PROB}{label}"] = value
+    return record

@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UserError
-from .files import remove_dir
+from ..base.cli import UserError
+from ..base.files import remove_dir
 
 # Flags that may differ on resume: where and how output is shown, not what is trained.
 FREE_ON_RESUME = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "quiet", "report_to",
@@ -47,7 +47,7 @@ def open_run_folder(out: Path, arguments: dict, checkpoints: Path, overwrite: bo
     train.py's ({flag: value}; a resume's must match the manifest's); overwrite: replace a folder
     that holds a run; resume_from: 'latest' or a checkpoint folder; inputs: paths that a replaced
     folder must not hold."""
-    from .files import ensure_new_path
+    from ..base.files import ensure_new_path
 
     out = Path(out)
     replacing = overwrite and not resume_from

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .cli import UserError
-from .prompts import encode_example, encode_prompt
+from ..base.cli import UserError
+from ..data.prompts import encode_example, encode_prompt
 
 DEFAULT_EPOCHS, MIN_STEPS, MAX_DEFAULT_EPOCHS = 3, 150, 50  # train.py's --epoch default (see default_epochs)
 
@@ -48,8 +48,8 @@ def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_targe
 def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int) -> None:
     """Print one rendered example with the loss span marked, trainable parameters, dropped examples
     (data: train.py's TrainingData)."""
-    from .examples import data_report
-    from .prompts import mark_loss_span
+    from ..data.examples import data_report
+    from ..data.prompts import mark_loss_span
 
     labelling, prompter, stats, example = data.labelling, data.prompter, data.stats, data.train_rows[0]
     spec, kind = labelling.reported, labelling.kind
@@ -140,9 +140,9 @@ def for_training(settings: DataSettings, tokenizer, config, default_task: str):
     the merge, prompted as the settings say; merge_at 'auto' resolved (contract.merge_at)."""
     from pathlib import Path
 
-    from .contract import from_source, merge_at, scoring_finer
-    from .models import resolve_kind
-    from .task import TASKS_DIR
+    from ..labelling.contract import from_source, merge_at, scoring_finer
+    from ..model.models import resolve_kind
+    from ..data.task import TASKS_DIR
 
     name = settings.dataset_name
     if name and not Path(name).is_dir() and "/" not in name and not name.endswith((".yaml", ".yml")) \
@@ -160,7 +160,7 @@ def for_training(settings: DataSettings, tokenizer, config, default_task: str):
 def load_training_data(settings: DataSettings, tokenizer, config, default_task: str) -> TrainingData:
     """The labelling of train.py's data (for_training), the sampled training and validation rows,
     and the tokenised training examples."""
-    from .examples import sample_rows
+    from ..data.examples import sample_rows
 
     labelling, where = for_training(settings, tokenizer, config, default_task)
     data = TrainingData(labelling, labelling.prompter(tokenizer), merge_at=where)
