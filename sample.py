@@ -69,7 +69,7 @@ def output_paths(args):
         base = old.with_name(old.name.removesuffix(".json"))
         return (Path(args.new_design or f"{base}.add{args.add}.json"),
                 Path(args.sheet or f"{base}.add{args.add}.sheet.csv"))
-    base = stem.with_name(stem.name.removesuffix(".csv"))
+    base = stem.with_suffix("")  # labeled.csv, labeled.jsonl -> labeled
     return Path(args.design or f"{base}.design.json"), Path(args.sheet or f"{base}.sheet.csv")
 
 

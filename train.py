@@ -191,15 +191,6 @@ def build_model(args, data: TrainingData, tokenizer):
                     args.lora_speedups == "on")
 
 
-def data_settings(args):
-    from annotune.training.training_set import DataSettings
-
-    return DataSettings(dataset_name=args.dataset_name, task=args.task, merge=args.merge, merge_at=args.merge_at,
-                        template=args.template, with_definitions=not args.without_definitions, mode=args.mode,
-                        seed=args.seed, max_train_samples=args.max_train_samples,
-                        max_eval_samples=args.max_eval_samples, max_seq_length=args.max_seq_length)
-
-
 def schedule_of(args):
     from annotune.training.trainer import Schedule
 
@@ -220,11 +211,12 @@ def loss_options(args, data: TrainingData):
 
 def resolved_arguments(args, data: TrainingData) -> argparse.Namespace:
     """The flags with the defaults that depend on the data resolved (before the run folder is
-    opened, so that a resume compares the values used): --merge_at auto, --balance auto, and
-    --epoch's default (3, more on small data)."""
+    opened, so that a resume compares the values used): where a merge applies
+    (contract.resolved_flags), --balance auto, and --epoch's default (3, more on small data)."""
+    from annotune.labelling.contract import resolved_flags
     from annotune.training.training_set import DEFAULT_EPOCHS, MIN_STEPS, default_epochs
 
-    resolved = {"merge_at": data.merge_at}
+    resolved = resolved_flags(data.labelling)
     if args.balance == "auto":
         scored = data.labelling.scored
         resolved["balance"] = "oversample" if scored.type == "classification" and data.labelling.kind != "classifier" \
@@ -345,12 +337,14 @@ def main(argv=None):
     from annotune.training.resume import check_same_precision, checkpoint_step, open_run_folder
     from annotune.training.epoch_end import stop_on_ctrl_c
     from annotune.training.trainer import AnnotuneTrainer, trainer_arguments
+    from annotune.labelling.contract import TrainingSource
     from annotune.training.training_set import load_training_data
 
     started = time.time()
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
-    data = load_training_data(data_settings(args), tokenizer, load_config(args.model_name), DEFAULT_TASK)
+    source = TrainingSource.from_flags(vars(args))
+    data = load_training_data(source, tokenizer, load_config(args.model_name), DEFAULT_TASK)
     args = resolved_arguments(args, data)
     if (args.balance != "none" or args.class_weights != "none") and data.labelling.scored.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")

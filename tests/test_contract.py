@@ -97,7 +97,7 @@ def test_a_merge_lives_in_at_most_three_package_modules():
     labels.py maps a prediction through it, contract.py decides which labels are scored and given;
     the scripts name them only as flags."""
     words = re.compile(r"\b(merge_after|unmerged|merge_map|merge_at)\b")
-    modules = sorted(p.name for p in (REPO / "annotune").glob("*.py") if words.search(p.read_text()))
+    modules = sorted(p.name for p in (REPO / "annotune").rglob("*.py") if words.search(p.read_text()))
     assert modules == ["contract.py", "labels.py", "task.py"]
     for script in ("train.py", "evaluate.py", "export.py", "preprocess.py"):
         uses = [line for line in (REPO / script).read_text().splitlines() if words.search(line)]

@@ -35,7 +35,7 @@ def peft_logits(base_dir, adapter, kind, ids, labels=None):
 
 def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annotunes_labels(
         in_tmp, causal_adapter, tiny_llama_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from annotune.labelling.annotator import load_annotator
     from annotune.labelling.contract import from_adapter

@@ -143,3 +143,24 @@ def test_a_prompt_template_registered_alone_is_accepted_by_preprocess_and_train(
                                 "--output_dir", "run"]) == 0
     record = json.loads(next((in_tmp / "run").glob("*/annotune.json")).read_text())
     assert record["prompt"]["template"] == "plain"
+
+
+def test_a_corpus_labelled_into_jsonl_is_sampled_into_a_tsv_sheet_and_estimated(in_tmp, pol_run):
+    """The registered formats end to end: evaluate.py writes the labelled corpus as JSON Lines (in
+    parts, resumably), sample.py reads it and writes a TSV sheet, estimate.py reads both; a JSON
+    list (not written in parts) is refused as a labelled output in one line."""
+    posts = in_tmp / "posts.csv"
+    posts.write_text("text\n" + "".join(f"post number {i} about guns\n" for i in range(40)))
+    label = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--quiet"]
+    assert run_script("evaluate", label + ["--output", "bad.json"]) == 2
+    assert run_script("evaluate", label + ["--output", "out.jsonl", "--chunk_rows", 16]) == 0
+    rows = [json.loads(line) for line in (in_tmp / "out.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rows] == list(range(40)) and all("prediction" in r for r in rows)
+    assert run_script("sample", ["--corpus", "out.jsonl", "--n", 20, "--sheet", "s.tsv"]) == 0
+    lines = (in_tmp / "s.tsv").read_text().splitlines()
+    assert lines[0] == "row\ttext\tlabel" and len(lines) == 21
+    labels = sorted({r["prediction"] for r in rows})
+    (in_tmp / "done.tsv").write_text("\n".join([lines[0]] + [f"{line}{labels[k % len(labels)]}"
+                                                             for k, line in enumerate(lines[1:])]) + "\n")
+    assert run_script("estimate", ["--corpus", "out.jsonl", "--sheet", "done.tsv", "--design", "out.design.json"]) == 0
+    assert json.loads((in_tmp / "out.estimates" / "estimates.json").read_text())["labelled"] == 20

@@ -174,21 +174,40 @@ class disk_space:
         return False
 
 
+class atomic_path:
+    """A file written whole or not at all: `with atomic_path(path) as tmp:` write tmp (a fresh file
+    in the same folder); on leaving, it is given a plain file's mode and renamed onto path; on an
+    error it is removed (a full disk: one line naming what). Every file annotune publishes goes
+    through here (atomic_write_text, plots, a labelled corpus's parts and join)."""
+
+    def __init__(self, path, what: str | None = None):
+        self.path, self.what = Path(path), what or str(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, kind, err, tb):
+        if err is None:
+            try:
+                publish_mode(self.tmp)
+                os.replace(self.tmp, self.path)
+                return False
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)
+                raise
+        self.tmp.unlink(missing_ok=True)
+        return disk_space(self.tmp, self.what).__exit__(kind, err, tb)
+
+
 def atomic_write_text(path, text: str) -> Path:
     """Write text to path through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with disk_space(tmp, str(path)), os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(path)
 
 
 def atomic_write_json(path, obj) -> Path:

