@@ -138,20 +138,20 @@ def same_labels(a, b):
 
 
 @pytest.mark.slow
-def test_annotating_10k_rows_interrupted_and_resumed_with_another_chunk_size(in_tmp, pol_run):
-    posts = write_posts(in_tmp / "posts.csv", 10_000)
+def test_annotating_2k_rows_interrupted_and_resumed_with_another_chunk_size(in_tmp, pol_run):
+    posts = write_posts(in_tmp / "posts.csv", 2_000)
     argv = ["--adapters_name", pol_run[-1], "--predict_file", posts, "--text_column", "body", "--output", "out.csv",
             "--batch_size", 64, "--quiet"]
-    assert run_script("evaluate", argv + ["--chunk_rows", 1000, "--stop_after_chunks", 3]) == 0
+    assert run_script("evaluate", argv + ["--chunk_rows", 200, "--stop_after_chunks", 3]) == 0
     assert not (in_tmp / "out.csv").exists()
     assert sorted(p.name for p in (in_tmp / "out.csv.parts").glob("r*.csv")) == [
-        f"r{a:012d}-{a + 1000:012d}.csv" for a in (0, 1000, 2000)]
+        f"r{a:012d}-{a + 200:012d}.csv" for a in (0, 200, 400)]
     # A crash in the middle of writing the fourth part leaves only its temporary file behind.
-    (in_tmp / "out.csv.parts" / ".r000000003000-000000004000.csv.1.tmp").write_text("3000,p3000,torn")
-    assert run_script("evaluate", argv + ["--chunk_rows", 700]) == 0
+    (in_tmp / "out.csv.parts" / ".r000000000600-000000000800.csv.1.tmp").write_text("600,p600,torn")
+    assert run_script("evaluate", argv + ["--chunk_rows", 140]) == 0
     rows = read_labelled(in_tmp / "out.csv")
-    assert [int(r["row"]) for r in rows] == list(range(10_000))
-    assert [r["post_id"] for r in rows] == [f"p{i}" for i in range(10_000)]
+    assert [int(r["row"]) for r in rows] == list(range(2_000))
+    assert [r["post_id"] for r in rows] == [f"p{i}" for i in range(2_000)]
     assert {r["prediction"] for r in rows} <= {"polarized", "unpolarized", "other"}
     assert all(abs(sum(float(r[f"prob_{l}"]) for l in ("polarized", "unpolarized", "other")) - 1) < 1e-3 for r in rows[:50])
     assert not (in_tmp / "out.csv.parts").exists()

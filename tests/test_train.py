@@ -27,7 +27,8 @@ def read_log(run):
 def test_politosphere_three_epochs_three_adapters_and_steps_mode(in_tmp, tiny_llama_dir, capsys):
     argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training",
             "--model_name", tiny_llama_dir, "--template",
-            "llama2-chat", "--epoch", 3, "--save_epochs", "1,2,3", "--quiet", "--max_eval_samples", 10]
+            "llama2-chat", "--epoch", 3, "--save_epochs", "1,2,3", "--quiet", "--max_eval_samples", 10,
+            "--max_train_samples", 32]
     assert run_script("train", argv) == 0
     run = in_tmp / "runs" / f"{os.path.basename(tiny_llama_dir)}-politosphere-pol_unpol_oth"
     adapters = sorted(p.name for p in run.iterdir() if p.name.endswith(("epoch1", "epoch2", "epoch3")))
@@ -262,12 +263,12 @@ def test_two_process_data_parallel(in_tmp, tiny_llama_dir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            str(REPO / "train.py"), "--task", "politosphere", "--model_name", tiny_llama_dir, "--template", "alpaca",
            "--epoch", 1, "--balance", "none", "--train_batch_size", 4, "--quiet", "--record_examples", "--output_dir", "ddp",
-           "--max_eval_samples", 5]
+           "--max_eval_samples", 5, "--max_train_samples", 40]
     out = subprocess.run([str(c) for c in cmd], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = [json.loads((in_tmp / "ddp" / f"examples_seen.rank{r}.json").read_text()) for r in (0, 1)]
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
-    assert len(seen[0]) + len(seen[1]) >= 90 - 4  # every example but one short batch (23 batches, 11 per process)
+    assert len(seen[0]) + len(seen[1]) == 40  # every example once (10 batches of 4, 5 per process)
     manifest = json.loads((in_tmp / "ddp" / "manifest.json").read_text())
     assert manifest["num_processes"] == 2
     assert len([p for p in (in_tmp / "ddp").iterdir() if p.name.endswith("epoch1")]) == 1
@@ -313,11 +314,12 @@ def test_gold_label_outside_the_label_set(in_tmp, tiny_llama_dir, capsys):
 
 def test_eval_every_n_steps_early_stopping_and_keep_best(in_tmp, tiny_llama_dir):
     argv = ["--task", "politosphere", "--merge", "supp_anti_oth", "--model_name", tiny_llama_dir, "--template",
-            "alpaca", "--quiet", "--max_eval_samples", 6, "--learning_rate", "1e-9", "--balance", "none"]
-    assert run_script("train", argv + ["--epoch", 1, "--eval_strategy", "steps", "--eval_steps", 4,
+            "alpaca", "--quiet", "--max_eval_samples", 6, "--learning_rate", "1e-9", "--balance", "none",
+            "--max_train_samples", 48]
+    assert run_script("train", argv + ["--epoch", 1, "--eval_strategy", "steps", "--eval_steps", 2,
                                        "--output_dir", "s"]) == 0
     evals = [r for r in read_log(in_tmp / "s") if r["type"] == "eval"]
-    assert [r["step"] for r in evals] == [4, 8, 12]  # 90 examples, batch 8: 12 steps
+    assert [r["step"] for r in evals] == [2, 4, 6]  # 48 examples, batch 8: 6 steps
     # A learning rate of 1e-9 changes nothing: no epoch beats the first, so patience 1 stops after epoch 2.
     assert run_script("train", argv + ["--epoch", 5, "--early_stopping_patience", 1, "--keep_best",
                                        "--output_dir", "e"]) == 0
@@ -338,7 +340,13 @@ def test_classifier_head_is_trainable(tiny_bert_dir):
 
 @pytest.mark.slow
 def test_unreachable_hub_dataset_is_refused(in_tmp, tiny_llama_dir, capsys, monkeypatch):
+    import datasets
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # As a command started with HF_HUB_OFFLINE=1 has it: the libraries read it when imported.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     assert run_script("train", ["--dataset_name", "nope/nope", "--model_name", tiny_llama_dir, "--output_dir", "o",
                                 "--quiet"]) == 2
     assert "could not load hub dataset" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 (task data, a corpus to label and the labelled corpus, annotation sheets, annotators' label files,
 merged files). A format is one `TableFormat` in TABLE_FORMATS: the file endings that mean it, how
 its rows are read (streamed, values as read) and how rows are written; adding one there is all a
-new format needs (tests/test_layout.py adds one and reads it as a corpus and a sheet, and writes
+new format needs (tests/test_registries.py adds one and reads it as a corpus and a sheet, and writes
 it as a sheet).
 
 Two layouts of task data are not tables and have no writer: `textdir` (a folder of

@@ -2,7 +2,7 @@
 probability, written as a design file that estimate.py checks. The sampling designs are one
 registry (DESIGNS); an entry declares its parameters (sample.py's flags), how pi is computed, how
 rows are drawn, how a design file of it is checked, and its variance; adding one there is all a new
-design needs (tests/test_estimates.py registers one, draws with sample.py and estimates with
+design needs (tests/test_registries.py registers one, draws with sample.py and estimates with
 estimate.py).
 - uniform: a simple random sample without replacement of n rows (stratified with proportional
   allocation under --stratify_by); a top-up draws more rows from those not drawn, so the union is

@@ -3,7 +3,7 @@ is computed from the model's outputs and the human sample, and how it is shown (
 estimates.md and estimates.json, its colour in forest.png, its line in estimate.py --help, the
 flags of its parameters). findings.py runs every registered estimator on every quantity (shares,
 shares by group, differences, regression coefficients); adding an entry here is all a new
-estimator needs (tests/test_estimates.py registers one and finds it in every output).
+estimator needs (tests/test_registries.py registers one and finds it in every output).
 
 An estimator's `fit` gets an `Inputs` and returns an inference.Estimate. One that uses the human
 sample gets "not estimable" where a group holds fewer than 2 labelled rows, its differences from
