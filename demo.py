@@ -65,7 +65,7 @@ def main(argv=None):
     quiet_libraries()
     from pathlib import Path
 
-    import evaluate
+    import evaluate  # this repository's evaluate.py (the hub's `evaluate` package is not a dependency)
     import preprocess
     import train
     from annotune.model.adapters import adapters_in
