@@ -3,7 +3,7 @@ definitions, prompt text, data sources and label merges. This module reads and v
 turning a source row into an example lives in examples.py, label matching and merges in labels.py.
 
 Every key, its default and meaning, and a worked example per data layout: docs/tasks.md (the
-schema itself is annotune/schema.py; an unknown key anywhere is refused with the closest valid
+schema itself is annotune/data/schema.py; an unknown key anywhere is refused with the closest valid
 one). Reading the rows of each layout lives in sources.py.
 """
 from __future__ import annotations

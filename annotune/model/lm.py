@@ -61,8 +61,8 @@ def hidden_states(model, input_ids, attention_mask, prefix_kv=None, split: bool 
     """Last hidden states of a (right- or left-padded) batch, optionally on top of a shared prefix:
     through a key/value cache expanded along the batch, or with `split` the prefix attended to
     without a copy per example and the own tokens run without their padding
-    (annotune.prefix_attention; training on models it supports). checkpoint: each decoder layer's
-    activations recomputed in the backward (annotune.checkpointing)."""
+    (annotune.model.prefix_attention; training on models it supports). checkpoint: each decoder layer's
+    activations recomputed in the backward (annotune.model.checkpointing)."""
     from .checkpointing import checkpointed
 
     decoder, _, config = decoder_and_head(model)

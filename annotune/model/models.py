@@ -369,8 +369,8 @@ def load_model(name: str, kind: str = "causal", quantization: str = "auto", num_
 def add_lora(model, kind: str, r: int, alpha: int, dropout: float, target_modules: str = "all-linear",
              speedups: bool = True):
     """The model wrapped with fresh LoRA adapters (a classification head stays fully trainable).
-    speedups (train.py --lora_speedups): LoRA's dropout as annotune.lora_dropout draws and shares it,
-    and its update inside the base layer's GEMM (annotune.lora_update); else PEFT's own forward."""
+    speedups (train.py --lora_speedups): LoRA's dropout as annotune.model.lora_dropout draws and shares it,
+    and its update inside the base layer's GEMM (annotune.model.lora_update); else PEFT's own forward."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

@@ -9,8 +9,8 @@ cache. Everything else is the Trainer's: optimizer, scheduler, gradient accumula
 mixed precision, DDP / FSDP / DeepSpeed through accelerate, `--report_to` trackers, and
 checkpoints that hold the trainable weights, optimizer, scheduler, trainer state and every RNG
 state (Python, NumPy, torch CPU and CUDA), so a resumed run continues where it stopped.
-What it trains on is annotune.training_set's; what happens at an epoch's end (validation, adapters
-kept, early stopping) is annotune.epoch_end's callback.
+What it trains on is annotune.training.training_set's; what happens at an epoch's end (validation, adapters
+kept, early stopping) is annotune.training.epoch_end's callback.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class LossModule(torch.nn.Module):
     def __init__(self, model, kind, prefix_ids=None, weights=None, autocast: bool = False, checkpoint: bool = False):
         super().__init__()
         self.model, self.kind, self.autocast = model, kind, autocast
-        self.checkpoint = checkpoint  # the causal path's layers checkpointed (annotune.checkpointing)
+        self.checkpoint = checkpoint  # the causal path's layers checkpointed (annotune.model.checkpointing)
         self.prefix_ids = list(prefix_ids or [])
         self.register_buffer("weights", weights if weights is not None else torch.empty(0), persistent=False)
         # The Trainer must not move a bitsandbytes model (it is placed at load time).
@@ -198,7 +198,7 @@ class LossOptions:
 def gradient_checkpointing(mode: str, model, kind: str) -> bool:
     """Whether the layers' activations are recomputed in the backward (train.py --gradient_checkpointing):
     auto = on for a model on CUDA (memory is what is short there), off on the CPU (speed is). The
-    causal path checkpoints its own way (annotune.checkpointing, keeping the shared prefix); the
+    causal path checkpoints its own way (annotune.model.checkpointing, keeping the shared prefix); the
     classification-head and seq2seq paths by transformers' (they have no prefix)."""
     from ..model.checkpointing import supported
 
