@@ -78,6 +78,21 @@ def parse_args(argv=None):
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
     g.add_argument("--bertscore_model", default="minilm-l6", help="BERTScore model, 'none' to skip (default: minilm-l6)")
     g.add_argument("--bertscore_layers", type=int, default=6, help="BERTScore layer (default: 6, MiniLM's last)")
+    add_report_flags(p)
+    add_annotation_flags(p)
+    add_few_shot_flags(p)
+    args = p.parse_args(argv)
+    check_ranges(p, args, {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
+                           "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
+                           "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0"),
+                           "bf16_tie_margin": (0, None, "at least 0"), "few_shot": (0, None, "at least 0")})
+    if not args.adapters_name and not args.base_only:
+        p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
+    note_unused(p, args)
+    return args
+
+
+def add_report_flags(p) -> None:
     g = p.add_argument_group("reports")
     g.add_argument("--table", action="store_true", help="per-epoch table: accuracy/F1 on train and validation")
     g.add_argument("--annotations", nargs="+", help="other annotators' label files for kappa model-vs-human")
@@ -85,16 +100,6 @@ def parse_args(argv=None):
     g.add_argument("--annotation_id_column", default="id", help="id column in --annotations (default: id)")
     g.add_argument("--output_dir", help="results folder (default: runs/eval/<task>-<time>); never overwritten")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_annotation_flags(p)
-    args = p.parse_args(argv)
-    check_ranges(p, args, {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
-                           "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
-                           "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0"),
-                           "bf16_tie_margin": (0, None, "at least 0")})
-    if not args.adapters_name and not args.base_only:
-        p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
-    note_unused(p, args)
-    return args
 
 
 def add_annotation_flags(p) -> None:
@@ -107,8 +112,25 @@ def add_annotation_flags(p) -> None:
     g.add_argument("--stop_after_chunks", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
 
 
+def add_few_shot_flags(p) -> None:
+    from annotune.labelling.shots import selector_names
+
+    g = p.add_argument_group("few-shot (with --base_only)")
+    g.add_argument("--few_shot", type=int, default=0,
+                   help="also score the untuned base with K training rows as examples before every text, a row "
+                        "beside its zero-shot one (default: 0, none)")
+    g.add_argument("--shot_selector", choices=selector_names(), default="stratified",
+                   help="which training rows: stratified (spread over the labels) or fixed (drawn), both seeded by "
+                        "--seed (default: stratified)")
+
+
 def note_unused(p, args) -> None:
-    """A flag given that this call does not use is named, not silently dropped."""
+    """A flag given that this call does not use is named, not silently dropped (refused where
+    dropping it would give another result than asked for)."""
+    if args.few_shot and not args.base_only:
+        p.error("--few_shot scores the untuned base: give --base_only")
+    if args.predict_file:
+        note_ignored(p, args, ("few_shot", "shot_selector"), "--predict_file labels with one model, zero-shot")
     if args.adapters_name and not args.base_only:
         note_ignored(p, args, ("task", "dataset_name", "template", "without_definitions"),
                      "an adapter brings its own task, data and prompt (they apply to --base_only)")
@@ -187,6 +209,8 @@ def evaluate_models(args, labelling, adapters, base, staging, bases):
         if adapter is not None:
             unfold_lora(annotator.model)
             annotator.model.unload()  # detach the adapter; the base model serves the next one
+    if base is not None and args.few_shot:
+        results += few_shot_results(args, labelling, base, splits, adapters, bert)
     if spec.type == "classification":
         add_baseline_differences(results, spec.label_names, args.bootstrap, args.seed)
     for r in results:
@@ -216,6 +240,32 @@ def evaluate_split(args, model_labelling, annotator, name: str, split: str, adap
               f"(flagged 'truncated' in predictions.jsonl)")
     return {"name": name, "split": split, "metrics": metrics, "records": records,
             "epoch": model_labelling.record and model_labelling.record.epoch, "adapter": model_labelling.adapter}, split_labelling
+
+
+def few_shot_results(args, labelling, base, splits, adapters, bert) -> list:
+    """The untuned base with --few_shot training rows as examples before every text (labelling/shots.py),
+    on each split, as one more model: its rule fit on validation rows as the zero-shot base's is."""
+    import copy
+    from dataclasses import replace
+
+    from annotune.data.examples import pick_split
+    from annotune.labelling.shots import choose_shots
+
+    evaluated = [r["id"] for split in {*splits, "validation"} for r in labelling.splits.get(split) or []]
+    shots = choose_shots(labelling.splits.get("train") or [], args.few_shot, args.shot_selector,
+                         labelling.reported.label_names, args.seed, evaluated)
+    shot_labelling = replace(labelling.for_model(None), prompt={**labelling.prompt, "shots": shots})
+    annotator = copy.copy(base)
+    annotator.prompter, annotator._completion_cache = shot_labelling.prompter(base.tokenizer), {}
+    annotator.name = f"{base.name} {args.few_shot}-shot {args.shot_selector}"
+    results = []
+    for split in splits:
+        rows = pick_split(shot_labelling.splits, split, args.max_samples, args.seed)
+        assert not {s["id"] for s in shots} & {r["id"] for r in rows}  # never an evaluated row as an example
+        result, _ = evaluate_split(args, shot_labelling, annotator, annotator.name, split, adapters, bert)
+        result["metrics"]["shots"] = shot_labelling.prompt["shots"]
+        results.append(result)
+    return results
 
 
 def baselines(args, labelling, splits) -> list:

@@ -34,26 +34,48 @@ def quoted_list(names) -> str:
 @dataclass(frozen=True)
 class PromptTemplate:
     """A prompt layout: render(prompter, system, user) -> the prompt text; answer_prefix goes before
-    the answer (the completion); needs_chat_template: it renders with the tokenizer's own."""
+    the answer (the completion); needs_chat_template: it renders with the tokenizer's own;
+    with_shots(prompter, system, user, shots) -> the prompt with examples before the text (shots:
+    (user text, answer) pairs), None where the layout has no way to show them."""
     name: str
     render: Callable
     answer_prefix: str = ""
     needs_chat_template: bool = False
+    with_shots: Callable | None = None
 
 
-def _chat(prompter, system: str, user: str) -> str:
+def _chat(prompter, system: str, user: str, shots=()) -> str:
+    """Shots are earlier turns: the user's text, the assistant's answer."""
     messages = [{"role": "system", "content": system}] if system else []
+    for shot_user, answer in shots:
+        messages += [{"role": "user", "content": shot_user}, {"role": "assistant", "content": answer}]
     messages.append({"role": "user", "content": user})
     return prompter.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def _llama2(prompter, system: str, user: str, shots=()) -> str:
+    """Llama-2's turns: each shot a closed [INST] ... [/INST] answer exchange, EOS and BOS between
+    turns written as the tokenizer's own special tokens (the first BOS is added at tokenisation)."""
+    eos, bos = (getattr(prompter.tokenizer, "eos_token", None) or "</s>"), (getattr(prompter.tokenizer, "bos_token",
+                                                                                     None) or "<s>")
+    turns, first = [], f"<<SYS>>\n{system}\n<</SYS>>\n\n"
+    for shot_user, answer in shots:
+        turns.append(f"[INST] {first}{shot_user} [/INST] {answer} {eos}{bos}")
+        first = ""
+    return "".join(turns) + f"[INST] {first}{user} [/INST]"
+
+
+def _alpaca(prompter, system: str, user: str, shots=()) -> str:
+    """No turns: shots are earlier Input / Response pairs under the instruction."""
+    examples = "".join(f"### Input:\n{shot_user}\n\n### Response:\n{answer}\n\n" for shot_user, answer in shots)
+    return f"{ALPACA_HEADER}\n\n### Instruction:\n{system}\n\n{examples}### Input:\n{user}\n\n### Response:\n"
+
+
 TEMPLATES = (
-    PromptTemplate("chat", _chat, needs_chat_template=True),
+    PromptTemplate("chat", _chat, needs_chat_template=True, with_shots=_chat),
     # llama2-chat puts one space between [/INST] and the answer; the others start the answer fresh.
-    PromptTemplate("llama2-chat", lambda prompter, system, user: f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]",
-                   answer_prefix=" "),
-    PromptTemplate("alpaca", lambda prompter, system, user:
-                   f"{ALPACA_HEADER}\n\n### Instruction:\n{system}\n\n### Input:\n{user}\n\n### Response:\n"),
+    PromptTemplate("llama2-chat", _llama2, answer_prefix=" ", with_shots=_llama2),
+    PromptTemplate("alpaca", _alpaca, with_shots=_alpaca),
     PromptTemplate("seq2seq", lambda prompter, system, user: f"{prompter.spec.prompt.get('seq2seq_prefix', '')}{user}"),
 )
 
@@ -83,17 +105,24 @@ def resolve_template(template: str, tokenizer=None, is_seq2seq: bool = False) ->
 
 
 class Prompter:
-    """Renders prompts and completions for one task spec and one template."""
+    """Renders prompts and completions for one task spec and one template; shots: examples shown
+    before every text ({"id", "text", "label"} rows; few-shot prompting, evaluate.py --few_shot)."""
 
     def __init__(self, spec, template: str = "auto", with_definitions: bool = True, tokenizer=None,
-                 is_seq2seq: bool = False):
+                 is_seq2seq: bool = False, shots=()):
         self.spec = spec
         self.template = resolve_template(template, tokenizer, is_seq2seq)
         self.with_definitions = with_definitions
         self.tokenizer = tokenizer
+        self.shots = list(shots)
+        if self.shots and prompt_template(self.template).with_shots is None:
+            raise UserError(f"template {self.template!r} has no way to show examples; use chat, llama2-chat or alpaca")
 
     def describe(self) -> dict:
-        return {"template": self.template, "with_definitions": self.with_definitions}
+        out = {"template": self.template, "with_definitions": self.with_definitions}
+        if self.shots:
+            out["shots"] = [{"id": s["id"], "text": s["text"], "label": s["label"]} for s in self.shots]
+        return out
 
     def system_text(self) -> str:
         prompt, spec = self.spec.prompt, self.spec
@@ -110,7 +139,11 @@ class Prompter:
         return self.spec.prompt.get("input", "{text}").replace("{text}", text)
 
     def prompt(self, text: str) -> str:
-        return prompt_template(self.template).render(self, self.system_text(), self.user_text(text))
+        layout = prompt_template(self.template)
+        if self.shots:
+            shots = [(self.user_text(s["text"]), s["label"]) for s in self.shots]
+            return layout.with_shots(self, self.system_text(), self.user_text(text), shots)
+        return layout.render(self, self.system_text(), self.user_text(text))
 
     def completion(self, target: str) -> str:
         return prompt_template(self.template).answer_prefix + target

@@ -124,7 +124,7 @@ class Labelling:
 
         template = "auto" if self.kind == "classifier" else self.prompt.get("template", "auto")
         return Prompter(self.scored, template, self.prompt.get("with_definitions", True), tokenizer,
-                        self.kind == "seq2seq")
+                        self.kind == "seq2seq", self.prompt.get("shots", ()))
 
     def label_of_scored(self) -> dict:
         """Each scored label's label given (itself without a merge)."""

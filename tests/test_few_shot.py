@@ -1,0 +1,88 @@
+"""Few-shot rows (evaluate.py --few_shot K): examples from the training split only, rendered as
+earlier turns where a template has them and inline where it has none, held in the prompts' shared
+prefix, and reported beside the zero-shot base."""
+import json
+
+import pytest
+
+from conftest import run_script
+
+SHOTS = [{"id": "a", "text": "guns are great", "label": "polarized"},
+         {"id": "b", "text": "let us talk calmly", "label": "unpolarized"}]
+
+
+def prompter(template, tokenizer, shots=SHOTS):
+    from annotune.data.prompts import Prompter
+    from annotune.data.task import load_task
+
+    return Prompter(load_task("politosphere", "pol_unpol_oth"), template, True, tokenizer, shots=shots)
+
+
+@pytest.mark.parametrize("template", ["chat", "llama2-chat", "alpaca"])
+def test_shots_come_before_the_text_in_every_template_and_share_the_prefix(template, smol_tok):
+    from annotune.model.lm import common_prefix_length
+
+    plain, shown = prompter(template, smol_tok, ()), prompter(template, smol_tok)
+    text = "an oath to the constitution"
+    prompt = shown.prompt(text)
+    # Each example's text and answer, in order, before the text; the zero-shot prompt's system part kept.
+    at = [prompt.index(shown.user_text(s["text"])) for s in SHOTS] + [prompt.rindex(shown.user_text(text))]
+    assert at == sorted(at) and all(prompt.index(s["label"], a) < b for s, a, b in zip(SHOTS, at, at[1:]))
+    assert plain.system_text() in prompt and plain.prompt(text) != prompt
+    if template == "llama2-chat":  # earlier turns closed by EOS and a new BOS, as Llama-2's chat format has them
+        assert prompt.count("[INST]") == 3 and f"{SHOTS[0]['label']} {smol_tok.eos_token}{smol_tok.bos_token}[INST]" in prompt
+    if template == "chat":
+        assert prompt.count("<|im_start|>assistant") == 3  # two answered turns, then the generation prompt
+    # Every prompt holds the examples in the part they share (run once per batch).
+    ids = [smol_tok(shown.prompt(t))["input_ids"] for t in ("one text", "another quite different text")]
+    last_answer = smol_tok(prompt[: prompt.rindex(shown.user_text(text))])["input_ids"]
+    assert common_prefix_length(ids) >= len(last_answer) - 2
+
+
+def test_a_template_without_turns_or_examples_refuses_shots(smol_tok):
+    from annotune.base.cli import UserError
+
+    with pytest.raises(UserError, match="no way to show examples"):
+        prompter("seq2seq", smol_tok)
+
+
+def test_selectors_take_training_rows_seeded_and_stratified_never_an_evaluated_one():
+    from annotune.base.cli import UserError
+    from annotune.labelling.shots import choose_shots
+
+    rows = [{"id": f"r{i}", "text": f"t{i}", "label": label}
+            for i, label in enumerate(["x"] * 30 + ["y"] * 6 + ["z"] * 2)]
+    strat = choose_shots(rows, 6, "stratified", ["x", "y", "z"], seed=1)
+    assert [s["label"] for s in strat] == ["x", "y", "z", "x", "y", "z"]
+    assert choose_shots(rows, 6, "stratified", ["x", "y", "z"], seed=1) == strat
+    assert choose_shots(rows, 6, "stratified", ["x", "y", "z"], seed=2) != strat
+    seven = choose_shots(rows, 7, "stratified", ["x", "y", "z"], seed=1)  # z has 2 rows: the others fill in
+    assert sorted(s["label"] for s in seven).count("z") == 2 and len({s["id"] for s in seven}) == 7
+    fixed = choose_shots(rows, 5, "fixed", ["x", "y", "z"], seed=3)
+    assert fixed == choose_shots(rows, 5, "fixed", ["x", "y", "z"], seed=3) and len({s["id"] for s in fixed}) == 5
+    with pytest.raises(UserError, match="the training split has 38 rows"):
+        choose_shots(rows, 39, "fixed", ["x", "y", "z"], seed=0)
+    with pytest.raises(UserError, match="both an example and a row evaluated"):
+        choose_shots(rows, 38, "fixed", ["x", "y", "z"], seed=0, evaluated_ids=["r5"])
+
+
+def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, capsys):
+    from annotune.labelling.contract import from_adapters
+
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 3, "--output_dir",
+                                   "fs", "--quiet", "--bootstrap", 20, "--max_samples", 12]) == 0
+    folders = sorted(p.name for p in (in_tmp / "fs").iterdir() if p.is_dir())
+    shot_folder = next(f for f in folders if "3-shot_stratified" in f)
+    metrics = json.loads((in_tmp / "fs" / shot_folder / "validation" / "metrics.json").read_text())
+    splits = from_adapters([pol_run[-1]]).splits
+    train_ids, validation_ids = {r["id"] for r in splits["train"]}, {r["id"] for r in splits["validation"]}
+    shot_ids = {s["id"] for s in metrics["shots"]}
+    assert len(shot_ids) == 3 and shot_ids <= train_ids and not shot_ids & validation_ids
+    assert len({s["label"] for s in metrics["shots"]}) == 3  # stratified over pol / unpol / oth
+    comparison = (in_tmp / "fs" / "comparison.md").read_text()
+    assert "3-shot stratified" in comparison and "base:" in comparison
+    with pytest.raises(SystemExit):  # the few-shot row is the base's: without --base_only it is refused
+        run_script("evaluate", ["--adapters_name", pol_run[-1], "--few_shot", 3, "--output_dir", "x"])
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 500,
+                                   "--output_dir", "y", "--quiet"]) == 2
+    assert "the training split has" in capsys.readouterr().err
