@@ -249,21 +249,33 @@ def few_shot_results(args, labelling, base, splits, adapters, bert) -> list:
     from dataclasses import replace
 
     from annotune.data.examples import pick_split
-    from annotune.labelling.shots import choose_shots
+    from annotune.data.prompts import encode_prompt
+    from annotune.labelling.shots import choose_shots, shots_that_fit
 
     evaluated = [r["id"] for split in {*splits, "validation"} for r in labelling.splits.get(split) or []]
     shots = choose_shots(labelling.splits.get("train") or [], args.few_shot, args.shot_selector,
                          labelling.reported.label_names, args.seed, evaluated)
-    shot_labelling = replace(labelling.for_model(None), prompt={**labelling.prompt, "shots": shots})
+    base_labelling = labelling.for_model(None)
+    texts = [r["text"] for split in {*splits, "validation"} for r in labelling.splits.get(split) or []]
+
+    def prompt_tokens(some, text):
+        prompter = replace(base_labelling, prompt={**labelling.prompt, "shots": some}).prompter(base.tokenizer)
+        return len(encode_prompt(base.tokenizer, prompter.prompt(text)))
+
+    fitted = shots_that_fit(shots, prompt_tokens, texts, base.prompt_limit(base.max_label_tokens() + 1))
+    if len(fitted) < len(shots):
+        print(f"note: --few_shot {len(shots)}: {len(fitted)} examples fit the context beside the longest texts; "
+              f"every row gets {len(fitted)}")
+    shot_labelling = replace(base_labelling, prompt={**labelling.prompt, "shots": fitted})
     annotator = copy.copy(base)
     annotator.prompter, annotator._completion_cache = shot_labelling.prompter(base.tokenizer), {}
     annotator.name = f"{base.name} {args.few_shot}-shot {args.shot_selector}"
     results = []
     for split in splits:
         rows = pick_split(shot_labelling.splits, split, args.max_samples, args.seed)
-        assert not {s["id"] for s in shots} & {r["id"] for r in rows}  # never an evaluated row as an example
+        assert not {s["id"] for s in fitted} & {r["id"] for r in rows}  # never an evaluated row as an example
         result, _ = evaluate_split(args, shot_labelling, annotator, annotator.name, split, adapters, bert)
-        result["metrics"]["shots"] = shot_labelling.prompt["shots"]
+        result["metrics"].update(shots=fitted, shots_asked=args.few_shot, shots_used=len(fitted))
         results.append(result)
     return results
 

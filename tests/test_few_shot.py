@@ -66,6 +66,19 @@ def test_selectors_take_training_rows_seeded_and_stratified_never_an_evaluated_o
         choose_shots(rows, 38, "fixed", ["x", "y", "z"], seed=0, evaluated_ids=["r5"])
 
 
+def test_examples_are_lowered_for_every_row_before_a_text_is_cut():
+    from annotune.labelling.shots import shots_that_fit
+
+    def tokens(shots, text):  # 10 tokens an example, a token a character of the text
+        return 10 * len(shots) + len(text)
+
+    shots = [{"id": str(i)} for i in range(8)]
+    texts = ["x" * 20, "x" * 35, "x" * 500]  # the 500-character text is cut whatever k is: it lowers nothing
+    assert [s["id"] for s in shots_that_fit(shots, tokens, texts, limit=100)] == [str(i) for i in range(6)]
+    assert len(shots_that_fit(shots, tokens, texts, limit=1000)) == 8
+    assert shots_that_fit(shots, tokens, ["x" * 99], limit=100) == []
+
+
 def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, capsys):
     from annotune.labelling.contract import from_adapters
 
@@ -86,3 +99,12 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 500,
                                    "--output_dir", "y", "--quiet"]) == 2
     assert "the training split has" in capsys.readouterr().err
+    # More examples than fit beside the longest texts (2,048 tokens): fewer for every row, recorded.
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 80, "--output_dir",
+                                   "many", "--quiet", "--bootstrap", 10, "--max_samples", 6, "--baseline", "none"]) == 0
+    many = json.loads(next((in_tmp / "many").glob("*80-shot*/validation/metrics.json")).read_text())
+    assert many["shots_asked"] == 80 and 0 < many["shots_used"] < 80 == many["shots_asked"]
+    assert not any(p.get("truncated") for p in map(json.loads, next((in_tmp / "many").glob(
+        "*80-shot*/validation/predictions.jsonl")).read_text().splitlines()))
+    assert f"every row gets {many['shots_used']}" in capsys.readouterr().out
+

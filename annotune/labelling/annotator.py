@@ -193,13 +193,18 @@ class Annotator:
         return [dict({"prediction": labels[int(p.argmax())], "probs": {l: round(float(v), 6) for l, v in zip(labels, p)}},
                      **({"truncated": True} if c else {})) for p, c in zip(probs, cut)]
 
+    def prompt_limit(self, reserve: int) -> int:
+        """The longest prompt in tokens that leaves `reserve` tokens of the model's context (at most
+        MAX_PROMPT_TOKENS)."""
+        context = min(getattr(self.model.config, "max_position_embeddings", None) or MAX_PROMPT_TOKENS,
+                      MAX_PROMPT_TOKENS)
+        return max(context - reserve, 16)
+
     def fit_prompts(self, rows, reserve: int) -> tuple:
         """(prompts, cut flags): a prompt that would leave fewer than `reserve` tokens of the model's
         context (at most MAX_PROMPT_TOKENS) gets its text cut from the end, so a pasted article or a
         long thread is labelled from its beginning instead of exhausting memory."""
-        context = min(getattr(self.model.config, "max_position_embeddings", None) or MAX_PROMPT_TOKENS,
-                      MAX_PROMPT_TOKENS)
-        limit = max(context - reserve, 16)
+        limit = self.prompt_limit(reserve)
         prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
         cut = [False] * len(rows)
         for i, row in enumerate(rows):

@@ -52,6 +52,19 @@ SELECTORS = (
 )
 
 
+def shots_that_fit(shots, prompt_tokens, texts, limit: int) -> list:
+    """The first k shots, k as large as lets every text's prompt fit `limit` tokens: k is lowered
+    for all rows alike (the examples stay one shared prefix) before any text is cut for their sake.
+    prompt_tokens(shots, text): the prompt's length in tokens. A text whose prompt does not fit
+    even without examples is cut anyway, and does not lower k."""
+    fitting = [t for t in texts if prompt_tokens([], t) <= limit]
+    longest = sorted(fitting, key=len)[-3:]  # the longest by characters: the longest in tokens among them
+    k = len(shots)
+    while k > 0 and any(prompt_tokens(shots[:k], t) > limit for t in longest):
+        k -= 1
+    return shots[:k]
+
+
 def selector_names() -> list:
     return [s.name for s in SELECTORS]
 
