@@ -246,38 +246,61 @@ def few_shot_results(args, labelling, base, splits, adapters, bert) -> list:
     """The untuned base with --few_shot training rows as examples before every text (labelling/shots.py),
     on each split, as one more model: its rule fit on validation rows as the zero-shot base's is."""
     import copy
-    from dataclasses import replace
 
     from annotune.data.examples import pick_split
-    from annotune.data.prompts import encode_prompt
-    from annotune.labelling.shots import choose_shots, shots_that_fit
 
-    evaluated = [r["id"] for split in {*splits, "validation"} for r in labelling.splits.get(split) or []]
-    shots = choose_shots(labelling.splits.get("train") or [], args.few_shot, args.shot_selector,
-                         labelling.reported.label_names, args.seed, evaluated)
-    base_labelling = labelling.for_model(None)
-    texts = [r["text"] for split in {*splits, "validation"} for r in labelling.splits.get(split) or []]
-
-    def prompt_tokens(some, text):
-        prompter = replace(base_labelling, prompt={**labelling.prompt, "shots": some}).prompter(base.tokenizer)
-        return len(encode_prompt(base.tokenizer, prompter.prompt(text)))
-
-    fitted = shots_that_fit(shots, prompt_tokens, texts, base.prompt_limit(base.max_label_tokens() + 1))
-    if len(fitted) < len(shots):
-        print(f"note: --few_shot {len(shots)}: {len(fitted)} examples fit the context beside the longest texts; "
-              f"every row gets {len(fitted)}")
-    shot_labelling = replace(base_labelling, prompt={**labelling.prompt, "shots": fitted})
+    shot_labelling, summary = few_shot_labelling(args, labelling, base)
     annotator = copy.copy(base)
     annotator.prompter, annotator._completion_cache = shot_labelling.prompter(base.tokenizer), {}
     annotator.name = f"{base.name} {args.few_shot}-shot {args.shot_selector}"
     results = []
     for split in splits:
         rows = pick_split(shot_labelling.splits, split, args.max_samples, args.seed)
-        assert not {s["id"] for s in fitted} & {r["id"] for r in rows}  # never an evaluated row as an example
+        assert not set(summary["example_ids"]) & {r["id"] for r in rows}  # never an evaluated row as an example
         result, _ = evaluate_split(args, shot_labelling, annotator, annotator.name, split, adapters, bert)
-        result["metrics"].update(shots=fitted, shots_asked=args.few_shot, shots_used=len(fitted))
+        result["metrics"].update(summary)
         results.append(result)
     return results
+
+
+def few_shot_labelling(args, labelling, base) -> tuple:
+    """The base's labelling with the examples in its prompt (one list for every row: in the shared
+    prefix), or (a per-text selector) in each evaluated row's own prompt; k lowered where the
+    examples and a text would not fit the context. Returns it and what metrics.json records."""
+    from dataclasses import replace
+
+    from annotune.data.prompts import encode_prompt
+    from annotune.labelling.shots import choose_shots, shot_selector, shots_that_fit
+
+    base_labelling, selector = labelling.for_model(None), shot_selector(args.shot_selector)
+    names = list(dict.fromkeys([*(["train", "validation"] if args.table else [args.split]), "validation"]))
+    rows = {name: labelling.splits.get(name) or [] for name in names}
+    texts = [r["text"] for name in names for r in rows[name]]
+
+    def render(shots, text):
+        return replace(base_labelling, prompt={**labelling.prompt, "shots": shots}).prompter(base.tokenizer).prompt(text)
+
+    def tokens(shots, text):
+        return len(encode_prompt(base.tokenizer, render(shots, text)))
+
+    chosen = choose_shots(labelling.splits.get("train") or [], args.few_shot, args.shot_selector,
+                          labelling.reported.label_names, args.seed, [r["id"] for name in names for r in rows[name]],
+                          texts)
+    limit = base.prompt_limit(base.max_label_tokens() + 1)
+    if not selector.per_text:
+        fitted = shots_that_fit(chosen, tokens, texts, limit)
+        if len(fitted) < len(chosen):
+            print(f"note: --few_shot {len(chosen)}: {len(fitted)} examples fit the context beside the longest "
+                  f"texts; every row gets {len(fitted)}")
+        summary = {"shots": fitted, "shots_asked": args.few_shot, "shots_used": len(fitted),
+                   "example_ids": [s["id"] for s in fitted]}
+        return replace(base_labelling, prompt={**labelling.prompt, "shots": fitted}), summary
+    own = {text: shots_that_fit(shots, tokens, [text], limit) for text, shots in zip(texts, chosen)}
+    prompted = {name: [dict(r, prompt=render(own[r["text"]], r["text"])) for r in rows[name]] for name in names}
+    used = [len(shots) for shots in own.values()]
+    summary = {"shots": "each row's own (similar)", "shots_asked": args.few_shot, "shots_used": min(used or [0]),
+               "example_ids": sorted({s["id"] for shots in own.values() for s in shots})}
+    return replace(base_labelling, splits={**labelling.splits, **prompted}), summary
 
 
 def baselines(args, labelling, splits) -> list:

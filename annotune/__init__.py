@@ -37,7 +37,7 @@ labelling/
 - agreement.py  Cohen's kappa of the model beside human annotators
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
 - corpus.py     labelling an unlabelled file in resumable row-range parts, one labeller per output
-- shots.py      few-shot prompting: the registry of selectors of training rows shown as examples
+- shots.py      few-shot prompting: the registry of selectors (fixed, stratified, similar) of examples
 
 training/
 - training_set.py  what train.py trains on: its labelling, rows sampled from it, tokenised examples

@@ -66,6 +66,23 @@ def test_selectors_take_training_rows_seeded_and_stratified_never_an_evaluated_o
         choose_shots(rows, 38, "fixed", ["x", "y", "z"], seed=0, evaluated_ids=["r5"])
 
 
+def test_similar_examples_are_each_texts_nearest_training_rows_the_nearest_last():
+    import numpy as np
+
+    from annotune.labelling.shots import _similar
+
+    vectors = {"cat": [1, 0, 0], "kitten": [0.9, 0.1, 0], "dog": [0, 1, 0], "puppy": [0.1, 0.9, 0], "car": [0, 0, 1],
+               "a small cat": [0.95, 0.05, 0], "a young dog": [0.05, 0.95, 0]}
+
+    def fake_embed(texts):
+        v = np.array([vectors[t] for t in texts], dtype=float)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    rows = [{"id": t, "text": t, "label": t} for t in ("cat", "kitten", "dog", "puppy", "car")]
+    picked = _similar(rows, 2, [], 0, ["a small cat", "a young dog"], embed_fn=fake_embed)
+    assert [[r["id"] for r in shots] for shots in picked] == [["kitten", "cat"], ["puppy", "dog"]]
+
+
 def test_examples_are_lowered_for_every_row_before_a_text_is_cut():
     from annotune.labelling.shots import shots_that_fit
 
@@ -107,4 +124,11 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     assert not any(p.get("truncated") for p in map(json.loads, next((in_tmp / "many").glob(
         "*80-shot*/validation/predictions.jsonl")).read_text().splitlines()))
     assert f"every row gets {many['shots_used']}" in capsys.readouterr().out
+    # Similar examples: each row its own nearest training rows (MiniLM), none an evaluated row.
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 2, "--shot_selector",
+                                   "similar", "--output_dir", "sim", "--quiet", "--bootstrap", 10, "--max_samples", 6,
+                                   "--baseline", "none"]) == 0
+    similar = json.loads(next((in_tmp / "sim").glob("*2-shot_similar/validation/metrics.json")).read_text())
+    assert similar["shots_used"] == 2 and similar["n"] == 6
+    assert set(similar["example_ids"]) <= train_ids and not set(similar["example_ids"]) & validation_ids
 

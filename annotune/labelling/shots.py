@@ -1,12 +1,15 @@
 """Few-shot prompting: which labelled rows are shown as examples before every text (evaluate.py
 --few_shot K --shot_selector NAME). The selectors are one registry (SELECTORS); each takes the
-training rows only, never a row of the split being evaluated (`choose_shots` refuses that), and
-gives the same k rows for every text, so the examples sit in the prompts' shared prefix that runs
-once per batch.
+training rows only, never a row of the split being evaluated (`choose_shots` refuses that).
 - fixed: k training rows drawn with the seed;
 - stratified: k rows spread over the labels as evenly as k allows (labels in the task's order take
   the remainder), each label's rows drawn with the seed; a label with too few rows gives what it has
-  and the rest come from the others.
+  and the rest come from the others;
+- similar: for each text its own k nearest training rows by the cosine of MiniLM-L6 sentence
+  embeddings (mean-pooled), the nearest last, next to the text.
+fixed and stratified give the same k rows to every text, so the examples sit in the prompts'
+shared prefix, run once per batch; similar's differ per text, so each row's examples are scored
+as its own tokens (k examples more per row: the cost evaluate.py's timing shows).
 """
 from __future__ import annotations
 
@@ -20,18 +23,20 @@ from ..base.cli import UserError
 
 @dataclass(frozen=True)
 class ShotSelector:
-    """name: --shot_selector NAME; choose(rows, k, labels, seed) -> k of the rows, in prompt order."""
+    """name: --shot_selector NAME; choose(rows, k, labels, seed, texts) -> k of the rows in prompt
+    order, or (per_text) a list of k rows for each of texts."""
     name: str
     help: str
     choose: Callable
+    per_text: bool = False
 
 
-def _fixed(rows, k: int, labels, seed: int) -> list:
+def _fixed(rows, k: int, labels, seed: int, texts=()) -> list:
     rng = np.random.default_rng(seed)
     return [rows[i] for i in rng.choice(len(rows), size=k, replace=False)]
 
 
-def _stratified(rows, k: int, labels, seed: int) -> list:
+def _stratified(rows, k: int, labels, seed: int, texts=()) -> list:
     rng = np.random.default_rng(seed)
     pools = {label: [r for r in rows if r["label"] == label] for label in labels}
     pools = {label: [pool[i] for i in rng.permutation(len(pool))] for label, pool in pools.items() if pool}
@@ -46,9 +51,40 @@ def _stratified(rows, k: int, labels, seed: int) -> list:
     return chosen
 
 
+def embed(texts, batch_size: int = 64) -> np.ndarray:
+    """Unit-length MiniLM-L6 sentence embeddings (mean over tokens), [n, 384]."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..model.models import resolve_model_path
+
+    path = resolve_model_path("minilm-l6")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=256,
+                            return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+    vectors = np.concatenate(out) if out else np.zeros((0, 384))
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _similar(rows, k: int, labels, seed: int, texts=(), embed_fn=None) -> list:
+    """Each text's k nearest training rows (cosine), ordered so the nearest comes last."""
+    embed_fn = embed_fn or embed
+    train, wanted = embed_fn([r["text"] for r in rows]), embed_fn(list(texts))
+    nearest = np.argsort(-(wanted @ train.T), axis=1, kind="stable")[:, :k]
+    return [[rows[j] for j in reversed(order)] for order in nearest]
+
+
 SELECTORS = (
     ShotSelector("fixed", "k training rows drawn with the seed", _fixed),
     ShotSelector("stratified", "k training rows spread evenly over the labels, drawn with the seed", _stratified),
+    ShotSelector("similar", "each text's k nearest training rows (MiniLM embeddings); no shared prefix", _similar,
+                 per_text=True),
 )
 
 
@@ -69,16 +105,24 @@ def selector_names() -> list:
     return [s.name for s in SELECTORS]
 
 
-def choose_shots(train_rows, k: int, selector: str, labels, seed: int, evaluated_ids=()) -> list:
-    """k examples from the training rows by the named selector; refused when there are fewer than
-    k training rows, or when one of them is a row being evaluated."""
-    found = [s for s in SELECTORS if s.name == selector]
+def shot_selector(name: str) -> ShotSelector:
+    found = [s for s in SELECTORS if s.name == name]
     if not found:
-        raise UserError(f"--shot_selector {selector!r}: choose one of {', '.join(selector_names())}")
+        raise UserError(f"--shot_selector {name!r}: choose one of {', '.join(selector_names())}")
+    return found[0]
+
+
+def choose_shots(train_rows, k: int, selector: str, labels, seed: int, evaluated_ids=(), texts=()) -> list:
+    """k examples from the training rows by the named selector (a per-text selector: a list of k
+    for each of texts); refused when there are fewer than k training rows, or when an example is a
+    row being evaluated."""
+    chosen = shot_selector(selector)
     if k > len(train_rows):
         raise UserError(f"--few_shot {k}: the training split has {len(train_rows)} rows")
-    shots = found[0].choose(list(train_rows), k, list(labels), seed)
-    leaked = {s["id"] for s in shots} & set(evaluated_ids)
+    picked = chosen.choose(list(train_rows), k, list(labels), seed, list(texts))
+    lists = picked if chosen.per_text else [picked]
+    leaked = {s["id"] for shots in lists for s in shots} & set(evaluated_ids)
     if leaked:
         raise UserError(f"--few_shot: row {sorted(leaked)[0]} is both an example and a row evaluated")
-    return [{"id": s["id"], "text": s["text"], "label": s["label"]} for s in shots]
+    lists = [[{"id": s["id"], "text": s["text"], "label": s["label"]} for s in shots] for shots in lists]
+    return lists if chosen.per_text else lists[0]
