@@ -287,20 +287,24 @@ def few_shot_labelling(args, labelling, base) -> tuple:
                           labelling.reported.label_names, args.seed, [r["id"] for name in names for r in rows[name]],
                           texts)
     limit = base.prompt_limit(base.max_label_tokens() + 1)
-    if not selector.per_text:
+    if selector.per_text:
+        own = {text: shots_that_fit(shots, tokens, [text], limit) for text, shots in zip(texts, chosen)}
+        used = [len(shots) for shots in own.values()]
+        summary = {"shots": f"each row's own ({args.shot_selector})", "shots_asked": args.few_shot,
+                   "shots_used": min(used or [0]), "example_ids": sorted({s["id"] for v in own.values() for s in v})}
+        prompt = labelling.prompt
+    else:
         fitted = shots_that_fit(chosen, tokens, texts, limit)
         if len(fitted) < len(chosen):
             print(f"note: --few_shot {len(chosen)}: {len(fitted)} examples fit the context beside the longest "
                   f"texts; every row gets {len(fitted)}")
+        own = {text: fitted for text in texts}
         summary = {"shots": fitted, "shots_asked": args.few_shot, "shots_used": len(fitted),
                    "example_ids": [s["id"] for s in fitted]}
-        return replace(base_labelling, prompt={**labelling.prompt, "shots": fitted}), summary
-    own = {text: shots_that_fit(shots, tokens, [text], limit) for text, shots in zip(texts, chosen)}
+        prompt = {**labelling.prompt, "shots": fitted}
+    # The rows' own rendered prompts (a dataset folder's) are replaced by prompts with the examples.
     prompted = {name: [dict(r, prompt=render(own[r["text"]], r["text"])) for r in rows[name]] for name in names}
-    used = [len(shots) for shots in own.values()]
-    summary = {"shots": "each row's own (similar)", "shots_asked": args.few_shot, "shots_used": min(used or [0]),
-               "example_ids": sorted({s["id"] for shots in own.values() for s in shots})}
-    return replace(base_labelling, splits={**labelling.splits, **prompted}), summary
+    return replace(base_labelling, prompt=prompt, splits={**labelling.splits, **prompted}), summary
 
 
 def baselines(args, labelling, splits) -> list:

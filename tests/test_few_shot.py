@@ -96,8 +96,19 @@ def test_examples_are_lowered_for_every_row_before_a_text_is_cut():
     assert shots_that_fit(shots, tokens, ["x" * 99], limit=100) == []
 
 
-def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, capsys):
+def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, capsys, monkeypatch):
+    from annotune.labelling.annotator import Annotator
     from annotune.labelling.contract import from_adapters
+
+    scored = {}  # every prompt each model scored (a dataset folder's rows bring their own zero-shot prompts)
+    fit_prompts = Annotator.fit_prompts
+
+    def recording(self, rows, reserve):
+        prompts, cut = fit_prompts(self, rows, reserve)
+        scored.setdefault(self.name, []).extend(prompts)
+        return prompts, cut
+
+    monkeypatch.setattr(Annotator, "fit_prompts", recording)
 
     assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 3, "--output_dir",
                                    "fs", "--quiet", "--bootstrap", 20, "--max_samples", 12]) == 0
@@ -109,6 +120,17 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     shot_ids = {s["id"] for s in metrics["shots"]}
     assert len(shot_ids) == 3 and shot_ids <= train_ids and not shot_ids & validation_ids
     assert len({s["label"] for s in metrics["shots"]}) == 3  # stratified over pol / unpol / oth
+    def probs(folder):
+        rows = (in_tmp / "fs" / folder / "validation" / "predictions.jsonl").read_text().splitlines()
+        return {json.loads(r)["id"]: json.loads(r)["probs"] for r in rows}
+
+    zero_folder = next(f for f in folders if f.startswith("base_") and "shot" not in f)
+    assert probs(shot_folder).keys() == probs(zero_folder).keys()
+    shot_name = next(name for name in scored if "3-shot" in name)
+    zero_name = next(name for name in scored if name.startswith("base:") and "shot" not in name)
+    examples = [s["text"] for s in metrics["shots"]]
+    assert all(all(t in p for t in examples) for p in scored[shot_name])  # every prompt scored shows them
+    assert not any(any(t in p for t in examples) for p in scored[zero_name])
     comparison = (in_tmp / "fs" / "comparison.md").read_text()
     assert "3-shot stratified" in comparison and "base:" in comparison
     with pytest.raises(SystemExit):  # the few-shot row is the base's: without --base_only it is refused
