@@ -133,8 +133,10 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     assert not any(any(t in p for t in examples) for p in scored[zero_name])
     comparison = (in_tmp / "fs" / "comparison.md").read_text()
     assert "3-shot stratified" in comparison and "base:" in comparison
-    with pytest.raises(SystemExit):  # the few-shot row is the base's: without --base_only it is refused
-        run_script("evaluate", ["--adapters_name", pol_run[-1], "--few_shot", 3, "--output_dir", "x"])
+    for bad in (["--few_shot", 3], ["--base_only", "--few_shot", -1]):  # the base's row; a count of examples
+        with pytest.raises(SystemExit) as stop:
+            run_script("evaluate", ["--adapters_name", pol_run[-1], *bad, "--output_dir", "x"])
+        assert stop.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 500,
                                    "--output_dir", "y", "--quiet"]) == 2
     assert "the training split has" in capsys.readouterr().err
