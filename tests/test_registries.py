@@ -164,3 +164,15 @@ def test_a_corpus_labelled_into_jsonl_is_sampled_into_a_tsv_sheet_and_estimated(
                                                              for k, line in enumerate(lines[1:])]) + "\n")
     assert run_script("estimate", ["--corpus", "out.jsonl", "--sheet", "done.tsv", "--design", "out.design.json"]) == 0
     assert json.loads((in_tmp / "out.estimates" / "estimates.json").read_text())["labelled"] == 20
+
+
+def test_a_gzipped_corpus_is_read_and_a_table_is_never_written_compressed(in_tmp):
+    import gzip
+
+    gold, _ = write_corpus(in_tmp / "c.csv", size=300)
+    with open(in_tmp / "c.csv", "rb") as plain, gzip.open(in_tmp / "c.csv.gz", "wb") as packed:
+        packed.write(plain.read())
+    assert run_script("sample", ["--corpus", "c.csv.gz", "--n", 30, "--sheet", "s.csv", "--design", "d.json"]) == 0
+    assert len((in_tmp / "s.csv").read_text().splitlines()) == 31
+    assert run_script("sample", ["--corpus", "c.csv.gz", "--n", 30, "--sheet", "s2.csv.gz", "--design", "d2.json"]) == 2
+    assert not (in_tmp / "s2.csv.gz").exists() and not (in_tmp / "d2.json").exists()

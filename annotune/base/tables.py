@@ -98,9 +98,10 @@ def table_format(name: str, what: str = "format") -> TableFormat:
 
 
 def infer_format(path: str) -> str:
-    """The format a path's name says (the member's, for archive.zip!member); `textdir` for a name
-    without a suffix, else the suffix itself (refused where it is read)."""
-    name = str(path).split("!")[-1].lower()
+    """The format a path's name says (the member's, for archive.zip!member; a .gz file's without it:
+    it is read decompressed); `textdir` for a name without a suffix, else the suffix itself (refused
+    where it is read)."""
+    name = str(path).split("!")[-1].lower().removesuffix(".gz")
     for fmt in TABLE_FORMATS:
         if name.endswith(fmt.suffixes):
             return fmt.name
@@ -109,7 +110,8 @@ def infer_format(path: str) -> str:
 
 # -------------------------------------------------------------------- reading
 def open_text(path: str, encoding: str):
-    """A text handle on a file, or on archive.zip!member (read whole: members are small)."""
+    """A text handle on a file (a .gz file decompressed as it is read), or on archive.zip!member
+    (read whole: members are small)."""
     encoding = "utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding
     if "!" in path:
         archive, member = path.split("!", 1)
@@ -126,6 +128,10 @@ def open_text(path: str, encoding: str):
     if not Path(path).exists():
         raise UserError(f"data file {path} not found (set ANNOTUNE_DATA_DIR to the folder holding the "
                         "task data, or point the task spec at your copy)")
+    if path.lower().endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rt", encoding=encoding, newline="")
     return open(path, encoding=encoding, newline="")
 
 
@@ -149,6 +155,9 @@ def iter_rows(path: str, fmt: str | None = None, columns: list | None = None, en
         raise UserError(f"{path} is not {encoding.upper()} (byte {err.start}); convert it, e.g. iconv -t UTF-8") from None
     except csv.Error as err:
         raise UserError(f"{path}: cannot parse as {fmt.upper()} ({err})") from None
+    except (OSError, EOFError) as err:  # a damaged or truncated .gz
+        raise UserError(f"{path}: cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") \
+            from None
 
 
 def read_table(path: str, fmt: str | None = None, columns: list | None = None, encoding: str = "utf-8") -> list:
@@ -193,7 +202,9 @@ def table_text(rows, columns, fmt: str, header: bool = True) -> str:
 
 
 def write_table(path, rows, columns, fmt: str | None = None) -> Path:
-    """Rows as a table file, atomically, in the format its name says (or `fmt`)."""
+    """Rows as a table file, atomically, in the format its name says (or `fmt`); never compressed."""
+    if str(path).lower().endswith(".gz"):
+        raise UserError(f"{path}: tables are written uncompressed; give a name without .gz")
     fmt = fmt or infer_format(str(path))
     return atomic_write_text(path, table_text(rows, columns, table_format(fmt, f"{path}").name))
 

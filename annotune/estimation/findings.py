@@ -135,6 +135,11 @@ class Findings:
             self.regression_rows = int(keep.sum())
             self.regression = (j, x, terms)
 
+    @property
+    def f(self) -> np.ndarray:
+        """The model's outputs ppi uses on every row, (N, K): probabilities, or 0/1 labels."""
+        return self.outputs.values(self.output)
+
     def pairs(self):
         if self.compare:
             return self.compare

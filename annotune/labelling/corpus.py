@@ -53,7 +53,7 @@ def output_format(output) -> str:
     """The format a labelled corpus is written in: its name's, one written in parts (csv, tsv, jsonl)."""
     fmt = infer_format(str(output))
     streaming = streaming_formats()
-    if fmt not in streaming:
+    if fmt not in streaming or str(output).lower().endswith(".gz"):
         raise UserError(f"--output {output}: a labelled corpus is written as {', '.join(streaming)} (its name's "
                         "ending says which)")
     return fmt
