@@ -56,7 +56,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", help="results folder (default: <corpus>.estimates); never overwritten")
     args = p.parse_args(argv)
-    check_ranges(p, args, {"alpha": (1e-6, 0.5, "in (0, 0.5]"), "plan": (1e-6, 1e6, "> 0")})
+    check_ranges(p, vars(args), {"alpha": (1e-6, 0.5, "in (0, 0.5]"), "plan": (1e-6, 1e6, "> 0")})
     if args.compare and not args.by:
         p.error("--compare needs --by COLUMN")
     if bool(args.regress) != bool(args.on):

@@ -82,7 +82,7 @@ def parse_args(argv=None):
     add_annotation_flags(p)
     add_few_shot_flags(p)
     args = p.parse_args(argv)
-    check_ranges(p, args, {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
+    check_ranges(p, vars(args), {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
                            "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
                            "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0"),
                            "bf16_tie_margin": (0, None, "at least 0"), "few_shot": (0, None, "at least 0")})
@@ -130,14 +130,14 @@ def note_unused(p, args) -> None:
     if args.few_shot and not args.base_only:
         p.error("--few_shot scores the untuned base: give --base_only")
     if args.predict_file:
-        note_ignored(p, args, ("few_shot", "shot_selector"), "--predict_file labels with one model, zero-shot")
+        note_ignored(p, vars(args), ("few_shot", "shot_selector"), "--predict_file labels with one model, zero-shot")
     if args.adapters_name and not args.base_only:
-        note_ignored(p, args, ("task", "dataset_name", "template", "without_definitions"),
+        note_ignored(p, vars(args), ("task", "dataset_name", "template", "without_definitions"),
                      "an adapter brings its own task, data and prompt (they apply to --base_only)")
     if not args.predict_file:
-        note_ignored(p, args, ("output", "chunk_rows", "overwrite", "text_column"), "they go with --predict_file")
+        note_ignored(p, vars(args), ("output", "chunk_rows", "overwrite", "text_column"), "they go with --predict_file")
     if args.mode == "score":
-        note_ignored(p, args, ("max_new_tokens", "do_sample", "temperature"), "they go with --mode generate")
+        note_ignored(p, vars(args), ("max_new_tokens", "do_sample", "temperature"), "they go with --mode generate")
 
 
 def labelling_of(args, adapters, rows: bool = True):
@@ -247,23 +247,19 @@ def few_shot_results(args, labelling, base, splits, adapters, bert) -> list:
     on each split, as one more model: its rule fit on validation rows as the zero-shot base's is."""
     import copy
 
-    from annotune.data.examples import pick_split
-
-    shot_labelling, summary = few_shot_labelling(args, labelling, base)
+    shot_labelling, summary = few_shot_labelling(args, labelling, base, splits)
     annotator = copy.copy(base)
     annotator.prompter, annotator._completion_cache = shot_labelling.prompter(base.tokenizer), {}
     annotator.name = f"{base.name} {args.few_shot}-shot {args.shot_selector}"
     results = []
-    for split in splits:
-        rows = pick_split(shot_labelling.splits, split, args.max_samples, args.seed)
-        assert not set(summary["example_ids"]) & {r["id"] for r in rows}  # never an evaluated row as an example
+    for split in splits:  # choose_shots refused any example that is a row of these splits
         result, _ = evaluate_split(args, shot_labelling, annotator, annotator.name, split, adapters, bert)
         result["metrics"].update(summary)
         results.append(result)
     return results
 
 
-def few_shot_labelling(args, labelling, base) -> tuple:
+def few_shot_labelling(args, labelling, base, splits) -> tuple:
     """The base's labelling with the examples in its prompt (one list for every row: in the shared
     prefix), or (a per-text selector) in each evaluated row's own prompt; k lowered where the
     examples and a text would not fit the context. Returns it and what metrics.json records."""
@@ -273,7 +269,7 @@ def few_shot_labelling(args, labelling, base) -> tuple:
     from annotune.labelling.shots import choose_shots, shot_selector, shots_that_fit
 
     base_labelling, selector = labelling.for_model(None), shot_selector(args.shot_selector)
-    names = list(dict.fromkeys([*(["train", "validation"] if args.table else [args.split]), "validation"]))
+    names = list(dict.fromkeys([*splits, "validation"]))  # the rows evaluated, and the rule's
     rows = {name: labelling.splits.get(name) or [] for name in names}
     texts = [r["text"] for name in names for r in rows[name]]
 

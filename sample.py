@@ -49,7 +49,7 @@ def parse_args(argv=None):
     g.add_argument("--show_prediction", action="store_true", help="put the model's label on the sheet (anchors "
                                                                    "annotators; off by default)")
     args = p.parse_args(argv)
-    check_ranges(p, args, {"n": (1, None, "at least 1"), "add": (1, None, "at least 1"),
+    check_ranges(p, vars(args), {"n": (1, None, "at least 1"), "add": (1, None, "at least 1"),
                            **parameter_limits(designs.design_parameters())})
     if (args.n is None) == (args.add is None):
         p.error("give --n N for a new draw, or --add N --design OLD.json to top one up")

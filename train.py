@@ -55,7 +55,7 @@ def parse_args(argv=None):
     add_saving_flags(p)
     args = p.parse_args(argv)
     tiny = 1e-12  # "greater than 0" for floats
-    check_ranges(p, args, {
+    check_ranges(p, vars(args), {
         "epochs": (1, None, "at least 1"), "learning_rate": (tiny, None, "a number > 0"),
         "train_batch_size": (1, None, "at least 1"), "eval_batch_size": (1, None, "at least 1"),
         "gradient_accumulation_steps": (1, None, "at least 1"), "max_seq_length": (8, None, "at least 8"),
@@ -72,9 +72,9 @@ def parse_args(argv=None):
     if args.task and args.dataset_name:
         p.error("give --task or --dataset_name, not both")
     if args.stop_condition != "steps":
-        note_ignored(p, args, ("steps",), "it goes with --stop_condition steps")
+        note_ignored(p, vars(args), ("steps",), "it goes with --stop_condition steps")
     if args.eval_strategy != "steps":
-        note_ignored(p, args, ("eval_steps",), "it goes with --eval_strategy steps")
+        note_ignored(p, vars(args), ("eval_steps",), "it goes with --eval_strategy steps")
     return args
 
 

@@ -56,22 +56,24 @@ def parameter_limits(params) -> dict:
             if p.low is not None or p.high is not None}
 
 
-def check_ranges(p: ArgumentParser, args, limits: dict) -> None:
-    """limits: {flag: (lowest, highest, text)}; a value that is None is not checked. NaN and inf fail
-    every range (a NaN learning rate trains to garbage without a word)."""
+def check_ranges(p: ArgumentParser, values: dict, limits: dict) -> None:
+    """values: the parsed flags ({flag: value}); limits: {flag: (lowest, highest, text)}; a value
+    that is None is not checked. NaN and inf fail every range (a NaN learning rate trains to garbage
+    without a word)."""
     import math
 
     for name, (low, high, text) in limits.items():
-        value = getattr(args, name)
+        value = values[name]
         if value is None:
             continue
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
             p.error(f"--{name} {value}: must be {text}")
 
 
-def note_ignored(p: ArgumentParser, args, flags, reason: str) -> None:
-    """One line on stderr for each flag given (not at its default) that this call does not use."""
-    given = [f for f in flags if getattr(args, f) != p.get_default(f)]
+def note_ignored(p: ArgumentParser, values: dict, flags, reason: str) -> None:
+    """One line on stderr for each flag given (not at its default; values: the parsed flags) that
+    this call does not use."""
+    given = [f for f in flags if values[f] != p.get_default(f)]
     if given:
         print(f"note: {', '.join('--' + f for f in given)} ignored: {reason}", file=sys.stderr)
 

@@ -196,17 +196,12 @@ def _cell(value) -> str:
 
 
 # -------------------------------------------------------------------- writing
-def table_text(rows, columns, fmt: str, header: bool = True) -> str:
-    """Rows (dicts) as the text of a table file of format `fmt`, in `columns` order."""
-    return table_format(fmt).text(rows, columns, header)
-
-
 def write_table(path, rows, columns, fmt: str | None = None) -> Path:
     """Rows as a table file, atomically, in the format its name says (or `fmt`); never compressed."""
     if str(path).lower().endswith(".gz"):
         raise UserError(f"{path}: tables are written uncompressed; give a name without .gz")
     fmt = fmt or infer_format(str(path))
-    return atomic_write_text(path, table_text(rows, columns, table_format(fmt, f"{path}").name))
+    return atomic_write_text(path, table_format(fmt, f"{path}").text(rows, columns, True))
 
 
 def _csv_rows(handle, path, delimiter, columns):

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy import stats
-from scipy.special import expit
 
 LINKS = ("identity", "logistic")
 
@@ -60,7 +58,11 @@ class Estimate:
 
 
 def _mean(link: str, eta):
-    return eta if link == "identity" else expit(eta)
+    if link == "identity":
+        return eta
+    from scipy.special import expit  # scipy on first use: sample.py and estimate.py --help stay quick
+
+    return expit(eta)
 
 
 def _slope(link: str, mu):
@@ -221,6 +223,8 @@ def interval(value: float, var: float, alpha: float, df: int = 0, scale: str = "
     (the classical estimator, n* = n) this is Wilson's own interval, and where a good model makes the
     variance far below p (1 - p) / n, n* is large and the interval near symmetric (a logit interval
     would be far too wide there: its width grows as 1 / (p (1 - p)) whatever the variance)."""
+    from scipy import stats
+
     q = stats.t.ppf(1 - alpha / 2, df) if df else stats.norm.ppf(1 - alpha / 2)
     se = np.sqrt(max(var, 0.0))
     if scale == "wilson" and 0 < value < 1 and se > 0:
@@ -257,6 +261,8 @@ def plan_n(sample: Sample, influence: np.ndarray, half_width: float, alpha: floa
     """Sample size at which this estimator's interval reaches half_width, from a pilot sample.
     shape: every row's pi / n under the design (Poisson: pi_i(n) = n q_i, caps ignored); SRS
     designs scale each stratum's size in proportion."""
+    from scipy import stats
+
     z2 = stats.norm.ppf(1 - alpha / 2) ** 2
     d, n_total = influence[:, 0], sample.size
     if sample.kind == "poisson":

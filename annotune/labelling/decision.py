@@ -55,17 +55,13 @@ class DecisionRule:
         """True when the rule is to be applied: fit, and better than argmax out of sample by MIN_GAIN."""
         return rule_applies(self.to_dict())
 
-    def scores(self, probs) -> np.ndarray:
-        logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
-        return (logp + np.asarray(self.offsets)) / self.temperature
-
     def apply(self, probs) -> tuple:
         """(calibrated probabilities [n, K], predicted labels) under this rule; the label is
         given_label's, the function export.py's README prints."""
-        z = self.scores(probs)
+        logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
+        z = (logp + np.asarray(self.offsets)) / self.temperature
         z = np.exp(z - z.max(axis=1, keepdims=True))
         calibrated = z / z.sum(axis=1, keepdims=True)
-        logp = np.log(np.clip(np.asarray(probs, dtype=float), 1e-12, 1.0))
         same = {label: label for label in self.labels}
         return calibrated, [given_label(row, self.labels, self.labels, same, self.offsets) for row in logp.tolist()]
 

@@ -29,10 +29,11 @@ def fuse_lora_update(model):
     return model
 
 
-def _plain_adapter(layer, args, kwargs):
-    """The one active adapter's name, when PEFT's forward would do nothing but the plain update."""
+def _plain_adapter(layer, extra_positional, extra_keywords):
+    """The one active adapter's name, when PEFT's forward would do nothing but the plain update
+    (no extra arguments to the forward, one plain adapter)."""
     names = layer.active_adapters
-    if args or kwargs or layer.disable_adapters or layer.merged or len(names) != 1:
+    if extra_positional or extra_keywords or layer.disable_adapters or layer.merged or len(names) != 1:
         return None
     name = names[0]
     if name not in layer.lora_A or name in layer.lora_variant or layer.lora_B[name].bias is not None:

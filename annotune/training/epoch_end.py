@@ -112,10 +112,10 @@ class EvaluateAndSave(TrainerCallback):
             if row["type"] == "eval" and row.get("at") == "epoch":
                 self._track(row["epoch"], row["step"], row)
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, training_args, state, control, **kwargs):
         self._start = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, training_args, state, control, **kwargs):
         elapsed = time.perf_counter() - self._start
         t, window = self.trainer, self.trainer.window
         t.totals["train_seconds"] += elapsed
@@ -141,7 +141,7 @@ class EvaluateAndSave(TrainerCallback):
             control.should_save, control.should_training_stop, self.interrupted = True, True, True
         return control
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, training_args, state, control, **kwargs):
         if self.interrupted:
             control.should_save = False  # the checkpoint of the interruption is written already
             return control

@@ -229,7 +229,8 @@ class AnnotuneTrainer(Trainer):
     account of the tokens trained on (useful: every example's full length; processed: what the
     forwards ran, a shared prefix once per batch)."""
 
-    def __init__(self, model, args, feats, tokenizer, options: LossOptions, callbacks=()):
+    def __init__(self, model, training_args, feats, tokenizer, options: LossOptions, callbacks=()):
+        """training_args: transformers.TrainingArguments (trainer_arguments of a Schedule)."""
         self.options = options
         self.prefix = shared_prefix_ids(options.kind, feats, options.shared_prefix)
         weights = None
@@ -246,7 +247,7 @@ class AnnotuneTrainer(Trainer):
         self.checkpoint = gradient_checkpointing(options.gradient_checkpointing, model, options.kind)
         loss = LossModule(model, options.kind, self.prefix, weights, self.autocast,
                           checkpoint=self.checkpoint and options.kind == "causal")
-        super().__init__(model=loss, args=args,
+        super().__init__(model=loss, args=training_args,
                          train_dataset=feats,
                          data_collator=lambda batch: collate(options.kind, batch, tokenizer.pad_token_id),
                          callbacks=list(callbacks))
@@ -321,7 +322,7 @@ class AnnotuneTrainer(Trainer):
 class QuietProgress(ProgressCallback):
     """The Trainer's progress bar without its log dicts printed under it."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, training_args, state, control, logs=None, **kwargs):
         return control
 
 
