@@ -42,7 +42,7 @@ def test_logistic_point_estimate_equals_ppi_python(lam):
     f = np.clip(0.7 * y + 0.15 + 0.1 * rng.standard_normal(size), 0, 1)
     lab, unl = np.arange(n), np.arange(n, size)
     census = inf.compress(x[unl], f[unl])
-    ours = inf._solve(census, x[lab], y[lab], f[lab], np.full(n, 1 / n), lam, "logistic")
+    ours = inf.solve(census, x[lab], y[lab], f[lab], np.full(n, 1 / n), lam, "logistic")
     theirs = ppi_logistic_pointestimate(x[lab], y[lab], f[lab], x[unl], f[unl], lam=lam)
     assert np.allclose(ours, theirs, atol=1e-5)
 

@@ -72,13 +72,17 @@ def _slope(link: str, mu):
 def compress(x: np.ndarray, f: np.ndarray):
     """Census rows with the same covariates as one cell: (cell covariates, count share, mean f).
     Exact for the canonical-link losses used here, whose census term is linear in f."""
-    cells, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+    if x.shape[1] == 1:  # a share's indicator: a 1-D unique is ~10x quicker than one over rows
+        cells, inverse, counts = np.unique(x[:, 0], return_inverse=True, return_counts=True)
+        cells = cells[:, None]
+    else:
+        cells, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     sums = np.bincount(inverse, weights=f, minlength=len(cells))
     return cells, counts / len(x), sums / counts
 
 
-def _solve(census, xs, ys, fs, ws, lam: float, link: str, theta=None, iters: int = 100):
+def solve(census, xs, ys, fs, ws, lam: float, link: str, theta=None, iters: int = 100):
     """Newton's method on lam * census loss + HT sample loss of y - lam * HT sample loss of f."""
     xc, cc, fc = census
     theta = np.zeros(xc.shape[1]) if theta is None else theta.copy()
@@ -159,12 +163,12 @@ def estimate(x_all: np.ndarray, f_all: np.ndarray, sample: Sample, y: np.ndarray
         lam = 0.0
     # A logistic loss stays convex only for lam in [0, 1]; a mean's loss is quadratic for any lam.
     clip = (0.0, 1.0) if link == "logistic" else None
-    theta = _solve(census, xs, y, fs, ws, 1.0 if lam is None else lam, link)
+    theta = solve(census, xs, y, fs, ws, 1.0 if lam is None else lam, link)
     tuned = lam is None
     if tuned:
         bread, a, b = _pieces(census, xs, y, fs, theta, link)
         lam = tuned_lam(sample, bread, a, b, clip)
-        theta = _solve(census, xs, y, fs, ws, lam, link, theta)
+        theta = solve(census, xs, y, fs, ws, lam, link, theta)
     bread, a, b = _pieces(census, xs, y, fs, theta, link)
     influence = -(a - lam * b) @ bread
     rows_used = int(np.any(xs != 0, axis=1).sum())
@@ -206,7 +210,7 @@ def term_df(xs: np.ndarray) -> list:
 def naive(x_all: np.ndarray, yhat_all: np.ndarray, link: str = "identity") -> Estimate:
     """The model's hard labels as if gold on every row: an iid (sandwich) interval with N rows."""
     census = compress(x_all, yhat_all)
-    theta = _solve(census, x_all[:0], yhat_all[:0], yhat_all[:0], np.zeros(0), 1.0, link)
+    theta = solve(census, x_all[:0], yhat_all[:0], yhat_all[:0], np.zeros(0), 1.0, link)
     mu = _mean(link, x_all @ theta)
     bread = np.linalg.pinv((census[0] * (census[1] * _slope(link, _mean(link, census[0] @ theta)))[:, None]).T
                            @ census[0])
