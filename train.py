@@ -48,11 +48,17 @@ EPOCH_METRICS = ("n", "invalid", "rouge1", "rouge2", "rougeL", "exact_match", "c
 ADDED_LATER = {"merge_at": "training", "lora_speedups": "on"}
 
 
-def parse_args(argv=None):
+def build_parser():
     p = parser(__doc__)
     add_data_and_model_flags(p)
     add_training_flags(p)
     add_saving_flags(p)
+    add_fold_flags(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     tiny = 1e-12  # "greater than 0" for floats
     check_ranges(p, vars(args), {
@@ -75,7 +81,27 @@ def parse_args(argv=None):
         note_ignored(p, vars(args), ("steps",), "it goes with --stop_condition steps")
     if args.eval_strategy != "steps":
         note_ignored(p, vars(args), ("eval_steps",), "it goes with --eval_strategy steps")
+    check_fold_flags(p, args)
     return args
+
+
+def check_fold_flags(p, args) -> None:
+    if not args.folds:
+        if args.fold is not None:
+            p.error("--fold k goes with --folds K")
+        note_ignored(p, vars(args), ("fold_validation_share",), "it goes with --folds")
+        return
+    if args.folds < 2:
+        p.error(f"--folds {args.folds}: K-fold training needs K >= 2")
+    if args.fold is not None and not 0 <= args.fold < args.folds:
+        p.error(f"--fold {args.fold}: folds are numbered 0 to {args.folds - 1}")
+    if not 0 < args.fold_validation_share < 0.9:
+        p.error(f"--fold_validation_share {args.fold_validation_share}: a share in (0, 0.9)")
+    for flag, why in (("resume_from_checkpoint", "a K-fold run resumes when the same command is given again"),
+                      ("max_train_samples", "the folds cover every labelled row: sample the labelled set with "
+                                            "preprocess.py first")):
+        if getattr(args, flag) is not None:
+            p.error(f"--{flag} cannot go with --folds: {why}")
 
 
 def add_data_and_model_flags(p):
@@ -177,6 +203,21 @@ def add_saving_flags(p):
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--stop_after_steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
     g.add_argument("--record_examples", action="store_true", help=argparse.SUPPRESS)  # tests: ids seen per process
+
+
+def add_fold_flags(p):
+    g = p.add_argument_group("K-fold training (cross-fitting)")
+    g.add_argument("--folds", type=int, default=0,
+                   help="train K models on the labelled rows (the source's train + validation; its test split is "
+                        "left alone), each holding out one stratified fold: <output_dir>/fold_k/run/ are ordinary "
+                        "runs, oof.csv every labelled row's out-of-fold probabilities (for evaluate.py --ensemble "
+                        "and estimate.py --crossfit); the same command again resumes (default: 0 = off)")
+    g.add_argument("--fold", type=int, help="with --folds: train only fold k (0-based), to run the folds side by side "
+                                            "on several machines or GPUs; the run that finds all K done gathers "
+                                            "oof.csv (default: every fold in turn)")
+    g.add_argument("--fold_validation_share", type=float, default=0.15,
+                   help="with --folds: the share of each fold's training rows held for its validation (epoch kept, "
+                        "decision rule); never a row of the fold it predicts (default: 0.15)")
 
 
 def build_model(args, data: TrainingData, tokenizer):
@@ -330,6 +371,8 @@ def finish(trainer, callback, out_dir: Path, manifest: dict, started: float) -> 
 def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
+    if args.folds:
+        return train_folds(args)
     from transformers import set_seed
 
     from annotune.base.files import atomic_write_json
@@ -417,6 +460,78 @@ def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokeni
     if folder.resuming and not folder.checkpoint:
         print(f"no checkpoint in {folder.path} yet: training again from the start")
     describe_start(data, model, tokenizer, args.model_name, args.max_seq_length)
+
+
+# ---------------------------------------------------------------- K-fold training (--folds)
+FOLD_OWN = {"folds", "fold", "fold_validation_share", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
+            "task", "dataset_name", "merge", "merge_at", "template", "without_definitions", "max_train_samples", "help"}
+
+
+def fold_argv(args, data: Path, out: Path, merge_at: str, resume: bool) -> list:
+    """train.py's flags for one fold's ordinary run: the user's model, training and saving flags,
+    on the fold's dataset folder (its prompt and merge built in)."""
+    argv = ["--dataset_name", str(data), "--output_dir", str(out), "--merge_at", merge_at]
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in FOLD_OWN or not action.option_strings or value == action.default:
+            continue
+        argv += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], str(value)]
+    return argv + (["--resume_from_checkpoint"] if resume else [])
+
+
+def train_folds(args) -> int:
+    """--folds K: K ordinary runs, each on a fold's dataset folder, then the held-out rows scored and
+    oof.csv gathered (annotune/training/folds.py)."""
+    from annotune.base.files import remove_dir, run_manifest
+    from annotune.labelling.contract import TrainingSource, for_training, resolved_flags
+    from annotune.model.models import load_config, load_tokenizer
+    from annotune.training import folds
+
+    labelling = for_training(TrainingSource.from_flags(vars(args)), load_tokenizer(args.model_name, for_generation=False),
+                             load_config(args.model_name), DEFAULT_TASK)
+    if labelling.reported.type != "classification":
+        raise UserError("--folds needs a classification task (out-of-fold probabilities of its labels)")
+    run = Path(args.output_dir or Path("runs") / f"{Path(args.model_name.rstrip('/')).name}-"
+                                                  f"{labelling.reported.name}-folds{args.folds}")
+    if run.exists() and any(run.iterdir()) and not (run / folds.FOLDS_FILE).exists() and not args.overwrite_output_dir:
+        raise UserError(f"{run} holds something other than a K-fold run; pass another --output_dir")
+    if args.overwrite_output_dir and run.exists():
+        remove_dir(run)
+    plan = folds.plan_folds(labelling, args.folds, args.seed, args.fold_validation_share)
+    plan = folds.settle_plan(run, dict(plan, manifest=run_manifest(vars(args), task=labelling.reported.name)))
+    data_manifest = run_manifest(vars(args), **labelling.source)
+    for f in [args.fold] if args.fold is not None else range(args.folds):
+        state, splits = folds.fold_state(run, f), folds.fold_splits(labelling, plan, f)
+        if state in ("new", "started"):
+            data = folds.write_fold_data(folds.fold_dir(run, f) / "data", splits, data_manifest)
+            print(f"fold {f} of {args.folds}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
+                  f"{len(splits['test'])} held-out rows{' (resuming)' * (state == 'started')}")
+            code = main(fold_argv(args, data, folds.fold_dir(run, f) / "run", resolved_flags(labelling)["merge_at"],
+                                  state == "started"))
+            if code or folds.fold_state(run, f) != "trained":
+                print(f"fold {f} stopped before it finished: give the same command again to resume it")
+                return code
+        if folds.fold_state(run, f) != "scored":
+            folds.score_heldout(run, f, splits["test"], args.eval_batch_size, args.cpu_bf16)
+    waiting = [f for f in range(args.folds) if folds.fold_state(run, f) != "scored"]
+    if waiting:
+        print(f"folds {', '.join(map(str, waiting))} not done yet: oof.csv is gathered by the run that finishes last")
+        return 0
+    report_folds(run, plan, folds.gather(run, plan))
+    return 0
+
+
+def report_folds(run: Path, plan: dict, metrics: dict) -> None:
+    from annotune.labelling.metrics import LABEL_METRICS
+
+    k = plan["folds_k"]
+    shown = ", ".join(f"{m.title} {metrics[m.key]:.3f}" + (f" [{metrics['ci95'][m.key][0]:.3f}, "
+                                                           f"{metrics['ci95'][m.key][1]:.3f}]" if m.key in
+                                                           metrics.get("ci95", {}) else "") for m in LABEL_METRICS)
+    print(f"out-of-fold over {plan['labelled']} labelled rows (each predicted by the one of {k} models that did not "
+          f"see it: the training procedure's quality on {k - 1}/{k} of the rows, not the ensemble's): {shown}")
+    print(f"wrote {run / 'oof.csv'}, {run / 'oof_metrics.json'}, {run / 'folds.json'}; fold adapters in "
+          f"{run}/fold_*/run/")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,38 @@ def _stratified_take(examples: list, fraction: float, seed: int, stratify: bool)
     return rest, taken
 
 
+def assign_folds(examples: list, k: int, seed: int) -> dict:
+    """{id: fold in 0..k-1}: stratified K folds, seeded. Rows with the same normalised text move
+    together (as in _stratified_take: a post and its retweets never train a model that predicts
+    the other); each label's clusters are shuffled and dealt, largest first, to the fold holding
+    the fewest rows of that label (ties: the fold with the fewest rows)."""
+    rng = random.Random(seed)
+    clusters = {}
+    for ex in examples:
+        clusters.setdefault(norm_text(ex.get("text", "")), []).append(ex)
+    groups = {}
+    for cluster in clusters.values():
+        groups.setdefault(str(cluster[0].get("label")), []).append(cluster)
+    fold_of, sizes = {}, [0] * k
+    for key in sorted(groups):
+        group = groups[key][:]
+        rng.shuffle(group)
+        group.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
+        mine = [0] * k
+        for cluster in group:
+            target = min(range(k), key=lambda f: (mine[f], sizes[f], f))
+            for ex in cluster:
+                fold_of[ex["id"]] = target
+            mine[target] += len(cluster)
+            sizes[target] += len(cluster)
+    return fold_of
+
+
+def stratified_split(examples: list, fraction: float, seed: int) -> tuple:
+    """(rest, taken): a stratified, seeded share of the rows taken, duplicates kept together."""
+    return _stratified_take(examples, fraction, seed, bool(examples) and "label" in examples[0])
+
+
 def split_examples(examples: dict, val_ratio: float, test_ratio: float, seed: int) -> dict:
     """Train/validation/test from the source splits: a missing validation (and test) split is
     carved from train, stratified by label, seeded. The file's own splits are kept as they are."""
