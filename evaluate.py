@@ -11,6 +11,7 @@ annotators; or label a new file.
     python evaluate.py --adapters_name A --annotations ../shared/data/politosphere/annotated_data_leo.json \\
         ../shared/data/politosphere/annotated_data_yifei_v2.json     # kappa model-vs-human, human-vs-human
     python evaluate.py --adapters_name A --predict_file posts.csv --text_column body --output labeled.csv
+    python evaluate.py --ensemble runs/kfold --predict_file posts.csv --output labeled.csv   # train.py --folds K's
 
 An adapter brings its base model, task, label merge, prompt template and dataset, so none of them can
 be paired wrongly by a flag. Classification uses --mode score (every label scored as a continuation:
@@ -86,7 +87,10 @@ def parse_args(argv=None):
                            "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
                            "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0"),
                            "bf16_tie_margin": (0, None, "at least 0"), "few_shot": (0, None, "at least 0")})
-    if not args.adapters_name and not args.base_only:
+    if args.ensemble and (args.adapters_name or args.base_only or not args.predict_file or args.mode != "score"):
+        p.error("--ensemble RUN labels --predict_file in score mode with the run's fold models, without "
+                "--adapters_name or --base_only")
+    if not args.adapters_name and not args.base_only and not args.ensemble:
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
     note_unused(p, args)
     return args
@@ -109,6 +113,11 @@ def add_annotation_flags(p) -> None:
     g.add_argument("--output", help="labelled CSV to write (default: <predict_file>.labeled.csv)")
     g.add_argument("--chunk_rows", type=int, default=256, help="rows per written chunk (default: 256)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    g.add_argument("--ensemble", metavar="RUN",
+                   help="label --predict_file with the K fold models of a train.py --folds K run (the base model "
+                        "loaded once): fold<k>_prob_<label> per model, prob_<label> and prediction the ensemble's "
+                        "(their mean; a decision rule fit on the run's out-of-fold probabilities); for estimate.py "
+                        "--crossfit (default: one adapter)")
     g.add_argument("--stop_after_chunks", type=int, default=0, help=argparse.SUPPRESS)  # tests: simulate a crash
 
 
@@ -408,6 +417,67 @@ def label_parts(args, state, store, labelling, annotator, output, input_columns)
     return 0
 
 
+def annotate_ensemble(args, bases) -> int:
+    """--ensemble RUN: each fold model labels --predict_file in turn (argmax, resumable) into
+    <output>.folds/, then the K files are joined (labelling/ensemble.py) and checked for a shift
+    between the corpus and the run's labelled rows."""
+    from dataclasses import replace
+
+    from accelerate import PartialState
+    from peft import PeftModel
+
+    from annotune.base.files import ensure_new_path, remove_dir
+    from annotune.estimation.crossfit import shift_test
+    from annotune.labelling import ensemble
+    from annotune.labelling.annotator import load_annotator, unfold_lora
+    from annotune.labelling.corpus import PartStore, check_input, output_format
+    from annotune.model.models import device_name
+
+    run = ensemble.read_run(args.ensemble)
+    output = Path(args.output or f"{args.predict_file}.labeled.csv")
+    work = output.with_name(f"{output.name}.folds")
+    ensure_new_path(output, args.overwrite, what="--output", inputs=(args.predict_file, args.ensemble), kind="file")
+    output_format(output)
+    input_sha256, input_columns = check_input(args.predict_file, args.text_column)
+    if args.overwrite:
+        remove_dir(work)
+    state, precision = PartialState(cpu=device_name() == "cpu"), None
+    for k, adapter in enumerate(run.adapters):
+        fold_out = work / f"fold_{k}.csv"
+        if fold_out.exists():
+            continue
+        labelling = replace(labelling_of(args, [adapter], rows=False), rule=None)
+        record = labelling.record
+        annotator = load_annotator(labelling, model=PeftModel.from_pretrained(
+            bases.get(record.base_model, record.kind, record.labels), str(adapter)), cpu_bf16=args.cpu_bf16,
+            tie_margin=args.bf16_tie_margin)
+        work.mkdir(parents=True, exist_ok=True)
+        store = PartStore(fold_out, dict(annotation_fingerprint(args, [adapter], labelling, annotator, input_sha256),
+                                         kfold_run=run.fingerprint, fold=k), "csv")
+        if state.is_main_process:
+            store.lock()
+        try:
+            label_parts(args, state, store, labelling, annotator, fold_out, input_columns)
+        finally:
+            store.unlock()
+        unfold_lora(annotator.model)
+        annotator.model.unload()
+        if not fold_out.exists():
+            return 0  # stopped: the same command resumes
+        precision = annotator.precision
+    rule = ensemble.ensemble_rule(run, args.decision_objective, precision) if args.decision == "fitted" else None
+    joined = ensemble.join([work / f"fold_{k}.csv" for k in range(run.k)], run.labels, rule, output, input_columns)
+    remove_dir(work)
+    shift = shift_test(run.oof_probs(), run.oof["fold"].astype(int).to_numpy(), joined["per_fold"])
+    print(f"labelled {joined['rows']} rows with the {run.k} fold models of {run.folder} -> {output}; decision rule: "
+          f"{rule.note if rule is not None else 'argmax (--decision argmax)'}")
+    if shift["reject"]:
+        print(f"note: the corpus differs from the run's labelled rows ({shift['test']}: p = {shift['p_value']:.2g}); "
+              "the out-of-fold quality may not hold on it; a human sample of the corpus (sample.py, estimate.py) "
+              "is the way to know")
+    return 0
+
+
 def annotation_fingerprint(args, adapters, labelling, annotator, input_sha256: str) -> dict:
     """Everything that changes a label: a resumed annotation must match it exactly."""
     from annotune.model.models import tokenizer_sha256, weights_sha256
@@ -434,6 +504,8 @@ def main(argv=None):
     from annotune.data.labels import check_label_list
     from annotune.labelling.report import write_comparison
 
+    if args.ensemble:
+        return annotate_ensemble(args, BaseModels(args.quantization))
     found = {}
     for name in args.adapters_name:  # one adapter given twice (by name and by path) is evaluated once
         path = find_adapter(name)

@@ -65,6 +65,7 @@ class Corpus:
     labels: list             # label names, in prob_ column order
     prediction: np.ndarray   # label index per row
     probs: np.ndarray | None  # (N, K), or None for a corpus labelled by generation
+    fold_probs: np.ndarray | None = None  # (folds, N, K): each fold model's (evaluate.py --ensemble), else None
 
     @property
     def size(self) -> int:
@@ -123,7 +124,31 @@ def read_corpus(path: str) -> Corpus:
         bad = int(np.flatnonzero(pred < 0)[0])
         raise UserError(f"--corpus {path}: row {ids[bad]} has prediction {table[PREDICTION].iloc[bad]!r}, "
                         f"not one of its labels ({', '.join(labels)})")
-    return Corpus(path, file_sha256(path), table, ids, labels, pred, probs)
+    return Corpus(path, file_sha256(path), table, ids, labels, pred, probs, fold_probabilities(table, labels, path))
+
+
+def fold_probabilities(table, labels: list, path: str) -> np.ndarray | None:
+    """(K, N, L) of the fold<k>_prob_<label> columns of a corpus labelled by an ensemble, else None."""
+    from ..labelling.ensemble import FOLD_PROB
+
+    found = {}
+    for column in table.columns:
+        match = FOLD_PROB.match(str(column))
+        if match:
+            found[int(match.group(1)), match.group(2)] = column
+    if not found:
+        return None
+    k = 1 + max(f for f, _ in found)
+    if set(found) != {(f, label) for f in range(k) for label in labels}:
+        raise UserError(f"--corpus {path}: its fold<k>_prob_<label> columns are not one per fold and label of "
+                        f"{labels}")
+    import pandas as pd
+
+    out = np.stack([[pd.to_numeric(table[found[f, label]], errors="coerce").to_numpy(dtype=float) for label in labels]
+                    for f in range(k)]).transpose(0, 2, 1)
+    if not np.isfinite(out).all() or (out < -1e-9).any() or (out > 1 + 1e-9).any():
+        raise UserError(f"--corpus {path}: a fold<k>_prob_ column holds a value that is not a probability in [0, 1]")
+    return np.clip(out, 0, 1)
 
 
 def _row_ids(table, path) -> np.ndarray:

@@ -91,33 +91,64 @@ def spread(fits: CrossFit, labels: list) -> dict:
 def check_random_sample(fits: CrossFit, alpha: float = CHECK_ALPHA) -> dict:
     """Is the labelled set a random sample of this corpus? For each fold model, its scores on the
     rows it held out against its scores on the unlabelled rows: under random sampling both are
-    draws the model never saw, so their distributions agree. A two-sample Kolmogorov-Smirnov test
-    per label's probability (one for two labels), Bonferroni over folds and labels. Not rejecting
-    proves nothing; rejecting says the labelled set was drawn otherwise (balanced per label,
-    filtered, another period) and the interval's validity is lost. The out-of-fold scores against
-    the ensemble's would differ even under random sampling (a fold model is weaker than the
-    ensemble), so they are not compared."""
-    from scipy.stats import ks_2samp
-
+    draws the model never saw, so their distributions agree (shift_test). Not rejecting proves
+    nothing; rejecting says the labelled set was drawn otherwise (balanced per label, filtered,
+    another period) and the interval's validity is lost. The out-of-fold scores against the
+    ensemble's would differ even under random sampling (a fold model is weaker than the ensemble),
+    so they are not compared."""
     if fits.per_fold is None:
         raise ValueError("the random-sample check needs each fold model's scores on the corpus")
-    unlabelled = fits.unlabelled()
-    n_labels = fits.oof.shape[1]
+    return shift_test(fits.oof, fits.fold, fits.per_fold[:, fits.unlabelled()], alpha)
+
+
+def shift_test(heldout: np.ndarray, fold: np.ndarray, others: np.ndarray, alpha: float = CHECK_ALPHA) -> dict:
+    """Fold k's model's scores on its held-out rows (heldout[fold == k], (n_k, L)) against its
+    scores on other rows (others[k], (M, L)): a two-sample Kolmogorov-Smirnov test per label's
+    probability (one for two labels), Bonferroni over folds and labels; reject below alpha."""
+    from scipy.stats import ks_2samp
+
+    n_labels = heldout.shape[1]
     columns = [0] if n_labels == 2 else list(range(n_labels))
-    tests = []
-    for k in range(len(fits.per_fold)):
-        held = fits.oof[fits.fold == k]
-        rest = fits.per_fold[k][unlabelled]
-        for j in columns:
-            if len(held) and len(rest):
-                tests.append((k, j, float(ks_2samp(held[:, j], rest[:, j]).pvalue)))
+    tests = [(k, j, float(ks_2samp(heldout[fold == k][:, j], others[k][:, j]).pvalue))
+             for k in range(len(others)) for j in columns if (fold == k).any() and len(others[k])]
     if not tests:
-        return {"test": "none", "p_value": 1.0, "reject": False, "tests": 0}
+        return {"test": "none", "p_value": 1.0, "alpha": alpha, "reject": False, "tests": 0}
     k, j, p = min(tests, key=lambda t: t[2])
     adjusted = min(1.0, p * len(tests))
     return {"test": f"Kolmogorov-Smirnov, fold {k} model's scores of label {j} on its held-out rows vs the "
-                    f"unlabelled rows; Bonferroni over {len(tests)} tests",
+                    f"corpus rows; Bonferroni over {len(tests)} tests",
             "p_value": adjusted, "alpha": alpha, "reject": bool(adjusted < alpha), "tests": len(tests)}
+
+
+def from_run(corpus, run, id_column: str) -> CrossFit:
+    """The cross-fit of a corpus labelled by a K-fold run's ensemble (evaluate.py --predict_file
+    --ensemble RUN: its fold<k>_prob_ columns) and the run's out-of-fold file (ensemble.KFoldRun),
+    the labelled rows found by id: each labelled id must match exactly one value of the corpus's
+    column id_column. The ensemble's value is the fold models' mean, as the out-of-fold values are
+    a fold model's, before any decision rule."""
+    from ..base.cli import UserError
+
+    if corpus.fold_probs is None:
+        raise UserError(f"--corpus {corpus.path} has no fold<k>_prob_<label> columns: label it with evaluate.py "
+                        f"--predict_file ... --ensemble {run.folder}")
+    if len(corpus.fold_probs) != run.k or sorted(corpus.labels) != sorted(run.labels):
+        raise UserError(f"--corpus {corpus.path} was labelled by {len(corpus.fold_probs)} fold models of labels "
+                        f"{corpus.labels}; --crossfit {run.folder} has {run.k} of {run.labels}")
+    where = {}
+    for position, value in enumerate(corpus.column(id_column, "--id_column")):
+        where.setdefault(str(value).strip(), []).append(position)
+    rows = []
+    for i in run.oof["id"]:
+        found = where.get(str(i).strip(), [])
+        if len(found) != 1:
+            raise UserError(f"--crossfit {run.folder}: labelled id {i!r} matches {len(found)} rows of --corpus column "
+                            f"{id_column!r}; each labelled row must be exactly one corpus row")
+        rows.append(found[0])
+    order = [run.labels.index(label) for label in corpus.labels]
+    gold = np.array([corpus.label_index(g, f"--crossfit {run.folder} oof.csv gold") for g in run.oof["gold"]])
+    oof = run.oof_probs()[:, order]
+    fold = run.oof["fold"].astype(int).to_numpy()
+    return CrossFit(np.array(rows), gold, oof, fold, corpus.fold_probs.mean(axis=0), corpus.fold_probs)
 
 
 def plan_rows(fits: CrossFit, influence: np.ndarray, half_width: float, alpha: float) -> float:

@@ -334,6 +334,7 @@ def _markdown(summary: dict, rows: dict) -> str:
         lines.append(line)
     if plan:
         lines += ["", f"plan: human labels (this design's strategy) for a half-width of {summary['plan_half_width']}."]
+    lines += [line for note in summary.get("notes", []) for line in ("", note)]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,9 @@ SETTINGS = "settings.json"
 
 def reserved_column(name: str) -> bool:
     """A column name the labelled output uses for its own values (sample.py and estimate.py read them)."""
-    return name in (ROW, PREDICTION, TRUNCATED) or name.startswith(PROB)
+    from .ensemble import is_fold_column
+
+    return name in (ROW, PREDICTION, TRUNCATED) or name.startswith(PROB) or is_fold_column(name)
 
 
 def iter_input(path: str, text_column: str, chunk_rows: int):
@@ -77,7 +79,7 @@ def refuse_reserved(input_columns, path: str) -> None:
     clash = [c for c in input_columns if reserved_column(str(c))]
     if clash:
         raise UserError(f"{path}: column {clash[0]!r} has a name the labelled output uses for its own values "
-                        f"({ROW}, {PREDICTION}, {PROB}<label>, {TRUNCATED}); rename it in the input")
+                        f"({ROW}, {PREDICTION}, {PROB}<label>, fold<k>_{PROB}<label>, {TRUNCATED}); rename it in the input")
 
 
 def output_columns(spec, input_columns, path: str = "--predict_file"):

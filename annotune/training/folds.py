@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 
 from ..base.cli import UserError
+from ..labelling.ensemble import FOLDS_FILE, OOF_FILE, OOF_METRICS
 
-FOLDS_FILE, OOF_FILE, OOF_METRICS, HELDOUT = "folds.json", "oof.csv", "oof_metrics.json", "heldout.jsonl"
+HELDOUT = "heldout.jsonl"
 FORMAT = "annotune-folds/1"
 
 
