@@ -390,9 +390,38 @@ def annotate(args, labelling, adapters, base):
     if state.is_main_process:
         store.lock()  # one labeller per output; the processes of this launch share it
     try:
-        return label_parts(args, state, store, labelling, annotator, output, input_columns)
+        code = label_parts(args, state, store, labelling, annotator, output, input_columns)
     finally:
         store.unlock()
+    if output.exists() and state.is_main_process:
+        shift_note(args, labelling, annotator, adapters, output)
+    return code
+
+
+def shift_note(args, labelling, annotator, adapters, output: Path) -> None:
+    """Validation quality holds for a corpus drawn as the validation rows were: the model's scores on
+    up to 400 of the adapter's validation rows against its scores on the corpus (crossfit.shift_test,
+    alpha 0.01); a clear difference gets one note."""
+    import numpy as np
+
+    from annotune.base.tables import read_frame
+    from annotune.data.examples import sample_rows
+    from annotune.estimation.crossfit import shift_test
+
+    labels = labelling.reported.label_names
+    rows = sample_rows(validation_rows(args, adapters), 400, args.seed) if labels else []
+    if len(rows) < 20:
+        return
+    preds = labelling.label(annotator, rows, args.mode, args.batch_size, args.length_norm)
+    if "probs" not in preds[0]:
+        return  # generated labels: no scores to compare
+    held = np.array([[(p.get("calibrated_probs") or p["probs"])[label] for label in labels] for p in preds])
+    corpus = read_frame(output, "--output")[[f"prob_{label}" for label in labels]].to_numpy(dtype=float)
+    test = shift_test(held, np.zeros(len(held), dtype=int), corpus[None])
+    if test["reject"]:
+        print(f"note: the model scores this corpus unlike its {len(rows)} validation rows (Kolmogorov-Smirnov, "
+              f"p = {test['p_value']:.2g}): its validation quality may not hold here; a human sample of the corpus "
+              "(sample.py, estimate.py) is the way to know")
 
 
 def label_parts(args, state, store, labelling, annotator, output, input_columns) -> int:
@@ -468,7 +497,7 @@ def annotate_ensemble(args, bases) -> int:
     rule = ensemble.ensemble_rule(run, args.decision_objective, precision) if args.decision == "fitted" else None
     joined = ensemble.join([work / f"fold_{k}.csv" for k in range(run.k)], run.labels, rule, output, input_columns)
     remove_dir(work)
-    shift = shift_test(run.oof_probs(), run.oof["fold"].astype(int).to_numpy(), joined["per_fold"])
+    shift = shift_test(run.oof_probs(), run.oof["fold"].astype(int).to_numpy(), joined["per_fold"])  # raw, as oof
     print(f"labelled {joined['rows']} rows with the {run.k} fold models of {run.folder} -> {output}; decision rule: "
           f"{rule.note if rule is not None else 'argmax (--decision argmax)'}")
     if shift["reject"]:

@@ -4,6 +4,7 @@ the labels alone and the naive estimate, on the corpora of bench/inference.py.
     .venv/bin/python bench/crossfit.py                           # every corpus, 1,000 repetitions a setting
     .venv/bin/python bench/crossfit.py --tasks sbic_offensive --reps 200
     .venv/bin/python bench/crossfit.py --report                  # the table of docs/results.md
+    .venv/bin/python bench/crossfit.py --shift                   # evaluate.py's shift note: its two rates
 
 Each repetition draws a labelled set of n rows uniformly from the corpus (n in 200, 400, 800;
 run only where n <= N/5: not IMDB at 800, Drug Reviews never), hides every other row's gold label,
@@ -23,6 +24,12 @@ Thousands of trainings are only affordable with a cheap model: TF-IDF (word 1-2 
 corpus's texts, no labels) + multinomial logistic regression (C = 4). The texts are joined by id
 from ../shared/data. Writes bench/results/crossfit.json (coverage of 90% intervals, mean width and
 its Monte-Carlo standard error per setting, quantity and method) and prints the table.
+
+--shift checks the test behind evaluate.py's shift note (crossfit.shift_test: the model's scores on
+its validation rows against its scores on the corpus): per seed a model is trained on 1,000 random
+rows of AG News (SBIC), validated on 300 others, and the note's test run on the rest of the corpus
+(a random split: it should stay quiet in at least 95% of seeds) and on the rest restricted to two
+topics, World and Sports (SBIC: the twitter posts; a constructed shift: it should fire).
 """
 import argparse
 import csv
@@ -53,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(RESULTS / "crossfit.json"), help="results file (merged per task)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--merge", help="comma-separated results files (runs side by side) joined into --out")
+    p.add_argument("--shift", action="store_true", help="the shift note's rates (200 seeds a corpus) into --out")
     return p.parse_args(argv)
 
 
@@ -187,6 +195,26 @@ def summarise(tallies: dict) -> dict:
     return out
 
 
+def shift_rates(task: str, seeds: int, rng) -> dict:
+    """How often the shift note's test fires: corpus = a random rest, and a shifted rest."""
+    from annotune.estimation.crossfit import shift_test
+
+    corpus, gold, _ = load(task)
+    x = features(texts_of(task, corpus.table["id"]))
+    shifted = np.isin(gold, [0, 1]) if task == "ag_news" else corpus.table["group"].to_numpy() == "twitter"
+    fired = {"random": 0, "shifted": 0}
+    for _ in range(seeds):
+        order = rng.permutation(corpus.size)
+        train, validation, rest = order[:1000], order[1000:1300], order[1300:]
+        probs = fit_predict(x, train, gold, len(corpus.labels))
+        for name, rows in (("random", rest), ("shifted", rest[shifted[rest]])):
+            test = shift_test(probs[validation], np.zeros(len(validation), dtype=int), probs[rows][None])
+            fired[name] += int(test["reject"])
+    shift = "two of four topics (World, Sports)" if task == "ag_news" else "the twitter posts only"
+    return {"seeds": seeds, "shift": shift, "random_rate": fired["random"] / seeds,
+            "shifted_rate": fired["shifted"] / seeds}
+
+
 METHODS = ("crossfit", "crossfit_lam1", "split_0.25", "split_0.5", "split_0.75", "classical", "naive")
 
 
@@ -232,6 +260,10 @@ def report(record: dict) -> str:
                          f"{len(q)} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean coverage [lowest quantity] / mean width. crossfit = cross-prediction, lam tuned; "
               "split_s: trained on a share s, PPI++ on the rest."]
+    if record.get("shift"):
+        lines += ["", "| corpus | seeds | the note fires: random rest | shifted rest | shift |", "|---|---|---|---|---|"]
+        for task, r in record["shift"].items():
+            lines.append(f"| {task} | {r['seeds']} | {r['random_rate']:.3f} | {r['shifted_rate']:.3f} | {r['shift']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -246,12 +278,19 @@ def main(argv=None):
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
         record = {"alpha": ALPHA, "folds": FOLDS, "tasks": {t: r for part in parts for t, r in part["tasks"].items()}}
+        record.update({k: part[k] for part in parts for k in ("shift",) if k in part})
         record["verdicts"] = verdicts(record)
         atomic_write_json(out, record)
         print(report(record))
         return
     warnings.filterwarnings("ignore")  # sklearn's convergence notes on a few folds
     record = json.loads(out.read_text()) if out.exists() else {"alpha": ALPHA, "folds": FOLDS, "tasks": {}}
+    if args.shift:
+        rng = np.random.default_rng(args.seed)
+        record["shift"] = {task: shift_rates(task, 200, rng) for task in ("ag_news", "sbic_offensive")}
+        atomic_write_json(out, record)
+        print(json.dumps(record["shift"], indent=1))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     for task in args.tasks.split(","):
         rng = np.random.default_rng([args.seed, TASKS.index(task)])
