@@ -9,6 +9,8 @@
     python train.py --task dialogsum --model_name google/flan-t5-base    # seq2seq (hub)
     python train.py --epoch 50 --max_seq_length 512 --base_model_name meta-llama/Llama-2-13b-chat-hf
     accelerate launch --config_file configs/accelerate_ddp.yaml train.py --task sst2
+    python train.py --task sbic_offensive --model_name minilm-l6 --folds 5 --output_dir runs/kfold   # cross-fitting
+    python train.py --task sbic_offensive --model_name minilm-l6 --folds 5 --output_dir runs/kfold --fold 2  # one fold
 
 Modes (picked from the task and the model, --mode overrides): causal = instruction SFT with the loss
 on the answer tokens (and EOS) only; classifier = a sequence-classification head (class-weighted
@@ -22,6 +24,12 @@ prompt, decision rule and validation metrics; --epoch is the most epochs trained
 more), manifest.json (arguments, versions, git commit, split ids), log.jsonl (loss,
 tokens/s per step; eval per epoch), learning_curve.png, dataset/ (the exact rows trained on) and
 checkpoints/ (for --resume_from_checkpoint).
+
+--folds K trains K such runs instead, one per stratified fold of the labelled rows (the source's
+train + validation), each holding its fold out and validating on a share of the others; the same
+command again resumes; the folds can run side by side, one `--fold k` per machine or GPU on a
+shared --output_dir, the last to finish gathering oof.csv (every labelled row's out-of-fold
+probabilities), oof_metrics.json and folds.json (annotune/training/folds.py).
 """
 from __future__ import annotations
 
@@ -372,7 +380,7 @@ def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
     if args.folds:
-        return train_folds(args)
+        return train_folds(args)  # K ordinary runs, each calling main
     from transformers import set_seed
 
     from annotune.base.files import atomic_write_json
@@ -386,8 +394,7 @@ def main(argv=None):
     started = time.time()
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name, for_generation=False)
-    source = TrainingSource.from_flags(vars(args))
-    data = load_training_data(source, tokenizer, load_config(args.model_name), DEFAULT_TASK)
+    data = load_training_data(TrainingSource.from_flags(vars(args)), tokenizer, load_config(args.model_name), DEFAULT_TASK)
     args = resolved_arguments(args, data)
     if (args.balance != "none" or args.class_weights != "none") and data.labelling.scored.type != "classification":
         raise UserError("--balance and --class_weights need a classification task")
@@ -499,39 +506,11 @@ def train_folds(args) -> int:
         remove_dir(run)
     plan = folds.plan_folds(labelling, args.folds, args.seed, args.fold_validation_share)
     plan = folds.settle_plan(run, dict(plan, manifest=run_manifest(vars(args), task=labelling.reported.name)))
-    data_manifest = run_manifest(vars(args), **labelling.source)
-    for f in [args.fold] if args.fold is not None else range(args.folds):
-        state, splits = folds.fold_state(run, f), folds.fold_splits(labelling, plan, f)
-        if state in ("new", "started"):
-            data = folds.write_fold_data(folds.fold_dir(run, f) / "data", splits, data_manifest)
-            print(f"fold {f} of {args.folds}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
-                  f"{len(splits['test'])} held-out rows{' (resuming)' * (state == 'started')}")
-            code = main(fold_argv(args, data, folds.fold_dir(run, f) / "run", resolved_flags(labelling)["merge_at"],
-                                  state == "started"))
-            if code or folds.fold_state(run, f) != "trained":
-                print(f"fold {f} stopped before it finished: give the same command again to resume it")
-                return code
-        if folds.fold_state(run, f) != "scored":
-            folds.score_heldout(run, f, splits["test"], args.eval_batch_size, args.cpu_bf16)
-    waiting = [f for f in range(args.folds) if folds.fold_state(run, f) != "scored"]
-    if waiting:
-        print(f"folds {', '.join(map(str, waiting))} not done yet: oof.csv is gathered by the run that finishes last")
-        return 0
-    report_folds(run, plan, folds.gather(run, plan))
-    return 0
-
-
-def report_folds(run: Path, plan: dict, metrics: dict) -> None:
-    from annotune.labelling.metrics import LABEL_METRICS
-
-    k = plan["folds_k"]
-    shown = ", ".join(f"{m.title} {metrics[m.key]:.3f}" + (f" [{metrics['ci95'][m.key][0]:.3f}, "
-                                                           f"{metrics['ci95'][m.key][1]:.3f}]" if m.key in
-                                                           metrics.get("ci95", {}) else "") for m in LABEL_METRICS)
-    print(f"out-of-fold over {plan['labelled']} labelled rows (each predicted by the one of {k} models that did not "
-          f"see it: the training procedure's quality on {k - 1}/{k} of the rows, not the ensemble's): {shown}")
-    print(f"wrote {run / 'oof.csv'}, {run / 'oof_metrics.json'}, {run / 'folds.json'}; fold adapters in "
-          f"{run}/fold_*/run/")
+    merge_at = resolved_flags(labelling)["merge_at"]
+    return folds.run_folds(run, plan, labelling, run_manifest(vars(args), **labelling.source),
+                           [args.fold] if args.fold is not None else range(args.folds),
+                           lambda data, out, resume: main(fold_argv(args, data, out, merge_at, resume)),
+                           args.eval_batch_size, args.cpu_bf16)
 
 
 if __name__ == "__main__":

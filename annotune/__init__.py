@@ -38,12 +38,14 @@ labelling/
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
 - corpus.py     labelling an unlabelled file in resumable row-range parts, one labeller per output
 - shots.py      few-shot prompting: the registry of selectors (fixed, stratified, similar) of examples
+- ensemble.py   a K-fold run read back; a corpus labelled by its fold models together
 
 training/
 - training_set.py  what train.py trains on: its labelling, rows sampled from it, tokenised examples
 - trainer.py    the training loop: transformers.Trainer with our loss and batches
 - epoch_end.py  at an epoch's end: validation, adapters kept, best epoch, early stopping, Ctrl-C
 - resume.py     run folders: starting one, resuming one (arguments checked, finished runs kept)
+- folds.py      K-fold training: stratified folds, a run per fold, out-of-fold probabilities gathered
 
 estimation/
 - annotated.py  the annotated corpus read back: row ids, the model's labels and probabilities, groups
@@ -51,6 +53,7 @@ estimation/
 - inference.py  the estimators' math: naive, classical and prediction-powered (PPI++), finite corpus
 - estimators.py the registry of estimators: what each is, how it is computed and shown
 - findings.py   what a study reports (shares, groups, differences, regressions) by each estimator
+- crossfit.py   cross-prediction: the labelled rows train the fold models and carry the estimates
 """
 
 __version__ = "0.2.0"

@@ -177,3 +177,41 @@ def gather(run: Path, plan: dict, n_boot: int = 1000) -> dict:
                                                       sort_keys=True).encode()).hexdigest()
     atomic_write_json(Path(run) / FOLDS_FILE, record)
     return metrics
+
+
+def run_folds(run: Path, plan: dict, labelling, data_manifest: dict, todo, train_fold, batch_size: int,
+              cpu_bf16: str) -> int:
+    """Train (or resume) and score the folds in `todo`; gather when all K are scored. train_fold(data
+    folder, run folder, resume) runs one ordinary training and returns its exit status."""
+    k = plan["folds_k"]
+    for f in todo:
+        state, splits = fold_state(run, f), fold_splits(labelling, plan, f)
+        if state in ("new", "started"):
+            data = write_fold_data(fold_dir(run, f) / "data", splits, data_manifest)
+            print(f"fold {f} of {k}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
+                  f"{len(splits['test'])} held-out rows{' (resuming)' * (state == 'started')}")
+            code = train_fold(data, fold_dir(run, f) / "run", state == "started")
+            if code or fold_state(run, f) != "trained":
+                print(f"fold {f} stopped before it finished: give the same command again to resume it")
+                return code
+        if fold_state(run, f) != "scored":
+            score_heldout(run, f, splits["test"], batch_size, cpu_bf16)
+    waiting = [f for f in range(k) if fold_state(run, f) != "scored"]
+    if waiting:
+        print(f"folds {', '.join(map(str, waiting))} not done yet: oof.csv is gathered by the run that finishes last")
+        return 0
+    print(describe(plan, gather(run, plan)))
+    print(f"wrote {Path(run) / OOF_FILE}, {Path(run) / OOF_METRICS}, {Path(run) / FOLDS_FILE}; fold adapters in "
+          f"{run}/fold_*/run/")
+    return 0
+
+
+def describe(plan: dict, metrics: dict) -> str:
+    """The out-of-fold metrics with their CIs, said for what they are."""
+    from ..labelling.metrics import LABEL_METRICS
+
+    k, ci = plan["folds_k"], metrics.get("ci95", {})
+    shown = ", ".join(f"{m.title} {metrics[m.key]:.3f}" + (f" [{ci[m.key][0]:.3f}, {ci[m.key][1]:.3f}]"
+                                                           if m.key in ci else "") for m in LABEL_METRICS)
+    return (f"out-of-fold over {plan['labelled']} labelled rows (each predicted by the one of {k} models that did not "
+            f"see it: the training procedure's quality on {k - 1}/{k} of the rows, not the ensemble's): {shown}")
