@@ -16,7 +16,7 @@ corpus (the gold of all N rows):
   (crossfit.CrossFit + findings.Findings, what estimate.py --crossfit computes);
 - crossfit_lam1: the same at lam = 1 (ppi-python's crossppi_*, here with the finite-population
   correction);
-- split_<s>: a model trained on a stratified share s of the n rows (0.25, 0.5, 0.75), PPI++ on the
+- split_<s>: a model trained on a uniform share s of the n rows (0.25, 0.5, 0.75), PPI++ on the
   other rows (a stratified design: the training rows taken with certainty and counted with their
   gold, the rest a simple random sample of the unlabelled corpus);
 - classical: the n labels alone; naive: the ensemble's labels as if gold.
@@ -145,8 +145,10 @@ def one_repetition(ctx, n: int, rng) -> dict:
         out.setdefault({"ppi": "crossfit"}.get(r["method"], r["method"]), []).append(r)
     out["crossfit_lam1"] = make(crossed, lam=1.0).run(sample, gold[rows], methods=("ppi",), alpha=ALPHA)
     for share in SHARES:
+        # A uniform split: one stratified by the gold label would make the PPI rows' share track the
+        # n rows' share, and the design variance (the rest a simple random sample) would overstate it.
         train = np.zeros(n, dtype=bool)
-        train[np.flatnonzero(stratified_folds(gold[rows], 4, rng) < round(4 * share))] = True
+        train[rng.choice(n, round(share * n), replace=False)] = True
         probs = fit_predict(x, rows[train], gold, n_labels)
         split = replace(corpus, probs=probs, prediction=probs.argmax(axis=1))
         out[f"split_{share}"] = make(split).run(split_sample(rows, train, size), gold[rows], methods=("ppi",),
