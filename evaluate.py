@@ -489,11 +489,14 @@ def annotate_ensemble(args, bases) -> int:
             label_parts(args, state, store, labelling, annotator, fold_out, input_columns)
         finally:
             store.unlock()
+        state.wait_for_everyone()  # the main process has joined this fold's parts
         unfold_lora(annotator.model)
         annotator.model.unload()
         if not fold_out.exists():
             return 0  # stopped: the same command resumes
         precision = annotator.precision
+    if not state.is_main_process:
+        return 0
     rule = ensemble.ensemble_rule(run, args.decision_objective, precision) if args.decision == "fitted" else None
     joined = ensemble.join([work / f"fold_{k}.csv" for k in range(run.k)], run.labels, rule, output, input_columns)
     remove_dir(work)

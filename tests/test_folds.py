@@ -113,18 +113,23 @@ def corpus_of(colours, kfold, extra_rows=40):
     return path
 
 
-def test_the_ensemble_labels_a_corpus_and_estimate_cross_fits_on_it(kfold, colours, tmp_path, capsys):
-    corpus = corpus_of(colours, kfold)
-    out = tmp_path / "labelled.csv"
+@pytest.fixture(scope="module")
+def labelled_corpus(kfold, colours):
+    """The corpus labelled by the fold models' ensemble, stopped after one chunk and resumed."""
+    corpus, out = corpus_of(colours, kfold), colours / "labelled.csv"
     argv = ["--ensemble", kfold, "--predict_file", corpus, "--output", out, "--quiet", "--chunk_rows", 16]
     assert run_script("evaluate", argv + ["--stop_after_chunks", 1]) == 0 and not out.exists()
-    assert run_script("evaluate", argv) == 0  # resumed
-    table = pd.read_csv(out, dtype={"id": str})
+    assert run_script("evaluate", argv) == 0
+    return out
+
+
+def test_the_ensemble_labels_a_corpus_and_estimate_cross_fits_on_it(kfold, colours, labelled_corpus, tmp_path):
+    table = pd.read_csv(labelled_corpus, dtype={"id": str})
     labels = json.loads((kfold / "folds.json").read_text())["labels"]
     folds = np.stack([table[[f"fold{k}_prob_{l}" for l in labels]].to_numpy() for k in range(3)])
     assert np.allclose(folds.mean(axis=0), table[[f"prob_{l}" for l in labels]], atol=2e-6)  # argmax: the mean
-    assert list(table.columns[:3]) == ["row", "id", "text"] and not (tmp_path / "labelled.csv.folds").exists()
-    assert run_script("estimate", ["--corpus", out, "--crossfit", kfold, "--id_column", "id",
+    assert list(table.columns[:3]) == ["row", "id", "text"] and not (colours / "labelled.csv.folds").exists()
+    assert run_script("estimate", ["--corpus", labelled_corpus, "--crossfit", kfold, "--id_column", "id",
                                    "--output_dir", tmp_path / "est"]) == 0
     record = json.loads((tmp_path / "est" / "estimates.json").read_text())
     n = len(labelled_ids(colours / "ds")[0])
@@ -134,10 +139,8 @@ def test_the_ensemble_labels_a_corpus_and_estimate_cross_fits_on_it(kfold, colou
     assert "Cross-fitted" in (tmp_path / "est" / "estimates.md").read_text()
 
 
-def test_cross_fitted_refusals_exit_2_in_one_line_and_write_nothing(kfold, colours, tmp_path, capsys):
-    corpus = corpus_of(colours, kfold, extra_rows=20)
-    out = tmp_path / "labelled.csv"
-    assert run_script("evaluate", ["--ensemble", kfold, "--predict_file", corpus, "--output", out, "--quiet"]) == 0
+def test_cross_fitted_refusals_exit_2_in_one_line_and_write_nothing(kfold, colours, labelled_corpus, tmp_path, capsys):
+    out = labelled_corpus
     table = pd.read_csv(out, dtype=str, keep_default_na=False)
     doubled = tmp_path / "doubled.csv"
     labelled_row = table[~table["id"].str.startswith("x")].head(1)
@@ -155,3 +158,61 @@ def test_cross_fitted_refusals_exit_2_in_one_line_and_write_nothing(kfold, colou
     with pytest.raises(SystemExit) as stop:
         run_script("estimate", ["--corpus", out, "--crossfit", kfold, "--id_column", "id", "--sheet", out])
     assert stop.value.code == 2
+
+
+def fake_kfold(folder, rng, balanced: bool, size=3000, n=400, k=5):
+    """A gathered K-fold run and its ensemble-labelled corpus without a model: fold models that score
+    every row from one feature, the labelled rows drawn uniformly or half per label from a corpus
+    with 15% positives."""
+    gold = (rng.random(size) < 0.15).astype(int)
+    z = 0.6 * (gold - 0.15) + 0.25 * rng.standard_normal(size)
+    per_fold = np.clip(0.15 + z[None, :] + 0.02 * rng.standard_normal(k)[:, None], 0.001, 0.999)
+    rows = (np.concatenate([rng.choice(np.flatnonzero(gold == c), n // 2, replace=False) for c in (0, 1)]) if balanced
+            else rng.choice(size, n, replace=False))
+    fold = np.arange(n) % k
+    labels = ["no", "yes"]
+    corpus = pd.DataFrame({"post": [f"p{i}" for i in range(size)], "text": [f"text {i}" for i in range(size)]})
+    corpus.insert(0, "row", range(size))
+    mean = per_fold.mean(axis=0)
+    corpus["prediction"] = np.where(mean > 0.5, "yes", "no")
+    corpus["prob_no"], corpus["prob_yes"] = 1 - mean, mean
+    for f in range(k):
+        corpus[f"fold{f}_prob_no"], corpus[f"fold{f}_prob_yes"] = 1 - per_fold[f], per_fold[f]
+    corpus.to_csv(folder / "corpus.csv", index=False)
+    oof = per_fold[fold, rows]
+    pd.DataFrame({"id": [f"p{r}" for r in rows], "text": "t", "gold": [labels[g] for g in gold[rows]], "fold": fold,
+                  "prediction": np.where(oof > 0.5, "yes", "no"), "prob_no": 1 - oof, "prob_yes": oof}
+                 ).to_csv(folder / "oof.csv", index=False)
+    provenance = []
+    for f in range(k):
+        (folder / f"a{f}").mkdir()
+        (folder / f"a{f}" / "adapter_model.safetensors").write_bytes(b"x")
+        provenance.append({"fold": f, "adapter": str(folder / f"a{f}")})
+    (folder / "folds.json").write_text(json.dumps({"labels": labels, "provenance": provenance, "fingerprint": "f" * 64}))
+    return folder
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_a_labelled_set_that_is_not_a_random_sample_is_refused(tmp_path, capsys, balanced):
+    run = fake_kfold(tmp_path, np.random.default_rng(7), balanced)
+    argv = ["--corpus", run / "corpus.csv", "--crossfit", run, "--id_column", "post", "--output_dir", tmp_path / "est"]
+    code = run_script("estimate", argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    if not balanced:
+        assert code == 0 and json.loads((tmp_path / "est" / "estimates.json").read_text())["labelled"] == 400
+        return
+    assert code == 2 and len(err) == 1 and "do not look like a random sample" in err[0] and "p = " in err[0]
+    assert not (tmp_path / "est").exists()
+    assert run_script("estimate", argv + ["--assume_random_sample"]) == 0
+    assert "rejected, assumed anyway" in (tmp_path / "est" / "estimates.md").read_text()
+
+
+def test_ensemble_flags_that_cannot_apply_are_refused(kfold, tmp_path, capsys):
+    for argv, says in ((["--ensemble", kfold, "--adapters_name", "x", "--predict_file", "c.csv"], "without"),
+                       (["--ensemble", kfold], "--ensemble RUN labels --predict_file")):
+        with pytest.raises(SystemExit) as stop:
+            run_script("evaluate", argv)
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+    (tmp_path / "c.csv").write_text("text\nhello\n")
+    assert run_script("evaluate", ["--ensemble", tmp_path, "--predict_file", tmp_path / "c.csv"]) == 2
+    assert "no folds.json" in capsys.readouterr().err and not (tmp_path / "c.csv.labeled.csv").exists()
