@@ -1,5 +1,5 @@
 """annotune: the package under the scripts (preprocess.py, train.py, evaluate.py, merge_labels.py,
-export.py, sample.py, estimate.py).
+export.py, sample.py, estimate.py, learning_curve.py).
 Each script holds its own steps top to bottom and imports these; each concept lives in one module,
 in six stages that import only from earlier ones (tests/test_layout.py checks it):
 
@@ -39,6 +39,7 @@ labelling/
 - corpus.py     labelling an unlabelled file in resumable row-range parts, one labeller per output
 - shots.py      few-shot prompting: the registry of selectors (fixed, stratified, similar) of examples
 - ensemble.py   a K-fold run read back; a corpus labelled by its fold models together
+- curves.py     learning curves: nested stratified subsets, paired bands, where more labels stop paying
 
 training/
 - training_set.py  what train.py trains on: its labelling, rows sampled from it, tokenised examples

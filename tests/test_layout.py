@@ -12,7 +12,7 @@ PACKAGE = REPO / "annotune"
 STAGES = ("base", "data", "model", "labelling", "training", "estimation")  # each imports only those before it
 LATER_THAN = {"training": {"estimation"}, "estimation": {"training"}}  # stages that are not before each other
 SCRIPTS = ["preprocess.py", "train.py", "evaluate.py", "merge_labels.py", "demo.py", "export.py", "sample.py",
-           "estimate.py"]
+           "estimate.py", "learning_curve.py"]
 MAX_FUNCTION_LINES = 62
 
 
