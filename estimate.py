@@ -178,8 +178,10 @@ def warn_spread(results, spread: dict) -> None:
             half = (r["high"] - r["low"]) / 2
             if spread[q.label]["range"] > half:
                 print(f"warning: the fold models' shares of {q.label} on the corpus range over "
-                      f"{spread[q.label]['range']:.3f}, more than the interval's half-width {half:.3f}: the fold models "
-                      "differ (too few rows per fold?), and cross-prediction assumes them alike", file=sys.stderr)
+                      f"{spread[q.label]['range']:.3f}, more than the interval's half-width {half:.3f}: they differ, "
+                      "and cross-prediction assumes them alike (more rows per fold make them so); with probabilities "
+                      "the estimate stays unbiased (the ensemble is their mean), with 0/1 labels it may not",
+                      file=sys.stderr)
 
 
 def main(argv=None):

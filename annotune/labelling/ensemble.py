@@ -72,9 +72,12 @@ def read_run(folder, flag: str = "--ensemble") -> KFoldRun:
 
 def ensemble_rule(run: KFoldRun, objective: str, precision: str | None):
     """The ensemble's decision rule, fit on the out-of-fold probabilities of every labelled row."""
+    from dataclasses import replace
+
     from .decision import fit_rule
 
-    return fit_rule(run.oof_probs(), list(run.oof["gold"]), run.labels, objective, precision=precision)
+    rule = fit_rule(run.oof_probs(), list(run.oof["gold"]), run.labels, objective, precision=precision)
+    return replace(rule, note=rule.note.replace("validation rows", "out-of-fold rows"))
 
 
 def join(fold_files: list, labels: list, rule, output: Path, input_columns: list) -> dict:
