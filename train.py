@@ -470,17 +470,19 @@ def start_folder(args, folder, manifest: dict, data: TrainingData, model, tokeni
 
 
 # ---------------------------------------------------------------- K-fold training (--folds)
-FOLD_OWN = {"folds", "fold", "fold_validation_share", "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
-            "task", "dataset_name", "merge", "merge_at", "template", "without_definitions", "max_train_samples", "help"}
-
-
-def fold_argv(args, data: Path, out: Path, merge_at: str, resume: bool) -> list:
-    """train.py's flags for one fold's ordinary run: the user's model, training and saving flags,
-    on the fold's dataset folder (its prompt and merge built in)."""
-    argv = ["--dataset_name", str(data), "--output_dir", str(out), "--merge_at", merge_at]
-    for action in build_parser()._actions:
+def fold_argv(args, data: Path, out: Path, resolved: dict, resume: bool) -> list:
+    """train.py's flags for one fold's ordinary run on the fold's dataset folder: the user's model,
+    training and saving flags and --max_eval_samples; of the other data flags the values the
+    labelling resolved (the folder has its prompt and merge built in)."""
+    p = build_parser()
+    own = {a.dest for g in p._action_groups if g.title in ("data", "K-fold training (cross-fitting)")
+           for a in g._group_actions} - {"max_eval_samples"}
+    own |= {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "help"}
+    argv = ["--dataset_name", str(data), "--output_dir", str(out)]
+    argv += [x for flag, value in resolved.items() for x in (f"--{flag}", str(value))]
+    for action in p._actions:
         value = getattr(args, action.dest, None)
-        if action.dest in FOLD_OWN or not action.option_strings or value == action.default:
+        if action.dest in own or not action.option_strings or value == action.default:
             continue
         argv += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], str(value)]
     return argv + (["--resume_from_checkpoint"] if resume else [])
@@ -506,10 +508,10 @@ def train_folds(args) -> int:
         remove_dir(run)
     plan = folds.plan_folds(labelling, args.folds, args.seed, args.fold_validation_share)
     plan = folds.settle_plan(run, dict(plan, manifest=run_manifest(vars(args), task=labelling.reported.name)))
-    merge_at = resolved_flags(labelling)["merge_at"]
+    resolved = resolved_flags(labelling)
     return folds.run_folds(run, plan, labelling, run_manifest(vars(args), **labelling.source),
                            [args.fold] if args.fold is not None else range(args.folds),
-                           lambda data, out, resume: main(fold_argv(args, data, out, merge_at, resume)),
+                           lambda data, out, resume: main(fold_argv(args, data, out, resolved, resume)),
                            args.eval_batch_size, args.cpu_bf16)
 
 
