@@ -63,11 +63,11 @@ class CrossFit:
 
     def corpus(self, corpus):
         """An annotated corpus (annotated.Corpus) whose probabilities and labels are cross-fitted:
-        what findings.Findings estimates from, with self.sample() and self.gold."""
+        what findings.Findings estimates from, with self.sample() and self.gold. Its 0/1 labels are
+        the argmax of f on every row, out-of-fold and ensemble values alike (a decision rule applied
+        to the ensemble only would make the two kinds of row err differently)."""
         probs = self.probs()
-        prediction = np.array(corpus.prediction, copy=True)
-        prediction[self.rows] = self.oof.argmax(axis=1)
-        return dataclasses.replace(corpus, probs=probs, prediction=prediction)
+        return dataclasses.replace(corpus, probs=probs, prediction=probs.argmax(axis=1))
 
     def unlabelled(self) -> np.ndarray:
         mask = np.ones(self.size, dtype=bool)
