@@ -161,7 +161,8 @@ def crossfit_sample(args, corpus) -> tuple:
     notes = [f"Cross-fitted: the {len(fits.rows)} labelled rows of {run.folder} ({run.k} folds), each with its "
              "out-of-fold probability, the fold models' mean on the other rows. Assumed: the labelled rows are a "
              f"simple random sample of this corpus (checked: {check['test']}, p = {check['p_value']:.3g}: {said}), "
-             "and the fold models are alike (their corpus means: estimates.json, crossfit.spread)."]
+             "and the fold models are alike (their corpus means: estimates.json, crossfit.spread). ppi's 0/1 "
+             "labels (--model_output labels) are the argmax of these outputs; naive counts the corpus file's labels."]
     info = {"design": None, "strategy": "cross-fitted", "notes": notes,
             "crossfit": {"run": str(run.folder), "fingerprint": run.fingerprint, "folds": run.k,
                          "random_sample_check": check, "spread": crossfit.spread(fits, corpus.labels)}}

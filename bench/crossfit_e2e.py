@@ -6,6 +6,7 @@ rows, and the ensemble's labelling against one adapter's (examples/s), measured 
 
     .venv/bin/python bench/crossfit_e2e.py                       # MiniLM-L6 head (~15 min on 2 cores)
     .venv/bin/python bench/crossfit_e2e.py --model_name smollm2-135m --extra "--max_seq_length 256"
+    .venv/bin/python bench/crossfit_e2e.py --estimate_only    # estimate.py again, the costs kept
 
 The commands it runs (printed as they run), with RUN = runs/crossfit_e2e/<model>:
     python preprocess.py --data_path RUN/labelled.csv --text_column text --label_column label \\
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=800, help="labelled posts (default: 800)")
     p.add_argument("--seed", type=int, default=0, help="the labelled set's draw (default: 0)")
     p.add_argument("--runs", default="runs/crossfit_e2e", help="where the runs go")
+    p.add_argument("--estimate_only", action="store_true",
+                   help="run estimate.py again on the finished run and refresh the table, keeping the measured costs")
     return p.parse_args(argv)
 
 
@@ -72,11 +75,39 @@ def write_inputs(folder: Path, n: int, seed: int) -> tuple:
 
 def main(argv=None):
     args = parse_args(argv)
-    from annotune.base.files import atomic_write_json
+    from annotune.base.files import atomic_write_json, remove_dir
     from annotune.estimation.findings import Findings, Quantity
 
     folder = REPO / args.runs / Path(args.model_name).name
+    out = RESULTS / f"crossfit_e2e_{Path(args.model_name).name}.json"
     corpus, gold = write_inputs(folder, args.n, args.seed)
+    if args.estimate_only:
+        record = json.loads(out.read_text())
+        seconds = record["seconds"]
+    else:
+        seconds = measure(args, folder)
+    remove_dir(folder / "estimates")
+    run(["estimate.py", "--corpus", folder / "labelled_corpus.csv", "--crossfit", folder / "kfold", "--id_column", "id",
+         "--by", "group", "--compare", "reddit", "twitter", "--regress", "offensive", "--on", "group",
+         "--output_dir", folder / "estimates"])
+    estimates = json.loads((folder / "estimates" / "estimates.json").read_text())
+    by = corpus.table["group"].to_numpy()
+    true = Findings(corpus, "probs", by, ("offensive", {"group": by}), compare=[("reddit", "twitter")]).truth(gold)
+    rows = []
+    for entry in estimates["estimates"]:
+        name = Quantity(**entry["quantity"]).name
+        rows.append({"quantity": name, "truth": true.get(name), **{m: entry[m] for m in ("naive", "classical", "ppi")}})
+    record = {"model": args.model_name, "n": args.n, "corpus_rows": corpus.size, "seconds": seconds,
+              "rows_per_s": {"ensemble": corpus.size / seconds["ensemble_labelling"],
+                             "one_adapter": corpus.size / seconds["one_adapter_labelling"]},
+              "crossfit": estimates["crossfit"], "oof_metrics": json.loads((folder / "kfold" / "oof_metrics.json").read_text()),
+              "rows": rows}
+    atomic_write_json(out, record)
+    print(report(record))
+
+
+def measure(args, folder: Path) -> dict:
+    """The four timed commands: K-fold and one training, the ensemble's and one adapter's labelling."""
     extra = args.extra.split()
     seconds = {}
     if not (folder / "ds").exists():
@@ -93,24 +124,7 @@ def main(argv=None):
     seconds["one_adapter_labelling"] = run(["evaluate.py", "--adapters_name", adapter, "--predict_file",
                                             folder / "corpus.csv", "--output", folder / "one_corpus.csv",
                                             "--overwrite", "--quiet", "--batch_size", 64])
-    run(["estimate.py", "--corpus", folder / "labelled_corpus.csv", "--crossfit", folder / "kfold", "--id_column", "id",
-         "--by", "group", "--compare", "reddit", "twitter", "--regress", "offensive", "--on", "group",
-         "--output_dir", folder / "estimates"])
-    estimates = json.loads((folder / "estimates" / "estimates.json").read_text())
-    by = corpus.table["group"].to_numpy()
-    true = Findings(corpus, "probs", by, ("offensive", {"group": by}), compare=[("reddit", "twitter")]).truth(gold)
-    rows = []
-    for entry in estimates["estimates"]:
-        name = Quantity(**entry["quantity"]).name
-        rows.append({"quantity": name, "truth": true.get(name), **{m: entry[m] for m in ("naive", "classical", "ppi")}})
-    record = {"model": args.model_name, "n": args.n, "corpus_rows": corpus.size, "seconds": seconds,
-              "rows_per_s": {"ensemble": corpus.size / seconds["ensemble_labelling"],
-                             "one_adapter": corpus.size / seconds["one_adapter_labelling"]},
-              "crossfit": estimates["crossfit"], "oof_metrics": json.loads((folder / "kfold" / "oof_metrics.json").read_text()),
-              "rows": rows}
-    out = RESULTS / f"crossfit_e2e_{Path(args.model_name).name}.json"
-    atomic_write_json(out, record)
-    print(report(record))
+    return seconds
 
 
 def report(record: dict) -> str:

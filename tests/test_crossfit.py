@@ -70,6 +70,22 @@ def test_a_share_is_the_labelled_rows_gold_plus_the_corrected_ensemble_elsewhere
     assert share["lam"] == 1.0
 
 
+def test_naive_counts_the_files_labels_and_ppi_labels_are_the_argmax_on_every_row():
+    rng = np.random.default_rng(7)
+    fits, _ = fits_of(rng)
+    from annotune.estimation.annotated import Corpus
+
+    decided = (fits.ensemble[:, 1] > 0.2).astype(int)  # a rule that moved labels: the file's prediction column
+    corpus = Corpus("synthetic", "", None, np.arange(fits.size), ["no", "yes"], decided, fits.ensemble)
+    crossed = fits.corpus(corpus)
+    assert (crossed.prediction == fits.probs().argmax(axis=1)).all() and (crossed.given == decided).all()
+    from annotune.estimation.findings import Findings
+
+    naive = next(r for r in Findings(crossed).run(None, np.zeros(0, dtype=int), methods=("naive",))
+                 if r["quantity"].name == "share of yes")
+    assert naive["estimate"] == pytest.approx(decided.mean(), abs=1e-12)
+
+
 def test_a_perfect_model_gives_the_corpus_share_exactly():
     rng = np.random.default_rng(3)
     fits, gold = fits_of(rng)

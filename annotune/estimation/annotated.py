@@ -66,6 +66,7 @@ class Corpus:
     prediction: np.ndarray   # label index per row
     probs: np.ndarray | None  # (N, K), or None for a corpus labelled by generation
     fold_probs: np.ndarray | None = None  # (folds, N, K): each fold model's (evaluate.py --ensemble), else None
+    given: np.ndarray | None = None  # the file's labels where `prediction` was replaced (crossfit.CrossFit.corpus)
 
     @property
     def size(self) -> int:

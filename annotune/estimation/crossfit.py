@@ -65,9 +65,10 @@ class CrossFit:
         """An annotated corpus (annotated.Corpus) whose probabilities and labels are cross-fitted:
         what findings.Findings estimates from, with self.sample() and self.gold. Its 0/1 labels are
         the argmax of f on every row, out-of-fold and ensemble values alike (a decision rule applied
-        to the ensemble only would make the two kinds of row err differently)."""
+        to the ensemble only would make the two kinds of row err differently); the file's own labels
+        are kept as `given`, the naive estimate's."""
         probs = self.probs()
-        return dataclasses.replace(corpus, probs=probs, prediction=probs.argmax(axis=1))
+        return dataclasses.replace(corpus, probs=probs, prediction=probs.argmax(axis=1), given=corpus.prediction)
 
     def unlabelled(self) -> np.ndarray:
         mask = np.ones(self.size, dtype=bool)

@@ -24,10 +24,13 @@ from ..base.cli import Parameter
 @dataclass
 class ModelOutputs:
     """The model's outputs on every corpus row: `probs` (N, K) or None (a corpus labelled by
-    generation), `hard` (N, K) one-hot labels, and the corpus itself (its other columns)."""
+    generation), `hard` (N, K) one-hot labels, the corpus itself (its other columns), and `given`
+    (N, K), the labels as the corpus file gives them where they are not `hard` (cross-fitting:
+    `hard` is the argmax of the cross-fitted outputs, `given` the ensemble's decided labels)."""
     probs: np.ndarray | None
     hard: np.ndarray
     corpus: object = None
+    given: np.ndarray | None = None
 
     def values(self, kind: str) -> np.ndarray:
         """'probs' (the labels' probabilities; the hard labels where there are none) or 'labels'."""
@@ -71,7 +74,8 @@ class Estimator:
 
 
 def _naive(i: Inputs) -> inference.Estimate:
-    return inference.naive(i.x, i.outputs.hard[:, i.label], i.link)
+    labels = i.outputs.hard if i.outputs.given is None else i.outputs.given  # what a study counting them reports
+    return inference.naive(i.x, labels[:, i.label], i.link)
 
 
 def _classical(i: Inputs) -> inference.Estimate:

@@ -111,7 +111,8 @@ class Findings:
             self.options["model_output"] = "labels"  # a corpus labelled by generation has no probabilities
         self.corpus, self.output, self.link = corpus, self.options["model_output"], link
         size, k = corpus.size, len(corpus.labels)
-        self.outputs = estimators.ModelOutputs(corpus.probs, np.eye(k)[corpus.prediction], corpus)
+        given = None if corpus.given is None else np.eye(k)[corpus.given]
+        self.outputs = estimators.ModelOutputs(corpus.probs, np.eye(k)[corpus.prediction], corpus, given)
         self.cache = {}  # census cells per (domain, label, output): reused by every sample run
         self.domains = {"": np.ones((size, 1))}
         self.groups = []
