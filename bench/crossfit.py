@@ -19,7 +19,8 @@ corpus (the gold of all N rows):
 - split_<s>: a model trained on a uniform share s of the n rows (0.25, 0.5, 0.75), PPI++ on the
   other rows (a stratified design: the training rows taken with certainty and counted with their
   gold, the rest a simple random sample of the unlabelled corpus);
-- classical: the n labels alone; naive: the ensemble's labels as if gold.
+- classical: the n labels alone; naive: the fold models' argmax labels as if gold (out-of-fold on
+  the labelled rows, the ensemble's elsewhere).
 Thousands of trainings are only affordable with a cheap model: TF-IDF (word 1-2 grams, fit on the
 corpus's texts, no labels) + multinomial logistic regression (C = 4). The texts are joined by id
 from ../shared/data. Writes bench/results/crossfit.json (coverage of 90% intervals, mean width and
@@ -137,7 +138,8 @@ def one_repetition(ctx, n: int, rng) -> dict:
     per_fold = np.stack([fit_predict(x, rows[fold != k], gold, n_labels) for k in range(FOLDS)])
     oof = per_fold[fold, rows]
     fits = CrossFit(rows, gold[rows], oof, fold, per_fold.mean(axis=0), per_fold)
-    crossed = fits.corpus(corpus)
+    # naive: the fold models' argmax labels as gold (out-of-fold on the labelled rows, the ensemble's elsewhere)
+    crossed = fits.corpus(replace(corpus, prediction=fits.probs().argmax(axis=1)))
     make = lambda c, **o: Findings(c, "probs", base.by, base.regress, compare=base.compare, options=o)  # noqa: E731
     sample = fits.sample()
     out = {}
