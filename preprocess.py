@@ -7,6 +7,7 @@ scripts see the same rows).
     python preprocess.py --task sbic_offensive --without_definitions --max_samples 2000
     python preprocess.py --task ag_news --balance_per_label 1000,200,200
     python preprocess.py --data_path posts.csv --text_column post --label_column label
+    python preprocess.py --task sbic_offensive --corrections corrections.csv   # review.py --fold_back's file
 
 Writes <output_dir>/ : the DatasetDict (save_to_disk; columns id, text, label or target/references,
 prompt, completion), manifest.json (task spec, template, seed, split ids and label counts),
@@ -14,8 +15,10 @@ preview.jsonl (a few rendered examples) and task.yaml. An existing output is nev
 --overwrite is given. --push_to_hub REPO pushes with the token in $HF_TOKEN.
 """
 import sys
+from pathlib import Path
 
 from annotune.base.cli import UserError, parser, quiet_libraries, run_cli
+from annotune.data.examples import parse_caps
 from annotune.model.models import DEFAULT_CAUSAL_LM
 from annotune.data.prompts import template_names
 from annotune.data.task import DEFAULT_TASK
@@ -65,6 +68,7 @@ def parse_args(argv=None):
                    help="carve validation and test from the train rows, leaving the data's own validation and test "
                         "splits unread (to choose settings without the test set)")
     g.add_argument("--max_words", type=int, help="cut each text to its first N words (default: no cut)")
+    g.add_argument("--corrections", metavar="CSV", help="relabel rows by id (review.py --fold_back's file), recorded")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", help="folder to write (default: data/<task>[-<merge>]-<template>[-nodefs])")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -74,7 +78,6 @@ def parse_args(argv=None):
     for name in ("val_ratio", "test_ratio"):
         if getattr(args, name) is not None and not 0.0 <= getattr(args, name) < 1.0:
             p.error(f"--{name} must be in [0, 1)")
-    from annotune.data.examples import parse_caps
     try:
         parse_caps(args.max_samples)
     except UserError as err:
@@ -89,8 +92,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     quiet_libraries()
-    from pathlib import Path
-
     from annotune.labelling.contract import from_task, task_spec
     from annotune.data.examples import data_report, write_dataset_folder
     from annotune.base.hub import push_dataset_to_hub
@@ -125,7 +126,8 @@ def main(argv=None):
     labelling = from_task(spec, {"template": args.template, "with_definitions": args.with_definitions}, tokenizer,
                     lambda task_type: "seq2seq" if is_seq2seq else "causal", args.seed, val_ratio=args.val_ratio,
                     test_ratio=args.test_ratio, balance=args.balance_per_label, max_samples=args.max_samples,
-                    max_words=args.max_words, resplit=args.resplit)
+                    max_words=args.max_words, resplit=args.resplit,
+                    corrections=read_corrections(args.corrections, spec) if args.corrections else None)
     splits, info = labelling.splits, labelling.source
     manifest = run_manifest(vars(args), model_name_for_template=args.model_name if tokenizer else None, **info)
     preview = write_dataset_folder(out_dir, splits, manifest, args.overwrite, args.num_preview)
@@ -135,6 +137,8 @@ def main(argv=None):
     for name, rows in splits.items():
         extra = manifest["splits"][name].get("label_counts", "")
         print(f"  {name:<10} {len(rows):>6} rows  {extra}")
+    if info.get("corrections"):
+        print(f"  corrections: {len(info['corrections']['changed'])} rows relabelled from {args.corrections}")
     for line in data_report(info):
         print(f"  note: {line}")
     for ex in preview:
@@ -143,6 +147,15 @@ def main(argv=None):
     if args.push_to_hub:
         push_dataset_to_hub(out_dir, args.push_to_hub)
         print(f"pushed to the hub: {args.push_to_hub}")
+
+
+def read_corrections(path: str, spec) -> dict:
+    from annotune.base.files import file_sha256
+    from annotune.data.corrections import read_corrections as read
+
+    if not Path(path).is_file():
+        raise UserError(f"--corrections {path} not found")
+    return {"path": path, "sha256": file_sha256(path), "labels": read(path, spec.label_names)}
 
 
 def write_starter(args, spec) -> int:

@@ -1,5 +1,5 @@
 """annotune: the package under the scripts (preprocess.py, train.py, evaluate.py, merge_labels.py,
-export.py, sample.py, estimate.py, learning_curve.py).
+export.py, sample.py, estimate.py, learning_curve.py, annotators.py, review.py).
 Each script holds its own steps top to bottom and imports these; each concept lives in one module,
 in six stages that import only from earlier ones (tests/test_layout.py checks it):
 
@@ -15,6 +15,8 @@ data/
 - schema.py     every key of a task YAML (type, default, meaning): the strict check and docs/tasks.md
 - task.py       task specs (tasks/*.yaml): validation, loading, merged specs, starter YAMLs
 - sources.py    the raw rows of each source split, in every layout a task YAML describes
+- annotations.py  several annotators a row: votes read in each layout, the registry of aggregators
+- corrections.py  a reviewer's corrections file applied to the examples by id
 - examples.py   source rows -> examples, splits, balancing, sampling, dataset folders
 - prompts.py    the registry of prompt templates, and tokenisation of (prompt, completion) pairs
 
@@ -40,6 +42,8 @@ labelling/
 - shots.py      few-shot prompting: the registry of selectors (fixed, stratified, similar) of examples
 - ensemble.py   a K-fold run read back; a corpus labelled by its fold models together
 - curves.py     learning curves: nested stratified subsets, paired bands, where more labels stop paying
+- annotators.py the annotators' report: agreement, leave-one-out scores, alpha, the model among them
+- label_errors.py  likely label errors: out-of-fold provenance, cleanlab's flags, the review sheet
 
 training/
 - training_set.py  what train.py trains on: its labelling, rows sampled from it, tokenised examples

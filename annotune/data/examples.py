@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..base.cli import UserError
+from . import annotations
 from .labels import raw_key
 from .sources import load_hub_rows, load_source_rows
 from .task import TaskSpec, adhoc_spec, sorted_labels, spec_from_saved, template_fields
@@ -41,6 +42,8 @@ def target_of(spec: TaskSpec, row: dict, where: str):
             value = data.get("list_join", ", ").join(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))
         value = "" if value is None else str(value).strip()
         return value or str(data.get("empty_target", ""))
+    if annotations.ITEM_LABEL in row:  # several annotators' votes, aggregated (annotations.py)
+        return row[annotations.ITEM_LABEL]
     raw = row.get(data["label_column"])
     context = f"task {spec.name} ({spec.source})"
     if raw is None:
@@ -127,8 +130,12 @@ def build_examples(spec: TaskSpec, source_rows: dict) -> tuple:
         if split not in SPLITS:
             raise UserError(f"task spec {spec.source}: source split {source!r} is not one of {SPLITS} (or dev/all)")
         built, seen = [], set()
+        if spec.data.get("annotations"):
+            rows, counts = annotations.aggregated_rows(spec, rows, source, target_of, text_of)
+            for reason, n in counts.items():
+                dropped.setdefault(reason, Counter())[source] += n
         for number, row in enumerate(rows):
-            raw_id = row.get(id_column) if id_column else None
+            raw_id = row.get(annotations.ITEM_ID, row.get(id_column) if id_column else None)
             ex_id = str(raw_id) if raw_id not in (None, "") else f"{source}-{number}"
             example = example_of(spec, row, ex_id, f" (split {source}, row {number}, id {ex_id})")
             if example is None:
@@ -143,6 +150,20 @@ def build_examples(spec: TaskSpec, source_rows: dict) -> tuple:
         examples.setdefault(split, []).extend(built)
     unique_ids(examples, spec)
     return examples, {reason: dict(counts) for reason, counts in dropped.items()}
+
+
+def task_votes(spec: TaskSpec) -> tuple:
+    """(votes as (item id, annotator, label) triples, {item id: text}) over every source split of a
+    task whose data.annotations describe several annotators; labels before any merge."""
+    if not spec.data.get("annotations"):
+        raise UserError(f"task {spec.name} ({spec.source}) has one label a row: its YAML has no data.annotations "
+                        "(docs/tasks.md, 'Several annotators')")
+    votes, texts = [], {}
+    for source, rows in load_source_rows(spec).items():
+        triples, items, _ = annotations.read_votes(spec, rows, source, target_of, text_of)
+        votes += triples
+        texts.update({item: text_of(spec, row) for item, row in items.items()})
+    return votes, texts
 
 
 def example_of(spec: TaskSpec, row: dict, ex_id: str, where: str) -> dict | None:
@@ -383,16 +404,23 @@ def parse_split_numbers(text, flag: str, every_split: bool, least: int) -> dict:
 
 def prepare_splits(spec: TaskSpec, prompter, val_ratio: float | None = None, test_ratio: float | None = None,
                    seed: int = 42, balance=None, max_samples=None, max_words: int | None = None,
-                   resplit: bool = False) -> tuple:
+                   resplit: bool = False, corrections: dict | None = None) -> tuple:
     """Rendered examples per split, and what the manifest records about them. Ratios default to the
     spec's data.split_ratios (else 0.2 validation, no test); max_samples caps every split (N) or each
     one (N_train,N_val,N_test); max_words cuts each text to its first words; resplit carves validation
     and test from the train rows, leaving the source's own held-out splits untouched (for choosing
-    settings without looking at the test set)."""
+    settings without looking at the test set); corrections ({"path", "labels": {id: label}}, from
+    review.py --fold_back) relabel rows by id before the split, and what changed is recorded."""
     ratios = spec.data.get("split_ratios") or {}
     val_ratio = ratios.get("validation", 0.2) if val_ratio is None else val_ratio
     test_ratio = ratios.get("test", 0.0) if test_ratio is None else test_ratio
     examples, dropped = build_examples(spec, load_source_rows(spec))
+    corrected = None
+    if corrections:
+        from .corrections import apply_corrections
+
+        corrected = {"path": corrections["path"], "sha256": corrections["sha256"],
+                     "changed": apply_corrections(examples, corrections["labels"], corrections["path"])}
     if resplit:
         examples = {"train": examples.get("train", [])}
     given_leaks = cross_split_duplicates(examples)
@@ -409,7 +437,9 @@ def prepare_splits(spec: TaskSpec, prompter, val_ratio: float | None = None, tes
     spec_dict, merge = spec.saved_form()
     info = {"task": spec.name, "merge": merge, "task_type": spec.type,
             "labels": spec.label_names, "prompt": prompter.describe(), "seed": seed, "val_ratio": val_ratio,
-            "test_ratio": test_ratio, "resplit": resplit, "balance_per_label": balance, "max_samples": max_samples,
+            "test_ratio": test_ratio, "resplit": resplit,
+            "annotations": annotations.describe(spec) if spec.data.get("annotations") else None,
+            "corrections": corrected, "balance_per_label": balance, "max_samples": max_samples,
             "max_words": max_words, "texts_cut_to_max_words": cut, "dropped_rows": dropped,
             "duplicate_texts_across_given_splits": given_leaks, "balance_shortfalls": shortfalls,
             "splits": split_summary(splits), "task_spec": spec_dict}

@@ -52,6 +52,17 @@ FILE_KEYS = {
     "labels_join": Key("mapping", "none", "labels kept in another file, joined to these rows by id",
                        keys=JOIN_KEYS),
 }
+ANNOTATION_KEYS = {
+    "annotator_column": Key("text", "none", "one row per annotation: the column naming the annotator"),
+    "item_column": Key("text", "data.id_column, else the text", "one row per annotation: the column naming the "
+                       "item (the rows of one item share it; without one, the text is the key)"),
+    "annotators": Key("mapping", "none", "one column per annotator: annotator name -> a column of the rows, or a "
+                      "file joined by id (path, id_column, label_column, format, encoding)", each=JOIN_KEYS,
+                      scalar_items=True),
+    "aggregate": Key("text", "dawid_skene", "how the votes become the label: majority, dawid_skene or mace"),
+    "tie": Key("text", "drop", "majority: an item whose top votes tie is dropped (counted), gets the first of "
+                               "them in the labels' order (first) or a seeded choice (random)"),
+}
 DATA_KEYS = {
     "splits": Key("mapping", "required unless hub", "source split name (train, validation/dev/val/valid, test, "
                                                      "all) -> the file(s) holding it", each=FILE_KEYS),
@@ -76,6 +87,8 @@ DATA_KEYS = {
         "label": Key("text", "required", "the label of the bin"),
     }),
     "skip_values": Key("list", "none", "raw label values whose rows are dropped (and counted)"),
+    "annotations": Key("mapping", "none", "the rows hold several annotators' votes; the label is their aggregate "
+                       "(data.label_column holds a vote)", keys=ANNOTATION_KEYS),
     "target_column": Key("text", "required (generation)", "the column holding the reference text"),
     "list_column": Key("boolean", "false", "generation: the target column holds JSON lists as text"),
     "list_join": Key("text", "', '", "generation: how a list-valued target is joined"),
@@ -174,4 +187,4 @@ def documented_paths(keys: dict = None, place: str = "") -> list:
 
 
 def _item(name: str) -> str:
-    return {"splits": "split", "merges": "merge"}.get(name, "name")
+    return {"splits": "split", "merges": "merge", "annotators": "annotator"}.get(name, "name")

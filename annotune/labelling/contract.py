@@ -264,7 +264,8 @@ def from_source(name: str, merge: str | None, prompt: dict, tokenizer, kind_of, 
         if merge and merge != manifest.get("merge"):
             raise UserError(f"{name} was built with merge {manifest.get('merge')}; rebuild it with --merge {merge}")
         info = {k: manifest.get(k) for k in ("task", "merge", "labels", "prompt", "splits", "task_spec", "max_words",
-                                             "dropped_rows", "duplicate_texts_across_given_splits")}
+                                             "dropped_rows", "duplicate_texts_across_given_splits",
+                                             "annotations", "corrections")}
         return Labelling(spec, spec, manifest["prompt"], kind_of(spec.type), splits,
                          dict(info, dataset_folder=str(Path(name).resolve())))
     return from_task(task_spec(name, merge), prompt, tokenizer, kind_of, seed, **split_options)
