@@ -152,6 +152,13 @@ def test_a_task_of_annotator_rows_trains_end_to_end_and_only_its_out_of_fold_fil
         writer.writerows(sheet)
     assert run_script("review", ["--oof", run, "--fold_back", tmp_path / "back.csv",
                                  "--output", tmp_path / "corrections.csv"]) == 0
+    target_row = dict(target, corrected="purple")
+    with open(tmp_path / "bad.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(sheet[0]))
+        writer.writeheader()
+        writer.writerow(target_row)
+    assert run_script("review", ["--oof", run, "--fold_back", tmp_path / "bad.csv", "--output", tmp_path / "c2.csv"]) == 2
+    assert not (tmp_path / "c2.csv").exists()
     assert run_script("preprocess", ["--task", task, "--template", "alpaca", "--corrections", tmp_path / "corrections.csv",
                                      "--output_dir", tmp_path / "ds"]) == 0
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())

@@ -17,8 +17,8 @@ def read_corrections(path: str, labels: list) -> dict:
     from ..base.tables import read_table
 
     rows = read_table(path)
-    if not rows:
-        raise UserError(f"--corrections {path}: no rows")
+    if not rows:  # the reviewer corrected nothing: recorded as such
+        return {}
     if not {"id", "label"} <= set(rows[0]):
         raise UserError(f"--corrections {path}: needs columns id and label (review.py --fold_back writes it)")
     out = {}

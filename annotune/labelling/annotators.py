@@ -89,11 +89,14 @@ def annotator_table(votes: Votes, consensus: dict, n_boot: int, seed: int, model
                "loo_agreement": float(np.mean(list(loo.values()))) if loo else None,
                "loo_ci": _ci(list(loo.values()), n_boot, seed)}
         for method, cons in consensus.items():
-            row[f"agrees_{method}"] = float(np.mean([items[i][a] == cons.labels.get(i) for i in mine])) if mine else None
+            hits = [float(items[i][a] == cons.labels.get(i)) for i in mine]
+            row[f"agrees_{method}"] = float(np.mean(hits)) if hits else None
+            row[f"agrees_{method}_ci"] = _ci(hits, n_boot, seed)
             row[f"quality_{method}"] = cons.quality.get(a)
-        if model and a != MODEL:
-            shared = [i for i in loo if i in model_loo]
-            diff = [model_loo[i] - loo[i] for i in shared]
+        if model and a != MODEL:  # the model against the same others as the annotator: a left out too
+            shared = [i for i in loo if MODEL in items[i]]
+            diff = [loo_credit(items[i][MODEL], [l for h, l in items[i].items() if h not in (a, MODEL)]) - loo[i]
+                    for i in shared]
             row["paired_items"] = len(shared)
             row["model_minus_annotator"] = float(np.mean(diff)) if diff else None
             row["model_minus_annotator_ci"] = _ci(diff, n_boot, seed)
@@ -216,7 +219,9 @@ def report(votes: Votes, methods: list, tie: str, ordinal: bool, min_items: int,
             cis = refit_quality_ci(votes, m, tie, n_refit, seed)
             for r in rows:
                 r[f"quality_{m}_ci"] = cis.get(r["annotator"])
-    out = {"labels": votes.labels, "votes": len(votes.triples), "items": len(votes.by_item()),
+    per_item = votes.by_item()
+    out = {"labels": votes.labels, "votes": len(votes.triples), "items": len(per_item),
+           "items_with_one_vote": sum(1 for v in per_item.values() if len(v) == 1),
            "annotators": len({a for _, a, _ in votes.triples}), "min_items": min_items, "tie": tie,
            "methods": {m: {"quality": c.quality_name,
                            "label_counts": dict(Counter(l for l in c.labels.values() if l is not None))}
@@ -257,7 +262,8 @@ def _items_table(votes: Votes, consensus: dict) -> list:
 def markdown(rep: dict, title: str) -> str:
     a = rep["alpha"]
     lines = [f"# Annotators: {title}", "", rep["headline"], "",
-             f"{rep['votes']} votes by {rep['annotators']} annotators on {rep['items']} items.", "",
+             f"{rep['votes']} votes by {rep['annotators']} annotators on {rep['items']} items "
+             f"({rep['items_with_one_vote']} with one vote: no agreement measurable there).", "",
              "| Krippendorff's alpha | value | 95% CI |", "|---|---|---|"]
     for name in ("nominal", "ordinal"):
         if name in a:
@@ -265,6 +271,9 @@ def markdown(rep: dict, title: str) -> str:
     for label, v in a["per_label"].items():
         lines.append(f"| {label} vs the rest | {v['alpha']:.3f} | {v['ci'][0]:.3f}-{v['ci'][1]:.3f} |")
     methods = list(rep["methods"])
+    if rep["annotators"] < 3:
+        lines += ["", "Two annotators identify no latent-class model: the Dawid-Skene and MACE qualities below "
+                      "mean little and nobody is ranked by them; read the agreement and alpha."]
     lines += ["", "Consensus label counts: " + "; ".join(
         f"{m}: {', '.join(f'{k} {v}' for k, v in rep['methods'][m]['label_counts'].items())}" for m in methods), ""]
     lines += [f"Annotators with at least {rep['min_items']} items that others labelled too (leave-one-out agreement: "
