@@ -19,24 +19,17 @@ Writes bench/results/politosphere_kappa.json.
 """
 import argparse
 import json
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from crossfit_e2e import run  # noqa: E402
+
 OUT = REPO / "bench" / "results" / "politosphere_kappa.json"
-
-
-def run(argv: list) -> float:
-    print("$ " + " ".join(shlex.quote(str(a)) for a in argv), flush=True)
-    started = time.time()
-    subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, check=True)
-    return time.time() - started
 
 
 def humans():
