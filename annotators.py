@@ -76,9 +76,10 @@ def main(argv=None):
     ensure_new_path(out_dir, what="output folder", inputs=(args.task, args.oof), can_overwrite=False, kind="dir")
     triples, _ = task_votes(spec)
     oof = oof_of(args.oof) if args.oof else None
-    if oof is not None and oof.labels != (spec.unmerged or spec).label_names:
-        raise UserError(f"--oof {args.oof}: its labels {oof.labels} are not the task's {(spec.unmerged or spec).label_names}")
-    votes = report_of.Votes(triples, (spec.unmerged or spec).label_names)
+    labels = [label.name for label in spec.finest_labels]
+    if oof is not None and oof.labels != labels:
+        raise UserError(f"--oof {args.oof}: its labels {oof.labels} are not the task's {labels}")
+    votes = report_of.Votes(triples, labels)
     rep = report_of.report(votes, methods, settings(spec)["tie"], args.ordinal, args.min_items, args.n_boot,
                            args.n_refit, args.seed, oof)
     items = rep.pop("items_table")

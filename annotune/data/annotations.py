@@ -158,7 +158,6 @@ def read_votes(spec, rows: list, source: str, label_of: Callable, text_of: Calla
     """(votes: list of (item, annotator, label), item rows: item -> its first row, counts of what was
     not a vote). label_of(spec, row, where) maps a raw vote as data.label_column's value is mapped."""
     cfg, counts = settings(spec), Counter()
-    fine = spec.unmerged or spec
     pairs, items = {}, {}
     for item, annotator, row, raw, where in _annotations(spec, cfg, rows, source, text_of):
         items.setdefault(item, row)
@@ -169,7 +168,7 @@ def read_votes(spec, rows: list, source: str, label_of: Callable, text_of: Calla
         if target is None:
             counts["skip_values vote"] += 1
             continue
-        label = find_label(target, fine.labels, f"task {spec.name} ({spec.source}): the vote{where}")
+        label = find_label(target, spec.finest_labels, f"task {spec.name} ({spec.source}): the vote{where}")
         if (item, annotator) in pairs:
             if pairs[(item, annotator)] != label:
                 raise UserError(f"task {spec.name}: annotator {annotator!r} gives item {item!r} two labels "
@@ -252,7 +251,7 @@ def aggregated_rows(spec, rows: list, source: str, label_of: Callable, text_of: 
     counts = Counter(counts)
     if not votes:
         return [], counts
-    labels = (spec.unmerged or spec).label_names
+    labels = [label.name for label in spec.finest_labels]
     consensus = aggregate(votes_frame(votes), labels, cfg["aggregate"], cfg["tie"], seed)
     out = []
     for item, row in items.items():

@@ -119,6 +119,11 @@ class TaskSpec:
 
     # ---------------------------------------------------------------- labels and merges
     @property
+    def finest_labels(self) -> list:
+        """The labels before any merge (annotators vote on these), as Label objects."""
+        return (self.unmerged or self).labels
+
+    @property
     def label_names(self) -> list:
         return [label.name for label in self.labels]
 

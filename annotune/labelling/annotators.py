@@ -110,9 +110,13 @@ def refit_quality_ci(votes: Votes, method: str, tie: str, n_refit: int, seed: in
 
     frame = votes.frame()
     item_ids = frame["task"].unique()
+    import os
+
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(seed)
     draws = defaultdict(list)
-    for b in range(n_refit):
+    for b in tqdm(range(n_refit), desc=f"{method} refits", leave=False, disable=not os.isatty(2)):
         picked = rng.choice(item_ids, len(item_ids))
         cons = aggregate(_resample(frame, picked), votes.labels, method, tie, seed + b)
         for a, q in cons.quality.items():
