@@ -102,7 +102,8 @@ def main(argv=None):
         seconds["ensemble_labelling"] = run(["evaluate.py", "--ensemble", folder / "kfold", "--predict_file",
                                              folder / "disagreed.csv", "--output", labelled, "--quiet"])
     model = dict(zip(oof["id"], oof["prediction"]))
-    model.update(dict(zip(pd.read_csv(labelled, dtype={"id": str})["id"], pd.read_csv(labelled)["prediction"])))
+    ensemble = pd.read_csv(labelled, dtype={"id": str})
+    model.update(dict(zip(ensemble["id"], ensemble["prediction"])))
     people = {"Leo": people["leo"], "Yifei": people["yifei"], "model": model}
     ids = sorted(texts)
     saved[Path(args.model_name).name] = {

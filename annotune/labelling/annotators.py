@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .metrics import mean_ci
+
 MODEL = "model (out-of-fold)"
 
 
@@ -41,15 +43,6 @@ class Votes:
         from ..data.annotations import votes_frame
 
         return votes_frame(self.triples)
-
-
-def _ci(values, n_boot: int, seed: int, stat=np.mean) -> list:
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    boots = [stat(values[rng.integers(0, len(values), len(values))]) for _ in range(n_boot)]
-    return [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
 
 
 def loo_credit(label: str, others: list) -> float:
@@ -87,11 +80,11 @@ def annotator_table(votes: Votes, consensus: dict, n_boot: int, seed: int, model
         loo = loo_scores(items, a) if a != MODEL else model_loo
         row = {"annotator": a, "items": len(mine), "items_with_others": len(loo),
                "loo_agreement": float(np.mean(list(loo.values()))) if loo else None,
-               "loo_ci": _ci(list(loo.values()), n_boot, seed)}
+               "loo_ci": mean_ci(list(loo.values()), n_boot, seed)}
         for method, cons in consensus.items():
             hits = [float(items[i][a] == cons.labels.get(i)) for i in mine]
             row[f"agrees_{method}"] = float(np.mean(hits)) if hits else None
-            row[f"agrees_{method}_ci"] = _ci(hits, n_boot, seed)
+            row[f"agrees_{method}_ci"] = mean_ci(hits, n_boot, seed)
             row[f"quality_{method}"] = cons.quality.get(a)
         if model and a != MODEL:  # the model against the same others as the annotator: a left out too
             shared = [i for i in loo if MODEL in items[i]]
@@ -99,7 +92,7 @@ def annotator_table(votes: Votes, consensus: dict, n_boot: int, seed: int, model
                     for i in shared]
             row["paired_items"] = len(shared)
             row["model_minus_annotator"] = float(np.mean(diff)) if diff else None
-            row["model_minus_annotator_ci"] = _ci(diff, n_boot, seed)
+            row["model_minus_annotator_ci"] = mean_ci(diff, n_boot, seed)
         rows.append(row)
     return rows
 
@@ -207,12 +200,12 @@ def report(votes: Votes, methods: list, tie: str, ordinal: bool, min_items: int,
     probabilities (label_errors.OutOfFold)."""
     from ..data.annotations import aggregate
 
-    frame = votes.frame()
+    frame, per_item = votes.frame(), votes.by_item()
     consensus = {m: aggregate(frame, votes.labels, m, tie, seed) for m in methods}
     model = None
     if oof is not None:
         model = {i: oof.labels[int(np.argmax(p))] for i, p in zip(oof.ids, oof.probs)}
-        if not set(model) & set(votes.by_item()):
+        if not set(model) & set(per_item):
             from ..base.cli import UserError
 
             raise UserError(f"--oof {oof.source}: none of its ids is an annotated item (ids like "
@@ -223,7 +216,6 @@ def report(votes: Votes, methods: list, tie: str, ordinal: bool, min_items: int,
             cis = refit_quality_ci(votes, m, tie, n_refit, seed)
             for r in rows:
                 r[f"quality_{m}_ci"] = cis.get(r["annotator"])
-    per_item = votes.by_item()
     out = {"labels": votes.labels, "votes": len(votes.triples), "items": len(per_item),
            "items_with_one_vote": sum(1 for v in per_item.values() if len(v) == 1),
            "annotators": len({a for _, a, _ in votes.triples}), "min_items": min_items, "tie": tie,
@@ -233,7 +225,7 @@ def report(votes: Votes, methods: list, tie: str, ordinal: bool, min_items: int,
            "alpha": alphas(votes, ordinal, n_boot, seed), "table": rows, "headline": headline(rows, min_items),
            "items_table": _items_table(votes, consensus)}
     if oof is not None:
-        shared = [i for i in oof.ids if i in votes.by_item()]
+        shared = [i for i in oof.ids if i in per_item]
         pos = {i: k for k, i in enumerate(oof.ids)}
         out["crowdlab"] = crowdlab(votes, shared, oof.probs[[pos[i] for i in shared]])
         out["model_items"] = len(shared)

@@ -241,14 +241,15 @@ def generation_metrics(predictions, references_list, bertscore_model: str | None
         values = np.array([row[key] for row in per_example])
         summary[key] = float(values.mean())
     if per_example:
-        summary["ci95"] = {key: _mean_ci([row[key] for row in per_example], n_boot, seed) for key in keys}
+        summary["ci95"] = {key: mean_ci([row[key] for row in per_example], n_boot, seed) for key in keys}
     if bertscore_model:
         summary["bertscore_model"] = bertscore_model
         summary["bertscore_num_layers"] = bertscore_layers
     return summary, per_example
 
 
-def _mean_ci(values, n_boot, seed):
+def mean_ci(values, n_boot, seed):
+    """Percentile bootstrap interval of the mean of `values` (seeded); NaNs under 2 values."""
     values = np.asarray(values, dtype=float)
     idx = np.arange(len(values))
     return bootstrap_ci(idx, idx, lambda g, p: float(values[g.astype(int)].mean()), n_boot, seed)
