@@ -81,7 +81,7 @@ def main(argv=None):
     sample = ["--max_train_samples", args.train_samples] if args.train_samples else []  # 0 = all
     code = step("train", train, ["--dataset_name", out / "dataset", "--model_name", args.model_name,
                                  "--epoch", args.epochs, *sample, "--max_seq_length", args.max_seq_length,
-                                 "--max_eval_samples", "60", "--output_dir", out / "train"], times)
+                                 "--output_dir", out / "train"], times)
     if code:
         return code
     adapter = adapters_in(out / "train")[0]  # the best validation epoch, the only one kept

@@ -127,8 +127,9 @@ def add_data_and_model_flags(p):
                    help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")
     g.add_argument("--max_train_samples", type=int, help="use a seeded sample of this many training examples (default: all)")
-    g.add_argument("--max_eval_samples", type=int, default=200,
-                   help="validation examples evaluated per epoch (default: 200; 0 = all)")
+    g.add_argument("--max_eval_samples", type=int, default=0,
+                   help="validation examples evaluated per epoch, a seeded sample (default: 0 = all; classification: "
+                        "all up to 2,000, the rows the decision rule is fit on; with fewer, evaluate.py fits it)")
     g = p.add_argument_group("model")
     g.add_argument("--model_name", "--base_model_name", dest="model_name", default=DEFAULT_CAUSAL_LM,
                    help=f"hub id, local folder or alias: {DEFAULT_CAUSAL_LM} (default), minilm-l6")
@@ -327,7 +328,7 @@ def callback_for(args, data: TrainingData, plan, model, tokenizer, out_dir: Path
         model.train()
         if labelling.reported.type == "classification":  # the decision rule saved with this epoch's adapter
             metrics.update(epoch_rule(records, labelling.reported.label_names, args.decision_objective,
-                                      annotator.precision, metrics))
+                                      annotator.precision, metrics, data.rule_fit))
         kept = EPOCH_METRICS + tuple(m.key for m in LABEL_METRICS)
         return {k: v for k, v in metrics.items() if k in kept}
 

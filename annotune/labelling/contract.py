@@ -187,7 +187,7 @@ class Labelling:
 class RuleSettings:
     """How a run settles its decision rule (evaluate.py builds it from --decision, --decision_objective,
     --seed, --mode, --batch_size, --length_norm): `decision` 'fitted' or 'argmax'; a rule fit now is
-    fit to `objective` on up to 400 validation rows drawn with `seed`, labelled in `mode`."""
+    fit to `objective` on the validation rows training fits on (decision.rule_rows), labelled in `mode`."""
     decision: str = "fitted"
     objective: str = "macro_f1"
     seed: int = 42
@@ -197,12 +197,12 @@ class RuleSettings:
 
 
 def settle_rule(settings: RuleSettings, labelling: Labelling, annotator, split: str, more_rows=list):
-    """The rule `labelling`'s labels go through on `split`: the adapter's own (fit on validation in
-    training), else one fit now on up to 400 validation rows; none with decision 'argmax', for
-    generation, or on the validation split itself (a rule is never reported on the rows it was fit
-    on). The adapter's rule is applied to scores of the precision it was fit on; in another (bf16
-    here, fp32 there) it is refit on the validation rows (labelling.splits', else more_rows()), or
-    refused when there are none."""
+    """The rule `labelling`'s labels go through on `split`: the adapter's own (fit on every validation
+    row in training), else one fit now on those rows; none with decision 'argmax', for generation, or
+    on the validation split itself (a rule is never reported on the rows it was fit on). The adapter's
+    rule is refit now, on the same rows (labelling.splits' validation, else more_rows()), when training
+    left it to evaluation (it scored a sample of the validation rows) or when this run scores in
+    another precision than it was fit in (bf16 here, fp32 there); refused when the rows are not here."""
     labels, record = labelling.reported.label_names, labelling.record
     if settings.decision == "argmax" or labelling.reported.type != "classification" or split == "validation" \
             or (settings.mode == "generate" and annotator.kind != "classifier"):
@@ -211,17 +211,19 @@ def settle_rule(settings: RuleSettings, labelling: Labelling, annotator, split: 
         rule = DecisionRule.from_dict(record.decision_rule, labels)
         # Rules from before precision was recorded were fit on the training device's plain weights.
         fitted_in = rule.precision or ("fp32" if record.quantization in (None, "none") else annotator.precision)
-        if not rule.fitted_on or fitted_in == annotator.precision:
+        if not rule.fit_later and (not rule.fitted_on or fitted_in == annotator.precision):
             return rule
         rows = labelling.splits.get("validation") or more_rows()
+        why = ("was left to evaluation (training scored a sample of the validation rows)" if rule.fit_later
+               else f"was fit on {fitted_in} scores and this run scores in {annotator.precision}")
         if not rows:
             matching = {"bf16-autocast": "--cpu_bf16 on", "fp32": "--cpu_bf16 off"}.get(fitted_in)
-            raise UserError(f"{annotator.name}'s decision rule was fit on {fitted_in} scores and this run scores in "
-                            f"{annotator.precision}; its validation rows are not here to refit it: pass "
-                            + (f"{matching} to score as it was fit, or " if matching else "") + "--decision argmax")
+            raise UserError(f"{annotator.name}'s decision rule {why}; its validation rows are not here to fit it: pass "
+                            + (f"{matching} to score as it was fit, or " if matching and not rule.fit_later else "")
+                            + "--decision argmax")
         rule = fit_rule_now(settings, labelling, annotator, rows)
-        print(f"note: {annotator.name}'s decision rule was fit on {fitted_in} scores; refit on "
-              f"{rule.fitted_on} validation rows scored in {annotator.precision}")
+        print(f"note: {annotator.name}'s decision rule {why}; fit on {rule.fitted_on} validation rows scored in "
+              f"{annotator.precision}")
         return rule
     if not labelling.splits.get("validation"):
         return None
@@ -229,11 +231,11 @@ def settle_rule(settings: RuleSettings, labelling: Labelling, annotator, split: 
 
 
 def fit_rule_now(settings: RuleSettings, labelling: Labelling, annotator, validation_rows):
-    """A decision rule fit on up to 400 seeded validation rows, labelled as this run labels them."""
-    from .decision import fit_rule_on
-    from ..data.examples import sample_rows
+    """A decision rule fit on the validation rows training fits on (decision.rule_rows), labelled as
+    this run labels them."""
+    from .decision import fit_rule_on, rule_rows
 
-    val = sample_rows(validation_rows, 400, settings.seed)
+    val = rule_rows(validation_rows)
     preds = dataclasses.replace(labelling, rule=None).label(annotator, val, settings.mode, settings.batch_size,
                                                             settings.length_norm)
     return fit_rule_on(preds, [r["label"] for r in val], labelling.reported.label_names, settings.objective,

@@ -110,6 +110,7 @@ class TrainingData:
     prompter: object  # prompts.Prompter of the scored labels
     train_rows: list = field(default_factory=list)  # answered with the scored labels
     eval_rows: list = field(default_factory=list)  # labels given (validation scores them)
+    rule_fit: bool = False  # eval_rows are the rows the decision rule is fit on (decision.rule_rows)
     feats: list = field(default_factory=list)  # tokenised training examples
     stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
 
@@ -119,13 +120,20 @@ def load_training_data(settings, tokenizer, config, default_task: str) -> Traini
     sampled training and validation rows, and the tokenised training examples."""
     from ..data.examples import sample_rows
     from ..labelling.contract import for_training
+    from ..labelling.decision import rule_rows
 
     labelling = for_training(settings, tokenizer, config, default_task)
     data = TrainingData(labelling, labelling.prompter(tokenizer))
     data.train_rows = labelling.training_rows(sample_rows(labelling.splits["train"], settings.max_train_samples,
                                                           settings.seed), data.prompter)
-    data.eval_rows = sample_rows(labelling.splits.get("validation") or [], settings.max_eval_samples, settings.seed)
+    validation, n = labelling.splits.get("validation") or [], settings.max_eval_samples
+    data.eval_rows = sample_rows(validation, n, settings.seed)
     if labelling.scored.type == "classification":
+        # The decision rule is fit on every validation row (up to decision.RULE_MAX_ROWS), in training as in
+        # evaluate.py; a smaller --max_eval_samples leaves the fit to evaluate.py.
+        every = rule_rows(validation)
+        if not n or n >= len(every):
+            data.eval_rows, data.rule_fit = every, True
         for row, labels in [(r, labelling.scored.label_names) for r in data.train_rows] + \
                 [(r, labelling.reported.label_names) for r in data.eval_rows]:
             if row["label"] not in labels:
