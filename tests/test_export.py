@@ -68,8 +68,8 @@ def test_merged_causal_model_equals_base_plus_adapter_and_its_recipe_gives_annot
     k = max((j for j, l in enumerate(labels) if l not in argmax), key=lambda j: min(row[j] for row in probs))
     loser, gap = labels[k], max(math.log(max(row)) - math.log(row[k]) for row in probs)
     assert math.isfinite(gap)
-    rule = DecisionRule(labels, [gap + 1 if j == k else 0.0 for j in range(len(labels))], 1.0, "macro_f1", 100, 0.5,
-                        "test")
+    rule = DecisionRule(labels, [gap + 1 if j == k else 0.0 for j in range(len(labels))], 1.0, "macro_f1", 100,
+                        heldout_gain=0.5, gain_lower=0.3, note="test")
     meta["decision_rule"] = rule.to_dict()
     meta_path.write_text(json.dumps(meta))
     recipe = {}

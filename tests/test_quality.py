@@ -11,6 +11,17 @@ from annotune.labelling.decision import DecisionRule
 from test_train import write_colour_task
 
 
+@pytest.fixture(scope="module", autouse=True)
+def rules_on_few_rows():
+    """48 validation rows keep these tests fast: the rows a rule comes from do not depend on the
+    power floor (decision.MIN_ROWS, 100), lowered here to 40."""
+    from annotune.labelling import decision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decision, "MIN_ROWS", 40)
+        yield
+
+
 @pytest.fixture(scope="module")
 def colour_run(tmp_path_factory, tiny_llama_dir):
     folder = tmp_path_factory.mktemp("colours")
