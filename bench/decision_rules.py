@@ -105,7 +105,7 @@ def compare(val: list, test: list, labels: list) -> dict:
                 row[f"{metric}_vs_argmax"] = paired_difference(
                     gt, pred, argmax, lambda g, p, m=metric: label_metric(m).fn(g, p, labels))
         out[name] = row
-    return out, rule
+    return out, {"argmax": argmax, "legacy": legacy, "rule": today}
 
 
 def task_record(name: str, runs: Path, score_only: bool = False) -> dict:
@@ -128,44 +128,40 @@ def adapter_record(adapter: Path, runs: Path) -> dict:
     import numpy as np
 
     from annotune.labelling.contract import read_adapter_info
-    from annotune.labelling.decision import probs_matrix
 
     labels = read_adapter_info(adapter).labels
-    folder, out = runs / adapter.name, {}
-    preds = {}
+    folder, out, given = runs / adapter.name, {}, {}
     for cpu_bf16 in ("on", "off"):
-        for split in ("validation", "test"):
-            preds[cpu_bf16, split] = scored(["--adapters_name", adapter, "--split", split, "--cpu_bf16", cpu_bf16],
-                                            folder / f"{cpu_bf16}-{split}", folder / "log.txt")
-        out[f"bf16_{cpu_bf16}"], rule = compare(preds[cpu_bf16, "validation"], preds[cpu_bf16, "test"], labels)
-        out[f"bf16_{cpu_bf16}"]["_rule"] = rule
-    given = {}
-    for cpu_bf16 in ("on", "off"):
-        rule, pt = out[f"bf16_{cpu_bf16}"].pop("_rule"), probs_matrix(preds[cpu_bf16, "test"], labels)
-        given[cpu_bf16] = rule.apply(pt)[1] if rule.fitted else [labels[i] for i in np.asarray(pt).argmax(1)]
-    plain = {c: [r["prediction"] for r in preds[c, "test"]] for c in ("on", "off")}
-    out["same_label_own_rules"] = float(np.mean([a == b for a, b in zip(given["on"], given["off"])]))
-    out["same_label_argmax"] = float(np.mean([a == b for a, b in zip(plain["on"], plain["off"])]))
+        preds = {split: scored(["--adapters_name", adapter, "--split", split, "--cpu_bf16", cpu_bf16],
+                               folder / f"{cpu_bf16}-{split}", folder / "log.txt") for split in ("validation", "test")}
+        out[f"bf16_{cpu_bf16}"], given[cpu_bf16] = compare(preds["validation"], preds["test"], labels)
+    for name in ("argmax", "legacy", "rule"):  # each precision with the rule it fits itself
+        out[f"same_label_{name}"] = float(np.mean([a == b for a, b in zip(given["on"][name], given["off"][name])]))
     return dict(out, task=read_adapter_info(adapter).task, model=f"tuned {adapter.name}")
 
 
 def show(records: list) -> None:
-    def cell(row, metric):
-        if "applied" not in row:
-            return f"{row[metric]:.3f}"
+    def delta(row, metric):
         d = row[f"{metric}_vs_argmax"]
-        return (f"{row[metric]:.3f} ({d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]) "
-                f"{'applied' if row['applied'] else 'not applied'}")
+        return f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
-    print("| task | model | argmax labels | argmax F1 | before-45 rule F1 (vs argmax) | today's rule F1 (vs argmax) |")
-    print("|---|---|---|---|---|---|")
+    def rule(row):
+        return (f"{'applied' if row['applied'] else 'not applied'} | {row['macro_f1']:.3f} "
+                f"({delta(row, 'macro_f1')}) | {row['balanced_accuracy']:.3f} ({delta(row, 'balanced_accuracy')})")
+
+    print("| task | model | val rows | labels argmax gives | argmax F1 | argmax bal. acc. | before-45 rule | F1 (vs argmax) "
+          "| bal. acc. (vs argmax) | today's rule | F1 (vs argmax) | bal. acc. (vs argmax) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
-        for key, res in ([("", r)] if "argmax" in r else [(f" {k}", r[k]) for k in ("bf16_on", "bf16_off")]):
-            print(f"| {r['task']} | {r['model']}{key} | {res['argmax_labels_used']} | {cell(res['argmax'], 'macro_f1')} | "
-                  f"{cell(res['legacy'], 'macro_f1')} | {cell(res['rule'], 'macro_f1')} |")
-        if "same_label_own_rules" in r:
-            print(f"| {r['task']} | same label, bf16 vs fp32 | own rules {r['same_label_own_rules']:.3f} | "
-                  f"argmax {r['same_label_argmax']:.3f} | | |")
+        for key, res in ([("", r)] if "argmax" in r else [(f", {k.replace('_', ' ')}", r[k]) for k in ("bf16_on", "bf16_off")]):
+            a = res["argmax"]
+            print(f"| {r['task']} | {r['model']}{key} | {res['n_validation']} | {res['argmax_labels_used']} | "
+                  f"{a['macro_f1']:.3f} | {a['balanced_accuracy']:.3f} | {rule(res['legacy'])} | {rule(res['rule'])} |")
+    for r in records:
+        if "same_label_rule" in r:
+            print(f"\n{r['model']}: test rows given the same label under bf16 and fp32, each precision fitting its "
+                  f"own rule: today's {r['same_label_rule']:.4f}, before-45 {r['same_label_legacy']:.4f}, "
+                  f"argmax in both {r['same_label_argmax']:.4f}")
 
 
 def main(argv=None):
