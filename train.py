@@ -127,9 +127,10 @@ def add_data_and_model_flags(p):
                    help="prompt template when building from a task (default: auto)")
     g.add_argument("--without_definitions", action="store_true", help="leave label definitions out of the prompt")
     g.add_argument("--max_train_samples", type=int, help="use a seeded sample of this many training examples (default: all)")
-    g.add_argument("--max_eval_samples", type=int, default=0,
-                   help="validation examples evaluated per epoch, a seeded sample (default: 0 = all; classification: "
-                        "all up to 2,000, the rows the decision rule is fit on; with fewer, evaluate.py fits it)")
+    g.add_argument("--max_eval_samples", type=int,
+                   help="validation examples evaluated per epoch, a seeded sample; 0 = all (default: classification "
+                        "all up to 2,000, the rows its decision rule is fit on (with fewer, evaluate.py fits the rule); "
+                        "generation 200)")
     g = p.add_argument_group("model")
     g.add_argument("--model_name", "--base_model_name", dest="model_name", default=DEFAULT_CAUSAL_LM,
                    help=f"hub id, local folder or alias: {DEFAULT_CAUSAL_LM} (default), minilm-l6")

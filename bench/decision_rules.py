@@ -131,6 +131,7 @@ def adapter_record(adapter: Path, runs: Path) -> dict:
 
     labels = read_adapter_info(adapter).labels
     folder, out, given = runs / adapter.name, {}, {}
+    folder.mkdir(parents=True, exist_ok=True)
     for cpu_bf16 in ("on", "off"):
         preds = {split: scored(["--adapters_name", adapter, "--split", split, "--cpu_bf16", cpu_bf16],
                                folder / f"{cpu_bf16}-{split}", folder / "log.txt") for split in ("validation", "test")}

@@ -342,7 +342,8 @@ class TrainingSource:
     a dataset folder, task or hub id (`dataset_name`) or a task, a named merge and where it is
     applied ('auto', 'prediction', 'training'), the prompt (template, definitions), the mode ('auto', 'causal',
     'classifier', 'seq2seq'), the seed, the training rows sampled (None = all), the validation rows
-    (0 = all) and the longest example in tokens."""
+    (0 = all; None = the default: all for classification, 200 for generation) and the longest example
+    in tokens."""
     dataset_name: str | None = None
     task: str | None = None
     merge: str | None = None
@@ -352,7 +353,7 @@ class TrainingSource:
     mode: str = "auto"
     seed: int = 42
     max_train_samples: int | None = None
-    max_eval_samples: int = 200
+    max_eval_samples: int | None = None
     max_seq_length: int = 1024
 
     @classmethod

@@ -102,6 +102,9 @@ def default_epochs(feats, balance: str, examples_per_step: int) -> int:
     return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps)))
 
 
+GENERATION_EVAL_ROWS = 200  # validation rows a generation task generates for per epoch by default
+
+
 @dataclass
 class TrainingData:
     """What train.py trains and validates on: the labelling (contract.Labelling: the labels scored
@@ -127,7 +130,7 @@ def load_training_data(settings, tokenizer, config, default_task: str) -> Traini
     data.train_rows = labelling.training_rows(sample_rows(labelling.splits["train"], settings.max_train_samples,
                                                           settings.seed), data.prompter)
     validation, n = labelling.splits.get("validation") or [], settings.max_eval_samples
-    data.eval_rows = sample_rows(validation, n, settings.seed)
+    data.eval_rows = sample_rows(validation, GENERATION_EVAL_ROWS if n is None else n, settings.seed)
     if labelling.scored.type == "classification":
         # The decision rule is fit on every validation row (up to decision.RULE_MAX_ROWS), in training as in
         # evaluate.py; a smaller --max_eval_samples leaves the fit to evaluate.py.
