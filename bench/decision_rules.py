@@ -5,7 +5,8 @@ cross-fitted gain's lower 95% bound is above 0), on the same validation and test
 
     .venv/bin/python bench/decision_rules.py                       # the 9 tasks' untuned SmolLM2 (~45 min)
     .venv/bin/python bench/decision_rules.py --tasks sst2,drug_reviews
-    .venv/bin/python bench/decision_rules.py --adapter runs/demo/smollm2-135m-drug_reviews-epoch2 --tag demo
+    .venv/bin/python bench/decision_rules.py --adapter runs/demo/<time>/train/smollm2-135m-drug_reviews-epoch1 --tag demo
+    .venv/bin/python bench/decision_rules.py --precisions --tasks sbic_offensive,ag_news   # base in bf16 and fp32
     .venv/bin/python bench/decision_rules.py --report              # the table of what is recorded
 
 Rows and splits are bench/quality.py's (600 labelled rows, 120 of them validation, at most 400 test
@@ -14,8 +15,9 @@ validation and test rows once (evaluate.py --decision argmax, predictions.jsonl 
 every rule is then fit on the validation probabilities and applied to the test probabilities in this
 process. Reported per rule: test macro-F1 and balanced accuracy, the paired difference to argmax
 with a 95% bootstrap CI over test rows, whether the rule was applied, and how many labels argmax
-gives. With --adapter (a tuned model) the scoring runs twice, --cpu_bf16 on and off, and the table
-adds the share of test rows given the same label when each precision fits its own rule.
+gives. With --adapter (a tuned model), or --precisions (the tasks' untuned base, after their first
+run), the scoring runs twice, --cpu_bf16 on and off, and the table adds the share of test rows given
+the same label when each precision fits its own rule.
 """
 import argparse
 import json
@@ -35,6 +37,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated bench/quality.py tasks (default: all 9)")
     p.add_argument("--adapter", help="a tuned adapter instead of the untuned base: scored under --cpu_bf16 on and off")
+    p.add_argument("--precisions", action="store_true",
+                   help="the --tasks' untuned base scored under --cpu_bf16 on and off too (a record per task, key TASK-precisions)")
     p.add_argument("--tag", default="", help="name of the --adapter's record (default: the adapter's folder name)")
     p.add_argument("--runs", default="runs/bench/decision_rules", help="working folder (default: runs/bench/decision_rules)")
     p.add_argument("--out", default="bench/results/decision_rules.json", help="results (default: bench/results/decision_rules.json)")
@@ -125,20 +129,35 @@ def task_record(name: str, runs: Path, score_only: bool = False) -> dict:
 
 def adapter_record(adapter: Path, runs: Path) -> dict:
     """A tuned adapter scored in bf16 and fp32; each precision fits its own rule."""
-    import numpy as np
-
     from annotune.labelling.contract import read_adapter_info
 
-    labels = read_adapter_info(adapter).labels
-    folder, out, given = runs / adapter.name, {}, {}
+    info = read_adapter_info(adapter)
+    out = precisions(["--adapters_name", adapter], info.labels, runs / adapter.name)
+    return dict(out, task=info.task, model=f"tuned {adapter.name}")
+
+
+def base_precisions_record(name: str, runs: Path) -> dict:
+    """The untuned base on a task's rows (task_record's) scored in bf16 and fp32."""
+    data = runs / name / "data"
+    labels = json.loads((data / "manifest.json").read_text())["labels"]
+    return dict(precisions(["--base_only", "--dataset_name", data], labels, runs / name / "precisions"),
+                task=name, model="SmolLM2-135M untuned")
+
+
+def precisions(model_argv: list, labels: list, folder: Path) -> dict:
+    """Validation and test scored under --cpu_bf16 on and off; each precision fits its own rules;
+    the share of test rows each rule labels alike in both."""
+    import numpy as np
+
     folder.mkdir(parents=True, exist_ok=True)
+    out, given = {}, {}
     for cpu_bf16 in ("on", "off"):
-        preds = {split: scored(["--adapters_name", adapter, "--split", split, "--cpu_bf16", cpu_bf16],
+        preds = {split: scored([*model_argv, "--split", split, "--cpu_bf16", cpu_bf16],
                                folder / f"{cpu_bf16}-{split}", folder / "log.txt") for split in ("validation", "test")}
         out[f"bf16_{cpu_bf16}"], given[cpu_bf16] = compare(preds["validation"], preds["test"], labels)
     for name in ("argmax", "legacy", "rule"):  # each precision with the rule it fits itself
         out[f"same_label_{name}"] = float(np.mean([a == b for a, b in zip(given["on"][name], given["off"][name])]))
-    return dict(out, task=read_adapter_info(adapter).task, model=f"tuned {adapter.name}")
+    return out
 
 
 def show(records: list) -> None:
@@ -174,6 +193,8 @@ def main(argv=None):
     if not args.report:
         if args.adapter:
             records = [dict(adapter_record(Path(args.adapter), runs), key=args.tag or Path(args.adapter).name)]
+        elif args.precisions:
+            records = [dict(base_precisions_record(name, runs), key=f"{name}-precisions") for name in args.tasks.split(",")]
         else:
             names = args.tasks.split(",")
             for name in names:  # every scoring first: the comparisons are seconds each
