@@ -18,8 +18,10 @@ def test_smollm2_instruction_tuning_and_scoring(in_tmp):
     adapter = in_tmp / "run" / "smollm2-135m-drug_reviews-epoch1"
     info = json.loads((adapter / "annotune.json").read_text())
     assert info["base_model"] == "smollm2-135m" and info["prompt"]["template"] == "chat"
-    assert run_script("evaluate", ["--adapters_name", adapter, "--split", "test", "--max_samples", 8,
-                                   "--output_dir", "ev", "--quiet", "--bootstrap", 50, "--baseline", "none"]) == 0
+    # --decision argmax: training scored 6 of the 120 validation rows, so a rule would be fit now on all
+    # 120 with the real model (tests/test_decision.py checks that path on a tiny one).
+    assert run_script("evaluate", ["--adapters_name", adapter, "--split", "test", "--max_samples", 8, "--decision",
+                                   "argmax", "--output_dir", "ev", "--quiet", "--bootstrap", 50, "--baseline", "none"]) == 0
     m = json.loads((in_tmp / "ev" / adapter.name / "test" / "metrics.json").read_text())
     assert m["n"] == 8 and m["invalid"] == 0 and 0 <= m["accuracy"] <= 1
     # The adapter names its base by hub id, and says which weights it was trained on.
