@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .metrics import decision_objectives
+from .metrics import WeightedObjective, decision_objectives, resample_weights
 
 MIN_ROWS = 100  # validation rows below which no rule is fit (see bench/decision_power.py)
 RULE_MAX_ROWS = 2000  # validation rows a rule is fit on at most (rule_rows)
@@ -166,42 +166,13 @@ def rule_rows(validation_rows: list) -> list:
     return sample_rows(validation_rows, RULE_MAX_ROWS, 0)
 
 
-class Objective:
-    """The objective (macro_f1 or balanced_accuracy, as metrics.py counts them) of labels argmax(z)
-    under row weights: one value per weight vector, from weighted confusion matrices (one matrix
-    product), so a bootstrap-averaged objective costs about what one plain one does."""
-
-    def __init__(self, name: str, gold_index, n_labels: int):
-        if name not in ("macro_f1", "balanced_accuracy"):
-            raise ValueError(f"objective must be macro_f1 or balanced_accuracy, not {name!r}")
-        self.name, self.gold, self.k = name, np.asarray(gold_index), n_labels
-
-    def __call__(self, z, weights) -> np.ndarray:
-        """[n, K] scores (labels by argmax) and [B, n] row weights -> [B] objective values."""
-        cells = self.gold * self.k + np.asarray(z).argmax(1)
-        onehot = np.zeros((len(cells), self.k * self.k))
-        onehot[np.arange(len(cells)), cells] = 1.0
-        conf = (weights @ onehot).reshape(-1, self.k, self.k)  # [B, gold, predicted]
-        hits, gold_n, pred_n = np.einsum("bkk->bk", conf), conf.sum(2), conf.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if self.name == "macro_f1":  # over the labels present in gold or predicted
-                return np.nanmean(np.where(gold_n + pred_n > 0, 2 * hits / (gold_n + pred_n), np.nan), axis=1)
-            return np.nanmean(np.where(gold_n > 0, hits / gold_n, np.nan), axis=1)
-
-
-def resample_weights(n: int, resamples: int, seed: int) -> np.ndarray:
-    """[resamples + 1, n] row weights: the rows themselves, then bootstrap resamples (counts)."""
-    rng = np.random.default_rng(seed)
-    return np.vstack([np.ones(n)] + [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
-
-
 def fit_offsets(logp, gold, labels, objective: str = "macro_f1", rounds: int = 3, smooth: int = SMOOTH_RESAMPLES,
                 seed: int = 0) -> list:
     """Per-label offsets by coordinate ascent on OFFSET_GRID of the objective averaged over the rows
     and `smooth` bootstrap resamples (0: the rows alone); the first label is the reference (0).
     Among equally good offsets the one nearest 0 wins, so nothing moves without a gain."""
     labels, logp = list(labels), np.asarray(logp, dtype=float)
-    score = Objective(objective, [labels.index(g) for g in gold], len(labels))
+    score = WeightedObjective(objective, [labels.index(g) for g in gold], len(labels))
     weights = resample_weights(len(logp), smooth, seed)
     offsets = np.zeros(len(labels))
     best = score(logp, weights).mean()
@@ -228,7 +199,7 @@ def refine_offsets(logp, gold, labels, offsets, objective: str = "macro_f1", see
     peak moves little when the scores move a little, where the best of a coarse grid can jump a whole
     step (and relabel every row whose margin lies in it)."""
     labels, logp, offsets = list(labels), np.asarray(logp, dtype=float), np.asarray(offsets, dtype=float)
-    score = Objective(objective, [labels.index(g) for g in gold], len(labels))
+    score = WeightedObjective(objective, [labels.index(g) for g in gold], len(labels))
     weights = resample_weights(len(logp), SMOOTH_RESAMPLES, seed)
     steps = np.arange(-REFINE_REACH, REFINE_REACH + 1e-9, REFINE_STEP)
     half = int(round(REFINE_WINDOW / REFINE_STEP))
@@ -272,7 +243,7 @@ def crossfit_gain(logp, gold, labels, objective: str, seed: int = 0) -> tuple:
             offsets = fit_offsets(logp[fit], [gold[i] for i in fit], labels, objective, seed=int(rng.integers(1 << 31)))
             z[held] = logp[held] + np.asarray(offsets)
         out_of_fold.append(z)
-    score = Objective(objective, [labels.index(g) for g in gold], len(labels))
+    score = WeightedObjective(objective, [labels.index(g) for g in gold], len(labels))
     weights = resample_weights(len(gold), CHECK_BOOT, seed + 1)
     plain = score(logp, weights)
     gains = np.mean([score(z, weights) for z in out_of_fold], axis=0) - plain  # [1 + CHECK_BOOT]

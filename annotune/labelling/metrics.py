@@ -62,6 +62,36 @@ def balanced_accuracy(gold, pred, labels) -> float:
     return float(np.mean([np.mean(pred[gold == label] == label) for label in dict.fromkeys(gold)]))
 
 
+class WeightedObjective:
+    """macro_f1 or balanced_accuracy (counted as macro_f1 and balanced_accuracy above count them) of
+    labels argmax(z) under row weights: one value per weight vector, from weighted confusion matrices
+    (one matrix product), so a bootstrap-averaged objective (decision.py's offsets) costs about what
+    one plain one does."""
+
+    def __init__(self, name: str, gold_index, n_labels: int):
+        if name not in ("macro_f1", "balanced_accuracy"):
+            raise ValueError(f"objective must be macro_f1 or balanced_accuracy, not {name!r}")
+        self.name, self.gold, self.k = name, np.asarray(gold_index), n_labels
+
+    def __call__(self, z, weights) -> np.ndarray:
+        """[n, K] scores (labels by argmax) and [B, n] row weights -> [B] objective values."""
+        cells = self.gold * self.k + np.asarray(z).argmax(1)
+        onehot = np.zeros((len(cells), self.k * self.k))
+        onehot[np.arange(len(cells)), cells] = 1.0
+        conf = (weights @ onehot).reshape(-1, self.k, self.k)  # [B, gold, predicted]
+        hits, gold_n, pred_n = np.einsum("bkk->bk", conf), conf.sum(2), conf.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.name == "macro_f1":  # over the labels present in gold or predicted
+                return np.nanmean(np.where(gold_n + pred_n > 0, 2 * hits / (gold_n + pred_n), np.nan), axis=1)
+            return np.nanmean(np.where(gold_n > 0, hits / gold_n, np.nan), axis=1)
+
+
+def resample_weights(n: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples + 1, n] row weights: the rows themselves, then bootstrap resamples (counts)."""
+    rng = np.random.default_rng(seed)
+    return np.vstack([np.ones(n)] + [np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
+
+
 def weighted_f1(gold, pred, labels) -> float:
     from sklearn.metrics import f1_score
 
