@@ -49,7 +49,7 @@ def parse_args(argv=None):
     g.add_argument("--without_definitions", action="store_true", help="base-only run: no label definitions")
     g.add_argument("--label_name", help="expected label list (JSON or Python literal); checked against the task")
     g = p.add_argument_group("data")
-    g.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
+    g.add_argument("--split", default="validation", help="split(s) to evaluate, comma-separated (default: validation)")
     g.add_argument("--max_samples", type=int, help="evaluate a seeded sample of this many rows (default: all)")
     g.add_argument("--seed", type=int, default=42, help="seed of samples and bootstrap (default: 42)")
     g = p.add_argument_group("method")
@@ -86,7 +86,7 @@ def parse_args(argv=None):
     check_ranges(p, vars(args), {"max_samples": (0, None, "at least 0 (0 = all)"), "batch_size": (1, None, "at least 1"),
                            "bootstrap": (0, None, "at least 0"), "chunk_rows": (1, None, "at least 1"),
                            "max_new_tokens": (1, None, "at least 1"), "temperature": (1e-6, None, "> 0"),
-                           "bf16_tie_margin": (0, None, "at least 0"), "few_shot": (0, None, "at least 0")})
+                           "bf16_tie_margin": (0, None, "at least 0")})
     if args.ensemble and (args.adapters_name or args.base_only or not args.predict_file or args.mode != "score"):
         p.error("--ensemble RUN labels --predict_file in score mode with the run's fold models, without "
                 "--adapters_name or --base_only")
@@ -125,18 +125,25 @@ def add_few_shot_flags(p) -> None:
     from annotune.labelling.shots import selector_names
 
     g = p.add_argument_group("few-shot (with --base_only)")
-    g.add_argument("--few_shot", type=int, default=0,
+    g.add_argument("--few_shot", default="0",
                    help="also score the untuned base with K training rows as examples before every text, a row "
-                        "beside its zero-shot one (default: 0, none)")
-    g.add_argument("--shot_selector", choices=selector_names(), default="stratified",
-                   help="which training rows: stratified (spread over the labels) or fixed (drawn), both seeded by "
-                        "--seed (default: stratified)")
+                        "beside its zero-shot one; comma-separated counts give a row each (default: 0, none)")
+    g.add_argument("--shot_selector", default="stratified",
+                   help=f"which training rows, comma-separated for a row each: {', '.join(selector_names())} "
+                        "(stratified: spread over the labels; fixed: drawn; both seeded by --seed and shared by every "
+                        "row; similar: each row's nearest by MiniLM) (default: stratified)")
 
 
 def note_unused(p, args) -> None:
     """A flag given that this call does not use is named, not silently dropped (refused where
     dropping it would give another result than asked for)."""
-    if args.few_shot and not args.base_only:
+    from annotune.labelling.shots import parse_grid
+
+    try:
+        args.few_shot_grid = parse_grid(args.few_shot, args.shot_selector)
+    except UserError as e:
+        p.error(str(e))
+    if args.few_shot_grid and not args.base_only:
         p.error("--few_shot scores the untuned base: give --base_only")
     if args.predict_file:
         note_ignored(p, vars(args), ("few_shot", "shot_selector"), "--predict_file labels with one model, zero-shot")
@@ -191,7 +198,7 @@ def evaluate_models(args, labelling, adapters, base, staging, bases):
     from annotune.model.models import resolve_model_path
     from annotune.labelling.report import add_baseline_differences, safe_name, write_model_results
 
-    spec, splits = labelling.reported, ["train", "validation"] if args.table else [args.split]
+    spec, splits = labelling.reported, ["train", "validation"] if args.table else list(dict.fromkeys(args.split.split(",")))
     # BERTScore is for summaries only: a classification run needs no BERTScore model installed
     bert = None if args.bertscore_model == "none" or spec.type != "generation" else resolve_model_path(
         args.bertscore_model)
@@ -218,7 +225,7 @@ def evaluate_models(args, labelling, adapters, base, staging, bases):
         if adapter is not None:
             unfold_lora(annotator.model)
             annotator.model.unload()  # detach the adapter; the base model serves the next one
-    if base is not None and args.few_shot:
+    if base is not None and args.few_shot_grid:
         results += few_shot_results(args, labelling, base, splits, adapters, bert)
     if spec.type == "classification":
         add_baseline_differences(results, spec.label_names, args.bootstrap, args.seed)
@@ -252,64 +259,24 @@ def evaluate_split(args, model_labelling, annotator, name: str, split: str, adap
 
 
 def few_shot_results(args, labelling, base, splits, adapters, bert) -> list:
-    """The untuned base with --few_shot training rows as examples before every text (labelling/shots.py),
-    on each split, as one more model: its rule fit on validation rows as the zero-shot base's is."""
+    """The untuned base with k training rows as examples before every text (labelling/shots.py), one
+    more model for each (k, selector) of --few_shot and --shot_selector, on each split: its rule fit
+    on validation rows as the zero-shot base's is."""
     import copy
 
-    shot_labelling, summary = few_shot_labelling(args, labelling, base, splits)
-    annotator = copy.copy(base)
-    annotator.prompter, annotator._completion_cache = shot_labelling.prompter(base.tokenizer), {}
-    annotator.name = f"{base.name} {args.few_shot}-shot {args.shot_selector}"
+    from annotune.labelling.shots import shot_labelling
+
     results = []
-    for split in splits:  # choose_shots refused any example that is a row of these splits
-        result, _ = evaluate_split(args, shot_labelling, annotator, annotator.name, split, adapters, bert)
-        result["metrics"].update(summary)
-        results.append(result)
+    for k, selector in args.few_shot_grid:
+        labelled, summary = shot_labelling(labelling, base, splits, k, selector, args.seed)
+        annotator = copy.copy(base)
+        annotator.prompter, annotator._completion_cache = labelled.prompter(base.tokenizer), {}
+        annotator.name = f"{base.name} {k}-shot {selector}"
+        for split in splits:  # shot_labelling refused any example that is a row of these splits
+            result, _ = evaluate_split(args, labelled, annotator, annotator.name, split, adapters, bert)
+            result["metrics"].update(summary)
+            results.append(result)
     return results
-
-
-def few_shot_labelling(args, labelling, base, splits) -> tuple:
-    """The base's labelling with the examples in its prompt (one list for every row: in the shared
-    prefix), or (a per-text selector) in each evaluated row's own prompt; k lowered where the
-    examples and a text would not fit the context. Returns it and what metrics.json records."""
-    from dataclasses import replace
-
-    from annotune.data.prompts import encode_prompt
-    from annotune.labelling.shots import choose_shots, shot_selector, shots_that_fit
-
-    base_labelling, selector = labelling.for_model(None), shot_selector(args.shot_selector)
-    names = list(dict.fromkeys([*splits, "validation"]))  # the rows evaluated, and the rule's
-    rows = {name: labelling.splits.get(name) or [] for name in names}
-    texts = [r["text"] for name in names for r in rows[name]]
-
-    def render(shots, text):
-        return replace(base_labelling, prompt={**labelling.prompt, "shots": shots}).prompter(base.tokenizer).prompt(text)
-
-    def tokens(shots, text):
-        return len(encode_prompt(base.tokenizer, render(shots, text)))
-
-    chosen = choose_shots(labelling.splits.get("train") or [], args.few_shot, args.shot_selector,
-                          labelling.reported.label_names, args.seed, [r["id"] for name in names for r in rows[name]],
-                          texts)
-    limit = base.prompt_limit(base.max_label_tokens() + 1)
-    if selector.per_text:
-        own = {text: shots_that_fit(shots, tokens, [text], limit) for text, shots in zip(texts, chosen)}
-        used = [len(shots) for shots in own.values()]
-        summary = {"shots": f"each row's own ({args.shot_selector})", "shots_asked": args.few_shot,
-                   "shots_used": min(used or [0]), "example_ids": sorted({s["id"] for v in own.values() for s in v})}
-        prompt = labelling.prompt
-    else:
-        fitted = shots_that_fit(chosen, tokens, texts, limit)
-        if len(fitted) < len(chosen):
-            print(f"note: --few_shot {len(chosen)}: {len(fitted)} examples fit the context beside the longest "
-                  f"texts; every row gets {len(fitted)}")
-        own = {text: fitted for text in texts}
-        summary = {"shots": fitted, "shots_asked": args.few_shot, "shots_used": len(fitted),
-                   "example_ids": [s["id"] for s in fitted]}
-        prompt = {**labelling.prompt, "shots": fitted}
-    # The rows' own rendered prompts (a dataset folder's) are replaced by prompts with the examples.
-    prompted = {name: [dict(r, prompt=render(own[r["text"]], r["text"])) for r in rows[name]] for name in names}
-    return replace(base_labelling, prompt=prompt, splits={**labelling.splits, **prompted}), summary
 
 
 def baselines(args, labelling, splits) -> list:

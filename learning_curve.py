@@ -14,7 +14,12 @@ scored on the same test rows (the task's test split, at most --max_test, seeded)
 - tfidf: TF-IDF + logistic regression (annotune/labelling/baseline.py; seconds);
 - head: train.py --mode classifier on --head_model (minilm-l6; a minute or two a cell on a CPU);
 - tuned: train.py on --model_name (smollm2-135m; the default --epoch gives at least 150 optimizer
-  steps: minutes a cell on a CPU).
+  steps: minutes a cell on a CPU);
+- fewshot: a flat reference, not a curve: the untuned --model_name prompted with examples drawn from
+  the largest cell's training rows, each (k, selector) of --few_shot and --shot_selector scored by
+  evaluate.py on that cell's validation rows and the test rows; the one best on validation (--metric)
+  is the line, for --few_shot_seeds seeds (its scoring is the slow part: similar examples are each
+  row's own, not a shared prefix).
 The head and tuned cells are ordinary train.py run folders (<output_dir>/<arm>/seed<k>/n<size>/run),
 each then scored by evaluate.py --split test. A killed curve resumes: finished cells are kept.
 
@@ -34,7 +39,8 @@ from annotune.base.cli import UserError, check_ranges, parser, run_cli
 from annotune.data.task import DEFAULT_TASK
 from annotune.labelling.metrics import LABEL_METRICS
 
-ARMS = ("tfidf", "head", "tuned")
+ARMS = ("tfidf", "head", "tuned", "fewshot")
+FLAT = "fewshot"  # one cell a seed, drawn as a flat reference
 HERE = Path(__file__).resolve().parent
 PLAN = "curve_plan.json"
 
@@ -53,6 +59,10 @@ def parse_args(argv=None):
     g.add_argument("--head_model", default="minilm-l6", help="the head arm's encoder (default: minilm-l6)")
     g.add_argument("--model_name", default=None, help="the tuned arm's base model (default: train.py's)")
     g.add_argument("--train_args", default="", help="more train.py flags for the head and tuned arms, quoted (default: none)")
+    g.add_argument("--few_shot", default="4,8", help="the fewshot arm's example counts, comma-separated (default: 4,8)")
+    g.add_argument("--shot_selector", default="fixed,stratified,similar",
+                   help="the fewshot arm's selectors, comma-separated (default: fixed,stratified,similar)")
+    g.add_argument("--few_shot_seeds", type=int, default=1, help="the fewshot arm's seeds (default: 1)")
     g = p.add_argument_group("report")
     g.add_argument("--metric", choices=[m.key for m in LABEL_METRICS], default="macro_f1", help="(default: macro_f1)")
     g.add_argument("--margin", type=float, default=0.02, help="non-inferiority margin of the metric (default: 0.02)")
@@ -62,7 +72,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     check_ranges(p, vars(args), {"seeds": (1, None, "at least 1"), "validation_share": (0.05, 0.5, "in [0.05, 0.5]"),
                                  "max_test": (10, None, "at least 10"), "margin": (0, 1, "in [0, 1]"),
-                                 "bootstrap": (10, None, "at least 10")})
+                                 "bootstrap": (10, None, "at least 10"),
+                                 "few_shot_seeds": (1, None, "at least 1")})
     try:
         args.sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -70,7 +81,20 @@ def parse_args(argv=None):
     args.models = args.models.split(",")
     if any(m not in ARMS for m in args.models):
         p.error(f"--models {','.join(args.models)}: arms are {', '.join(ARMS)}")
+    if FLAT in args.models:
+        from annotune.labelling.shots import parse_grid
+
+        try:
+            if not parse_grid(args.few_shot, args.shot_selector):
+                p.error(f"--few_shot {args.few_shot}: the fewshot arm needs at least one example")
+        except UserError as e:
+            p.error(str(e))
     return args
+
+
+def run_step(script: str, argv: list) -> None:
+    """A top-level script in its own process (a cell's memory is freed with it); an error stops the curve."""
+    subprocess.run([sys.executable, str(HERE / script), *map(str, argv)], check=True)
 
 
 def task_rows(args) -> tuple:
@@ -121,61 +145,111 @@ def run_tfidf(labelling, splits: dict, seed: int) -> list:
     return [labels[i] for i in probs.argmax(1)]
 
 
-def run_trained(args, arm: str, labelling, splits: dict, cell: Path, seed: int) -> list:
-    """train.py on the cell's dataset folder, then evaluate.py --split test: the test predictions."""
-    from annotune.base.files import read_jsonl, remove_dir, run_manifest
+def cell_data(args, labelling, splits: dict, cell: Path) -> Path:
+    """The cell's rows as a dataset folder (written once)."""
+    from annotune.base.files import run_manifest
     from annotune.data.examples import split_summary, write_dataset_folder
 
     data = cell / "data"
     if not (data / "manifest.json").exists():
         write_dataset_folder(data, splits, dict(run_manifest({"task": args.task}, **labelling.source),
                                                 splits=split_summary(splits)), num_preview=1)
+    return data
+
+
+def run_fewshot(args, labelling, splits: dict, cell: Path, seed: int) -> tuple:
+    """evaluate.py --base_only with every (k, selector) on the cell's validation and test rows: the
+    test predictions of the one best on validation, and its name."""
+    from annotune.base.files import read_jsonl, remove_dir
+
+    scored = cell / "eval"
+    if not (scored / "comparison.md").exists():  # killed while scoring: scored again
+        remove_dir(scored)
+        run_step("evaluate.py", ["--base_only", "--dataset_name", cell_data(args, labelling, splits, cell),
+                                 "--split", "validation,test", "--few_shot", args.few_shot, "--shot_selector",
+                                 args.shot_selector, "--baseline", "none", "--bootstrap", 0, "--seed", seed, "--quiet",
+                                 *(["--model_name", args.model_name] if args.model_name else []),
+                                 "--output_dir", scored])
+    found = [(json.loads(m.read_text(encoding="utf-8")), m.parent.parent) for m in scored.glob("*/validation/metrics.json")]
+    # the best on validation; a tie goes to fewer examples (cheaper to score)
+    best = min(((-m[args.metric], m["shots_asked"], folder) for m, folder in found if "shots_used" in m))[2]
+    predictions = {r["id"]: r["prediction"] for r in read_jsonl(best / "test" / "predictions.jsonl")}
+    return [predictions[r["id"]] for r in splits["test"]], best.name
+
+
+def run_trained(args, arm: str, labelling, splits: dict, cell: Path, seed: int) -> list:
+    """train.py on the cell's dataset folder, then evaluate.py --split test: the test predictions."""
+    from annotune.base.files import read_jsonl, remove_dir
+
+    data = cell_data(args, labelling, splits, cell)
     model = ["--model_name", args.head_model, "--mode", "classifier"] if arm == "head" else \
         (["--model_name", args.model_name] if args.model_name else [])
     manifest = cell / "run" / "manifest.json"
     finished = manifest.exists() and json.loads(manifest.read_text(encoding="utf-8")).get("result")
     scored = list((cell / "eval").rglob("predictions.jsonl")) if finished else []
     if not scored:  # else killed after its evaluation: nothing to redo
-        train = [HERE / "train.py", "--dataset_name", data, "--output_dir", cell / "run", "--seed", seed, "--quiet",
-                 *model, *args.train_args.split(), *(["--resume_from_checkpoint"] if manifest.exists() else [])]
-        subprocess.run([sys.executable, *map(str, train)], check=True)
+        run_step("train.py", ["--dataset_name", data, "--output_dir", cell / "run", "--seed", seed, "--quiet", *model,
+                              *args.train_args.split(), *(["--resume_from_checkpoint"] if manifest.exists() else [])])
         adapter = sorted(p for p in (cell / "run").iterdir() if (p / "annotune.json").exists())[-1]
         remove_dir(cell / "eval")
-        subprocess.run([sys.executable, str(HERE / "evaluate.py"), "--adapters_name", str(adapter), "--split", "test",
-                        "--baseline", "none", "--bootstrap", "0", "--quiet", "--output_dir", str(cell / "eval")],
-                       check=True)
+        run_step("evaluate.py", ["--adapters_name", adapter, "--split", "test", "--baseline", "none", "--bootstrap", 0,
+                                 "--quiet", "--output_dir", cell / "eval"])
         scored = list((cell / "eval").rglob("predictions.jsonl"))
     predictions = {r["id"]: r["prediction"] for r in read_jsonl(scored[0])}
     return [predictions[r["id"]] for r in splits["test"]]
 
 
-def run_cells(args, out: Path, labelling, labelled: list, test: list) -> tuple:
-    """Every (arm, seed, size) cell, finished ones read back: ({(arm, size): [predictions per seed]},
-    {arm: {size: mean seconds}})."""
+def run_cell(args, arm: str, labelling, splits: dict, cell: Path, seed: int) -> dict:
+    """One cell's test predictions (and, for the fewshot arm, the (k, selector) chosen)."""
+    if arm == "tfidf":
+        return {"predictions": run_tfidf(labelling, splits, seed)}
+    if arm == FLAT:
+        predictions, chosen = run_fewshot(args, labelling, splits, cell, seed)
+        return {"predictions": predictions, "chosen": chosen}
+    return {"predictions": run_trained(args, arm, labelling, splits, cell, seed)}
+
+
+def run_cells(args, out: Path, labelling, labelled: list, test: list) -> None:
+    """Every asked (arm, seed, size) cell not finished yet: its result.json."""
     from annotune.base.files import atomic_write_json
     from annotune.labelling.curves import nested_order
 
-    series, seconds = {}, {}
     for arm in args.models:
-        for seed in range(args.seeds):
+        flat = arm == FLAT  # one cell a seed, on the largest size's rows
+        for seed in range(args.few_shot_seeds if flat else args.seeds):
             order = nested_order(labelled, seed)
-            for size in args.sizes:
+            for size in args.sizes[-1:] if flat else args.sizes:
                 cell = out / arm / f"seed{seed}" / f"n{size}"
-                done = cell / "result.json"
-                if not done.exists():
-                    started = time.time()
-                    splits = cell_splits(labelled, order, size, args.validation_share, seed, test)
-                    preds = run_tfidf(labelling, splits, seed) if arm == "tfidf" else \
-                        run_trained(args, arm, labelling, splits, cell, seed)
-                    atomic_write_json(done, {"arm": arm, "seed": seed, "size": size, "seconds": time.time() - started,
-                                             "rows": [r["id"] for r in splits["train"] + splits["validation"]],
-                                             "predictions": preds})
-                    if not args.quiet:
-                        print(f"{arm} seed {seed} n={size}: {time.time() - started:.0f} s", flush=True)
-                result = json.loads(done.read_text(encoding="utf-8"))
-                series.setdefault((arm, size), []).append(result["predictions"])
-                seconds.setdefault(arm, {}).setdefault(size, []).append(result["seconds"])
-    return series, {arm: {s: sum(v) / len(v) for s, v in sizes.items()} for arm, sizes in seconds.items()}
+                if (cell / "result.json").exists():
+                    continue
+                started = time.time()
+                splits = cell_splits(labelled, order, size, args.validation_share, seed, test)
+                result = run_cell(args, arm, labelling, splits, cell, seed)
+                atomic_write_json(cell / "result.json", {
+                    "arm": arm, "seed": seed, "size": size, "seconds": time.time() - started,
+                    "rows": [r["id"] for r in splits["train"] + splits["validation"]], **result})
+                if not args.quiet:
+                    print(f"{arm} seed {seed} n={size}: {time.time() - started:.0f} s", flush=True)
+
+
+def finished_cells(out: Path) -> tuple:
+    """Every finished cell in the curve folder (earlier calls' arms and seeds too), per arm only the
+    seeds finished at every size of that arm: ({(arm, size): [predictions per seed]}, {arm: {size:
+    mean seconds}}, {arm: seeds}, {fewshot seed: the row chosen on validation})."""
+    cells = {}
+    for path in sorted(out.glob("*/seed*/n*/result.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        cells.setdefault(r["arm"], {}).setdefault(r["seed"], {})[r["size"]] = r
+    series, seconds, seeds, chosen = {}, {}, {}, {}
+    for arm, by_seed in sorted(cells.items(), key=lambda kv: ARMS.index(kv[0])):
+        sizes = sorted({size for done in by_seed.values() for size in done})
+        complete = sorted(seed for seed, done in by_seed.items() if set(done) == set(sizes))
+        seeds[arm] = len(complete)
+        for size in sizes if complete else []:
+            series[arm, size] = [by_seed[seed][size]["predictions"] for seed in complete]
+            seconds.setdefault(arm, {})[size] = sum(by_seed[k][size]["seconds"] for k in complete) / len(complete)
+        chosen.update({seed: by_seed[seed][sizes[-1]]["chosen"] for seed in complete if arm == FLAT})
+    return series, seconds, seeds, chosen
 
 
 def main(argv=None):
@@ -188,17 +262,22 @@ def main(argv=None):
     out = Path(args.output_dir or f"runs/curve-{labelling.reported.name}")
     settle_plan(out, {"task": labelling.reported.name, "labels": labelling.reported.label_names,
                       "test_ids": [r["id"] for r in test], "validation_share": args.validation_share})
-    series, seconds = run_cells(args, out, labelling, labelled, test)
+    run_cells(args, out, labelling, labelled, test)
+    series, seconds, seeds, chosen = finished_cells(out)
     gold, labels = [r["label"] for r in test], labelling.reported.label_names
-    curve = curves.summarise(curves.resample(series, gold, labels, args.metric, args.bootstrap))
-    enough = {arm: curves.enough_at(sizes, args.margin) for arm, sizes in curve.items()}
+    curve = curves.summarise(curves.resample(series, gold, labels, args.metric, args.bootstrap), flat=FLAT)
+    enough = {arm: curves.enough_at(sizes, args.margin) for arm, sizes in curve.items() if arm != FLAT}
+    notes = {arm: f"{n} seed{'s' * (n != 1)}" for arm, n in seeds.items()}
+    if chosen:
+        notes[FLAT] += f"; chosen on validation: {', '.join(chosen[k] for k in sorted(chosen))} (a flat reference)"
     atomic_write_json(out / "curve.json", {"task": labelling.reported.name, "metric": args.metric, "test_rows": len(test),
-                                           "seeds": args.seeds, "curve": {a: {str(s): c for s, c in v.items()}
-                                                                          for a, v in curve.items()},
-                                           "enough": enough, "seconds": seconds})
-    atomic_write_text(out / "curve.md", curves.markdown(curve, enough, args.metric, seconds=seconds))
-    curves.plot(curve, out / "curve.png", args.metric)
-    print(curves.markdown(curve, enough, args.metric, seconds=seconds))
+                                           "seeds": seeds, "curve": {a: {str(s): c for s, c in v.items()}
+                                                                     for a, v in curve.items()},
+                                           "enough": enough, "seconds": seconds, "fewshot_chosen": chosen})
+    table = curves.markdown(curve, enough, args.metric, seconds=seconds, notes=notes, flat=FLAT)
+    atomic_write_text(out / "curve.md", table)
+    curves.plot(curve, out / "curve.png", args.metric, flat=FLAT)
+    print(table)
     print(f"-> {out}/curve.json, curve.md, curve.png")
     return 0
 

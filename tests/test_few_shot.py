@@ -110,8 +110,9 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
 
     monkeypatch.setattr(Annotator, "fit_prompts", recording)
 
-    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 3, "--output_dir",
-                                   "fs", "--quiet", "--bootstrap", 20, "--max_samples", 12]) == 0
+    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 3, "--shot_selector",
+                                   "stratified,fixed", "--output_dir", "fs", "--quiet", "--bootstrap", 20,
+                                   "--max_samples", 12]) == 0
     folders = sorted(p.name for p in (in_tmp / "fs").iterdir() if p.is_dir())
     shot_folder = next(f for f in folders if "3-shot_stratified" in f)
     metrics = json.loads((in_tmp / "fs" / shot_folder / "validation" / "metrics.json").read_text())
@@ -120,6 +121,13 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     shot_ids = {s["id"] for s in metrics["shots"]}
     assert len(shot_ids) == 3 and shot_ids <= train_ids and not shot_ids & validation_ids
     assert len({s["label"] for s in metrics["shots"]}) == 3  # stratified over pol / unpol / oth
+    # One row per (k, selector) asked, each paired with the zero-shot base and with the tuned adapter.
+    fixed = json.loads((in_tmp / "fs" / next(f for f in folders if "3-shot_fixed" in f) / "validation" /
+                        "metrics.json").read_text())
+    assert fixed["shots_used"] == 3 and {s["id"] for s in fixed["shots"]} <= train_ids
+    for m in (metrics, fixed):
+        assert m["vs_base"]["reference"].startswith("base:") and "shot" not in m["vs_base"]["reference"]
+        assert m["vs_first_adapter"]["reference"] == pol_run[-1].name and "ci95" in m["vs_first_adapter"]["macro_f1"]
     def probs(folder):
         rows = (in_tmp / "fs" / folder / "validation" / "predictions.jsonl").read_text().splitlines()
         return {json.loads(r)["id"]: json.loads(r)["probs"] for r in rows}
@@ -133,7 +141,8 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     assert not any(any(t in p for t in examples) for p in scored[zero_name])
     comparison = (in_tmp / "fs" / "comparison.md").read_text()
     assert "3-shot stratified" in comparison and "base:" in comparison
-    for bad in (["--few_shot", 3], ["--base_only", "--few_shot", -1]):  # the base's row; a count of examples
+    for bad in (["--few_shot", 3], ["--base_only", "--few_shot", -1], ["--base_only", "--few_shot", "2,x"],
+                ["--base_only", "--few_shot", 2, "--shot_selector", "fixed,nearest"]):  # the base's; counts; names
         with pytest.raises(SystemExit) as stop:
             run_script("evaluate", ["--adapters_name", pol_run[-1], *bad, "--output_dir", "x"])
         assert stop.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -63,13 +63,27 @@ def test_bands_hold_the_value_and_a_difference_to_itself_is_zero():
     assert curve["tfidf"][50]["vs_largest_ci"][1] < 0
 
 
-def test_a_curve_writes_its_files_and_resumes_without_redoing_finished_cells(colour_ds, tmp_path, tiny_bert_dir, capsys):
-    argv = ["--task", colour_ds, "--sizes", "20,40", "--seeds", 1, "--models", "tfidf,head", "--head_model",
-            tiny_bert_dir, "--train_args", "--epoch 1", "--bootstrap", 50, "--output_dir", tmp_path / "c"]
+def in_process(monkeypatch):
+    """learning_curve's train.py / evaluate.py steps run in this process (each subprocess would pay the
+    imports again: ~5 s a step); what they are given and write is the same."""
+    import learning_curve
+
+    def step(script, argv):
+        assert run_script(script.removesuffix(".py"), argv) == 0
+
+    monkeypatch.setattr(learning_curve, "run_step", step)
+
+
+def test_a_curve_writes_its_files_and_resumes_without_redoing_finished_cells(colour_ds, tmp_path, tiny_bert_dir,
+                                                                             tiny_llama_dir, monkeypatch, capsys):
+    in_process(monkeypatch)
+    argv = ["--task", colour_ds, "--sizes", "20,40", "--seeds", 1, "--models", "tfidf,head,fewshot", "--head_model",
+            tiny_bert_dir, "--model_name", tiny_llama_dir, "--few_shot", "2,3", "--shot_selector", "fixed,stratified",
+            "--train_args", "--epoch 1", "--bootstrap", 50, "--output_dir", tmp_path / "c"]
     assert run_script("learning_curve", argv) == 0
     out = tmp_path / "c"
     record = json.loads((out / "curve.json").read_text())
-    assert set(record["curve"]) == {"tfidf", "head"} and set(record["curve"]["head"]) == {"20", "40"}
+    assert set(record["curve"]) == {"tfidf", "head", "fewshot"} and set(record["curve"]["head"]) == {"20", "40"}
     from annotune.data.examples import load_dataset_folder
 
     assert record["test_rows"] == len(load_dataset_folder(colour_ds)[0]["test"]) and "head" in record["enough"] and (out / "curve.png").stat().st_size > 1000
@@ -78,6 +92,15 @@ def test_a_curve_writes_its_files_and_resumes_without_redoing_finished_cells(col
     large = json.loads((out / "head" / "seed0" / "n40" / "result.json").read_text())
     assert set(small["rows"]) < set(large["rows"]) and len(large["rows"]) == 40
     assert (out / "head" / "seed0" / "n40" / "run" / "manifest.json").exists()  # an ordinary run folder
+    # The few-shot reference: every (k, selector) scored on the largest cell's validation and test rows,
+    # the best on validation drawn flat; every other cell compared with it on the same test rows.
+    shots = json.loads((out / "fewshot" / "seed0" / "n40" / "result.json").read_text())
+    scored = {p.parent.parent.name: json.loads(p.read_text())
+              for p in (out / "fewshot" / "seed0" / "n40" / "eval").glob("*/validation/metrics.json")}
+    few = {name: m["macro_f1"] for name, m in scored.items() if "shots_used" in m}
+    assert len(few) == 4 and few[shots["chosen"]] == max(few.values()) and record["fewshot_chosen"]["0"] == shots["chosen"]
+    assert set(record["curve"]["fewshot"]) == {"40"} and "vs_flat" in record["curve"]["head"]["20"]
+    assert "vs fewshot" in (out / "curve.md").read_text() and "fewshot" not in record["enough"]
     # Killed after the last cell's training and evaluation, before its result: nothing is trained again.
     last = out / "head" / "seed0" / "n40"
     kept = {p: os.path.getmtime(p) for p in [*out.rglob("result.json"), last / "run" / "manifest.json"]
@@ -86,6 +109,9 @@ def test_a_curve_writes_its_files_and_resumes_without_redoing_finished_cells(col
     assert run_script("learning_curve", argv) == 0
     assert all(os.path.getmtime(p) == t for p, t in kept.items())
     assert json.loads((last / "result.json").read_text())["predictions"] == large["predictions"]
+    # A later call for one arm reports every finished cell in the folder, per arm its complete seeds.
+    assert run_script("learning_curve", [*argv[:7], "tfidf", *argv[8:]]) == 0
+    assert set(json.loads((out / "curve.json").read_text())["curve"]) == {"tfidf", "head", "fewshot"}
 
 
 @pytest.mark.parametrize("extra, says", [

@@ -63,18 +63,23 @@ def resample(series: dict, gold: list, labels: list, metric: str, n_boot: int = 
     return {key: (float(np.mean([fn(gold, p, labels) for p in preds])), draws[key]) for key, preds in runs.items()}
 
 
-def summarise(resampled: dict, reference: str = "tfidf") -> dict:
-    """Per arm and size: value, 95% band, seeds' count, the paired difference to the arm's largest
-    size and to the reference arm at the same size, each with its 95% interval."""
+def summarise(resampled: dict, reference: str = "tfidf", flat: str | None = None) -> dict:
+    """Per arm and size: value, 95% band, the paired difference to the arm's largest size and to
+    the reference arm at the same size, each with its 95% interval; flat: an arm of one size (a
+    reference line, e.g. the few-shot row), which every other cell is also compared with (vs_flat)."""
     ci = lambda d: [float(x) for x in np.percentile(d, [2.5, 97.5])]  # noqa: E731
+    line = next(((v, d) for (a, _), (v, d) in resampled.items() if a == flat), None)
     out = {}
-    for (arm, size), (value, draws) in sorted(resampled.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        largest = max(s for a, s in resampled if a == arm)
-        top_value, top = resampled[arm, largest]
-        cell = {"value": value, "band": ci(draws), "vs_largest": value - top_value, "vs_largest_ci": ci(draws - top)}
-        if arm != reference and (reference, size) in resampled:
-            ref_value, ref = resampled[reference, size]
-            cell.update(vs_reference=value - ref_value, vs_reference_ci=ci(draws - ref))
+    for (arm, size), (value, draws) in sorted(resampled.items(), key=lambda kv: (kv[0][0] == flat, kv[0])):
+        cell = {"value": value, "band": ci(draws)}
+        if arm != flat:
+            top_value, top = resampled[arm, max(s for a, s in resampled if a == arm)]
+            cell.update(vs_largest=value - top_value, vs_largest_ci=ci(draws - top))
+            if arm != reference and (reference, size) in resampled:
+                ref_value, ref = resampled[reference, size]
+                cell.update(vs_reference=value - ref_value, vs_reference_ci=ci(draws - ref))
+            if line is not None:
+                cell.update(vs_flat=value - line[0], vs_flat_ci=ci(draws - line[1]))
         out.setdefault(arm, {})[size] = cell
     return out
 
@@ -97,32 +102,47 @@ def enough_at(curve: dict, margin: float) -> dict:
             "call": f"{largest} rows: every smaller size is worse by more than {margin} (not flattened yet)"}
 
 
-def markdown(curve: dict, enough: dict, metric: str, reference: str = "tfidf", seconds: dict | None = None) -> str:
+def markdown(curve: dict, enough: dict, metric: str, reference: str = "tfidf", seconds: dict | None = None,
+             notes: dict | None = None, flat: str | None = None) -> str:
     """curve.md: per arm and size the metric with its band, the difference to the reference arm at
-    that size and to the arm's largest size; then where each arm stops paying."""
+    that size, to the flat arm (if any) and to the arm's largest size; then where each arm stops
+    paying, and notes per arm (e.g. its seeds)."""
     title = label_metric(metric).title
-    lines = [f"| arm | labelled rows | {title} [95% band] | vs {reference} [95% CI] | vs the largest size [95% CI] |"
-             " seconds a cell |", "|---|---|---|---|---|---|"]
-    fmt = lambda v, c: f"{v:+.3f} [{c[0]:+.3f}, {c[1]:+.3f}]"  # noqa: E731
+    with_flat = flat in curve
+    head = f"| arm | labelled rows | {title} [95% band] | vs {reference} [95% CI] |" + \
+        (f" vs {flat} [95% CI] |" if with_flat else "") + " vs the largest size [95% CI] | seconds a cell |"
+    lines = [head, "|---" * head.count("|", 1) + "|"]
+
+    def fmt(cell, key):
+        return f"{cell[key]:+.3f} [{cell[key + '_ci'][0]:+.3f}, {cell[key + '_ci'][1]:+.3f}]" if key in cell else ""
+
     for arm, sizes in curve.items():
         for size, cell in sizes.items():
-            ref = fmt(cell["vs_reference"], cell["vs_reference_ci"]) if "vs_reference" in cell else ""
             took = (seconds or {}).get(arm, {}).get(size)
-            lines.append(f"| {arm} | {size} | {cell['value']:.3f} [{cell['band'][0]:.3f}, {cell['band'][1]:.3f}] | {ref} "
-                         f"| {fmt(cell['vs_largest'], cell['vs_largest_ci'])} | {'' if took is None else f'{took:.0f}'} |")
+            lines.append(f"| {arm} | {size} | {cell['value']:.3f} [{cell['band'][0]:.3f}, {cell['band'][1]:.3f}] | "
+                         f"{fmt(cell, 'vs_reference')} |" + (f" {fmt(cell, 'vs_flat')} |" if with_flat else "") +
+                         f" {fmt(cell, 'vs_largest')} | {'' if took is None else f'{took:.0f}'} |")
     lines += [""] + [f"- {arm}: {call['call']}" for arm, call in enough.items()]
+    lines += [f"- {arm}: {note}" for arm, note in (notes or {}).items()]
     return "\n".join(lines) + "\n"
 
 
-def plot(curve: dict, path, metric: str) -> None:
-    """curve.png: the metric against labelled rows (log scale), one line and band per arm."""
+def plot(curve: dict, path, metric: str, flat: str | None = None) -> None:
+    """curve.png: the metric against labelled rows (log scale), one line and band per arm; the flat
+    arm a dashed horizontal line with its band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    span = sorted({s for arm, sizes in curve.items() if arm != flat for s in sizes})
     for arm, sizes in curve.items():
+        if arm == flat and span:
+            cell = next(iter(sizes.values()))
+            ax.plot([span[0], span[-1]], [cell["value"]] * 2, linestyle="--", color="grey", label=arm)
+            ax.fill_between([span[0], span[-1]], [cell["band"][0]] * 2, [cell["band"][1]] * 2, color="grey", alpha=0.15)
+            continue
         xs = sorted(sizes)
         ax.plot(xs, [sizes[s]["value"] for s in xs], marker="o", label=arm)
         ax.fill_between(xs, [sizes[s]["band"][0] for s in xs], [sizes[s]["band"][1] for s in xs], alpha=0.2)

@@ -128,9 +128,10 @@ def comparison_table(results: list, task_type: str) -> str:
 
 
 def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> None:
-    """Each model's paired metrics (metrics.LABEL_METRICS) minus TF-IDF's (vs_tfidf), for an adapter minus
-    the untuned base's (vs_base), and for every adapter after the first minus the first's
-    (vs_first_adapter: two trainings compared), on the same rows, with paired bootstrap 95% CIs, into
+    """Each model's paired metrics (metrics.LABEL_METRICS) minus TF-IDF's (vs_tfidf), for an adapter or a
+    few-shot row minus the zero-shot base's (vs_base), and for every adapter after the first and every
+    few-shot row minus the first adapter's (vs_first_adapter: two trainings, or prompting against
+    tuning, compared), on the same rows, with paired bootstrap 95% CIs, into
     its metrics. Not on the train split: TF-IDF was fit there, the adapter trained there."""
     from .baseline import TFIDF_NAME
     from .metrics import LABEL_METRICS, paired_difference
@@ -141,12 +142,16 @@ def add_baseline_differences(results: list, labels, n_boot: int, seed: int) -> N
         return {m.key: paired_difference(gold, given, theirs, lambda g, p, fn=m.fn: fn(g, p, labels), n_boot, seed)
                 for m in LABEL_METRICS if m.paired}
 
+    def few_shot(x):
+        return "shots_used" in x["metrics"]
+
     for r in results:
         if r.get("row_label") or r["split"] == "train":
             continue
+        compared = r["adapter"] or few_shot(r)  # a tuned or few-shot row: against zero-shot and the tuned
         for key, is_ref in (("vs_tfidf", lambda x: x["name"] == TFIDF_NAME),
-                            ("vs_base", lambda x: r["adapter"] and x["name"].startswith("base:")),
-                            ("vs_first_adapter", lambda x: r["adapter"] and x["adapter"])):
+                            ("vs_base", lambda x: compared and x["name"].startswith("base:") and not few_shot(x)),
+                            ("vs_first_adapter", lambda x: compared and x["adapter"])):
             ref = next((x for x in results if x["split"] == r["split"] and is_ref(x)), None)
             if ref is not None and ref is not r and [x["id"] for x in r["records"]] == [x["id"] for x in ref["records"]]:
                 r["metrics"][key] = dict(differences(r, ref), reference=ref["name"])

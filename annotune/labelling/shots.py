@@ -126,3 +126,59 @@ def choose_shots(train_rows, k: int, selector: str, labels, seed: int, evaluated
         raise UserError(f"--few_shot: row {sorted(leaked)[0]} is both an example and a row evaluated")
     lists = [[{"id": s["id"], "text": s["text"], "label": s["label"]} for s in shots] for shots in lists]
     return lists if chosen.per_text else lists[0]
+
+
+def parse_grid(few_shot: str, selectors: str) -> list:
+    """(k, selector) pairs of --few_shot K[,K...] and --shot_selector NAME[,NAME...], every k with every
+    selector; k = 0 (zero-shot, the base's own row) is left out."""
+    try:
+        ks = [int(k) for k in str(few_shot).split(",")]
+    except ValueError:
+        raise UserError(f"--few_shot {few_shot}: a count of examples or comma-separated counts") from None
+    if any(k < 0 for k in ks):
+        raise UserError(f"--few_shot {few_shot}: counts are at least 0")
+    names = [shot_selector(name).name for name in str(selectors).split(",")]
+    return [(k, name) for k in dict.fromkeys(ks) if k for name in dict.fromkeys(names)]
+
+
+def shot_labelling(labelling, base, splits: list, k: int, selector_name: str, seed: int) -> tuple:
+    """The base's labelling with k examples in its prompt: one list for every row (in the shared
+    prefix), or (a per-text selector) each evaluated row's own; k lowered where the examples and a
+    text would not fit the base's context. splits: the splits evaluated (their rows, and the
+    validation rows the rule is fit on, are never examples). Returns it and what metrics.json
+    records (shots, shots_asked, shots_used, example_ids)."""
+    from dataclasses import replace
+
+    from ..data.prompts import encode_prompt
+
+    base_labelling, selector = labelling.for_model(None), shot_selector(selector_name)
+    names = list(dict.fromkeys([*splits, "validation"]))
+    rows = {name: labelling.splits.get(name) or [] for name in names}
+    texts = [r["text"] for name in names for r in rows[name]]
+
+    def render(shots, text):
+        return replace(base_labelling, prompt={**labelling.prompt, "shots": shots}).prompter(base.tokenizer).prompt(text)
+
+    def tokens(shots, text):
+        return len(encode_prompt(base.tokenizer, render(shots, text)))
+
+    chosen = choose_shots(labelling.splits.get("train") or [], k, selector_name, labelling.reported.label_names,
+                          seed, [r["id"] for name in names for r in rows[name]], texts)
+    limit = base.prompt_limit(base.max_label_tokens() + 1)
+    if selector.per_text:
+        own = {text: shots_that_fit(shots, tokens, [text], limit) for text, shots in zip(texts, chosen)}
+        summary = {"shots": f"each row's own ({selector_name})", "shots_asked": k,
+                   "shots_used": min([len(s) for s in own.values()] or [0]),
+                   "example_ids": sorted({s["id"] for v in own.values() for s in v})}
+        prompt = labelling.prompt
+    else:
+        fitted = shots_that_fit(chosen, tokens, texts, limit)
+        if len(fitted) < len(chosen):
+            print(f"note: --few_shot {len(chosen)}: {len(fitted)} examples fit the context beside the longest "
+                  f"texts; every row gets {len(fitted)}")
+        own = {text: fitted for text in texts}
+        summary = {"shots": fitted, "shots_asked": k, "shots_used": len(fitted), "example_ids": [s["id"] for s in fitted]}
+        prompt = {**labelling.prompt, "shots": fitted}
+    # The rows' own rendered prompts (a dataset folder's) are replaced by prompts with the examples.
+    prompted = {name: [dict(r, prompt=render(own[r["text"]], r["text"])) for r in rows[name]] for name in names}
+    return replace(base_labelling, prompt=prompt, splits={**labelling.splits, **prompted}), summary
