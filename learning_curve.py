@@ -16,10 +16,10 @@ scored on the same test rows (the task's test split, at most --max_test, seeded)
 - tuned: train.py on --model_name (smollm2-135m; the default --epoch gives at least 150 optimizer
   steps: minutes a cell on a CPU);
 - fewshot: a flat reference, not a curve: the untuned --model_name prompted with examples drawn from
-  the largest cell's training rows, each (k, selector) of --few_shot and --shot_selector scored by
-  evaluate.py on that cell's validation rows and the test rows; the one best on validation (--metric)
-  is the line, for --few_shot_seeds seeds (its scoring is the slow part: similar examples are each
-  row's own, not a shared prefix).
+  the largest cell's training rows; each (k, selector) of --few_shot and --shot_selector is scored
+  by evaluate.py on that cell's validation rows, and the one best there (--metric) on the test rows
+  (its decision rule fit on validation), for --few_shot_seeds seeds (scoring is the slow part:
+  similar examples are each row's own, not a shared prefix).
 The head and tuned cells are ordinary train.py run folders (<output_dir>/<arm>/seed<k>/n<size>/run),
 each then scored by evaluate.py --split test. A killed curve resumes: finished cells are kept.
 
@@ -158,23 +158,29 @@ def cell_data(args, labelling, splits: dict, cell: Path) -> Path:
 
 
 def run_fewshot(args, labelling, splits: dict, cell: Path, seed: int) -> tuple:
-    """evaluate.py --base_only with every (k, selector) on the cell's validation and test rows: the
-    test predictions of the one best on validation, and its name."""
+    """evaluate.py --base_only with every (k, selector) on the cell's validation rows (argmax), then
+    the one best on validation on the test rows (its rule fit on validation): its test predictions
+    and its name. Scoring the test rows once, not once per (k, selector), is most of the cost."""
     from annotune.base.files import read_jsonl, remove_dir
 
-    scored = cell / "eval"
-    if not (scored / "comparison.md").exists():  # killed while scoring: scored again
-        remove_dir(scored)
-        run_step("evaluate.py", ["--base_only", "--dataset_name", cell_data(args, labelling, splits, cell),
-                                 "--split", "validation,test", "--few_shot", args.few_shot, "--shot_selector",
-                                 args.shot_selector, "--baseline", "none", "--bootstrap", 0, "--seed", seed, "--quiet",
-                                 *(["--model_name", args.model_name] if args.model_name else []),
-                                 "--output_dir", scored])
-    found = [(json.loads(m.read_text(encoding="utf-8")), m.parent.parent) for m in scored.glob("*/validation/metrics.json")]
-    # the best on validation; a tie goes to fewer examples (cheaper to score)
-    best = min(((-m[args.metric], m["shots_asked"], folder) for m, folder in found if "shots_used" in m))[2]
-    predictions = {r["id"]: r["prediction"] for r in read_jsonl(best / "test" / "predictions.jsonl")}
-    return [predictions[r["id"]] for r in splits["test"]], best.name
+    data, common = cell_data(args, labelling, splits, cell), ["--baseline", "none", "--bootstrap", 0, "--seed", seed,
+                                                              "--quiet", *(["--model_name", args.model_name]
+                                                                          if args.model_name else [])]
+    for stage in ("choose", "eval"):
+        if stage == "eval":  # the best on validation; a tie goes to fewer examples (cheaper to score)
+            found = [json.loads(m.read_text(encoding="utf-8")) for m in (cell / "choose").glob("*/validation/metrics.json")]
+            best = min((-m[args.metric], m["shots_asked"], m["shot_selector"]) for m in found if "shots_used" in m)
+            grid = [str(best[1]), best[2], "--split", "test"]
+        else:
+            grid = [args.few_shot, args.shot_selector, "--split", "validation", "--decision", "argmax"]
+        if not (cell / stage / "comparison.md").exists():  # killed while scoring: scored again
+            remove_dir(cell / stage)
+            run_step("evaluate.py", ["--base_only", "--dataset_name", data, "--few_shot", grid[0], "--shot_selector",
+                                     grid[1], *grid[2:], *common, "--output_dir", cell / stage])
+    scored = next(p.parent for p in (cell / "eval").glob("*/test/metrics.json")
+                  if "shots_used" in json.loads(p.read_text(encoding="utf-8")))
+    predictions = {r["id"]: r["prediction"] for r in read_jsonl(scored / "predictions.jsonl")}
+    return [predictions[r["id"]] for r in splits["test"]], scored.parent.name
 
 
 def run_trained(args, arm: str, labelling, splits: dict, cell: Path, seed: int) -> list:

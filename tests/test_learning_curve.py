@@ -92,13 +92,15 @@ def test_a_curve_writes_its_files_and_resumes_without_redoing_finished_cells(col
     large = json.loads((out / "head" / "seed0" / "n40" / "result.json").read_text())
     assert set(small["rows"]) < set(large["rows"]) and len(large["rows"]) == 40
     assert (out / "head" / "seed0" / "n40" / "run" / "manifest.json").exists()  # an ordinary run folder
-    # The few-shot reference: every (k, selector) scored on the largest cell's validation and test rows,
-    # the best on validation drawn flat; every other cell compared with it on the same test rows.
-    shots = json.loads((out / "fewshot" / "seed0" / "n40" / "result.json").read_text())
-    scored = {p.parent.parent.name: json.loads(p.read_text())
-              for p in (out / "fewshot" / "seed0" / "n40" / "eval").glob("*/validation/metrics.json")}
+    # The few-shot reference: every (k, selector) scored on the largest cell's validation rows, the
+    # best there on the test rows, drawn flat; every other cell compared with it on the same test rows.
+    cell = out / "fewshot" / "seed0" / "n40"
+    shots = json.loads((cell / "result.json").read_text())
+    scored = {p.parent.parent.name: json.loads(p.read_text()) for p in (cell / "choose").glob("*/validation/metrics.json")}
     few = {name: m["macro_f1"] for name, m in scored.items() if "shots_used" in m}
     assert len(few) == 4 and few[shots["chosen"]] == max(few.values()) and record["fewshot_chosen"]["0"] == shots["chosen"]
+    tested = [p.parent.parent.name for p in (cell / "eval").glob("*/test/metrics.json")]
+    assert shots["chosen"] in tested and len(tested) == 2  # the chosen row, beside the zero-shot base
     assert set(record["curve"]["fewshot"]) == {"40"} and "vs_flat" in record["curve"]["head"]["20"]
     assert "vs fewshot" in (out / "curve.md").read_text() and "fewshot" not in record["enough"]
     # Killed after the last cell's training and evaluation, before its result: nothing is trained again.

@@ -14,6 +14,7 @@ Modes:
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -231,7 +232,9 @@ def evaluate_rows(labelling, annotator, rows, mode: str = "score", batch_size: i
     and metrics are the rule's; the argmax ones are kept beside them."""
     if not rows:
         raise UserError("the split to evaluate is empty")
+    started = time.perf_counter()
     preds = labelling.label(annotator, rows, mode, batch_size, length_norm, max_new_tokens, progress, sampling=sampling)
+    scoring_s = time.perf_counter() - started  # the rows' labelling alone (a rule's validation scoring apart)
     records = [dict({"id": row["id"], "text": row["text"], "gold": row.get("label", row.get("target"))}, **pred)
                for row, pred in zip(rows, preds)]
     if labelling.reported.type == "classification":
@@ -245,6 +248,7 @@ def evaluate_rows(labelling, annotator, rows, mode: str = "score", batch_size: i
     metrics["mode"] = "generate" if labelling.reported.type == "generation" else (
         "head" if annotator.kind == "classifier" else mode)
     metrics["truncated"] = sum(1 for r in records if r.get("truncated"))  # texts cut to fit (fit_prompts)
+    metrics.update(scoring_s=round(scoring_s, 3), scoring_ms_per_row=round(1000 * scoring_s / len(rows), 2))
     return metrics, records
 
 

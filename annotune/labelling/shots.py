@@ -146,7 +146,7 @@ def shot_labelling(labelling, base, splits: list, k: int, selector_name: str, se
     prefix), or (a per-text selector) each evaluated row's own; k lowered where the examples and a
     text would not fit the base's context. splits: the splits evaluated (their rows, and the
     validation rows the rule is fit on, are never examples). Returns it and what metrics.json
-    records (shots, shots_asked, shots_used, example_ids)."""
+    records (shots, shot_selector, shots_asked, shots_used, example_ids)."""
     from dataclasses import replace
 
     from ..data.prompts import encode_prompt
@@ -167,7 +167,7 @@ def shot_labelling(labelling, base, splits: list, k: int, selector_name: str, se
     limit = base.prompt_limit(base.max_label_tokens() + 1)
     if selector.per_text:
         own = {text: shots_that_fit(shots, tokens, [text], limit) for text, shots in zip(texts, chosen)}
-        summary = {"shots": f"each row's own ({selector_name})", "shots_asked": k,
+        summary = {"shots": f"each row's own ({selector_name})", "shot_selector": selector_name, "shots_asked": k,
                    "shots_used": min([len(s) for s in own.values()] or [0]),
                    "example_ids": sorted({s["id"] for v in own.values() for s in v})}
         prompt = labelling.prompt
@@ -177,7 +177,8 @@ def shot_labelling(labelling, base, splits: list, k: int, selector_name: str, se
             print(f"note: --few_shot {len(chosen)}: {len(fitted)} examples fit the context beside the longest "
                   f"texts; every row gets {len(fitted)}")
         own = {text: fitted for text in texts}
-        summary = {"shots": fitted, "shots_asked": k, "shots_used": len(fitted), "example_ids": [s["id"] for s in fitted]}
+        summary = {"shots": fitted, "shot_selector": selector_name, "shots_asked": k, "shots_used": len(fitted),
+                   "example_ids": [s["id"] for s in fitted]}
         prompt = {**labelling.prompt, "shots": fitted}
     # The rows' own rendered prompts (a dataset folder's) are replaced by prompts with the examples.
     prompted = {name: [dict(r, prompt=render(own[r["text"]], r["text"])) for r in rows[name]] for name in names}
