@@ -122,6 +122,10 @@ def test_a_curve_writes_its_files_and_resumes_without_redoing_finished_cells(col
     (["--models", "tfidf,gpt"], "arms are"),
     (["--seeds", 0], "at least 1"),
     (["--sizes", "a,b"], "whole numbers"),
+    (["--models", "fewshot", "--few_shot", "0"], "at least one example"),
+    (["--models", "fewshot", "--few_shot", "4,-1"], "at least 0"),
+    (["--models", "tfidf,fewshot", "--shot_selector", "fixed,nearest"], "choose one of"),
+    (["--few_shot_seeds", 0], "at least 1"),
 ])
 def test_bad_values_exit_2_in_one_line(colour_ds, tmp_path, capsys, extra, says):
     argv = ["--task", colour_ds, "--models", "tfidf", "--output_dir", tmp_path / "c", *extra]
