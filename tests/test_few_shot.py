@@ -111,7 +111,7 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     monkeypatch.setattr(Annotator, "fit_prompts", recording)
 
     assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 3, "--shot_selector",
-                                   "stratified,fixed", "--output_dir", "fs", "--quiet", "--bootstrap", 20,
+                                   "stratified,fixed,similar", "--output_dir", "fs", "--quiet", "--bootstrap", 20,
                                    "--max_samples", 12]) == 0
     folders = sorted(p.name for p in (in_tmp / "fs").iterdir() if p.is_dir())
     shot_folder = next(f for f in folders if "3-shot_stratified" in f)
@@ -157,11 +157,9 @@ def test_the_few_shot_base_is_a_row_beside_the_zero_shot_one(in_tmp, pol_run, ca
     assert not any(p.get("truncated") for p in map(json.loads, next((in_tmp / "many").glob(
         "*80-shot*/validation/predictions.jsonl")).read_text().splitlines()))
     assert f"every row gets {many['shots_used']}" in capsys.readouterr().out
-    # Similar examples: each row its own nearest training rows (MiniLM), none an evaluated row.
-    assert run_script("evaluate", ["--adapters_name", pol_run[-1], "--base_only", "--few_shot", 2, "--shot_selector",
-                                   "similar", "--output_dir", "sim", "--quiet", "--bootstrap", 10, "--max_samples", 6,
-                                   "--baseline", "none"]) == 0
-    similar = json.loads(next((in_tmp / "sim").glob("*2-shot_similar/validation/metrics.json")).read_text())
-    assert similar["shots_used"] == 2 and similar["n"] == 6
+    # Similar examples (the first run's third row): each row its own nearest training rows (MiniLM),
+    # none an evaluated row.
+    similar = json.loads(next((in_tmp / "fs").glob("*3-shot_similar/validation/metrics.json")).read_text())
+    assert similar["shots_used"] == 3 and similar["n"] == 12 and similar["shot_selector"] == "similar"
     assert set(similar["example_ids"]) <= train_ids and not set(similar["example_ids"]) & validation_ids
 
