@@ -325,172 +325,28 @@ def sampling(args) -> dict:
     return {"do_sample": True, "temperature": args.temperature}
 
 
-def annotate(args, labelling, adapters, base):
+def annotation_job(args):
+    """What --predict_file asks for, as the package's value (labelling/annotation.py)."""
+    from annotune.labelling.annotation import AnnotationJob
+
+    return AnnotationJob(
+        predict_file=args.predict_file, text_column=args.text_column,
+        output=Path(args.output or f"{args.predict_file}.labeled.csv"), overwrite=args.overwrite,
+        chunk_rows=args.chunk_rows, stop_after_chunks=args.stop_after_chunks, batch_size=args.batch_size,
+        mode=args.mode, length_norm=args.length_norm, max_new_tokens=args.max_new_tokens, sampling=sampling(args),
+        seed=args.seed, quiet=args.quiet, quantization=args.quantization, cpu_bf16=args.cpu_bf16,
+        tie_margin=args.bf16_tie_margin)
+
+
+def annotate(args, labelling, adapters, base) -> int:
     """Label --predict_file with one model, resumably; chunks dealt across accelerate processes."""
-    from dataclasses import replace
-
-    from accelerate import PartialState
-
-    from annotune.labelling.annotator import load_annotator
+    from annotune.labelling.annotation import annotate as annotate_corpus
     from annotune.labelling.contract import settle_rule
-    from annotune.labelling.corpus import PartStore, check_input, output_format
-    from annotune.base.files import ensure_new_path
-    from annotune.model.models import device_name
 
-    if len(adapters) + (1 if base else 0) != 1:
-        raise UserError("--predict_file labels with one model: one adapter, or --base_only")
-    output = Path(args.output or f"{args.predict_file}.labeled.csv")
-    parts = output.with_name(f"{output.name}.parts")
-    inputs = (args.predict_file, *map(str, adapters))
-    ensure_new_path(output, args.overwrite, what="--output", inputs=inputs, kind="file")
-    ensure_new_path(parts, True, what="--output's parts folder", inputs=inputs if args.overwrite else (), kind="dir")
-    fmt = output_format(output)
-    input_sha256, input_columns = check_input(args.predict_file, args.text_column)
-    annotator = base or load_annotator(labelling, quantization=args.quantization, cpu_bf16=args.cpu_bf16,
-                                       tie_margin=args.bf16_tie_margin)
-    state = PartialState(cpu=device_name() == "cpu")
-    # The adapter's own rule (refit if its precision differs); argmax for a base model
-    labelling = replace(labelling, rule=settle_rule(rule_settings(args), replace(labelling, splits={}), annotator, "predict",
-                                        lambda: validation_rows(args, adapters)))
-    store = PartStore(output, annotation_fingerprint(args, adapters, labelling, annotator, input_sha256),
-                      fmt)
-    if state.is_main_process:
-        store.lock()  # one labeller per output; the processes of this launch share it
-    try:
-        code = label_parts(args, state, store, labelling, annotator, output, input_columns)
-    finally:
-        store.unlock()
-    if output.exists() and state.is_main_process:
-        shift_note(args, labelling, annotator, adapters, output)
-    return code
-
-
-def shift_note(args, labelling, annotator, adapters, output: Path) -> None:
-    """Validation quality holds for a corpus drawn as the validation rows were: the model's scores on
-    up to 400 of the adapter's validation rows against its scores on the corpus (crossfit.shift_test,
-    alpha 0.01); a clear difference gets one note."""
-    import numpy as np
-
-    from annotune.base.tables import read_frame
-    from annotune.data.examples import sample_rows
-    from annotune.estimation.crossfit import shift_test
-
-    labels = labelling.reported.label_names
-    rows = sample_rows(validation_rows(args, adapters), 400, args.seed) if labels else []
-    if len(rows) < 20:
-        return
-    preds = labelling.label(annotator, rows, args.mode, args.batch_size, args.length_norm)
-    if "probs" not in preds[0]:
-        return  # generated labels: no scores to compare
-    held = np.array([[(p.get("calibrated_probs") or p["probs"])[label] for label in labels] for p in preds])
-    corpus = read_frame(output, "--output")[[f"prob_{label}" for label in labels]].to_numpy(dtype=float)
-    test = shift_test(held, np.zeros(len(held), dtype=int), corpus[None])
-    if test["reject"]:
-        print(f"note: the model scores this corpus unlike its {len(rows)} validation rows (Kolmogorov-Smirnov, "
-              f"p = {test['p_value']:.2g}): its validation quality may not hold here; a human sample of the corpus "
-              "(sample.py, estimate.py) is the way to know")
-
-
-def label_parts(args, state, store, labelling, annotator, output, input_columns) -> int:
-    from annotune.labelling.corpus import annotate_file
-    from annotune.base.files import remove_dir
-
-    if state.is_main_process and args.overwrite:
-        remove_dir(store.folder)
-    state.wait_for_everyone()
-    store.open()  # every process reads the finished ranges
-    result = annotate_file(labelling, annotator, args.predict_file, args.text_column, store, args.batch_size, args.mode,
-                           args.chunk_rows, state.process_index, state.num_processes, args.stop_after_chunks,
-                           progress=not args.quiet, input_columns=input_columns, length_norm=args.length_norm,
-                           max_new_tokens=args.max_new_tokens, sampling=sampling(args))
-    if result["interrupted"]:
-        print(f"stopped after {result['labelled']} rows; run the same command again to resume")
-        return 0
-    state.wait_for_everyone()
-    if state.is_main_process:
-        count = store.join(output, result["columns"], result["total"])
-        print(f"labelled {count} rows -> {output}")
-    return 0
-
-
-def annotate_ensemble(args, bases) -> int:
-    """--ensemble RUN: each fold model labels --predict_file in turn (argmax, resumable) into
-    <output>.folds/, then the K files are joined (labelling/ensemble.py) and checked for a shift
-    between the corpus and the run's labelled rows."""
-    from dataclasses import replace
-
-    from accelerate import PartialState
-    from peft import PeftModel
-
-    from annotune.base.files import ensure_new_path, remove_dir
-    from annotune.estimation.crossfit import shift_test
-    from annotune.labelling import ensemble
-    from annotune.labelling.annotator import load_annotator, unfold_lora
-    from annotune.labelling.corpus import PartStore, check_input, output_format
-    from annotune.model.models import device_name
-
-    run = ensemble.read_run(args.ensemble)
-    output = Path(args.output or f"{args.predict_file}.labeled.csv")
-    work = output.with_name(f"{output.name}.folds")
-    ensure_new_path(output, args.overwrite, what="--output", inputs=(args.predict_file, args.ensemble), kind="file")
-    output_format(output)
-    input_sha256, input_columns = check_input(args.predict_file, args.text_column)
-    if args.overwrite:
-        remove_dir(work)
-    state, precision = PartialState(cpu=device_name() == "cpu"), None
-    for k, adapter in enumerate(run.adapters):
-        fold_out = work / f"fold_{k}.csv"
-        if fold_out.exists():
-            continue
-        labelling = replace(labelling_of(args, [adapter], rows=False), rule=None)
-        record = labelling.record
-        annotator = load_annotator(labelling, model=PeftModel.from_pretrained(
-            bases.get(record.base_model, record.kind, record.labels), str(adapter)), cpu_bf16=args.cpu_bf16,
-            tie_margin=args.bf16_tie_margin)
-        work.mkdir(parents=True, exist_ok=True)
-        store = PartStore(fold_out, dict(annotation_fingerprint(args, [adapter], labelling, annotator, input_sha256),
-                                         kfold_run=run.fingerprint, fold=k), "csv")
-        if state.is_main_process:
-            store.lock()
-        try:
-            label_parts(args, state, store, labelling, annotator, fold_out, input_columns)
-        finally:
-            store.unlock()
-        state.wait_for_everyone()  # the main process has joined this fold's parts
-        unfold_lora(annotator.model)
-        annotator.model.unload()
-        if not fold_out.exists():
-            return 0  # stopped: the same command resumes
-        precision = annotator.precision
-    if not state.is_main_process:
-        return 0
-    rule = ensemble.ensemble_rule(run, args.decision_objective, precision) if args.decision == "fitted" else None
-    joined = ensemble.join([work / f"fold_{k}.csv" for k in range(run.k)], run.labels, rule, output, input_columns)
-    remove_dir(work)
-    shift = shift_test(run.oof_probs(), run.oof["fold"].astype(int).to_numpy(), joined["per_fold"])  # raw, as oof
-    print(f"labelled {joined['rows']} rows with the {run.k} fold models of {run.folder} -> {output}; decision rule: "
-          f"{rule.note if rule is not None else 'argmax (--decision argmax)'}")
-    if shift["reject"]:
-        print(f"note: the corpus differs from the run's labelled rows ({shift['test']}: p = {shift['p_value']:.2g}); "
-              "the out-of-fold quality may not hold on it; a human sample of the corpus (sample.py, estimate.py) "
-              "is the way to know")
-    return 0
-
-
-def annotation_fingerprint(args, adapters, labelling, annotator, input_sha256: str) -> dict:
-    """Everything that changes a label: a resumed annotation must match it exactly."""
-    from annotune.model.models import tokenizer_sha256, weights_sha256
-
-    rule, tokenizer = labelling.rule, annotator.tokenizer
-    labels = labelling.scored.label_names if labelling.scored.type == "classification" else []
-    return {"model": f"adapter sha256 {weights_sha256(Path(adapters[0]))}" if adapters else f"base {annotator.name}",
-            "decision_rule": rule.to_dict() if rule is not None and rule.fitted else "argmax", "mode": args.mode,
-            "length_norm": args.length_norm, "max_new_tokens": args.max_new_tokens, "sampling": sampling(args),
-            "seed": args.seed if args.do_sample else None, "input_sha256": input_sha256,
-            "text_column": args.text_column, "labels": labelling.reported.label_names, "precision": annotator.precision,
-            "bf16_tie_margin": annotator.tie_margin, "tokenizer_sha256": tokenizer_sha256(tokenizer),
-            "label_token_ids": [tokenizer(annotator.prompter.completion(label), add_special_tokens=False)["input_ids"]
-                                for label in labels] if annotator.prompter is not None else None}
+    return annotate_corpus(annotation_job(args), labelling, adapters, base,
+                           lambda labelling, annotator: settle_rule(rule_settings(args), labelling, annotator, "predict",
+                                                                    lambda: validation_rows(args, adapters)),
+                           lambda: validation_rows(args, adapters))
 
 
 def main(argv=None):
@@ -504,7 +360,11 @@ def main(argv=None):
     from annotune.labelling.report import write_comparison
 
     if args.ensemble:
-        return annotate_ensemble(args, BaseModels(args.quantization))
+        from annotune.labelling.annotation import annotate_ensemble
+
+        return annotate_ensemble(annotation_job(args), args.ensemble, BaseModels(args.quantization),
+                                 lambda adapter: labelling_of(args, [adapter], rows=False), args.decision,
+                                 args.decision_objective)
     found = {}
     for name in args.adapters_name:  # one adapter given twice (by name and by path) is evaluated once
         path = find_adapter(name)

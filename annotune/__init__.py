@@ -39,6 +39,7 @@ labelling/
 - agreement.py  Cohen's kappa of the model beside human annotators
 - report.py     result files: metrics.json, predictions, plots, markdown tables, comparison.md
 - corpus.py     labelling an unlabelled file in resumable row-range parts, one labeller per output
+- annotation.py a corpus labelled by one model or a K-fold run's models (evaluate.py --predict_file); the shift test
 - shots.py      few-shot prompting: the registry of selectors (fixed, stratified, similar) of examples
 - ensemble.py   a K-fold run read back; a corpus labelled by its fold models together
 - curves.py     learning curves: nested stratified subsets, paired bands, where more labels stop paying

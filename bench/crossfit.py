@@ -26,7 +26,7 @@ corpus's texts, no labels) + multinomial logistic regression (C = 4). The texts 
 from ../shared/data. Writes bench/results/crossfit.json (coverage of 90% intervals, mean width and
 its Monte-Carlo standard error per setting, quantity and method) and prints the table.
 
---shift checks the test behind evaluate.py's shift note (crossfit.shift_test: the model's scores on
+--shift checks the test behind evaluate.py's shift note (labelling/annotation.py's shift_test: the model's scores on
 its validation rows against its scores on the corpus): per seed a model is trained on 1,000 random
 rows of AG News (SBIC), validated on 300 others, and the note's test run on the rest of the corpus
 (a random split: it should stay quiet in at least 95% of seeds) and on the rest restricted to two
@@ -201,7 +201,7 @@ def summarise(tallies: dict) -> dict:
 
 def shift_rates(task: str, seeds: int, rng) -> dict:
     """How often the shift note's test fires: corpus = a random rest, and a shifted rest."""
-    from annotune.estimation.crossfit import shift_test
+    from annotune.labelling.annotation import shift_test
 
     corpus, gold, _ = load(task)
     x = features(texts_of(task, corpus.table["id"]))

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import inference
 
-CHECK_ALPHA = 0.01  # the random-sample check's level, Bonferroni over the folds and labels
+from ..labelling.annotation import CHECK_ALPHA, shift_test
 
 
 @dataclass
@@ -100,25 +100,6 @@ def check_random_sample(fits: CrossFit, alpha: float = CHECK_ALPHA) -> dict:
     if fits.per_fold is None:
         raise ValueError("the random-sample check needs each fold model's scores on the corpus")
     return shift_test(fits.oof, fits.fold, fits.per_fold[:, fits.unlabelled()], alpha)
-
-
-def shift_test(heldout: np.ndarray, fold: np.ndarray, others: np.ndarray, alpha: float = CHECK_ALPHA) -> dict:
-    """Fold k's model's scores on its held-out rows (heldout[fold == k], (n_k, L)) against its
-    scores on other rows (others[k], (M, L)): a two-sample Kolmogorov-Smirnov test per label's
-    probability (one for two labels), Bonferroni over folds and labels; reject below alpha."""
-    from scipy.stats import ks_2samp
-
-    n_labels = heldout.shape[1]
-    columns = [0] if n_labels == 2 else list(range(n_labels))
-    tests = [(k, j, float(ks_2samp(heldout[fold == k][:, j], others[k][:, j]).pvalue))
-             for k in range(len(others)) for j in columns if (fold == k).any() and len(others[k])]
-    if not tests:
-        return {"test": "none", "p_value": 1.0, "alpha": alpha, "reject": False, "tests": 0}
-    k, j, p = min(tests, key=lambda t: t[2])
-    adjusted = min(1.0, p * len(tests))
-    return {"test": f"Kolmogorov-Smirnov, fold {k} model's scores of label {j} on its held-out rows vs the "
-                    f"corpus rows; Bonferroni over {len(tests)} tests",
-            "p_value": adjusted, "alpha": alpha, "reject": bool(adjusted < alpha), "tests": len(tests)}
 
 
 def from_run(corpus, run, id_column: str) -> CrossFit:
