@@ -16,6 +16,7 @@ from each row's metrics.json (the rows' labelling alone, one process, one machin
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,8 +89,7 @@ def main(argv=None):
                 run("evaluate.py", ["--adapters_name", adapter, "--base_only", "--split", "test", "--max_samples",
                                     args.max_samples, "--few_shot", args.few_shot, "--shot_selector", args.shot_selector,
                                     "--quiet", "--output_dir", folder], folder.parent / f"{task}.log")
-            results[task] = dict(record(folder), adapter=str(adapter.relative_to(REPO) if adapter.is_absolute()
-                                                              else adapter))
+            results[task] = dict(record(folder), adapter=os.path.relpath(adapter, REPO))
             out.write_text(json.dumps(results, indent=1) + "\n")
         if task in results:
             print(table(task, results[task]))
