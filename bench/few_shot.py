@@ -89,7 +89,7 @@ def main(argv=None):
                 run("evaluate.py", ["--adapters_name", adapter, "--base_only", "--split", "test", "--max_samples",
                                     args.max_samples, "--few_shot", args.few_shot, "--shot_selector", args.shot_selector,
                                     "--quiet", "--output_dir", folder], folder.parent / f"{task}.log")
-            results[task] = dict(record(folder), adapter=os.path.relpath(adapter, REPO))
+            results[task] = dict(record(folder), adapter=os.path.relpath(adapter))
             out.write_text(json.dumps(results, indent=1) + "\n")
         if task in results:
             print(table(task, results[task]))
