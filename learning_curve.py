@@ -282,7 +282,8 @@ def main(argv=None):
                                            "enough": enough, "seconds": seconds, "fewshot_chosen": chosen})
     table = curves.markdown(curve, enough, args.metric, seconds=seconds, notes=notes, flat=FLAT)
     atomic_write_text(out / "curve.md", table)
-    curves.plot(curve, out / "curve.png", args.metric, flat=FLAT)
+    curves.plot(curve, out / "curve.png", args.metric, flat=FLAT,
+                flat_label=f"{FLAT}: {', '.join(sorted(set(chosen.values())))}" if chosen else None)
     print(table)
     print(f"-> {out}/curve.json, curve.md, curve.png")
     return 0

@@ -127,7 +127,7 @@ def markdown(curve: dict, enough: dict, metric: str, reference: str = "tfidf", s
     return "\n".join(lines) + "\n"
 
 
-def plot(curve: dict, path, metric: str, flat: str | None = None) -> None:
+def plot(curve: dict, path, metric: str, flat: str | None = None, flat_label: str | None = None) -> None:
     """curve.png: the metric against labelled rows (log scale), one line and band per arm; the flat
     arm a dashed horizontal line with its band."""
     import matplotlib
@@ -140,13 +140,15 @@ def plot(curve: dict, path, metric: str, flat: str | None = None) -> None:
     for arm, sizes in curve.items():
         if arm == flat and span:
             cell = next(iter(sizes.values()))
-            ax.plot([span[0], span[-1]], [cell["value"]] * 2, linestyle="--", color="grey", label=arm)
+            ax.plot([span[0], span[-1]], [cell["value"]] * 2, linestyle="--", color="grey", label=flat_label or arm)
             ax.fill_between([span[0], span[-1]], [cell["band"][0]] * 2, [cell["band"][1]] * 2, color="grey", alpha=0.15)
             continue
         xs = sorted(sizes)
         ax.plot(xs, [sizes[s]["value"] for s in xs], marker="o", label=arm)
         ax.fill_between(xs, [sizes[s]["band"][0] for s in xs], [sizes[s]["band"][1] for s in xs], alpha=0.2)
     ax.set_xscale("log")
+    ax.set_xticks(span, [str(s) for s in span])
+    ax.minorticks_off()
     ax.set_xlabel("labelled rows (training + validation)")
     ax.set_ylabel(f"{label_metric(metric).title} on the test rows")
     ax.grid(alpha=0.3)
