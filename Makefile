@@ -22,7 +22,7 @@ demo: setup
 	$(PY) demo.py
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests  # the 15 slowest printed: where the 10 minutes go
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
