@@ -92,6 +92,7 @@ def parse_args(argv=None):
                 "--adapters_name or --base_only")
     if not args.adapters_name and not args.base_only and not args.ensemble:
         p.error("give --adapters_name NAME [NAME ...] and/or --base_only")
+    args.few_shot_grid = few_shot_grid(p, args)
     note_unused(p, args)
     return args
 
@@ -134,15 +135,19 @@ def add_few_shot_flags(p) -> None:
                         "row; similar: each row's nearest by MiniLM) (default: stratified)")
 
 
-def note_unused(p, args) -> None:
-    """A flag given that this call does not use is named, not silently dropped (refused where
-    dropping it would give another result than asked for)."""
+def few_shot_grid(p, args) -> list:
+    """The (k, selector) rows --few_shot and --shot_selector ask for; bad values end in one line."""
     from annotune.labelling.shots import parse_grid
 
     try:
-        args.few_shot_grid = parse_grid(args.few_shot, args.shot_selector)
+        return parse_grid(args.few_shot, args.shot_selector)
     except UserError as e:
         p.error(str(e))
+
+
+def note_unused(p, args) -> None:
+    """A flag given that this call does not use is named, not silently dropped (refused where
+    dropping it would give another result than asked for)."""
     if args.few_shot_grid and not args.base_only:
         p.error("--few_shot scores the untuned base: give --base_only")
     if args.predict_file:

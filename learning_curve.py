@@ -166,20 +166,22 @@ def run_fewshot(args, labelling, splits: dict, cell: Path, seed: int) -> tuple:
     and its name. Scoring the test rows once, not once per (k, selector), is most of the cost."""
     from annotune.base.files import read_jsonl, remove_dir
 
-    data, common = cell_data(args, labelling, splits, cell), ["--baseline", "none", "--bootstrap", 0, "--seed", seed,
-                                                              "--quiet", *(["--model_name", args.model_name]
-                                                                          if args.model_name else [])]
-    for stage in ("choose", "eval"):
-        if stage == "eval":  # the best on validation; a tie goes to fewer examples (cheaper to score)
-            found = [json.loads(m.read_text(encoding="utf-8")) for m in (cell / "choose").glob("*/validation/metrics.json")]
-            best = min((-m[args.metric], m["shots_asked"], m["shot_selector"]) for m in found if "shots_used" in m)
-            grid = [str(best[1]), best[2], "--split", "test"]
-        else:
-            grid = [args.few_shot, args.shot_selector, "--split", "validation", "--decision", "argmax"]
+    data = cell_data(args, labelling, splits, cell)
+
+    def score(stage: str, few_shot: str, selectors: str, *flags) -> Path:
         if not (cell / stage / "comparison.md").exists():  # killed while scoring: scored again
             remove_dir(cell / stage)
-            run_step("evaluate.py", ["--base_only", "--dataset_name", data, "--few_shot", grid[0], "--shot_selector",
-                                     grid[1], *grid[2:], *common, "--output_dir", cell / stage])
+            run_step("evaluate.py", ["--base_only", "--dataset_name", data, "--few_shot", few_shot, "--shot_selector",
+                                     selectors, *flags, "--baseline", "none", "--bootstrap", 0, "--seed", seed, "--quiet",
+                                     *(["--model_name", args.model_name] if args.model_name else []),
+                                     "--output_dir", cell / stage])
+        return cell / stage
+
+    chosen = score("choose", args.few_shot, args.shot_selector, "--split", "validation", "--decision", "argmax")
+    found = [json.loads(m.read_text(encoding="utf-8")) for m in chosen.glob("*/validation/metrics.json")]
+    # the best on validation; a tie goes to fewer examples (cheaper to score)
+    _, k, selector = min((-m[args.metric], m["shots_asked"], m["shot_selector"]) for m in found if "shots_used" in m)
+    score("eval", str(k), selector, "--split", "test")
     scored = next(p.parent for p in (cell / "eval").glob("*/test/metrics.json")
                   if "shots_used" in json.loads(p.read_text(encoding="utf-8")))
     predictions = {r["id"]: r["prediction"] for r in read_jsonl(scored / "predictions.jsonl")}
