@@ -44,6 +44,8 @@ def test_the_call_is_the_smallest_size_not_worse_than_the_largest_or_not_resolva
     assert enough_at(wide, 0.02)["size"] is None and "not resolvable" in enough_at(wide, 0.02)["call"]
     rising = {50: cell(-0.10, -0.11, -0.09), 100: cell(-0.05, -0.06, -0.04), 200: cell(0, 0, 0)}
     assert enough_at(rising, 0.02)["size"] == 200
+    one = enough_at({400: cell(0, 0, 0)}, 0.02)  # one size: no call, not "not flattened yet"
+    assert one["size"] is None and "no smaller size" in one["call"]
 
 
 def test_bands_hold_the_value_and_a_difference_to_itself_is_zero():

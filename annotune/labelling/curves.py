@@ -88,9 +88,11 @@ def enough_at(curve: dict, margin: float) -> dict:
     """Where more labels stop paying: the smallest size whose paired difference to the largest has
     its lower 95% end at or above -margin; when none has, 'not resolvable' if every difference's
     interval is wider than the margin (too few test rows to tell), else the largest size (the curve
-    has not flattened by then)."""
+    has not flattened by then); no call for a single size."""
     sizes = sorted(curve)
     largest, smaller = sizes[-1], sizes[:-1]
+    if not smaller:  # one size: nothing to compare it with
+        return {"size": None, "margin": margin, "call": f"one size ({largest} rows): no smaller size to compare"}
     for s in smaller:
         if curve[s]["vs_largest_ci"][0] >= -margin:
             return {"size": s, "margin": margin,
