@@ -5,7 +5,7 @@ the untuned LLM with examples in its prompt (a flat line), on the same test rows
     python learning_curve.py --task drug_reviews --sizes 50,100,200,400,600 --seeds 3 --models tfidf,head
     python learning_curve.py --task sbic_offensive --sizes 100,200,400 --seeds 2 --models tuned \\
         --output_dir runs/curve-sbic_offensive                    # the same folder: the cells are added
-    python learning_curve.py --task sbic_offensive --sizes 100,200,400,800 --models fewshot \
+    python learning_curve.py --task sbic_offensive --sizes 100,200,400,800 --models fewshot \\
         --output_dir runs/curve-sbic_offensive                    # + the few-shot line, chosen on validation
     python learning_curve.py --task drug_reviews --sizes 50,100 --seeds 1 --models tuned --train_args "--epoch 1"
 
