@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 EPOCH_METRICS = ("n", "invalid", "rouge1", "rouge2", "rougeL", "exact_match", "ci95", "mode", "decision_rule",
                  "selection_score", "collapsed")
 # Flags added after runs were made: a resumed run whose manifest lacks one was trained as this says.
-ADDED_LATER = {"merge_at": "training", "lora_speedups": "on"}
+ADDED_LATER = {"merge_at": "training", "lora_speedups": "on", "long_examples": "drop"}
 
 
 def build_parser():
@@ -169,7 +169,11 @@ def add_training_flags(p):
     g.add_argument("--warmup_ratio", type=float, default=0.03, help="fraction of steps warming up (default: 0.03)")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, 0 = off (default: 1.0)")
     g.add_argument("--max_seq_length", type=int, default=1024,
-                   help="longest example in tokens; longer ones are dropped and counted (default: 1024)")
+                   help="longest example in tokens, prompt and answer (default: 1024)")
+    g.add_argument("--long_examples", choices=["cut", "drop"], default="cut",
+                   help="an example longer than --max_seq_length: cut its text from the end, the answer kept whole "
+                        "(as labelling cuts a long text), or leave it out (runs before this flag did); counted "
+                        "either way (default: cut)")
     g.add_argument("--class_weights", default="none",
                    help="per-label loss weights: auto (inverse frequency), none, or w1,w2,...; in causal and seq2seq "
                         "mode they weight each answer's tokens (default: none)")

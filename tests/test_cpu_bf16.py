@@ -117,22 +117,26 @@ def test_a_run_resumes_in_the_precision_it_trained_in(in_tmp, tiny_llama_dir, mo
 
 
 def test_a_run_from_before_the_flags_resumes_as_it_trained(in_tmp, tiny_llama_dir, monkeypatch, capsys):
-    """A manifest without --merge_at and --cpu_bf16 (older annotune): trained on the merged labels, in fp32."""
+    """A manifest without --merge_at, --cpu_bf16 and --long_examples (older annotune): trained on the merged
+    labels, in fp32, long examples dropped."""
     from conftest import run_script
 
     monkeypatch.setattr(models, "native_bf16_cpu", lambda: True)
     argv = ["--task", "politosphere", "--merge", "pol_unpol_oth", "--merge_at", "training", "--cpu_bf16", "off",
             "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1, "--quiet", "--max_train_samples", 24,
-            "--eval_strategy", "no", "--output_dir", "run", "--save_every_steps", 1]
+            "--eval_strategy", "no", "--output_dir", "run", "--save_every_steps", 1, "--long_examples", "drop"]
     assert run_script("train", argv + ["--stop_after_steps", 1]) == 0
     path = in_tmp / "run" / "manifest.json"
     manifest = json.loads(path.read_text())
-    del manifest["args"]["merge_at"], manifest["args"]["cpu_bf16"], manifest["bf16_autocast"]
+    del manifest["args"]["merge_at"], manifest["args"]["cpu_bf16"], manifest["args"]["long_examples"]
+    del manifest["bf16_autocast"]
     path.write_text(json.dumps(manifest))
     defaults = argv[:4] + argv[8:]  # --merge_at auto and --cpu_bf16 auto
     assert run_script("train", defaults + ["--resume_from_checkpoint"]) == 2
     assert "(the run used training)" in capsys.readouterr().err
     assert run_script("train", argv[:6] + argv[8:] + ["--resume_from_checkpoint"]) == 2
     assert "the run trained in fp32 and would go on under bf16 autocast: pass --cpu_bf16 off" in capsys.readouterr().err
+    assert run_script("train", argv[:-2] + ["--resume_from_checkpoint"]) == 2
+    assert "--long_examples cut (the run used drop)" in capsys.readouterr().err
     assert run_script("train", argv + ["--resume_from_checkpoint"]) == 0
     assert json.loads(path.read_text())["result"]["bf16_autocast"] is False

@@ -54,6 +54,38 @@ def test_the_shared_prefix_trained_once_is_the_system_prompt_and_stops_before_th
     assert shared_prefix_ids("causal", feats, "off") == [] and shared_prefix_ids("classifier", feats, "on") == []
 
 
+def test_a_long_training_example_is_cut_from_the_end_keeping_its_whole_answer(smol_tok):
+    from annotune.training.training_set import build_features
+
+    prompter = Prompter(load_task("sst2"), "chat", tokenizer=smol_tok)
+    long_text = "the film opens well " + " ".join(f"word{i}" for i in range(300)) + " but the ending is terrible"
+    rows = [dict(prompter.render({"text": t, "label": "negative"}), id=str(i), text=t, label="negative")
+            for i, t in enumerate(["a dull film", long_text])]
+    limit = len(encode_example(smol_tok, rows[0]["prompt"], rows[0]["completion"])["input_ids"]) + 60
+    feats, counts = build_features("causal", smol_tok, rows, ["negative", "positive"], limit, prompter=prompter)
+    assert counts == {"dropped_too_long": 0, "cut_to_fit": 1, "truncated": 0} and [f["id"] for f in feats] == ["0", "1"]
+    short, cut = feats
+    assert short["input_ids"] == encode_example(smol_tok, rows[0]["prompt"], rows[0]["completion"])["input_ids"]
+    assert limit - 12 <= len(cut["input_ids"]) <= limit  # cut to fit, not far below it
+    n = cut["labels"].count(-100)
+    assert smol_tok.decode(cut["input_ids"][n:-1]) == "negative" and cut["input_ids"][-1] == smol_tok.eos_token_id
+    shown = smol_tok.decode(cut["input_ids"][:n])
+    assert "the film opens well word0" in shown and "terrible" not in shown  # the beginning is kept
+    assert shown.endswith("<|im_start|>assistant\n")  # the template still closes the turn
+    # --long_examples drop, a prompt the prompter does not render, a prompt too long without its text: dropped.
+    dropped, counts = build_features("causal", smol_tok, rows, None, limit, prompter=prompter, long_examples="drop")
+    assert [f["id"] for f in dropped] == ["0"] and counts["dropped_too_long"] == 1 and counts["cut_to_fit"] == 0
+    foreign = [dict(rows[1], prompt=rows[1]["prompt"].replace("Sentence", "Text"))]
+    assert build_features("causal", smol_tok, foreign, None, limit, prompter=prompter)[1]["dropped_too_long"] == 1
+    assert build_features("causal", smol_tok, rows, None, 20, prompter=prompter)[0] == []
+    # seq2seq: the source is cut, a target longer than its limit is dropped.
+    summary = Prompter(load_task("dialogsum"), "auto", is_seq2seq=True)
+    pairs = [dict(summary.render({"text": long_text, "target": "a film"}), id="s", text=long_text, target="a film")]
+    feats, counts = build_features("seq2seq", smol_tok, pairs, None, 64, prompter=summary)
+    assert counts["cut_to_fit"] == 1 and len(feats[0]["input_ids"]) <= 64 and "word0" in smol_tok.decode(feats[0]["input_ids"])
+    assert build_features("seq2seq", smol_tok, pairs, None, 64, max_target_length=2, prompter=summary)[0] == []
+
+
 def test_loss_only_on_the_completion_and_eos(smol_tok):
     prompter = Prompter(load_task("sst2"), "chat", tokenizer=smol_tok)
     pair = prompter.render({"text": "a fine film", "label": "positive"})

@@ -105,6 +105,19 @@ def test_same_seed_same_adapter(in_tmp, tiny_llama_dir):
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_long_examples_are_cut_to_fit_and_counted_or_dropped(in_tmp, tiny_llama_dir, capsys):
+    common = ["--task", "drug_reviews", "--model_name", tiny_llama_dir, "--template", "alpaca", "--epoch", 1,
+              "--max_train_samples", 24, "--max_seq_length", 160, "--eval_strategy", "no"]
+    assert run_script("train", common + ["--output_dir", "cut"]) == 0
+    assert "texts from their end to fit --max_seq_length 160" in capsys.readouterr().out
+    assert run_script("train", common + ["--output_dir", "drop", "--long_examples", "drop", "--quiet"]) == 0
+    cut, drop = (json.loads((in_tmp / d / "manifest.json").read_text()) for d in ("cut", "drop"))
+    assert cut["args"]["long_examples"] == "cut" and drop["args"]["long_examples"] == "drop"
+    cut, drop = cut["features"], drop["features"]
+    assert cut["cut_to_fit"] > 0 and cut["dropped_too_long"] == 0 and cut["longest"] <= 160
+    assert drop["dropped_too_long"] == cut["cut_to_fit"] and drop["cut_to_fit"] == 0
+
+
 def test_classifier_head_with_class_weights_on_an_imbalanced_task(in_tmp, tiny_bert_dir):
     argv = ["--task", "drug_reviews", "--model_name", tiny_bert_dir, "--class_weights", "auto", "--epoch", 1,
             "--max_train_samples", 96, "--max_eval_samples", 24, "--max_seq_length", 128, "--quiet",

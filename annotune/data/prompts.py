@@ -210,3 +210,19 @@ def mark_loss_span(tokenizer, encoded: dict) -> str:
     n = encoded["prompt_length"]
     ids = encoded["input_ids"]
     return tokenizer.decode(ids[:n]) + ">>>" + tokenizer.decode(ids[n:]) + "<<<"
+
+
+def cut_text_to_fit(tokenizer, text: str, length, limit: int) -> tuple:
+    """(text, cut): `text` cut from its end so that length(text), the tokens of what the text is
+    rendered into (a prompt, a training example), is at most `limit`; cut is False where it already
+    fits. A long post is kept from its beginning, in training as in labelling. Where even the empty
+    text does not fit, the empty text is returned (cut True): the caller checks length again."""
+    over = length(text) - limit
+    if over <= 0:
+        return text, False
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for margin in (8, 64, len(ids)):  # a re-tokenised cut text can be a few tokens longer
+        cut = tokenizer.decode(ids[:max(len(ids) - over - margin, 0)])
+        if length(cut) <= limit:
+            break
+    return cut, True

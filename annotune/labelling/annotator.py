@@ -26,7 +26,7 @@ from ..base.cli import UserError
 from .decision import probs_matrix
 from ..data.labels import INVALID, parse_label
 from .metrics import classification_metrics, generation_metrics
-from ..data.prompts import encode_label_after, encode_prompt
+from ..data.prompts import cut_text_to_fit, encode_label_after, encode_prompt
 
 
 MAX_PROMPT_TOKENS = 2048  # longest prompt sent to a model when labelling; longer texts are cut and flagged
@@ -208,18 +208,14 @@ class Annotator:
         limit = self.prompt_limit(reserve)
         prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
         cut = [False] * len(rows)
+        length = lambda text: len(encode_prompt(self.tokenizer, self.prompter.prompt(text)))  # noqa: E731
         for i, row in enumerate(rows):
             if len(prompts[i]) <= limit:  # a token is at least one character: it fits
                 continue
-            over = len(encode_prompt(self.tokenizer, prompts[i])) - limit
-            if over <= 0:
+            if len(encode_prompt(self.tokenizer, prompts[i])) <= limit:
                 continue
-            text_ids = self.tokenizer(row["text"], add_special_tokens=False)["input_ids"]
-            for margin in (8, 64, len(text_ids)):  # a re-tokenised cut text can be a few tokens longer
-                text = self.tokenizer.decode(text_ids[:max(len(text_ids) - over - margin, 0)])
-                prompts[i], cut[i] = self.prompter.prompt(text), True
-                if len(encode_prompt(self.tokenizer, prompts[i])) <= limit:
-                    break
+            text, cut[i] = cut_text_to_fit(self.tokenizer, row["text"], length, limit)
+            prompts[i] = self.prompter.prompt(text)
         return prompts, cut
 
 

@@ -342,8 +342,8 @@ class TrainingSource:
     a dataset folder, task or hub id (`dataset_name`) or a task, a named merge and where it is
     applied ('auto', 'prediction', 'training'), the prompt (template, definitions), the mode ('auto', 'causal',
     'classifier', 'seq2seq'), the seed, the training rows sampled (None = all), the validation rows
-    (0 = all; None = the default: all for classification, 200 for generation) and the longest example
-    in tokens."""
+    (0 = all; None = the default: all for classification, 200 for generation), the longest example
+    in tokens and what is done with a longer one (training_set.LONG_EXAMPLES)."""
     dataset_name: str | None = None
     task: str | None = None
     merge: str | None = None
@@ -355,6 +355,7 @@ class TrainingSource:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_seq_length: int = 1024
+    long_examples: str = "cut"
 
     @classmethod
     def from_flags(cls, flags: dict) -> "TrainingSource":

@@ -7,42 +7,71 @@ import math
 from dataclasses import dataclass, field
 
 from ..base.cli import UserError
-from ..data.prompts import encode_example, encode_prompt
+from ..data.prompts import cut_text_to_fit, encode_example, encode_prompt
 
 DEFAULT_EPOCHS, MIN_STEPS, MAX_DEFAULT_EPOCHS = 3, 150, 50  # train.py's --epoch default (see default_epochs)
 
 
-def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_target_length=256):
-    """Tokenised training examples and counts of what was dropped or truncated."""
-    feats, dropped, truncated = [], 0, 0
+LONG_EXAMPLES = ("cut", "drop")  # train.py --long_examples
+
+
+def build_features(kind, tokenizer, rows, label_names, max_seq_length, max_target_length=256, prompter=None,
+                   long_examples: str = "cut"):
+    """Tokenised training examples and counts of what was cut, dropped or truncated. A causal or
+    seq2seq example longer than max_seq_length has its text cut from the end to fit, the answer kept
+    whole (long_examples 'cut', with the prompter that rendered the rows), as labelling cuts a long
+    text; with 'drop' it is left out. One that cannot fit (an answer too long, a prompt too long
+    without its text) is dropped either way."""
+    feats, counts = [], {"dropped_too_long": 0, "cut_to_fit": 0, "truncated": 0}
     index = {name: i for i, name in enumerate(label_names or [])}
-    eos = tokenizer.eos_token_id
+    cut_long = long_examples == "cut" and prompter is not None
     for row in rows:
-        if kind == "causal":
-            enc = encode_example(tokenizer, row["prompt"], row["completion"])
-            if len(enc["input_ids"]) > max_seq_length:
-                dropped += 1  # never truncate: that would cut the answer away
-                continue
-            feats.append({"input_ids": enc["input_ids"], "labels": enc["labels"], "id": row["id"]})
-            if row.get("label") in index:  # which label the answer is (for --balance)
-                feats[-1]["label"] = index[row["label"]]
-        elif kind == "classifier":
+        if kind == "classifier":
             ids = tokenizer(row["text"], truncation=False)["input_ids"]
             if len(ids) > max_seq_length:
-                truncated += 1  # a head reads the text, not an answer: truncating loses no label
+                counts["truncated"] += 1  # a head reads the text, not an answer: truncating loses no label
                 ids = ids[: max_seq_length - 1] + ids[-1:]
             feats.append({"input_ids": ids, "label": index[row["label"]], "id": row["id"]})
-        else:  # seq2seq
-            src = encode_prompt(tokenizer, row["prompt"])
-            tgt = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-            if len(src) > max_seq_length or len(tgt) > max_target_length:
-                dropped += 1
-                continue
-            feats.append({"input_ids": src, "labels": tgt, "id": row["id"]})
-            if row.get("label") in index:
-                feats[-1]["label"] = index[row["label"]]
-    return feats, {"dropped_too_long": dropped, "truncated": truncated}
+            continue
+        fitted = _fitted_example(kind, tokenizer, row, max_seq_length, max_target_length, prompter if cut_long else None)
+        if fitted is None:
+            counts["dropped_too_long"] += 1
+            continue
+        ids, labels, cut = fitted
+        counts["cut_to_fit"] += cut
+        feats.append({"input_ids": ids, "labels": labels, "id": row["id"]})
+        if row.get("label") in index:  # which label the answer is (for --balance)
+            feats[-1]["label"] = index[row["label"]]
+    return feats, counts
 
+
+def _encoded(kind, tokenizer, prompt: str, completion: str) -> tuple:
+    """(input_ids, labels) of a causal example (loss on the completion) or a seq2seq one (source, target)."""
+    if kind == "causal":
+        enc = encode_example(tokenizer, prompt, completion)
+        return enc["input_ids"], enc["labels"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return encode_prompt(tokenizer, prompt), tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
+
+
+def _fitted_example(kind, tokenizer, row, max_seq_length, max_target_length, prompter) -> tuple | None:
+    """(input_ids, labels, cut) of one causal or seq2seq example within the limits, its text cut from
+    the end where a prompter is given and re-renders the row's own prompt; None where it cannot fit.
+    Never the answer: cutting it would teach a wrong label."""
+    ids, labels = _encoded(kind, tokenizer, row["prompt"], row["completion"])
+    if kind == "seq2seq" and len(labels) > max_target_length:
+        return None
+    if len(ids) <= max_seq_length:
+        return ids, labels, False
+    if prompter is None or "text" not in row or prompter.prompt(row["text"]) != row["prompt"]:
+        return None
+
+    def length(text):
+        return len(_encoded(kind, tokenizer, prompter.prompt(text), row["completion"])[0])
+
+    text, _ = cut_text_to_fit(tokenizer, row["text"], length, max_seq_length)
+    ids, labels = _encoded(kind, tokenizer, prompter.prompt(text), row["completion"])
+    return (ids, labels, True) if len(ids) <= max_seq_length else None
 
 
 def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int) -> None:
@@ -64,8 +93,11 @@ def describe_start(data, model, tokenizer, model_name: str, max_seq_length: int)
     print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     for line in data_report(labelling.source):
         print(f"note: {line}")
+    if stats.get("cut_to_fit"):
+        print(f"cut {stats['cut_to_fit']} texts from their end to fit --max_seq_length {max_seq_length} "
+              "(the answers kept whole; --long_examples)")
     if stats["dropped_too_long"]:
-        print(f"dropped {stats['dropped_too_long']} examples longer than --max_seq_length {max_seq_length}")
+        print(f"dropped {stats['dropped_too_long']} examples that do not fit --max_seq_length {max_seq_length}")
     if stats["truncated"]:
         print(f"truncated {stats['truncated']} texts to --max_seq_length {max_seq_length} (classifier input)")
     if max_seq_length > 2 * stats["longest"] and max_seq_length > 256:
@@ -115,7 +147,7 @@ class TrainingData:
     eval_rows: list = field(default_factory=list)  # labels given (validation scores them)
     rule_fit: bool = False  # eval_rows are the rows the decision rule is fit on (decision.rule_rows)
     feats: list = field(default_factory=list)  # tokenised training examples
-    stats: dict = field(default_factory=dict)  # dropped / truncated counts, lengths
+    stats: dict = field(default_factory=dict)  # cut / dropped / truncated counts, lengths
 
 
 def load_training_data(settings, tokenizer, config, default_task: str) -> TrainingData:
@@ -142,7 +174,8 @@ def load_training_data(settings, tokenizer, config, default_task: str) -> Traini
             if row["label"] not in labels:
                 raise UserError(f"gold label {row['label']!r} of {row['id']} is not in the label set {labels}")
     data.feats, data.stats = build_features(labelling.kind, tokenizer, data.train_rows, labelling.scored.label_names,
-                                            settings.max_seq_length)
+                                            settings.max_seq_length, prompter=data.prompter,
+                                            long_examples=settings.long_examples)
     if not data.feats:
         raise UserError(f"no training example fits --max_seq_length {settings.max_seq_length}")
     lengths = [len(f["input_ids"]) for f in data.feats]
