@@ -295,3 +295,15 @@ def test_lora_folded_for_scoring_gives_the_same_scores_and_unfolds_to_the_base(p
     assert torch.allclose(folded, annotator.score(prompts), atol=1e-5)
     annotator.model.unload()
     assert all(torch.allclose(v, original[k], atol=1e-6) for k, v in base.state_dict().items())
+
+
+def test_a_difference_without_bootstrap_draws_is_shown_without_a_reading():
+    from annotune.labelling.report import baseline_difference_table
+
+    nan = float("nan")
+    rows = [{"name": "base:m 8-shot similar", "split": "test", "metrics": {"vs_base": {
+        "macro_f1": {"diff": -0.037, "ci95": [nan, nan]}, "balanced_accuracy": {"diff": 0.02, "ci95": [-0.01, 0.05]},
+        "reference": "base:m"}}}]
+    table = baseline_difference_table(rows)
+    assert "-0.037 (no CI: --bootstrap 0)" in table and "nan" not in table
+    assert "+0.020 [-0.010, +0.050] (no difference shown)" in table

@@ -179,6 +179,8 @@ def baseline_difference_table(results: list) -> str:
             return "-"
         d = m[key][metric]
         lo, hi = d["ci95"]
+        if lo != lo:  # NaN: no bootstrap draws (evaluate.py --bootstrap 0), so no reading either
+            return f"{d['diff']:+.3f} (no CI: --bootstrap 0)"
         return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({difference_word(d['ci95'])})"
 
     order = sorted(paired, key=lambda m: m.key != "macro_f1")  # macro-F1 first, as the seeds report it
