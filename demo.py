@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--test_samples", type=int, default=0,
                    help="test rows scored for each model, a seeded sample of the 379 (default: 0 = all)")
     p.add_argument("--max_seq_length", type=int, default=320,
-                   help="longest training example in tokens; longer reviews are dropped (default: 320)")
+                   help="longest training example in tokens; a longer review is cut from its end to fit (default: 320)")
     p.add_argument("--human_labels", type=int, default=100,
                    help="corpus rows drawn for (simulated) human labelling in step 4 (default: 100)")
     p.add_argument("--coverage_draws", type=int, default=1000,
@@ -96,8 +96,8 @@ def main(argv=None):
         return code
     minutes = (time.time() - start) / 60
     sampled = [f"{n} {what}" for n, what in ((args.train_samples, "training examples"), (args.test_samples, "test rows")) if n]
-    print(f"\ndemo finished in {minutes:.1f} min (up to {args.epochs} epochs; reviews over {args.max_seq_length} tokens left out "
-          f"of training{'; subsampled: ' + ', '.join(sampled) if sampled else ''}); everything is in {out}/")
+    print(f"\ndemo finished in {minutes:.1f} min (up to {args.epochs} epochs; training reviews over "
+          f"{args.max_seq_length} tokens cut to fit{'; subsampled: ' + ', '.join(sampled) if sampled else ''}); everything is in {out}/")
     print("stage times: " + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in times.items()))
     return 0
 
