@@ -15,6 +15,8 @@
 Modes (picked from the task and the model, --mode overrides): causal = instruction SFT with the loss
 on the answer tokens (and EOS) only; classifier = a sequence-classification head (class-weighted
 cross-entropy); seq2seq = an encoder-decoder LM. Quantization `auto` is 4-bit NF4 on CUDA, none on CPU.
+A training example longer than --max_seq_length has its text cut from the end, the answer kept whole,
+as labelling cuts a long text (--long_examples drop leaves it out instead; counted in manifest.json).
 The loop is transformers.Trainer (annotune/training/trainer.py): checkpoints, resume, accumulation, DDP and
 trackers (--report_to) are the library's.
 
