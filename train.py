@@ -47,6 +47,7 @@ from annotune.labelling.metrics import decision_objectives
 from annotune.model.models import DEFAULT_CAUSAL_LM
 from annotune.data.prompts import template_names
 from annotune.data.task import DEFAULT_TASK
+from annotune.training.training_set import LONG_EXAMPLES
 
 if TYPE_CHECKING:
     from annotune.training.training_set import TrainingData
@@ -172,7 +173,7 @@ def add_training_flags(p):
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, 0 = off (default: 1.0)")
     g.add_argument("--max_seq_length", type=int, default=1024,
                    help="longest example in tokens, prompt and answer (default: 1024)")
-    g.add_argument("--long_examples", choices=["cut", "drop"], default="cut",
+    g.add_argument("--long_examples", choices=LONG_EXAMPLES, default="cut",
                    help="an example longer than --max_seq_length: cut its text from the end, the answer kept whole "
                         "(as labelling cuts a long text), or leave it out (runs before this flag did); counted "
                         "either way (default: cut)")

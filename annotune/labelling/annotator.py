@@ -208,7 +208,10 @@ class Annotator:
         limit = self.prompt_limit(reserve)
         prompts = [row.get("prompt") or self.prompter.prompt(row["text"]) for row in rows]
         cut = [False] * len(rows)
-        length = lambda text: len(encode_prompt(self.tokenizer, self.prompter.prompt(text)))  # noqa: E731
+
+        def length(text):
+            return len(encode_prompt(self.tokenizer, self.prompter.prompt(text)))
+
         for i, row in enumerate(rows):
             if len(prompts[i]) <= limit:  # a token is at least one character: it fits
                 continue
